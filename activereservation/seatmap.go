@@ -1,0 +1,43 @@
+package activereservation
+
+// SeatMap is a snapshot of every seat's status.
+type SeatMap struct {
+	// Version changes whenever any seat changes status; it never goes back
+	// while the show stays loaded.
+	Version uint64
+	// Available, Held and Booked count the seats in each status.
+	Available, Held, Booked int
+	// Statuses has one SeatStatus byte per seat in layout order.
+	Statuses []byte
+}
+
+// SeatMap returns a snapshot; its Statuses is appended to buf[:0], so a
+// caller may reuse a buffer.
+func (s *Show) SeatMap(buf []byte) SeatMap {
+	buf = append(buf[:0], s.status...)
+	return SeatMap{
+		Version:   s.version,
+		Available: s.counts[SeatAvailable],
+		Held:      s.counts[SeatHeld],
+		Booked:    s.counts[SeatBooked],
+		Statuses:  buf,
+	}
+}
+
+// Version returns the current seat-map version.
+func (s *Show) Version() uint64 { return s.version }
+
+// Rows returns the layout.
+func (s *Show) Rows() []Row { return s.rows }
+
+// Seat returns the ID and status of the seat at index i in layout order.
+func (s *Show) Seat(i int) (SeatID, SeatStatus) { return s.seats[i], SeatStatus(s.status[i]) }
+
+// SeatStatus returns the status of a seat, and false if the show has no such seat.
+func (s *Show) SeatStatus(id SeatID) (SeatStatus, bool) {
+	i, ok := s.index[id]
+	if !ok {
+		return 0, false
+	}
+	return SeatStatus(s.status[i]), true
+}

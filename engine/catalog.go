@@ -1,0 +1,91 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	ar "github.com/boxoffice/boxoffice/activereservation"
+	"github.com/boxoffice/boxoffice/persistence"
+)
+
+// Limits of a show's definition.
+const (
+	maxShowSeats = 100_000
+	minHoldTTL   = 10 * time.Second
+	maxHoldTTL   = time.Hour
+)
+
+// CreateShow validates and stores a new show. HoldTTL zero means
+// activereservation.DefaultHoldTTL.
+func (n *Node) CreateShow(ctx context.Context, sh persistence.Show) (persistence.Show, error) {
+	if err := validateShowID(ar.ShowID(sh.ID)); err != nil {
+		return persistence.Show{}, err
+	}
+	if sh.Title == "" || len(sh.Title) > 200 || len(sh.City) > 100 || len(sh.Venue) > 200 {
+		return persistence.Show{}, fmt.Errorf("%w: title needs 1-200 characters, city at most 100, venue at most 200", ErrInvalid)
+	}
+	if sh.HoldTTL == 0 {
+		sh.HoldTTL = ar.DefaultHoldTTL
+	}
+	if sh.HoldTTL < minHoldTTL || sh.HoldTTL > maxHoldTTL {
+		return persistence.Show{}, fmt.Errorf("%w: hold_ttl must be between %s and %s", ErrInvalid, minHoldTTL, maxHoldTTL)
+	}
+	cats := make(map[string]bool, len(sh.Categories))
+	for _, c := range sh.Categories {
+		if c.Name == "" || cats[c.Name] || c.PriceCents < 0 {
+			return persistence.Show{}, fmt.Errorf("%w: category %q: names must be distinct and non-empty, prices not negative", ErrInvalid, c.Name)
+		}
+		cats[c.Name] = true
+	}
+	if len(sh.Rows) == 0 {
+		return persistence.Show{}, fmt.Errorf("%w: a show needs rows", ErrInvalid)
+	}
+	labels := make(map[string]bool, len(sh.Rows))
+	sh.Capacity = 0
+	for _, r := range sh.Rows {
+		if err := validateRowLabel(r.Label); err != nil {
+			return persistence.Show{}, err
+		}
+		if labels[r.Label] {
+			return persistence.Show{}, fmt.Errorf("%w: row %q twice", ErrInvalid, r.Label)
+		}
+		labels[r.Label] = true
+		if r.SeatCount < 1 || r.SeatCount > maxShowSeats {
+			return persistence.Show{}, fmt.Errorf("%w: row %q needs 1-%d seats", ErrInvalid, r.Label, maxShowSeats)
+		}
+		if r.Category != "" && !cats[r.Category] {
+			return persistence.Show{}, fmt.Errorf("%w: row %q has unknown category %q", ErrInvalid, r.Label, r.Category)
+		}
+		sh.Capacity += r.SeatCount
+	}
+	if sh.Capacity > maxShowSeats {
+		return persistence.Show{}, fmt.Errorf("%w: at most %d seats", ErrInvalid, maxShowSeats)
+	}
+	sh.StartsAt = sh.StartsAt.UTC().Truncate(time.Microsecond)
+	out, err := n.store.CreateShow(ctx, sh)
+	if errors.Is(err, persistence.ErrExists) {
+		return persistence.Show{}, fmt.Errorf("show %s: %w", sh.ID, ErrShowExists)
+	}
+	return out, err
+}
+
+// GetShow returns a show's definition: from memory when loaded, so it works
+// while the database is down, else from the database.
+func (n *Node) GetShow(ctx context.Context, id ar.ShowID) (persistence.Show, error) {
+	if err := validateShowID(id); err != nil {
+		return persistence.Show{}, err
+	}
+	n.mu.RLock()
+	sh := n.shows[id]
+	n.mu.RUnlock()
+	if sh != nil {
+		return sh.info, nil
+	}
+	info, err := n.store.GetShow(ctx, string(id))
+	if errors.Is(err, persistence.ErrNotFound) {
+		return persistence.Show{}, fmt.Errorf("show %s: %w", id, ErrShowNotFound)
+	}
+	return info, err
+}

@@ -1,0 +1,151 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	ar "github.com/boxoffice/boxoffice/activereservation"
+	"github.com/boxoffice/boxoffice/persistence"
+)
+
+// ConfirmRequest books a hold.
+type ConfirmRequest struct {
+	Hold           ar.HoldID
+	User           ar.UserID
+	PaymentRef     string
+	IdempotencyKey string
+}
+
+// Confirm books a hold: only its user, only until ExpiresAt+ConfirmGrace,
+// and a repeat with the same payment reference answers the booking again.
+// The booking is answered after it is durable.
+func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation, error) {
+	if err := validateUser(req.User); err != nil {
+		return ar.Reservation{}, err
+	}
+	if err := validateKey(req.IdempotencyKey); err != nil {
+		return ar.Reservation{}, err
+	}
+	if req.PaymentRef == "" || len(req.PaymentRef) > 200 {
+		return ar.Reservation{}, fmt.Errorf("%w: payment_ref must have 1-200 characters", ErrInvalid)
+	}
+	showID, err := showOfHold(req.Hold)
+	if err != nil {
+		return ar.Reservation{}, err
+	}
+	sh, err := n.show(ctx, showID, true)
+	if err != nil {
+		if errors.Is(err, ErrShowNotFound) {
+			return ar.Reservation{}, fmt.Errorf("%w: %s", ar.ErrHoldNotFound, req.Hold)
+		}
+		return ar.Reservation{}, err
+	}
+	fp := fingerprint("confirm", string(req.User), string(req.Hold), req.PaymentRef)
+	now := n.now()
+
+	sh.mu.Lock()
+	for {
+		if sh.dropped {
+			sh.mu.Unlock()
+			return ar.Reservation{}, fmt.Errorf("show %s: %w", sh.id, ErrMoved)
+		}
+		if req.IdempotencyKey != "" {
+			if e, ok := sh.idem[req.IdempotencyKey]; ok && e.fingerprint != fp {
+				sh.mu.Unlock()
+				return ar.Reservation{}, ErrIdempotencyMismatch
+			}
+		}
+		ch, busy := sh.busy[req.Hold]
+		if !busy {
+			break
+		}
+		if err := waitUnlocked(ctx, &sh.mu, ch); err != nil {
+			return ar.Reservation{}, err
+		}
+	}
+	r, already, err := sh.rules.CheckConfirm(req.Hold, req.User, req.PaymentRef, now)
+	if errors.Is(err, ar.ErrHoldNotFound) {
+		sh.mu.Unlock()
+		return n.endedHold(ctx, sh.id, req.Hold, req.User)
+	}
+	if err != nil || already {
+		sh.mu.Unlock()
+		n.metrics.confirms(err)
+		return r, err
+	}
+	m := persistence.Mutation{
+		Kind:          persistence.Confirm,
+		Epoch:         sh.epoch,
+		ShowID:        string(sh.id),
+		ReservationID: string(req.Hold),
+		UserID:        string(req.User),
+		SeatIDs:       seatStrings(r.Seats),
+		At:            now,
+		PaymentRef:    req.PaymentRef,
+	}
+	if req.IdempotencyKey != "" {
+		m.IdempotencyKey, m.Fingerprint = req.IdempotencyKey, fp
+	}
+	p, err := n.store.Enqueue(m)
+	if err != nil {
+		sh.mu.Unlock()
+		n.metrics.confirms(err)
+		return ar.Reservation{}, err
+	}
+	done := make(chan struct{})
+	sh.busy[req.Hold] = done
+	if req.IdempotencyKey != "" {
+		sh.idem[req.IdempotencyKey] = idemEntry{fingerprint: fp, hold: req.Hold}
+	}
+	sh.mu.Unlock()
+
+	werr := p.Wait()
+
+	sh.mu.Lock()
+	if werr == nil {
+		r, err = sh.rules.Confirm(req.Hold, req.User, req.PaymentRef, now)
+	} else if req.IdempotencyKey != "" {
+		delete(sh.idem, req.IdempotencyKey)
+	}
+	delete(sh.busy, req.Hold)
+	close(done)
+	sh.mu.Unlock()
+	n.metrics.confirms(werr)
+	if werr != nil {
+		return ar.Reservation{}, n.writeFailed(sh, werr)
+	}
+	if err != nil {
+		// The database has the booking; memory could not follow. Reload.
+		n.drop(sh, "confirm committed but not applicable in memory: "+err.Error())
+	}
+	return r, nil
+}
+
+// endedHold answers a confirm or release of a hold that is not live in
+// memory: the database says whether it ever existed and how it ended.
+func (n *Node) endedHold(ctx context.Context, show ar.ShowID, id ar.HoldID, user ar.UserID) (ar.Reservation, error) {
+	r, err := n.storedReservation(ctx, show, id)
+	if err != nil {
+		return ar.Reservation{}, err
+	}
+	if r.User != user {
+		return ar.Reservation{}, ar.ErrNotHolder
+	}
+	if r.Status == ar.Expired {
+		return r, ar.ErrHoldExpired
+	}
+	return r, fmt.Errorf("%w: %s", ar.ErrHoldEnded, r.Status)
+}
+
+// storedReservation reads a reservation from the database.
+func (n *Node) storedReservation(ctx context.Context, show ar.ShowID, id ar.HoldID) (ar.Reservation, error) {
+	rec, err := n.store.GetReservation(ctx, string(show), string(id))
+	if errors.Is(err, persistence.ErrNotFound) {
+		return ar.Reservation{}, fmt.Errorf("%w: %s", ar.ErrHoldNotFound, id)
+	}
+	if err != nil {
+		return ar.Reservation{}, err
+	}
+	return reservationFromStore(rec)
+}

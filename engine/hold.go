@@ -1,0 +1,180 @@
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+
+	ar "github.com/boxoffice/boxoffice/activereservation"
+	"github.com/boxoffice/boxoffice/persistence"
+)
+
+// HoldRequest asks for seats of a show for a user, all or nothing.
+type HoldRequest struct {
+	Show           ar.ShowID
+	User           ar.UserID
+	Seats          []ar.SeatID
+	IdempotencyKey string
+}
+
+// Hold holds seats. It is decided in memory under the show's lock — a loser
+// of a seat race is refused there and never reaches the database — then
+// made durable, and answered only after commit. If the commit fails the
+// hold is undone in memory.
+func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error) {
+	if err := validateUser(req.User); err != nil {
+		return ar.Reservation{}, err
+	}
+	if err := validateKey(req.IdempotencyKey); err != nil {
+		return ar.Reservation{}, err
+	}
+	if len(req.Seats) == 0 || len(req.Seats) > ar.MaxSeatsPerHold {
+		return ar.Reservation{}, ar.ErrSeatCount
+	}
+	sh, err := n.show(ctx, req.Show, true)
+	if err != nil {
+		return ar.Reservation{}, err
+	}
+	fp := fingerprint("hold", string(req.User), seatStrings(req.Seats)...)
+
+	sh.mu.Lock()
+	for {
+		if sh.dropped {
+			sh.mu.Unlock()
+			return ar.Reservation{}, fmt.Errorf("show %s: %w", sh.id, ErrMoved)
+		}
+		if req.IdempotencyKey == "" {
+			break
+		}
+		e, ok := sh.idem[req.IdempotencyKey]
+		if !ok {
+			break
+		}
+		if e.fingerprint != fp {
+			sh.mu.Unlock()
+			return ar.Reservation{}, ErrIdempotencyMismatch
+		}
+		if ch, busy := sh.busy[e.hold]; busy {
+			if err := waitUnlocked(ctx, &sh.mu, ch); err != nil {
+				return ar.Reservation{}, err
+			}
+			continue
+		}
+		r, live := sh.rules.Reservation(e.hold)
+		sh.mu.Unlock()
+		if live {
+			return r, nil
+		}
+		return n.storedReservation(ctx, sh.id, e.hold)
+	}
+
+	id, err := newHoldID(sh.id)
+	if err != nil {
+		sh.mu.Unlock()
+		return ar.Reservation{}, err
+	}
+	r, err := sh.rules.Hold(id, req.User, req.Seats, n.now())
+	if err != nil {
+		sm := sh.rules.SeatMap(nil)
+		sh.mu.Unlock()
+		n.metrics.holds(err)
+		if errors.Is(err, ar.ErrSeatTaken) && sm.Available == 0 && sm.Held == 0 {
+			return ar.Reservation{}, fmt.Errorf("%w: %w", ErrSoldOut, err)
+		}
+		return ar.Reservation{}, err
+	}
+	m := persistence.Mutation{
+		Kind:          persistence.Hold,
+		Epoch:         sh.epoch,
+		ShowID:        string(sh.id),
+		ReservationID: string(id),
+		UserID:        string(req.User),
+		SeatIDs:       seatStrings(r.Seats),
+		At:            r.CreatedAt,
+		ExpiresAt:     r.ExpiresAt,
+	}
+	if req.IdempotencyKey != "" {
+		m.IdempotencyKey, m.Fingerprint = req.IdempotencyKey, fp
+	}
+	p, err := n.store.Enqueue(m)
+	if err != nil {
+		sh.rules.Cancel(id)
+		sh.mu.Unlock()
+		n.metrics.holds(err)
+		return ar.Reservation{}, err
+	}
+	done := make(chan struct{})
+	sh.busy[id] = done
+	if req.IdempotencyKey != "" {
+		sh.idem[req.IdempotencyKey] = idemEntry{fingerprint: fp, hold: id}
+	}
+	sh.mu.Unlock()
+
+	werr := p.Wait()
+
+	sh.mu.Lock()
+	delete(sh.busy, id)
+	close(done)
+	if werr != nil {
+		sh.rules.Cancel(id)
+		if req.IdempotencyKey != "" {
+			delete(sh.idem, req.IdempotencyKey)
+		}
+	}
+	sh.mu.Unlock()
+	n.metrics.holds(werr)
+	if werr != nil {
+		return ar.Reservation{}, n.writeFailed(sh, werr)
+	}
+	return r, nil
+}
+
+// waitUnlocked waits for ch with mu unlocked, and returns with mu locked,
+// unless ctx ends first (then mu is unlocked).
+func waitUnlocked(ctx context.Context, mu interface {
+	Lock()
+	Unlock()
+}, ch <-chan struct{}) error {
+	mu.Unlock()
+	select {
+	case <-ch:
+		mu.Lock()
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// newHoldID returns "<show>:<random>". The show ID inside routes requests
+// that name only the hold to the show's owner.
+func newHoldID(show ar.ShowID) (ar.HoldID, error) {
+	var b [10]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return ar.HoldID(string(show) + ":" + strings.ToLower(base32.StdEncoding.EncodeToString(b[:]))), nil
+}
+
+// showOfHold returns the show a hold ID belongs to.
+func showOfHold(id ar.HoldID) (ar.ShowID, error) {
+	i := strings.LastIndexByte(string(id), ':')
+	if i <= 0 || validateShowID(ar.ShowID(id[:i])) != nil {
+		return "", fmt.Errorf("%w: hold %q", ar.ErrHoldNotFound, id)
+	}
+	return ar.ShowID(id[:i]), nil
+}
+
+// fingerprint identifies a request for idempotency checks.
+func fingerprint(kind, user string, parts ...string) string {
+	h := sha256.New()
+	for _, p := range append([]string{kind, user}, parts...) {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}

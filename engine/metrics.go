@@ -1,0 +1,129 @@
+package engine
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	ar "github.com/boxoffice/boxoffice/activereservation"
+	"github.com/boxoffice/boxoffice/persistence"
+)
+
+// metrics are a node's collectors, registered on the node's Registerer so
+// several nodes can live in one process. Labelled children on hot paths are
+// cached, since WithLabelValues per call costs more than the increment.
+type metrics struct {
+	rpcRequests *prometheus.CounterVec
+	rpcLatency  *prometheus.HistogramVec
+	ops         *prometheus.CounterVec
+	batchSize   prometheus.Histogram
+	commitTime  prometheus.Histogram
+	batchErrors prometheus.Counter
+	showsLoaded prometheus.Gauge
+
+	mu       sync.Mutex // guards children
+	children map[[3]string]prometheus.Counter
+	latency  map[string]prometheus.Observer
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		rpcRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "boxoffice_rpc_requests_total", Help: "RPCs served, by method and gRPC code.",
+		}, []string{"method", "code"}),
+		rpcLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "boxoffice_rpc_duration_seconds", Help: "RPC latency, by method.",
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
+		}, []string{"method"}),
+		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "boxoffice_reservation_ops_total", Help: "Holds, confirms, releases and expiries, by result.",
+		}, []string{"op", "result"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "boxoffice_writer_batch_mutations", Help: "Mutations per writer transaction.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+		}),
+		commitTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "boxoffice_writer_commit_seconds", Help: "Writer transaction latency.",
+			Buckets: prometheus.ExponentialBuckets(100e-6, 2, 16),
+		}),
+		batchErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "boxoffice_writer_batch_errors_total", Help: "Writer transactions that failed.",
+		}),
+		showsLoaded: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "boxoffice_shows_loaded", Help: "Shows served from this node's memory.",
+		}),
+		children: make(map[[3]string]prometheus.Counter),
+		latency:  make(map[string]prometheus.Observer),
+	}
+	for _, c := range []prometheus.Collector{m.rpcRequests, m.rpcLatency, m.ops, m.batchSize, m.commitTime, m.batchErrors, m.showsLoaded} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// ObserveBatch records a writer transaction; it is the store's Observer.
+func (n *Node) ObserveBatch(b persistence.BatchStats) {
+	n.metrics.batchSize.Observe(float64(b.Mutations))
+	n.metrics.commitTime.Observe(b.Duration.Seconds())
+	if b.Err != nil {
+		n.metrics.batchErrors.Inc()
+	}
+}
+
+func (m *metrics) counter(vec *prometheus.CounterVec, name, a, b string) prometheus.Counter {
+	key := [3]string{name, a, b}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.children[key]
+	if !ok {
+		c = vec.WithLabelValues(a, b)
+		m.children[key] = c
+	}
+	return c
+}
+
+func (m *metrics) rpc(method, code string, d time.Duration) {
+	m.counter(m.rpcRequests, "rpc", method, code).Inc()
+	m.mu.Lock()
+	o, ok := m.latency[method]
+	if !ok {
+		o = m.rpcLatency.WithLabelValues(method)
+		m.latency[method] = o
+	}
+	m.mu.Unlock()
+	o.Observe(d.Seconds())
+}
+
+func (m *metrics) op(op string, err error) {
+	m.counter(m.ops, "op", op, result(err)).Inc()
+}
+
+func (m *metrics) holds(err error)    { m.op("hold", err) }
+func (m *metrics) confirms(err error) { m.op("confirm", err) }
+func (m *metrics) releases(err error) { m.op("release", err) }
+func (m *metrics) expiries(err error) { m.op("expire", err) }
+
+func result(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, ar.ErrSeatTaken):
+		return "seat_taken"
+	case errors.Is(err, ar.ErrUserLimit):
+		return "user_limit"
+	case errors.Is(err, persistence.ErrOverloaded):
+		return "overloaded"
+	case errors.Is(err, persistence.ErrUnavailable):
+		return "db_unavailable"
+	case errors.Is(err, persistence.ErrNotOwner):
+		return "not_owner"
+	case errors.Is(err, persistence.ErrConflict):
+		return "conflict"
+	default:
+		return "refused"
+	}
+}

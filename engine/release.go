@@ -1,0 +1,93 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	ar "github.com/boxoffice/boxoffice/activereservation"
+	"github.com/boxoffice/boxoffice/persistence"
+)
+
+// Release ends a hold at its user's request. The seats are offered again
+// only after the release is durable. Releasing a hold that the same user
+// already released answers it again.
+func (n *Node) Release(ctx context.Context, id ar.HoldID, user ar.UserID) (ar.Reservation, error) {
+	if err := validateUser(user); err != nil {
+		return ar.Reservation{}, err
+	}
+	showID, err := showOfHold(id)
+	if err != nil {
+		return ar.Reservation{}, err
+	}
+	sh, err := n.show(ctx, showID, true)
+	if err != nil {
+		if errors.Is(err, ErrShowNotFound) {
+			return ar.Reservation{}, fmt.Errorf("%w: %s", ar.ErrHoldNotFound, id)
+		}
+		return ar.Reservation{}, err
+	}
+	now := n.now()
+
+	sh.mu.Lock()
+	for {
+		if sh.dropped {
+			sh.mu.Unlock()
+			return ar.Reservation{}, fmt.Errorf("show %s: %w", sh.id, ErrMoved)
+		}
+		ch, busy := sh.busy[id]
+		if !busy {
+			break
+		}
+		if err := waitUnlocked(ctx, &sh.mu, ch); err != nil {
+			return ar.Reservation{}, err
+		}
+	}
+	r, err := sh.rules.CheckRelease(id, user)
+	if errors.Is(err, ar.ErrHoldNotFound) {
+		sh.mu.Unlock()
+		r, err := n.endedHold(ctx, sh.id, id, user)
+		if r.Status == ar.Released && r.User == user {
+			return r, nil
+		}
+		return r, err
+	}
+	if err != nil {
+		sh.mu.Unlock()
+		return ar.Reservation{}, err
+	}
+	p, err := n.store.Enqueue(persistence.Mutation{
+		Kind:          persistence.Release,
+		Epoch:         sh.epoch,
+		ShowID:        string(sh.id),
+		ReservationID: string(id),
+		UserID:        string(user),
+		SeatIDs:       seatStrings(r.Seats),
+		At:            now,
+	})
+	if err != nil {
+		sh.mu.Unlock()
+		return ar.Reservation{}, err
+	}
+	done := make(chan struct{})
+	sh.busy[id] = done
+	sh.mu.Unlock()
+
+	werr := p.Wait()
+
+	sh.mu.Lock()
+	if werr == nil {
+		r, err = sh.rules.Release(id, user, now)
+	}
+	delete(sh.busy, id)
+	close(done)
+	sh.mu.Unlock()
+	n.metrics.releases(werr)
+	if werr != nil {
+		return ar.Reservation{}, n.writeFailed(sh, werr)
+	}
+	if err != nil {
+		n.drop(sh, "release committed but not applicable in memory: "+err.Error())
+	}
+	return r, nil
+}

@@ -1,0 +1,68 @@
+package engine
+
+import (
+	"context"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ar "github.com/boxoffice/boxoffice/activereservation"
+	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+	"github.com/boxoffice/boxoffice/persistence"
+)
+
+// catalogServer is the wire side of CatalogService.
+type catalogServer struct {
+	pb.UnimplementedCatalogServiceServer
+	n *Node
+}
+
+func (s catalogServer) CreateShow(ctx context.Context, req *pb.CreateShowRequest) (*pb.CreateShowResponse, error) {
+	sh := persistence.Show{
+		ID:       req.GetShowId(),
+		Title:    req.GetTitle(),
+		City:     req.GetCity(),
+		Venue:    req.GetVenue(),
+		StartsAt: req.GetStartsAt().AsTime(),
+		HoldTTL:  req.GetHoldTtl().AsDuration(),
+	}
+	for _, c := range req.GetCategories() {
+		sh.Categories = append(sh.Categories, persistence.Category{Name: c.GetName(), PriceCents: c.GetPriceCents()})
+	}
+	for _, r := range req.GetRows() {
+		sh.Rows = append(sh.Rows, persistence.Row{Label: r.GetLabel(), SeatCount: int(r.GetSeatCount()), Category: r.GetCategory()})
+	}
+	out, err := s.n.CreateShow(ctx, sh)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.CreateShowResponse{Show: showToPB(out)}, nil
+}
+
+func (s catalogServer) GetShow(ctx context.Context, req *pb.GetShowRequest) (*pb.GetShowResponse, error) {
+	sh, err := s.n.GetShow(ctx, ar.ShowID(req.GetShowId()))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.GetShowResponse{Show: showToPB(sh)}, nil
+}
+
+func showToPB(sh persistence.Show) *pb.Show {
+	out := &pb.Show{
+		ShowId:    sh.ID,
+		Title:     sh.Title,
+		City:      sh.City,
+		Venue:     sh.Venue,
+		StartsAt:  timestamppb.New(sh.StartsAt),
+		HoldTtl:   durationpb.New(sh.HoldTTL),
+		Capacity:  int32(sh.Capacity),
+		CreatedAt: timestamppb.New(sh.CreatedAt),
+	}
+	for _, c := range sh.Categories {
+		out.Categories = append(out.Categories, &pb.Category{Name: c.Name, PriceCents: c.PriceCents})
+	}
+	for _, r := range sh.Rows {
+		out.Rows = append(out.Rows, &pb.Row{Label: r.Label, SeatCount: int32(r.SeatCount), Category: r.Category})
+	}
+	return out
+}

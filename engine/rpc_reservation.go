@@ -1,0 +1,174 @@
+package engine
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ar "github.com/boxoffice/boxoffice/activereservation"
+	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+	"github.com/boxoffice/boxoffice/persistence"
+)
+
+// reservationServer is the wire side of ReservationService: it decodes,
+// calls the node, and maps errors.
+type reservationServer struct {
+	pb.UnimplementedReservationServiceServer
+	n *Node
+}
+
+func (s *reservationServer) GetSeatMap(ctx context.Context, req *pb.GetSeatMapRequest) (*pb.GetSeatMapResponse, error) {
+	sm, err := s.n.SeatMap(ctx, ar.ShowID(req.GetShowId()), nil)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &pb.GetSeatMapResponse{
+		ShowId:    req.GetShowId(),
+		Version:   sm.Version,
+		Available: int32(sm.Available),
+		Held:      int32(sm.Held),
+		Booked:    int32(sm.Booked),
+		Statuses:  sm.Statuses,
+		Rows:      make([]*pb.Row, len(sm.Rows)),
+	}
+	for i, r := range sm.Rows {
+		out.Rows[i] = &pb.Row{Label: r.Label, SeatCount: int32(r.SeatCount), Category: r.Category}
+	}
+	return out, nil
+}
+
+func (s *reservationServer) HoldSeats(ctx context.Context, req *pb.HoldSeatsRequest) (*pb.HoldSeatsResponse, error) {
+	seats := make([]ar.SeatID, len(req.GetSeatIds()))
+	for i, id := range req.GetSeatIds() {
+		seats[i] = ar.SeatID(id)
+	}
+	showID := ar.ShowID(req.GetShowId())
+	if err := validateShowID(showID); err != nil {
+		return nil, toStatus(err)
+	}
+	r, err := s.n.Hold(ctx, HoldRequest{
+		Show:           showID,
+		User:           ar.UserID(req.GetUserId()),
+		Seats:          seats,
+		IdempotencyKey: req.GetIdempotencyKey(),
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.HoldSeatsResponse{
+		HoldId:    string(r.ID),
+		SeatIds:   seatStrings(r.Seats),
+		ExpiresAt: timestamppb.New(r.ExpiresAt),
+		ShowId:    string(r.Show),
+		UserId:    string(r.User),
+	}, nil
+}
+
+func (s *reservationServer) ConfirmHold(ctx context.Context, req *pb.ConfirmHoldRequest) (*pb.ConfirmHoldResponse, error) {
+	r, err := s.n.Confirm(ctx, ConfirmRequest{
+		Hold:           ar.HoldID(req.GetHoldId()),
+		User:           ar.UserID(req.GetUserId()),
+		PaymentRef:     req.GetPaymentRef(),
+		IdempotencyKey: req.GetIdempotencyKey(),
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.ConfirmHoldResponse{Reservation: reservationToPB(r)}, nil
+}
+
+func (s *reservationServer) ReleaseHold(ctx context.Context, req *pb.ReleaseHoldRequest) (*pb.ReleaseHoldResponse, error) {
+	r, err := s.n.Release(ctx, ar.HoldID(req.GetHoldId()), ar.UserID(req.GetUserId()))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.ReleaseHoldResponse{Reservation: reservationToPB(r)}, nil
+}
+
+func (s *reservationServer) GetReservation(ctx context.Context, req *pb.GetReservationRequest) (*pb.GetReservationResponse, error) {
+	r, err := s.n.Reservation(ctx, ar.HoldID(req.GetHoldId()))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.GetReservationResponse{Reservation: reservationToPB(r)}, nil
+}
+
+func (s *reservationServer) ListUserReservations(ctx context.Context, req *pb.ListUserReservationsRequest) (*pb.ListUserReservationsResponse, error) {
+	limit, err := pageSize(req.GetPageSize(), 50, 500)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	var after *persistence.ReservationCursor
+	if req.GetPageToken() != "" {
+		after = new(persistence.ReservationCursor)
+		if err := decodeToken(req.GetPageToken(), after); err != nil {
+			return nil, toStatus(err)
+		}
+	}
+	list, err := s.n.ListUserReservations(ctx, ar.UserID(req.GetUserId()), ar.ShowID(req.GetShowId()), after, limit+1)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &pb.ListUserReservationsResponse{}
+	if len(list) > limit {
+		list = list[:limit]
+		last := list[limit-1]
+		out.NextPageToken = encodeToken(persistence.ReservationCursor{CreatedAt: last.CreatedAt, ID: string(last.ID)})
+	}
+	for _, r := range list {
+		out.Reservations = append(out.Reservations, reservationToPB(r))
+	}
+	return out, nil
+}
+
+func reservationToPB(r ar.Reservation) *pb.Reservation {
+	out := &pb.Reservation{
+		HoldId:     string(r.ID),
+		ShowId:     string(r.Show),
+		UserId:     string(r.User),
+		SeatIds:    seatStrings(r.Seats),
+		Status:     pb.ReservationStatus(r.Status),
+		CreatedAt:  timestamppb.New(r.CreatedAt),
+		ExpiresAt:  timestamppb.New(r.ExpiresAt),
+		PaymentRef: r.PaymentRef,
+	}
+	if !r.BookedAt.IsZero() {
+		out.BookedAt = timestamppb.New(r.BookedAt)
+	}
+	if !r.EndedAt.IsZero() {
+		out.EndedAt = timestamppb.New(r.EndedAt)
+	}
+	return out
+}
+
+func pageSize(n, def, max int32) (int, error) {
+	switch {
+	case n < 0:
+		return 0, fmt.Errorf("%w: negative page_size", ErrInvalid)
+	case n == 0:
+		return int(def), nil
+	case n > max:
+		return int(max), nil
+	}
+	return int(n), nil
+}
+
+// Page tokens are opaque to clients: base64 of a small JSON cursor.
+func encodeToken(v any) string {
+	b, _ := json.Marshal(v)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeToken(tok string, v any) error {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err == nil {
+		err = json.Unmarshal(b, v)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: bad page_token", ErrInvalid)
+	}
+	return nil
+}

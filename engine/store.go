@@ -1,0 +1,26 @@
+package engine
+
+import (
+	"context"
+
+	"github.com/boxoffice/boxoffice/persistence"
+)
+
+// Store is what a node needs of the database. *persistence.Store is the
+// implementation; its errors (persistence.ErrUnavailable, ErrNotOwner, ...)
+// are the contract.
+type Store interface {
+	CreateShow(ctx context.Context, sh persistence.Show) (persistence.Show, error)
+	GetShow(ctx context.Context, id string) (persistence.Show, error)
+	AcquireShow(ctx context.Context, showID string) (epoch int64, err error)
+	LoadShow(ctx context.Context, showID string) (persistence.Snapshot, error)
+	// Enqueue queues a mutation without blocking; Pending.Wait gives its
+	// outcome once committed or failed.
+	Enqueue(m persistence.Mutation) (*persistence.Pending, error)
+	GetReservation(ctx context.Context, showID, id string) (persistence.Reservation, error)
+	ListUserReservations(ctx context.Context, userID, showID string, after *persistence.ReservationCursor, limit int) ([]persistence.Reservation, error)
+	ListEvents(ctx context.Context, f persistence.EventFilter) ([]persistence.Event, error)
+	Ping(ctx context.Context) error
+}
+
+var _ Store = (*persistence.Store)(nil)

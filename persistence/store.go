@@ -1,0 +1,408 @@
+// Package persistence keeps boxoffice's authoritative state in PostgreSQL:
+// the schema and its migrations, the group-commit writer through which a
+// node makes every change durable, show ownership with fencing epochs,
+// loading a show for replay, and the history and audit queries.
+package persistence
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Config configures a Store.
+type Config struct {
+	// URL is the PostgreSQL connection URL. Required.
+	URL string
+	// NodeID names this node in ownership rows and audit events. Required.
+	NodeID string
+	// MaxConns is the pool size. Zero means 16.
+	MaxConns int32
+	// QueueSize bounds the writer's queue; a full queue answers
+	// ErrOverloaded. Zero means 16384.
+	QueueSize int
+	// MaxBatch is the most mutations committed in one transaction. Zero
+	// means 1024.
+	MaxBatch int
+	// CommitTimeout bounds one batch's transaction, so a dead database
+	// fails writes promptly. Zero means 5 s.
+	CommitTimeout time.Duration
+	// QueryTimeout bounds reads and ownership changes. Zero means 5 s.
+	QueryTimeout time.Duration
+	// Logger receives the writer's errors. Nil means slog.Default().
+	Logger *slog.Logger
+	// Observer, if set, is told about every committed batch.
+	Observer func(BatchStats)
+}
+
+// BatchStats describes one writer transaction, for metrics.
+type BatchStats struct {
+	Mutations int
+	Duration  time.Duration
+	Err       error
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxConns == 0 {
+		c.MaxConns = 16
+	}
+	if c.QueueSize == 0 {
+		c.QueueSize = 16384
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 1024
+	}
+	if c.CommitTimeout == 0 {
+		c.CommitTimeout = 5 * time.Second
+	}
+	if c.QueryTimeout == 0 {
+		c.QueryTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Store is the database of a node. Its methods are safe for concurrent use.
+type Store struct {
+	cfg    Config
+	pool   *pgxpool.Pool
+	writer *writer
+}
+
+// Open connects to the database and starts the writer. It does not wait for
+// the database to be reachable: a node can start while it is down.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.URL == "" {
+		return nil, errors.New("persistence: no database URL")
+	}
+	if cfg.NodeID == "" {
+		return nil, errors.New("persistence: no node ID")
+	}
+	cfg.setDefaults()
+	pcfg, err := pgxpool.ParseConfig(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("persistence: %w", err)
+	}
+	pcfg.MaxConns = cfg.MaxConns
+	if pcfg.ConnConfig.ConnectTimeout == 0 || pcfg.ConnConfig.ConnectTimeout > cfg.QueryTimeout {
+		pcfg.ConnConfig.ConnectTimeout = cfg.QueryTimeout
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("persistence: %w", err)
+	}
+	s := &Store{cfg: cfg, pool: pool}
+	s.writer = newWriter(s)
+	return s, nil
+}
+
+// Close stops taking writes, commits what is queued (within ctx), and closes
+// the pool. It is idempotent.
+func (s *Store) Close(ctx context.Context) error {
+	err := s.writer.close(ctx)
+	s.pool.Close()
+	return err
+}
+
+// Ping reports whether the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+	defer cancel()
+	return classify(s.pool.Ping(ctx))
+}
+
+// Pool returns the connection pool, for tests and tools that inspect the
+// database directly.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Category is a price category of a show.
+type Category struct {
+	Name       string `json:"name"`
+	PriceCents int64  `json:"price_cents"`
+}
+
+// Row is a row of a show's layout.
+type Row struct {
+	Label     string `json:"label"`
+	SeatCount int    `json:"seat_count"`
+	Category  string `json:"category"`
+}
+
+// Show is a show's row.
+type Show struct {
+	ID         string
+	Title      string
+	City       string
+	Venue      string
+	StartsAt   time.Time
+	HoldTTL    time.Duration
+	Categories []Category
+	Rows       []Row
+	Capacity   int
+	CreatedAt  time.Time
+}
+
+// Reservation is a reservation's row. Status is HELD, BOOKED, RELEASED or
+// EXPIRED.
+type Reservation struct {
+	ShowID     string
+	ID         string
+	UserID     string
+	Status     string
+	SeatIDs    []string
+	CreatedAt  time.Time
+	ExpiresAt  time.Time
+	BookedAt   time.Time
+	EndedAt    time.Time
+	PaymentRef string
+}
+
+// IdempotencyRecord remembers the answer to a request made with an
+// idempotency key.
+type IdempotencyRecord struct {
+	Key           string
+	Fingerprint   string
+	ReservationID string
+}
+
+// Snapshot is what a new owner needs to rebuild a show: the show, its live
+// reservations (HELD ones by expiry, then BOOKED ones) and its idempotency
+// records.
+type Snapshot struct {
+	Show        Show
+	Live        []Reservation
+	Idempotency []IdempotencyRecord
+}
+
+// CreateShow inserts a show. ErrExists if its ID is taken.
+func (s *Store) CreateShow(ctx context.Context, sh Show) (Show, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+	defer cancel()
+	cats, err := json.Marshal(sh.Categories)
+	if err != nil {
+		return Show{}, err
+	}
+	rows, err := json.Marshal(sh.Rows)
+	if err != nil {
+		return Show{}, err
+	}
+	err = s.pool.QueryRow(ctx, `
+		INSERT INTO shows (show_id, title, city, venue, starts_at, hold_ttl_ms, categories, rows, capacity)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		ON CONFLICT (show_id) DO NOTHING
+		RETURNING created_at`,
+		sh.ID, sh.Title, sh.City, sh.Venue, sh.StartsAt, sh.HoldTTL.Milliseconds(), cats, rows, sh.Capacity,
+	).Scan(&sh.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Show{}, fmt.Errorf("show %s: %w", sh.ID, ErrExists)
+	}
+	if err != nil {
+		return Show{}, fmt.Errorf("create show %s: %w", sh.ID, classify(err))
+	}
+	return sh, nil
+}
+
+const showColumns = `show_id, title, city, venue, starts_at, hold_ttl_ms, categories, rows, capacity, created_at`
+
+func scanShow(row pgx.Row) (Show, error) {
+	var sh Show
+	var ttlMS int64
+	var cats, rows []byte
+	if err := row.Scan(&sh.ID, &sh.Title, &sh.City, &sh.Venue, &sh.StartsAt, &ttlMS, &cats, &rows, &sh.Capacity, &sh.CreatedAt); err != nil {
+		return Show{}, err
+	}
+	sh.HoldTTL = time.Duration(ttlMS) * time.Millisecond
+	if err := json.Unmarshal(cats, &sh.Categories); err != nil {
+		return Show{}, fmt.Errorf("show %s categories: %w", sh.ID, err)
+	}
+	if err := json.Unmarshal(rows, &sh.Rows); err != nil {
+		return Show{}, fmt.Errorf("show %s rows: %w", sh.ID, err)
+	}
+	return sh, nil
+}
+
+// GetShow reads a show. ErrNotFound if there is none.
+func (s *Store) GetShow(ctx context.Context, id string) (Show, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+	defer cancel()
+	sh, err := scanShow(s.pool.QueryRow(ctx, `SELECT `+showColumns+` FROM shows WHERE show_id = $1`, id))
+	if err != nil {
+		return Show{}, fmt.Errorf("show %s: %w", id, classify(err))
+	}
+	return sh, nil
+}
+
+// AcquireShow makes this node the show's owner by raising its epoch, and
+// returns the new epoch. From its commit on, writes carrying an older epoch
+// for the show fail with ErrNotOwner. ErrNotFound if there is no such show.
+func (s *Store) AcquireShow(ctx context.Context, showID string) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+	defer cancel()
+	var epoch int64
+	err := s.pool.QueryRow(ctx, `
+		INSERT INTO show_owners (show_id, owner_node, epoch)
+		SELECT show_id, $2, 1 FROM shows WHERE show_id = $1
+		ON CONFLICT (show_id) DO UPDATE
+		SET owner_node = EXCLUDED.owner_node, epoch = show_owners.epoch + 1, updated_at = now()
+		RETURNING epoch`, showID, s.cfg.NodeID).Scan(&epoch)
+	if err != nil {
+		return 0, fmt.Errorf("acquire show %s: %w", showID, classify(err))
+	}
+	return epoch, nil
+}
+
+// Owner returns the show's owner node and epoch.
+func (s *Store) Owner(ctx context.Context, showID string) (node string, epoch int64, err error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+	defer cancel()
+	err = s.pool.QueryRow(ctx, `SELECT owner_node, epoch FROM show_owners WHERE show_id = $1`, showID).Scan(&node, &epoch)
+	if err != nil {
+		return "", 0, fmt.Errorf("owner of %s: %w", showID, classify(err))
+	}
+	return node, epoch, nil
+}
+
+// LoadShow reads everything needed to rebuild a show, in one repeatable-read
+// transaction so the parts agree.
+func (s *Store) LoadShow(ctx context.Context, showID string) (Snapshot, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+	defer cancel()
+	var snap Snapshot
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var err error
+		snap.Show, err = scanShow(tx.QueryRow(ctx, `SELECT `+showColumns+` FROM shows WHERE show_id = $1`, showID))
+		if err != nil {
+			return err
+		}
+		rows, _ := tx.Query(ctx, `SELECT `+reservationColumns+` FROM reservations
+			WHERE show_id = $1 AND status IN ('HELD', 'BOOKED')
+			ORDER BY status = 'BOOKED', expires_at, created_at, reservation_id`, showID)
+		snap.Live, err = pgx.CollectRows(rows, scanReservation)
+		if err != nil {
+			return err
+		}
+		rows, _ = tx.Query(ctx, `SELECT idempotency_key, fingerprint, reservation_id FROM idempotency_keys WHERE show_id = $1`, showID)
+		snap.Idempotency, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (IdempotencyRecord, error) {
+			var rec IdempotencyRecord
+			err := r.Scan(&rec.Key, &rec.Fingerprint, &rec.ReservationID)
+			return rec, err
+		})
+		return err
+	})
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("load show %s: %w", showID, classify(err))
+	}
+	return snap, nil
+}
+
+const reservationColumns = `show_id, reservation_id, user_id, status, seat_ids, created_at, expires_at,
+	booked_at, ended_at, coalesce(payment_ref, '')`
+
+func scanReservation(row pgx.CollectableRow) (Reservation, error) {
+	var r Reservation
+	var booked, ended *time.Time
+	err := row.Scan(&r.ShowID, &r.ID, &r.UserID, &r.Status, &r.SeatIDs, &r.CreatedAt, &r.ExpiresAt, &booked, &ended, &r.PaymentRef)
+	if booked != nil {
+		r.BookedAt = *booked
+	}
+	if ended != nil {
+		r.EndedAt = *ended
+	}
+	return r, err
+}
+
+// GetReservation reads one reservation. ErrNotFound if there is none.
+func (s *Store) GetReservation(ctx context.Context, showID, id string) (Reservation, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+	defer cancel()
+	rows, _ := s.pool.Query(ctx, `SELECT `+reservationColumns+` FROM reservations WHERE show_id = $1 AND reservation_id = $2`, showID, id)
+	r, err := pgx.CollectExactlyOneRow(rows, scanReservation)
+	if err != nil {
+		return Reservation{}, fmt.Errorf("reservation %s: %w", id, classify(err))
+	}
+	return r, nil
+}
+
+// ReservationCursor is a position in a user's history, newest first.
+type ReservationCursor struct {
+	CreatedAt time.Time
+	ID        string
+}
+
+// ListUserReservations returns up to limit of a user's reservations, newest
+// first, starting after the cursor (nil: from the newest). A non-empty
+// showID restricts them to that show.
+func (s *Store) ListUserReservations(ctx context.Context, userID, showID string, after *ReservationCursor, limit int) ([]Reservation, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+	defer cancel()
+	var at *time.Time
+	var id string
+	if after != nil {
+		at, id = &after.CreatedAt, after.ID
+	}
+	rows, _ := s.pool.Query(ctx, `SELECT `+reservationColumns+` FROM reservations
+		WHERE user_id = $1 AND ($2 = '' OR show_id = $2)
+		  AND ($3::timestamptz IS NULL OR (created_at, reservation_id) < ($3, $4))
+		ORDER BY created_at DESC, reservation_id DESC
+		LIMIT $5`, userID, showID, at, id, limit)
+	list, err := pgx.CollectRows(rows, scanReservation)
+	if err != nil {
+		return nil, fmt.Errorf("reservations of %s: %w", userID, classify(err))
+	}
+	return list, nil
+}
+
+// Event is one entry of the audit log.
+type Event struct {
+	ID            int64
+	ShowID        string
+	ReservationID string
+	UserID        string
+	Kind          string
+	SeatIDs       []string
+	PaymentRef    string
+	NodeID        string
+	Epoch         int64
+	At            time.Time
+}
+
+// EventFilter selects audit events; at least one of ShowID, ReservationID
+// and UserID must be set. Events come newest first, with IDs below BeforeID
+// when it is non-zero.
+type EventFilter struct {
+	ShowID, ReservationID, UserID string
+	BeforeID                      int64
+	Limit                         int
+}
+
+// ListEvents reads the audit log.
+func (s *Store) ListEvents(ctx context.Context, f EventFilter) ([]Event, error) {
+	if f.ShowID == "" && f.ReservationID == "" && f.UserID == "" {
+		return nil, errors.New("list events: no filter")
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+	defer cancel()
+	rows, _ := s.pool.Query(ctx, `SELECT event_id, show_id, reservation_id, user_id, kind, seat_ids,
+			coalesce(payment_ref, ''), node_id, epoch, at
+		FROM reservation_events
+		WHERE ($1 = '' OR show_id = $1) AND ($2 = '' OR reservation_id = $2) AND ($3 = '' OR user_id = $3)
+		  AND ($4 = 0 OR event_id < $4)
+		ORDER BY event_id DESC
+		LIMIT $5`, f.ShowID, f.ReservationID, f.UserID, f.BeforeID, f.Limit)
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Event, error) {
+		var e Event
+		err := r.Scan(&e.ID, &e.ShowID, &e.ReservationID, &e.UserID, &e.Kind, &e.SeatIDs, &e.PaymentRef, &e.NodeID, &e.Epoch, &e.At)
+		return e, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list events: %w", classify(err))
+	}
+	return list, nil
+}

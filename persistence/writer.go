@@ -1,0 +1,417 @@
+package persistence
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Kind is what a Mutation does to a reservation.
+type Kind uint8
+
+// Mutation kinds.
+const (
+	// Hold inserts a HELD reservation and claims its seats.
+	Hold Kind = iota + 1
+	// Confirm turns a HELD reservation into BOOKED; the claims stay.
+	Confirm
+	// Release ends a HELD reservation as RELEASED and frees its seats.
+	Release
+	// Expire ends a HELD reservation as EXPIRED and frees its seats.
+	Expire
+)
+
+var kindEvents = [...]string{Hold: "HELD", Confirm: "BOOKED", Release: "RELEASED", Expire: "EXPIRED"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindEvents) && kindEvents[k] != "" {
+		return kindEvents[k]
+	}
+	return fmt.Sprintf("Kind(%d)", k)
+}
+
+// Mutation is one change of one reservation, with the audit event it
+// produces and, optionally, the idempotency record of the request.
+type Mutation struct {
+	Kind Kind
+	// Epoch is the writer's ownership epoch of the show (from AcquireShow).
+	Epoch         int64
+	ShowID        string
+	ReservationID string
+	UserID        string
+	// SeatIDs of the reservation; for Hold they are the seats claimed. Seat
+	// IDs never contain a comma.
+	SeatIDs []string
+	// At is when it happened: created, booked or ended.
+	At time.Time
+	// ExpiresAt is the hold's expiry (Hold only).
+	ExpiresAt time.Time
+	// PaymentRef is the payment reference (Confirm only).
+	PaymentRef string
+	// IdempotencyKey, if not empty, is recorded with Fingerprint (Hold and
+	// Confirm only).
+	IdempotencyKey string
+	Fingerprint    string
+}
+
+// Pending is a queued mutation. Wait returns its outcome.
+type Pending struct {
+	m    Mutation
+	err  error
+	done chan struct{}
+}
+
+// Wait blocks until the mutation's transaction has committed (nil) or failed
+// (ErrNotOwner, ErrConflict, ErrUnavailable, ErrClosed). The writer answers
+// every mutation within about its CommitTimeout, so Wait takes no context:
+// the caller must learn the outcome to keep its memory equal to the database.
+func (p *Pending) Wait() error {
+	<-p.done
+	return p.err
+}
+
+func (p *Pending) finish(err error) {
+	p.err = err
+	close(p.done)
+}
+
+// writer is the group committer: one goroutine takes every mutation queued
+// so far (up to MaxBatch) and commits them in one transaction, so a busy
+// node pays one round trip and one fsync for many mutations. Mutations are
+// committed in queue order across batches; within a batch, statements are
+// grouped by kind, which is safe because the engine never queues a mutation
+// that depends on another one still in flight (a hold's seats stay taken in
+// memory until its release or expiry commits).
+type writer struct {
+	s     *Store
+	queue chan *Pending
+
+	mu     sync.RWMutex // guards closed against sends on a closed queue
+	closed bool
+
+	done chan struct{} // closed when the committer goroutine exits
+}
+
+func newWriter(s *Store) *writer {
+	w := &writer{
+		s:     s,
+		queue: make(chan *Pending, s.cfg.QueueSize),
+		done:  make(chan struct{}),
+	}
+	go w.run()
+	return w
+}
+
+// Enqueue queues a mutation without blocking. It fails at once with
+// ErrOverloaded when the queue is full and ErrClosed after Close. Calling it
+// while holding a show's lock keeps the show's mutations in order.
+func (s *Store) Enqueue(m Mutation) (*Pending, error) {
+	w := s.writer
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if w.closed {
+		return nil, ErrClosed
+	}
+	p := &Pending{m: m, done: make(chan struct{})}
+	select {
+	case w.queue <- p:
+		return p, nil
+	default:
+		return nil, ErrOverloaded
+	}
+}
+
+// Write queues a mutation and waits for its outcome.
+func (s *Store) Write(m Mutation) error {
+	p, err := s.Enqueue(m)
+	if err != nil {
+		return err
+	}
+	return p.Wait()
+}
+
+// QueueLen returns the number of queued mutations.
+func (s *Store) QueueLen() int { return len(s.writer.queue) }
+
+func (w *writer) close(ctx context.Context) error {
+	w.mu.Lock()
+	if !w.closed {
+		w.closed = true
+		close(w.queue)
+	}
+	w.mu.Unlock()
+	select {
+	case <-w.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("writer drain: %w", ctx.Err())
+	}
+}
+
+func (w *writer) run() {
+	defer close(w.done)
+	batch := make([]*Pending, 0, w.s.cfg.MaxBatch)
+	for {
+		p, ok := <-w.queue
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], p)
+	fill:
+		for len(batch) < cap(batch) {
+			select {
+			case p, ok := <-w.queue:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, p)
+			default:
+				break fill
+			}
+		}
+		w.commit(batch)
+	}
+}
+
+// commit commits a batch and answers each of its mutations. If the batch
+// fails on an SQL error (one mutation contradicts the database), each
+// mutation is retried in a transaction of its own so only the culprit fails.
+func (w *writer) commit(batch []*Pending) {
+	start := time.Now()
+	errs := make([]error, len(batch))
+	err := w.commitTx(batch, errs)
+	if err != nil && isServerError(err) && len(batch) > 1 {
+		w.s.cfg.Logger.Warn("batch failed; committing its mutations one by one", "mutations", len(batch), "err", err)
+		for i, p := range batch {
+			one := []*Pending{p}
+			e := []error{nil}
+			if err := w.commitTx(one, e); err != nil {
+				errs[i] = classify(err)
+			} else {
+				errs[i] = e[0]
+			}
+		}
+		err = nil
+	} else if err != nil {
+		err = classify(err)
+		if !errors.Is(err, ErrUnavailable) {
+			err = fmt.Errorf("%w: %v", ErrConflict, err)
+		}
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+	}
+	if obs := w.s.cfg.Observer; obs != nil {
+		obs(BatchStats{Mutations: len(batch), Duration: time.Since(start), Err: err})
+	}
+	for i, p := range batch {
+		p.finish(errs[i])
+	}
+}
+
+// errRowCount reports a statement that did not touch the rows expected.
+var errRowCount = errors.New("unexpected row count")
+
+// commitTx commits the mutations of batch that hold their show's current
+// epoch, in one transaction. Mutations of shows whose epoch moved get
+// ErrNotOwner in errs and are left out. A non-nil result means nothing was
+// committed.
+func (w *writer) commitTx(batch []*Pending, errs []error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), w.s.cfg.CommitTimeout)
+	defer cancel()
+	tx, err := w.s.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+
+	// Fencing: lock the batch's ownership rows (FOR SHARE) so a takeover,
+	// which updates them, waits for this transaction; then leave out the
+	// mutations whose epoch is no longer the show's.
+	shows := make([]string, 0, 8)
+	seen := make(map[string]bool, 8)
+	for _, p := range batch {
+		if !seen[p.m.ShowID] {
+			seen[p.m.ShowID] = true
+			shows = append(shows, p.m.ShowID)
+		}
+	}
+	epochs := make(map[string]int64, len(shows))
+	rows, _ := tx.Query(ctx, `SELECT show_id, epoch FROM show_owners WHERE show_id = ANY($1) FOR SHARE`, shows)
+	var id string
+	var epoch int64
+	if _, err := pgx.ForEachRow(rows, []any{&id, &epoch}, func() error {
+		epochs[id] = epoch
+		return nil
+	}); err != nil {
+		return err
+	}
+	var st statements
+	for i, p := range batch {
+		if e, ok := epochs[p.m.ShowID]; !ok || e != p.m.Epoch {
+			errs[i] = fmt.Errorf("%w: show %s is at epoch %d, write carried %d", ErrNotOwner, p.m.ShowID, e, p.m.Epoch)
+			continue
+		}
+		st.add(&p.m, w.s.cfg.NodeID)
+	}
+	if st.n == 0 {
+		return tx.Commit(ctx)
+	}
+	if err := st.exec(ctx, tx); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// statements gathers a batch's mutations into column arrays, so a batch of
+// any size costs a handful of statements.
+type statements struct {
+	n int
+	// new holds
+	hShow, hID, hUser, hSeats []string
+	hAt, hExp                 []time.Time
+	// seat claims of new holds
+	cShow, cSeat, cID []string
+	// confirms
+	bShow, bID, bRef []string
+	bAt              []time.Time
+	// releases and expiries
+	eShow, eID, eStatus []string
+	eAt                 []time.Time
+	// audit events
+	vShow, vID, vUser, vKind, vSeats, vRef []string
+	vEpoch                                 []int64
+	vAt                                    []time.Time
+	// idempotency records
+	iShow, iKey, iFP, iID []string
+	node                  string
+}
+
+func (st *statements) add(m *Mutation, node string) {
+	st.n++
+	st.node = node
+	seats := strings.Join(m.SeatIDs, ",")
+	switch m.Kind {
+	case Hold:
+		st.hShow = append(st.hShow, m.ShowID)
+		st.hID = append(st.hID, m.ReservationID)
+		st.hUser = append(st.hUser, m.UserID)
+		st.hSeats = append(st.hSeats, seats)
+		st.hAt = append(st.hAt, m.At)
+		st.hExp = append(st.hExp, m.ExpiresAt)
+		for _, s := range m.SeatIDs {
+			st.cShow = append(st.cShow, m.ShowID)
+			st.cSeat = append(st.cSeat, s)
+			st.cID = append(st.cID, m.ReservationID)
+		}
+	case Confirm:
+		st.bShow = append(st.bShow, m.ShowID)
+		st.bID = append(st.bID, m.ReservationID)
+		st.bRef = append(st.bRef, m.PaymentRef)
+		st.bAt = append(st.bAt, m.At)
+	case Release, Expire:
+		st.eShow = append(st.eShow, m.ShowID)
+		st.eID = append(st.eID, m.ReservationID)
+		st.eStatus = append(st.eStatus, m.Kind.String())
+		st.eAt = append(st.eAt, m.At)
+	}
+	st.vShow = append(st.vShow, m.ShowID)
+	st.vID = append(st.vID, m.ReservationID)
+	st.vUser = append(st.vUser, m.UserID)
+	st.vKind = append(st.vKind, m.Kind.String())
+	st.vSeats = append(st.vSeats, seats)
+	st.vRef = append(st.vRef, m.PaymentRef)
+	st.vEpoch = append(st.vEpoch, m.Epoch)
+	st.vAt = append(st.vAt, m.At)
+	if m.IdempotencyKey != "" {
+		st.iShow = append(st.iShow, m.ShowID)
+		st.iKey = append(st.iKey, m.IdempotencyKey)
+		st.iFP = append(st.iFP, m.Fingerprint)
+		st.iID = append(st.iID, m.ReservationID)
+	}
+}
+
+// exec sends the statements in one pipelined batch. Ends come before new
+// claims so that, were a seat freed and claimed in one batch, the order
+// would be right; updates must touch exactly one row per mutation.
+func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
+	b := &pgx.Batch{}
+	type check struct {
+		want int64
+		what string
+	}
+	var checks []check
+	if len(st.eID) > 0 {
+		b.Queue(`UPDATE reservations r SET status = u.status, ended_at = u.at
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(show_id, id, status, at)
+			WHERE r.show_id = u.show_id AND r.reservation_id = u.id AND r.status = 'HELD'`,
+			st.eShow, st.eID, st.eStatus, st.eAt)
+		checks = append(checks, check{int64(len(st.eID)), "end holds"})
+		b.Queue(`DELETE FROM seat_claims c USING unnest($1::text[], $2::text[]) AS u(show_id, id)
+			WHERE c.show_id = u.show_id AND c.reservation_id = u.id`, st.eShow, st.eID)
+		checks = append(checks, check{-1, "free seats"})
+	}
+	if len(st.hID) > 0 {
+		b.Queue(`INSERT INTO reservations (show_id, reservation_id, user_id, status, seat_ids, created_at, expires_at)
+			SELECT show_id, id, user_id, 'HELD', string_to_array(seats, ','), at, exp
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[])
+				AS u(show_id, id, user_id, seats, at, exp)`,
+			st.hShow, st.hID, st.hUser, st.hSeats, st.hAt, st.hExp)
+		checks = append(checks, check{int64(len(st.hID)), "insert holds"})
+		b.Queue(`INSERT INTO seat_claims (show_id, seat_id, reservation_id)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`, st.cShow, st.cSeat, st.cID)
+		checks = append(checks, check{int64(len(st.cID)), "claim seats"})
+	}
+	if len(st.bID) > 0 {
+		b.Queue(`UPDATE reservations r SET status = 'BOOKED', booked_at = u.at, payment_ref = u.ref
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(show_id, id, ref, at)
+			WHERE r.show_id = u.show_id AND r.reservation_id = u.id AND r.status = 'HELD'`,
+			st.bShow, st.bID, st.bRef, st.bAt)
+		checks = append(checks, check{int64(len(st.bID)), "book holds"})
+	}
+	b.Queue(`INSERT INTO reservation_events (show_id, reservation_id, user_id, kind, seat_ids, payment_ref, node_id, epoch, at)
+		SELECT show_id, id, user_id, kind, string_to_array(seats, ','), nullif(ref, ''), $9, epoch, at
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::timestamptz[])
+			AS u(show_id, id, user_id, kind, seats, ref, epoch, at)`,
+		st.vShow, st.vID, st.vUser, st.vKind, st.vSeats, st.vRef, st.vEpoch, st.vAt, st.node)
+	checks = append(checks, check{int64(len(st.vID)), "audit"})
+	if len(st.iKey) > 0 {
+		b.Queue(`INSERT INTO idempotency_keys (show_id, idempotency_key, fingerprint, reservation_id)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])`, st.iShow, st.iKey, st.iFP, st.iID)
+		checks = append(checks, check{int64(len(st.iKey)), "idempotency"})
+	}
+	br := tx.SendBatch(ctx, b)
+	for _, c := range checks {
+		tag, err := br.Exec()
+		if err != nil {
+			br.Close()
+			return err
+		}
+		if c.want >= 0 && tag.RowsAffected() != c.want {
+			br.Close()
+			return &rowCountError{what: c.what, want: c.want, got: tag.RowsAffected()}
+		}
+	}
+	return br.Close()
+}
+
+// rowCountError is a statement of a batch that touched fewer rows than it
+// had mutations: some reservation was not in the state the writer expected.
+// It is treated like an SQL error (the batch is retried one by one).
+type rowCountError struct {
+	what      string
+	want, got int64
+}
+
+func (e *rowCountError) Error() string {
+	return fmt.Sprintf("%s: %d rows, want %d", e.what, e.got, e.want)
+}
+
+func (e *rowCountError) Unwrap() error { return errRowCount }
