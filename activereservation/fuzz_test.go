@@ -41,6 +41,27 @@ func newModel(rows []Row, version uint64) *model {
 	return m
 }
 
+// pickSeat decodes a fuzz byte into a seat ID: below 100 the n-th seat
+// still available and not in chosen (so that holds often succeed and users
+// reach the limit), below 225 any seat, else a bogus ID.
+func (m *model) pickSeat(b int, chosen []SeatID) SeatID {
+	if b < 100 {
+		var avail []SeatID
+		for i, h := range m.claim {
+			if h == "" && !slices.Contains(chosen, m.seats[i]) {
+				avail = append(avail, m.seats[i])
+			}
+		}
+		if len(avail) > 0 {
+			return avail[b%len(avail)]
+		}
+	}
+	if b < 225 {
+		return m.seats[b%len(m.seats)]
+	}
+	return bogusSeats[(b-225)%len(bogusSeats)]
+}
+
 // hold predicts Hold: the error class, the taken seats, or the reservation.
 func (m *model) hold(id HoldID, user UserID, seats []SeatID, now time.Time) (Reservation, []SeatID, error) {
 	if len(seats) < 1 || len(seats) > MaxSeatsPerHold {
@@ -238,14 +259,44 @@ func sameErr(got, want error) bool {
 // advancing, rebuild by Restore) and checks every outcome and the whole
 // state against the model after each step. A refusal must change nothing.
 func FuzzHold(f *testing.F) {
-	f.Add([]byte{0, 0, 3, 0, 1, 2})
-	f.Add([]byte{0, 1, 10, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 0, 1, 0})
-	f.Add([]byte{0, 2, 2, 4, 4, 0, 3, 2, 250, 1, 0, 1, 2, 200, 3, 1})
-	f.Add([]byte{0, 0, 11, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 0, 12, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3})
-	f.Add([]byte{0, 3, 5, 0, 1, 2, 3, 4, 0, 3, 5, 5, 6, 7, 8, 9, 0, 3, 1, 10, 0, 3, 1, 11})
-	f.Add([]byte{0, 1, 2, 3, 4, 5, 2, 0, 5, 3, 0, 6, 0, 0, 6, 1, 4, 7, 0})
-	f.Add([]byte{0, 0, 2, 1, 2, 5, 2, 0, 5, 1, 255, 1, 0, 0, 0, 5, 2, 0, 2, 5, 2, 1, 3, 0, 8, 0, 0, 1, 3})
-	f.Add([]byte{0, 0, 1, 0, 0, 1, 1, 1, 0, 8, 0, 0, 1, 4, 1, 0, 0, 1, 2, 9, 3, 0, 1})
+	// Operations: hold = 0, idFlag, user, n, n seat bytes; confirm = 2,
+	// hold pick, user pick, ref; release = 4, hold pick, user pick;
+	// expire = 5, hold pick, user pick; due = 6, mask; cancel = 7, hold pick,
+	// user pick; advance = 8, b; replay = 9, b. A user pick of 1 or 2 means
+	// the holder; a seat byte below 100 the n-th available seat.
+	const (
+		opHold, opConfirm, opRelease, opExpire, opDue, opCancel, opAdvance, opReplay = 0, 2, 4, 5, 6, 7, 8, 9
+		holder, other, bogus                                                         = 1, 3, 230
+		advanceTTL, advanceNs, dueExactly                                            = 3, 4, 10 // dueExactly: the oldest hold's ExpiresAt+grace
+	)
+	for _, seed := range [][]byte{
+		// u0 reaches 10 seats in three holds; an 11th seat is refused, also
+		// with some booked; after a release u0 can hold up to 10 again.
+		{opHold, 0, 0, 4, 0, 0, 0, 0, opHold, 0, 0, 3, 0, 0, 0, opHold, 0, 0, 3, 0, 0, 0, opHold, 0, 0, 1, 0,
+			opConfirm, 0, holder, 0, opHold, 0, 0, 1, 0, opRelease, 1, holder, opHold, 0, 0, 4, 0, 0, 0, 0, opHold, 0, 0, 3, 0, 0, 0},
+		// Every refusal of a hold: count, duplicate, unknown, taken, an ID
+		// in use; an ID whose hold was refused may be used again.
+		{opHold, 0, 1, 0, opHold, 0, 1, 11, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, opHold, 0, 1, 2, 100, 100,
+			opHold, 0, 1, 2, bogus, 100, opHold, 0, 1, 2, bogus, bogus, opHold, 0, 1, 3, 100, 101, 102,
+			opHold, 0, 2, 2, 103, 101, opHold, 7, 0, 2, 1, 0, opHold, 7, 5, 0, 1, 0},
+		// Confirm by holder, again, with another ref, by another user; release refused.
+		{opHold, 0, 0, 2, 0, 0, opConfirm, 0, other, 0, opConfirm, 0, holder, 0, opConfirm, 0, holder, 0,
+			opConfirm, 0, holder, 1, opRelease, 0, holder, opRelease, 0, other, opExpire, 0, 0},
+		// Holds expire around the grace boundary: h0 cannot expire early and
+		// is confirmed exactly on it; h2 is due exactly on it, and a confirm
+		// 4ns later is refused.
+		{opHold, 0, 0, 1, 0, opExpire, 0, 0, opAdvance, 1, opHold, 0, 1, 2, 0, 0, opAdvance, dueExactly,
+			opConfirm, 0, holder, 0, opAdvance, dueExactly, opDue, 1, opAdvance, advanceNs,
+			opConfirm, 1, holder, 0, opExpire, 0, 0, opExpire, 1, 0, opDue, 0},
+		// The show moves between operations.
+		{opHold, 0, 3, 3, 0, 0, 0, opHold, 0, 2, 1, 0, opConfirm, 0, holder, 1, opReplay, 7,
+			opConfirm, 0, holder, 1, opRelease, 1, holder, opCancel, 0, holder, opReplay, 0, opAdvance, advanceTTL,
+			opAdvance, 1, opDue, 0},
+		// Cancel, then the hold ID used again.
+		{opHold, 0, 0, 2, 0, 0, opCancel, 0, holder, opCancel, 0, holder, opHold, 7, 0, 0, 1, 0},
+	} {
+		f.Add(seed)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := NewShow(Config{ID: "fuzz", Rows: fuzzRows})
 		if err != nil {
@@ -284,11 +335,7 @@ func FuzzHold(f *testing.F) {
 				user := fuzzUser(in.next())
 				seats := make([]SeatID, in.next()%13)
 				for i := range seats {
-					if b := in.next(); b < 225 {
-						seats[i] = m.seats[b%len(m.seats)]
-					} else {
-						seats[i] = bogusSeats[(b-225)%len(bogusSeats)]
-					}
+					seats[i] = m.pickSeat(in.next(), seats[:i])
 				}
 				name = "Hold(" + string(id) + ", " + string(user) + ", " + strconv.Quote(joinSeats(seats)) + ")"
 				checkErr := s.CheckHold(id, user, seats)

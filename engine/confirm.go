@@ -27,8 +27,8 @@ func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation,
 	if err := validateKey(req.IdempotencyKey); err != nil {
 		return ar.Reservation{}, err
 	}
-	if req.PaymentRef == "" || len(req.PaymentRef) > 200 {
-		return ar.Reservation{}, fmt.Errorf("%w: payment_ref must have 1-200 characters", ErrInvalid)
+	if req.PaymentRef == "" || len(req.PaymentRef) > 200 || hasNUL(req.PaymentRef) {
+		return ar.Reservation{}, fmt.Errorf("%w: payment_ref must have 1-200 characters, no NUL", ErrInvalid)
 	}
 	showID, err := showOfHold(req.Hold)
 	if err != nil {
@@ -67,7 +67,7 @@ func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation,
 	r, already, err := sh.rules.CheckConfirm(req.Hold, req.User, req.PaymentRef, now)
 	if errors.Is(err, ar.ErrHoldNotFound) {
 		sh.mu.Unlock()
-		return n.endedHold(ctx, sh.id, req.Hold, req.User)
+		return n.endedHold(ctx, sh, req.Hold, req.User)
 	}
 	if err != nil || already {
 		sh.mu.Unlock()
@@ -123,17 +123,24 @@ func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation,
 }
 
 // endedHold answers a confirm or release of a hold that is not live in
-// memory: the database says whether it ever existed and how it ended.
-func (n *Node) endedHold(ctx context.Context, show ar.ShowID, id ar.HoldID, user ar.UserID) (ar.Reservation, error) {
-	r, err := n.storedReservation(ctx, show, id)
+// sh's memory: the database says whether it ever existed and how it ended.
+// If the database has it live, another node has changed the show since sh
+// was loaded (sh's node lost it without knowing yet): sh is dropped and the
+// caller told to retry, not that a live hold has ended.
+func (n *Node) endedHold(ctx context.Context, sh *show, id ar.HoldID, user ar.UserID) (ar.Reservation, error) {
+	r, err := n.storedReservation(ctx, sh.id, id)
 	if err != nil {
 		return ar.Reservation{}, err
 	}
 	if r.User != user {
 		return ar.Reservation{}, ar.ErrNotHolder
 	}
-	if r.Status == ar.Expired {
+	switch r.Status {
+	case ar.Expired:
 		return r, ar.ErrHoldExpired
+	case ar.Held, ar.Booked:
+		n.drop(sh, "a live reservation is missing from memory")
+		return ar.Reservation{}, fmt.Errorf("show %s: %w", sh.id, ErrMoved)
 	}
 	return r, fmt.Errorf("%w: %s", ar.ErrHoldEnded, r.Status)
 }

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"time"
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
@@ -43,8 +44,12 @@ func (n *Node) ExpireDue() int {
 	n.mu.RUnlock()
 
 	var batch []expiring
+	var stale []ar.ShowID
 	for _, sh := range shows {
 		sh.mu.Lock()
+		if sh.stale && !sh.dropped {
+			stale = append(stale, sh.id)
+		}
 		if sh.dropped || sh.stale {
 			sh.mu.Unlock()
 			continue
@@ -93,6 +98,16 @@ func (n *Node) ExpireDue() int {
 		default:
 			expired++
 		}
+	}
+	// A stale show takes no changes until reloaded; reload it here, so its
+	// holds expire even if no request comes. While the database is down
+	// this fails fast and is tried again next round.
+	for _, id := range stale {
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ExpiryInterval*10)
+		if err := n.load(ctx, id); err != nil {
+			n.cfg.Logger.Debug("reload of stale show failed", "show", id, "err", err)
+		}
+		cancel()
 	}
 	return expired
 }

@@ -111,10 +111,11 @@ type idemEntry struct {
 }
 
 // show returns the loaded show, loading it (and taking its ownership) on
-// first use. forChange says the caller is about to change it, so a stale
-// show is reloaded first.
+// first use. forChange says the caller is about to change it: a stale show
+// is then reloaded first. A failed reload leaves the stale show in place, so
+// reads go on from memory while the database is away.
 func (n *Node) show(ctx context.Context, id ar.ShowID, forChange bool) (*show, error) {
-	for attempt := 0; ; attempt++ {
+	for attempt := 0; attempt < 3; attempt++ {
 		n.mu.RLock()
 		sh := n.shows[id]
 		n.mu.RUnlock()
@@ -123,22 +124,17 @@ func (n *Node) show(ctx context.Context, id ar.ShowID, forChange bool) (*show, e
 				return sh, nil
 			}
 			sh.mu.Lock()
-			stale, dropped := sh.stale, sh.dropped
+			usable := !sh.stale && !sh.dropped
 			sh.mu.Unlock()
-			if !stale && !dropped {
+			if usable {
 				return sh, nil
 			}
-			if stale && !dropped {
-				n.drop(sh, "reloading after a write of unknown outcome")
-			}
-		}
-		if attempt > 2 {
-			return nil, fmt.Errorf("show %s: %w", id, ErrMoved)
 		}
 		if err := n.load(ctx, id); err != nil {
 			return nil, err
 		}
 	}
+	return nil, fmt.Errorf("show %s: %w", id, ErrMoved)
 }
 
 // load reads a show from the database, takes its ownership, and installs it.
@@ -148,18 +144,32 @@ func (n *Node) load(ctx context.Context, id ar.ShowID) error {
 		// Detached from the caller: other callers may share this load.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
+		// A caller that found the show missing or unusable may get here
+		// just after another load installed it: reloading then would raise
+		// the epoch over the fresh show and fence its in-flight writes.
+		if n.usable(id) {
+			return nil, nil
+		}
 		start := time.Now()
 		sh, err := n.loadShow(ctx, id)
 		if err != nil {
 			return nil, err
 		}
+		live := len(sh.rules.Holds()) + len(sh.rules.Bookings()) // before sh is shared
 		n.mu.Lock()
+		old := n.shows[id]
 		n.shows[id] = sh
 		loaded := len(n.shows)
 		n.mu.Unlock()
+		if old != nil {
+			// Its in-flight writes carry the old epoch and fail.
+			old.mu.Lock()
+			old.dropped = true
+			old.mu.Unlock()
+		}
 		n.metrics.showsLoaded.Set(float64(loaded))
 		n.cfg.Logger.Info("show loaded", "show", id, "epoch", sh.epoch,
-			"live", len(sh.rules.Holds())+len(sh.rules.Bookings()), "took", time.Since(start))
+			"live", live, "took", time.Since(start))
 		return nil, nil
 	})
 	select {
@@ -168,6 +178,19 @@ func (n *Node) load(ctx context.Context, id ar.ShowID) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// usable reports whether show id is loaded and neither stale nor dropped.
+func (n *Node) usable(id ar.ShowID) bool {
+	n.mu.RLock()
+	sh := n.shows[id]
+	n.mu.RUnlock()
+	if sh == nil {
+		return false
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return !sh.stale && !sh.dropped
 }
 
 func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {

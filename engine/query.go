@@ -84,6 +84,9 @@ func (n *Node) ListEvents(ctx context.Context, f persistence.EventFilter) ([]per
 	if f.ShowID == "" && f.ReservationID == "" && f.UserID == "" {
 		return nil, fmt.Errorf("%w: give show_id, hold_id or user_id", ErrInvalid)
 	}
+	if hasNUL(f.ShowID + f.ReservationID + f.UserID) {
+		return nil, fmt.Errorf("%w: NUL in a filter", ErrInvalid)
+	}
 	return n.store.ListEvents(ctx, f)
 }
 

@@ -46,7 +46,7 @@ func (n *Node) Release(ctx context.Context, id ar.HoldID, user ar.UserID) (ar.Re
 	r, err := sh.rules.CheckRelease(id, user)
 	if errors.Is(err, ar.ErrHoldNotFound) {
 		sh.mu.Unlock()
-		r, err := n.endedHold(ctx, sh.id, id, user)
+		r, err := n.endedHold(ctx, sh, id, user)
 		if r.Status == ar.Released && r.User == user {
 			return r, nil
 		}

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -18,6 +19,14 @@ type catalogServer struct {
 }
 
 func (s catalogServer) CreateShow(ctx context.Context, req *pb.CreateShowRequest) (*pb.CreateShowResponse, error) {
+	// AsTime and AsDuration do not refuse malformed values; a starts_at
+	// past what PostgreSQL stores would fail as an internal error.
+	if ts := req.GetStartsAt(); ts != nil && ts.CheckValid() != nil {
+		return nil, toStatus(fmt.Errorf("%w: starts_at: %v", ErrInvalid, ts.CheckValid()))
+	}
+	if d := req.GetHoldTtl(); d != nil && d.CheckValid() != nil {
+		return nil, toStatus(fmt.Errorf("%w: hold_ttl: %v", ErrInvalid, d.CheckValid()))
+	}
 	sh := persistence.Show{
 		ID:       req.GetShowId(),
 		Title:    req.GetTitle(),

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -167,7 +168,7 @@ func decodeToken(tok string, v any) error {
 	if err == nil {
 		err = json.Unmarshal(b, v)
 	}
-	if err != nil {
+	if err != nil || bytes.Contains(b, []byte(`\u0000`)) { // NUL: not a token of ours, and PostgreSQL cannot take it
 		return fmt.Errorf("%w: bad page_token", ErrInvalid)
 	}
 	return nil

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -165,19 +166,29 @@ func (s *Server) authorize(ctx context.Context, method string) error {
 		}
 	}
 	if tok == "" {
-		return status.Error(codes.Unauthenticated, "UNAUTHENTICATED: missing 'authorization: Bearer <token>' metadata")
+		return authError(codes.Unauthenticated, "UNAUTHENTICATED", "missing 'authorization: Bearer <token>' metadata")
 	}
 	admin := subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.AdminToken)) == 1
 	if admin {
 		return nil
 	}
 	if subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.Token)) != 1 {
-		return status.Error(codes.Unauthenticated, "UNAUTHENTICATED: invalid token")
+		return authError(codes.Unauthenticated, "UNAUTHENTICATED", "invalid token")
 	}
 	if adminMethod(method) {
-		return status.Error(codes.PermissionDenied, "ADMIN_ONLY: this RPC needs the admin token")
+		return authError(codes.PermissionDenied, "ADMIN_ONLY", "this RPC needs the admin token")
 	}
 	return nil
+}
+
+// authError is a refusal by authorize, shaped like every other error of the
+// API (see toStatus): the reason prefixes the message and is in an ErrorInfo.
+func authError(code codes.Code, reason, msg string) error {
+	st, err := status.New(code, reason+": "+msg).WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain})
+	if err != nil {
+		return status.Error(code, reason+": "+msg)
+	}
+	return st.Err()
 }
 
 func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"strings"
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
 )
@@ -44,15 +45,20 @@ func validateRowLabel(label string) error {
 }
 
 func validateUser(u ar.UserID) error {
-	if len(u) == 0 || len(u) > maxIDLen*2 {
-		return fmt.Errorf("%w: user_id must have 1-%d characters", ErrInvalid, maxIDLen*2)
+	if len(u) == 0 || len(u) > maxIDLen*2 || hasNUL(string(u)) {
+		return fmt.Errorf("%w: user_id must have 1-%d characters, no NUL", ErrInvalid, maxIDLen*2)
 	}
 	return nil
 }
 
 func validateKey(k string) error {
-	if len(k) > maxKeyLen {
-		return fmt.Errorf("%w: idempotency_key longer than %d", ErrInvalid, maxKeyLen)
+	if len(k) > maxKeyLen || hasNUL(k) {
+		return fmt.Errorf("%w: idempotency_key longer than %d or with a NUL", ErrInvalid, maxKeyLen)
 	}
 	return nil
 }
+
+// hasNUL reports text that PostgreSQL cannot store. Such text must be
+// refused up front: a write of it would fail only after the decision was
+// taken in memory, and the failed write would drop the show.
+func hasNUL(s string) bool { return strings.IndexByte(s, 0) >= 0 }

@@ -75,7 +75,7 @@ type Config struct {
 type Cluster struct {
 	bin      string     // directory of initdb, pg_ctl
 	dir      string     // Config.Dir, absolute
-	port     int        //
+	port     int        // TCP port on 127.0.0.1, fixed for the cluster's life
 	tempDir  bool       // Start created dir; Stop removes it
 	postgres *user.User // non-nil when commands run as postgres through runuser
 	log      io.Writer
