@@ -1,7 +1,7 @@
 GO ?= go
 BIN := bin/boxoffice
 
-.PHONY: all build demo test fuzz generate bench vet clean
+.PHONY: all build demo grpcurl test fuzz generate bench vet clean
 
 all: build
 
@@ -11,6 +11,11 @@ build:
 ## demo: start a private PostgreSQL and a node, run a short scenario, keep serving.
 demo: build
 	./$(BIN) demo
+
+## grpcurl: install grpcurl into bin/ to try the API by hand (README shows the calls).
+GRPCURL_VERSION ?= v1.9.3
+grpcurl:
+	GOBIN=$(CURDIR)/bin $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
 ## test: vet, every test with the race detector, and a short fuzz run.
 test: vet

@@ -1,8 +1,343 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+	"github.com/boxoffice/boxoffice/internal/pgcluster"
 )
 
-func runDemo(ctx context.Context, args []string) error { return errors.New("demo: not yet") }
+// The demo's bearer tokens; it prints them with the grpcurl commands.
+const (
+	demoToken      = "demo-token"
+	demoAdminToken = "demo-admin-token"
+)
+
+// demoConfig is what `demo` takes from its flags.
+type demoConfig struct {
+	Dir        string        // PostgreSQL's directory; empty: a temporary one
+	GRPCAddr   string        // the node's gRPC address
+	HTTPAddr   string        // the node's metrics and health address
+	QuickTTL   time.Duration // hold TTL of the show where a hold expires
+	ExitAfter  bool          // stop after the scenario instead of serving
+	ShowSuffix string        // appended to the show IDs (set when Dir is reused)
+}
+
+func runDemo(ctx context.Context, args []string) error {
+	var cfg demoConfig
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.StringVar(&cfg.Dir, "dir", "", "PostgreSQL data directory to create or reuse (default: a temporary directory, removed at exit)")
+	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", "127.0.0.1:7070", "gRPC listen address")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:7071", "metrics and health listen address")
+	fs.DurationVar(&cfg.QuickTTL, "quick-ttl", 10*time.Second, "hold TTL of the small show whose hold the scenario lets expire")
+	fs.BoolVar(&cfg.ExitAfter, "exit-after-scenario", false, "stop after the scenario instead of serving until interrupted")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	return demo(ctx, cfg, os.Stdout, os.Stderr)
+}
+
+// demo starts PostgreSQL and a node, runs the scenario and serves until ctx
+// ends (or returns after the scenario with ExitAfter). The story goes to
+// out, logs to logs.
+func demo(ctx context.Context, cfg demoConfig, out, logs io.Writer) error {
+	p := func(format string, a ...any) { fmt.Fprintf(out, format+"\n", a...) }
+
+	p("== starting PostgreSQL from the system's binaries (installing Debian's postgresql if missing)")
+	pg, err := pgcluster.Start(ctx, pgcluster.Config{Dir: cfg.Dir, Install: true, Log: logs})
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	defer pg.Stop()
+	p("   PostgreSQL %s, data in %s", pg.URL(), pg.Dir())
+
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	nd, err := startNode(ctx, serveConfig{
+		DatabaseURL: pg.URL(), Migrate: true, GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr,
+		NodeID: "demo-node", Token: demoToken, AdminToken: demoAdminToken,
+	}, log)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			nd.shutdown(10 * time.Second)
+		}
+	}()
+	addr := nd.server.GRPCAddr()
+	p("== node demo-node serving gRPC on %s, metrics and health on http://%s", addr, nd.server.HTTPAddr())
+
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	sc := scenario{
+		catalog: pb.NewCatalogServiceClient(conn), res: pb.NewReservationServiceClient(conn),
+		admin: pb.NewAdminServiceClient(conn), p: p, quickTTL: cfg.QuickTTL,
+	}
+	arena, err := sc.run(ctx)
+	if err != nil {
+		return fmt.Errorf("demo scenario: %w", err)
+	}
+	printTryIt(out, addr, nd.server.HTTPAddr(), arena)
+	if cfg.ExitAfter {
+		stopped = true
+		return nd.shutdown(10 * time.Second)
+	}
+	p("\n== serving until Ctrl-C")
+	<-ctx.Done()
+	stopped = true
+	return nd.shutdown(10 * time.Second)
+}
+
+// scenario is the demo's script, run as a web tier would: over gRPC.
+type scenario struct {
+	catalog  pb.CatalogServiceClient
+	res      pb.ReservationServiceClient
+	admin    pb.AdminServiceClient
+	p        func(string, ...any)
+	quickTTL time.Duration
+}
+
+func svc(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+demoToken)
+}
+
+func adminCtx(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+demoAdminToken)
+}
+
+// createShow creates a show of rows×seats seats. When the ID exists (a
+// reused data directory), it picks a fresh one.
+func (s *scenario) createShow(ctx context.Context, id, title string, rows, seats int, ttl time.Duration) (*pb.Show, error) {
+	req := &pb.CreateShowRequest{
+		ShowId: id, Title: title, City: "Mumbai", Venue: "NSCI Dome",
+		StartsAt:   timestamppb.New(time.Now().Add(7 * 24 * time.Hour).Truncate(time.Hour)),
+		HoldTtl:    durationpb.New(ttl),
+		Categories: []*pb.Category{{Name: "gold", PriceCents: 450000}, {Name: "silver", PriceCents: 250000}},
+	}
+	for i := range rows {
+		cat := "silver"
+		if i < rows/5 {
+			cat = "gold"
+		}
+		req.Rows = append(req.Rows, &pb.Row{Label: rowLabel(i), SeatCount: int32(seats), Category: cat})
+	}
+	resp, err := s.catalog.CreateShow(adminCtx(ctx), req)
+	if status.Code(err) == codes.AlreadyExists {
+		req.ShowId = fmt.Sprintf("%s-%d", id, time.Now().Unix())
+		resp, err = s.catalog.CreateShow(adminCtx(ctx), req)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetShow(), nil
+}
+
+// rowLabel names row i: A..Z, then AA, AB, ...
+func rowLabel(i int) string {
+	if i < 26 {
+		return string(rune('A' + i))
+	}
+	return rowLabel(i/26-1) + string(rune('A'+i%26))
+}
+
+func (s *scenario) run(ctx context.Context) (string, error) {
+	p := s.p
+	p("\n== 1. an admin creates a 15,000-seat show (100 rows of 150 seats, holds last 5 minutes)")
+	arena, err := s.createShow(ctx, "demo-arena", "Coldplay: Music of the Spheres", 100, 150, 5*time.Minute)
+	if err != nil {
+		return "", err
+	}
+	sm, err := s.res.GetSeatMap(svc(ctx), &pb.GetSeatMapRequest{ShowId: arena.GetShowId()})
+	if err != nil {
+		return "", err
+	}
+	p("   show %s: %d seats; its seat map is %d bytes on the wire (one status byte per seat), version %d",
+		arena.GetShowId(), arena.GetCapacity(), proto.Size(sm), sm.GetVersion())
+
+	p("\n== 2. alice and bob race for seats A-1 and A-2 at the same moment")
+	seats := []string{"A-1", "A-2"}
+	var (
+		wg      sync.WaitGroup
+		start   = make(chan struct{})
+		results [2]struct {
+			user string
+			resp *pb.HoldSeatsResponse
+			err  error
+		}
+	)
+	for i, user := range []string{"alice", "bob"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			results[i].user = user
+			results[i].resp, results[i].err = s.res.HoldSeats(svc(ctx), &pb.HoldSeatsRequest{
+				ShowId: arena.GetShowId(), UserId: user, SeatIds: seats, IdempotencyKey: user + "-race",
+			})
+		}()
+	}
+	close(start)
+	wg.Wait()
+	var winner, winnerHold string
+	for _, r := range results {
+		switch {
+		case r.err == nil:
+			winner, winnerHold = r.user, r.resp.GetHoldId()
+			p("   %-5s HELD %v: hold %s, pay before %s", r.user, r.resp.GetSeatIds(), winnerHold,
+				r.resp.GetExpiresAt().AsTime().Local().Format(time.TimeOnly))
+		case status.Code(r.err) == codes.AlreadyExists:
+			p("   %-5s refused from memory, no database round trip: %v %s", r.user, status.Code(r.err), status.Convert(r.err).Message())
+		default:
+			return "", fmt.Errorf("%s: %w", r.user, r.err)
+		}
+	}
+	if winner == "" {
+		return "", errors.New("nobody won the race")
+	}
+
+	p("\n== 3. %s pays; the web tier confirms the hold with the payment reference", winner)
+	conf, err := s.res.ConfirmHold(svc(ctx), &pb.ConfirmHoldRequest{
+		HoldId: winnerHold, UserId: winner, PaymentRef: "pay_demo_0001", IdempotencyKey: winner + "-confirm",
+	})
+	if err != nil {
+		return "", err
+	}
+	r := conf.GetReservation()
+	p("   %s %v %s, payment %s", r.GetHoldId(), r.GetSeatIds(), r.GetStatus(), r.GetPaymentRef())
+	again, err := s.res.ConfirmHold(svc(ctx), &pb.ConfirmHoldRequest{
+		HoldId: winnerHold, UserId: winner, PaymentRef: "pay_demo_0001", IdempotencyKey: winner + "-confirm",
+	})
+	if err != nil {
+		return "", err
+	}
+	p("   the confirm retried with the same idempotency key answers the same: %s", again.GetReservation().GetStatus())
+
+	p("\n== 4. carol holds three seats of a small show (holds last %s) and never pays", s.quickTTL)
+	quick, err := s.createShow(ctx, "demo-quick", "Late-night comedy", 1, 10, s.quickTTL)
+	if err != nil {
+		return "", err
+	}
+	hold, err := s.res.HoldSeats(svc(ctx), &pb.HoldSeatsRequest{
+		ShowId: quick.GetShowId(), UserId: "carol", SeatIds: []string{"A-4", "A-5", "A-6"},
+	})
+	if err != nil {
+		return "", err
+	}
+	if err := s.printCounts(ctx, quick.GetShowId()); err != nil {
+		return "", err
+	}
+	p("   waiting for the hold to expire (its TTL, then 5 s of grace for a confirm already on its way)...")
+	began := time.Now()
+	if err := s.waitExpired(ctx, hold.GetHoldId()); err != nil {
+		return "", err
+	}
+	p("   after %.1f s hold %s is EXPIRED in PostgreSQL and its seats are offered again:", time.Since(began).Seconds(), hold.GetHoldId())
+	if err := s.printCounts(ctx, quick.GetShowId()); err != nil {
+		return "", err
+	}
+	_, err = s.res.ConfirmHold(svc(ctx), &pb.ConfirmHoldRequest{HoldId: hold.GetHoldId(), UserId: "carol", PaymentRef: "pay_late"})
+	p("   carol's late confirm: %v", status.Convert(err).Message())
+
+	p("\n== 5. what PostgreSQL recorded")
+	list, err := s.res.ListUserReservations(svc(ctx), &pb.ListUserReservationsRequest{UserId: winner})
+	if err != nil {
+		return "", err
+	}
+	for _, r := range list.GetReservations() {
+		p("   %s's booking: %s %s %v %s", winner, r.GetShowId(), r.GetHoldId(), r.GetSeatIds(), r.GetStatus())
+	}
+	var events []*pb.ReservationEvent
+	for _, show := range []string{arena.GetShowId(), quick.GetShowId()} {
+		ev, err := s.admin.ListReservationEvents(adminCtx(ctx), &pb.ListReservationEventsRequest{ShowId: show})
+		if err != nil {
+			return "", err
+		}
+		events = append(events, ev.GetEvents()...)
+	}
+	slices.SortFunc(events, func(a, b *pb.ReservationEvent) int { return cmp.Compare(a.GetEventId(), b.GetEventId()) })
+	for _, e := range events {
+		p("   audit #%d %-10s %-8s %s %-5s %v by %s (epoch %d)", e.GetEventId(), e.GetShowId(), e.GetKind(),
+			e.GetHoldId(), e.GetUserId(), e.GetSeatIds(), e.GetNodeId(), e.GetEpoch())
+	}
+	return arena.GetShowId(), nil
+}
+
+func (s *scenario) printCounts(ctx context.Context, show string) error {
+	sm, err := s.res.GetSeatMap(svc(ctx), &pb.GetSeatMapRequest{ShowId: show})
+	if err != nil {
+		return err
+	}
+	var b strings.Builder
+	for _, st := range sm.GetStatuses() {
+		b.WriteByte(".HB"[max(0, min(2, int(st)-1))])
+	}
+	p := s.p
+	p("   seat map %s v%d: %d available, %d held, %d booked   [%s]  (. free, H held, B booked)",
+		show, sm.GetVersion(), sm.GetAvailable(), sm.GetHeld(), sm.GetBooked(), b.String())
+	return nil
+}
+
+// waitExpired polls the hold until it is EXPIRED, bounded by its TTL, the
+// grace and a margin.
+func (s *scenario) waitExpired(ctx context.Context, hold string) error {
+	ctx, cancel := context.WithTimeout(ctx, s.quickTTL+15*time.Second)
+	defer cancel()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		r, err := s.res.GetReservation(svc(ctx), &pb.GetReservationRequest{HoldId: hold})
+		if err != nil {
+			return err
+		}
+		if r.GetReservation().GetStatus() == pb.ReservationStatus_RESERVATION_STATUS_EXPIRED {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("hold %s did not expire: %w", hold, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// printTryIt prints grpcurl commands against the running node.
+func printTryIt(out io.Writer, addr, httpAddr, show string) {
+	auth := fmt.Sprintf("-H 'authorization: Bearer %s'", demoToken)
+	fmt.Fprintf(out, `
+== try it (grpcurl: 'make grpcurl' installs it into bin/)
+   bin/grpcurl -plaintext %[1]s list
+   bin/grpcurl -plaintext %[2]s -d '{"showId":"%[3]s"}' %[1]s boxoffice.v1.ReservationService/GetSeatMap
+   bin/grpcurl -plaintext %[2]s -d '{"showId":"%[3]s","userId":"dave","seatIds":["B-7","B-8"]}' %[1]s boxoffice.v1.ReservationService/HoldSeats
+   bin/grpcurl -plaintext %[2]s -d '{"holdId":"<hold id>","userId":"dave","paymentRef":"pay_123"}' %[1]s boxoffice.v1.ReservationService/ConfirmHold
+   bin/grpcurl -plaintext %[2]s -d '{"userId":"dave"}' %[1]s boxoffice.v1.ReservationService/ListUserReservations
+   bin/grpcurl -plaintext -H 'authorization: Bearer %[4]s' -d '{"showId":"%[3]s"}' %[1]s boxoffice.v1.AdminService/ListReservationEvents
+   curl -s http://%[5]s/metrics | grep ^boxoffice_
+`, addr, auth, show, demoAdminToken, httpAddr)
+}
