@@ -3,6 +3,7 @@
 //	boxoffice serve    run a node
 //	boxoffice migrate  apply database migrations and exit
 //	boxoffice demo     start a private PostgreSQL and a node, run a scripted scenario, keep serving
+//	boxoffice bench    load-test a target (the engine or a baseline design) and verify the result
 package main
 
 import (
@@ -28,6 +29,8 @@ func main() {
 		err = runMigrate(ctx, args)
 	case "demo":
 		err = runDemo(ctx, args)
+	case "bench":
+		err = runBench(ctx, args)
 	case "help", "-h", "--help":
 		usage()
 		return
@@ -49,5 +52,6 @@ commands:
   serve    run a node (see 'boxoffice serve -h')
   migrate  apply database migrations and exit
   demo     start a private PostgreSQL and a node, run a short scenario, keep serving
+  bench    load-test a target and verify it ('bench compare' runs several in turn; 'bench -h')
 `)
 }

@@ -1,0 +1,366 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+)
+
+// BoxofficeConfig configures the boxoffice target.
+type BoxofficeConfig struct {
+	// Addr is the gRPC address of an engine node (required).
+	Addr string
+	// Token is the service token sent with every call; AdminToken the one
+	// sent with CreateShow. If AdminToken is empty, Token is sent.
+	Token      string
+	AdminToken string
+	// DatabaseURL is the engine's PostgreSQL, read by Records and
+	// CheckStore for verification (required).
+	DatabaseURL string
+	// Conns is the number of gRPC connections, used round-robin. If 0, 4:
+	// one HTTP/2 connection serializes its frames through one writer on
+	// each side, which a flash sale of thousands of users in flight
+	// saturates.
+	Conns int
+	// NoIdempotencyKeys makes Hold send no idempotency key. By default each
+	// Hold sends a fresh random key, as a web tier does so that it can
+	// retry safely; the engine then records the key with the hold.
+	NoIdempotencyKeys bool
+}
+
+// defaultBoxofficeConns is BoxofficeConfig.Conns when it is 0.
+const defaultBoxofficeConns = 4
+
+// Boxoffice is the engine as a bench target: every call is one RPC of its
+// gRPC API on one of a few client connections, taken in turn; Records reads
+// the engine's Postgres directly. Every acknowledged hold is durable.
+//
+// It is safe for concurrent use: its fields are set by NewBoxoffice and
+// only read afterwards, except next, which is atomic.
+type Boxoffice struct {
+	conns    []*grpc.ClientConn
+	catalog  []pb.CatalogServiceClient
+	reserve  []pb.ReservationServiceClient
+	next     atomic.Uint32
+	md       metadata.MD // the service token, shared read-only by every call
+	adminMD  metadata.MD // the admin token
+	pool     *pgxpool.Pool
+	withKeys bool
+}
+
+var (
+	_ Target        = (*Boxoffice)(nil)
+	_ HoldsDurabler = (*Boxoffice)(nil)
+	_ StoreChecker  = (*Boxoffice)(nil)
+)
+
+// NewBoxoffice opens cfg.Conns client connections to the node at cfg.Addr
+// (connected lazily, at the first call) and a small pool on
+// cfg.DatabaseURL, which it pings.
+func NewBoxoffice(ctx context.Context, cfg BoxofficeConfig) (*Boxoffice, error) {
+	if cfg.Addr == "" {
+		return nil, errors.New("bench: boxoffice: no gRPC address")
+	}
+	if cfg.DatabaseURL == "" {
+		return nil, errors.New("bench: boxoffice: no database URL (verification reads it)")
+	}
+	if cfg.Conns < 0 {
+		return nil, fmt.Errorf("bench: boxoffice: %d connections", cfg.Conns)
+	}
+	if cfg.Conns == 0 {
+		cfg.Conns = defaultBoxofficeConns
+	}
+	if cfg.AdminToken == "" {
+		cfg.AdminToken = cfg.Token
+	}
+	b := &Boxoffice{
+		md:       metadata.Pairs("authorization", "Bearer "+cfg.Token),
+		adminMD:  metadata.Pairs("authorization", "Bearer "+cfg.AdminToken),
+		withKeys: !cfg.NoIdempotencyKeys,
+	}
+	for range cfg.Conns {
+		conn, err := grpc.NewClient(cfg.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			b.Close()
+			return nil, fmt.Errorf("bench: boxoffice: %w", err)
+		}
+		b.conns = append(b.conns, conn)
+		b.catalog = append(b.catalog, pb.NewCatalogServiceClient(conn))
+		b.reserve = append(b.reserve, pb.NewReservationServiceClient(conn))
+	}
+	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("bench: boxoffice: %w", err)
+	}
+	if !strings.Contains(cfg.DatabaseURL, "pool_max_conns") {
+		pc.MaxConns = 2 // verification only: a query or two after the run
+	}
+	b.pool, err = pgxpool.NewWithConfig(ctx, pc)
+	if err == nil {
+		err = b.pool.Ping(ctx)
+	}
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("bench: boxoffice: database: %w", err)
+	}
+	return b, nil
+}
+
+// Name returns "boxoffice".
+func (b *Boxoffice) Name() string { return "boxoffice" }
+
+// HoldsDurable returns true: the engine acknowledges a hold only after it
+// is committed.
+func (b *Boxoffice) HoldsDurable() bool { return true }
+
+// pick returns the index of the connection for the next call.
+func (b *Boxoffice) pick() int { return int(b.next.Add(1) % uint32(len(b.conns))) }
+
+// CreateShow creates the show through CatalogService.CreateShow with the
+// admin token: its rows in one category, and its hold TTL (the engine's
+// default if zero).
+func (b *Boxoffice) CreateShow(ctx context.Context, show ShowSpec) error {
+	req := &pb.CreateShowRequest{
+		ShowId:     show.ID,
+		Title:      "Bench show " + show.ID,
+		City:       "Bench",
+		Venue:      "Bench hall",
+		StartsAt:   timestamppb.New(time.Now().Add(24 * time.Hour).Truncate(time.Second)),
+		Categories: []*pb.Category{{Name: "standard", PriceCents: 50000}},
+		Rows:       make([]*pb.Row, len(show.Rows)),
+	}
+	if show.HoldTTL > 0 {
+		req.HoldTtl = durationpb.New(show.HoldTTL)
+	}
+	for i, r := range show.Rows {
+		req.Rows[i] = &pb.Row{Label: r.Label, SeatCount: int32(r.Seats), Category: "standard"}
+	}
+	_, err := b.catalog[b.pick()].CreateShow(metadata.NewOutgoingContext(ctx, b.adminMD), req)
+	return boxofficeError(err)
+}
+
+// SeatMap reads the show's seat map through GetSeatMap. It fails if the
+// engine's layout is not the show's: the statuses are in the engine's
+// layout order, which must be ShowSpec.SeatIDs order.
+func (b *Boxoffice) SeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
+	resp, err := b.reserve[b.pick()].GetSeatMap(metadata.NewOutgoingContext(ctx, b.md), &pb.GetSeatMapRequest{ShowId: show.ID})
+	if err != nil {
+		return SeatMap{}, boxofficeError(err)
+	}
+	if err := sameLayout(show, resp.GetRows()); err != nil {
+		return SeatMap{}, &Error{Outcome: Failed, Err: err}
+	}
+	st := resp.GetStatuses()
+	if len(st) != show.Capacity() {
+		return SeatMap{}, &Error{Outcome: Failed, Err: fmt.Errorf("boxoffice: seat map of show %s has %d statuses, want %d", show.ID, len(st), show.Capacity())}
+	}
+	sm := SeatMap{Statuses: make([]SeatStatus, len(st))}
+	for i, s := range st {
+		sm.Statuses[i] = SeatStatus(s)
+	}
+	return sm, nil
+}
+
+// sameLayout checks that the engine's rows are the show's, in order.
+func sameLayout(show ShowSpec, rows []*pb.Row) error {
+	if len(rows) != len(show.Rows) {
+		return fmt.Errorf("boxoffice: show %s has %d rows, want %d", show.ID, len(rows), len(show.Rows))
+	}
+	for i, r := range rows {
+		if r.GetLabel() != show.Rows[i].Label || int(r.GetSeatCount()) != show.Rows[i].Seats {
+			return fmt.Errorf("boxoffice: row %d of show %s is %s of %d seats, want %s of %d",
+				i, show.ID, r.GetLabel(), r.GetSeatCount(), show.Rows[i].Label, show.Rows[i].Seats)
+		}
+	}
+	return nil
+}
+
+// Hold holds seats through HoldSeats, with a fresh idempotency key unless
+// the config turned keys off. A caller that retries one logical attempt
+// should use HoldWithKey with the same key instead.
+func (b *Boxoffice) Hold(ctx context.Context, show ShowSpec, user string, seats []string) (Hold, error) {
+	var key string
+	if b.withKeys {
+		key = NewIdempotencyKey()
+	}
+	return b.HoldWithKey(ctx, show, user, seats, key)
+}
+
+// NewIdempotencyKey returns a fresh random idempotency key (26 characters
+// of base32, 128 bits).
+func NewIdempotencyKey() string { return rand.Text() }
+
+// HoldWithKey is Hold with the caller's idempotency key (none if empty): a
+// retry with the key of an attempt whose answer was lost gets that
+// attempt's answer instead of a second hold.
+func (b *Boxoffice) HoldWithKey(ctx context.Context, show ShowSpec, user string, seats []string, key string) (Hold, error) {
+	resp, err := b.reserve[b.pick()].HoldSeats(metadata.NewOutgoingContext(ctx, b.md), &pb.HoldSeatsRequest{
+		ShowId: show.ID, UserId: user, SeatIds: seats, IdempotencyKey: key,
+	})
+	if err != nil {
+		return Hold{}, boxofficeError(err)
+	}
+	return Hold{ID: resp.GetHoldId(), User: user, Seats: resp.GetSeatIds(), ExpiresAt: resp.GetExpiresAt().AsTime()}, nil
+}
+
+// Confirm books the hold through ConfirmHold. The engine answers a repeat
+// with the same payment reference with the booking, so a retry is safe
+// without an idempotency key.
+func (b *Boxoffice) Confirm(ctx context.Context, show ShowSpec, hold Hold, paymentRef string) error {
+	_, err := b.reserve[b.pick()].ConfirmHold(metadata.NewOutgoingContext(ctx, b.md), &pb.ConfirmHoldRequest{
+		HoldId: hold.ID, UserId: hold.User, PaymentRef: paymentRef,
+	})
+	return boxofficeError(err)
+}
+
+// Records reads every reservation of the show from the engine's
+// reservations table, in one statement (one snapshot). Statuses become
+// RecordStates by lower-casing ("HELD" → StateHeld).
+func (b *Boxoffice) Records(ctx context.Context, show ShowSpec) ([]Record, error) {
+	rows, _ := b.pool.Query(ctx, `
+		SELECT reservation_id, user_id, seat_ids, lower(status), coalesce(payment_ref, '')
+		FROM reservations WHERE show_id = $1
+		ORDER BY created_at, reservation_id`, show.ID)
+	recs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Record, error) {
+		var r Record
+		err := row.Scan(&r.ID, &r.User, &r.Seats, &r.State, &r.PaymentRef)
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bench: boxoffice: reading reservations of %s: %w", show.ID, err)
+	}
+	return recs, nil
+}
+
+// maxClaimMismatches bounds what CheckStore reads back.
+const maxClaimMismatches = 100
+
+// CheckStore cross-checks the engine's seat_claims against its
+// reservations, in one statement: every seat of a live (HELD or BOOKED)
+// reservation has a claim naming it, and every claim names a live
+// reservation that has the seat. It returns one ViolationClaimMismatch per
+// disagreement, up to 100.
+func (b *Boxoffice) CheckStore(ctx context.Context, show ShowSpec) ([]string, error) {
+	rows, _ := b.pool.Query(ctx, `
+		WITH live AS (
+			SELECT reservation_id, unnest(seat_ids) AS seat_id
+			FROM reservations WHERE show_id = $1 AND status IN ('HELD', 'BOOKED')
+		), claims AS (
+			SELECT reservation_id, seat_id FROM seat_claims WHERE show_id = $1
+		)
+		SELECT coalesce(l.reservation_id, c.reservation_id), coalesce(l.seat_id, c.seat_id), l.seat_id IS NULL
+		FROM live l FULL JOIN claims c ON c.reservation_id = l.reservation_id AND c.seat_id = l.seat_id
+		WHERE l.seat_id IS NULL OR c.seat_id IS NULL
+		ORDER BY 1, 2
+		LIMIT $2`, show.ID, maxClaimMismatches)
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (string, error) {
+		var (
+			res, seat string
+			claimOnly bool
+		)
+		if err := row.Scan(&res, &seat, &claimOnly); err != nil {
+			return "", err
+		}
+		if claimOnly {
+			return fmt.Sprintf("%s: seat %s is claimed by %s, which is not a live reservation with that seat", ViolationClaimMismatch, seat, res), nil
+		}
+		return fmt.Sprintf("%s: seat %s of live reservation %s has no claim", ViolationClaimMismatch, seat, res), nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bench: boxoffice: reading seat claims of %s: %w", show.ID, err)
+	}
+	return out, nil
+}
+
+// Close closes the connections and the pool.
+func (b *Boxoffice) Close() error {
+	var err error
+	for _, c := range b.conns {
+		err = errors.Join(err, c.Close())
+	}
+	b.conns = nil
+	if b.pool != nil {
+		b.pool.Close()
+	}
+	return err
+}
+
+// Reasons of the engine's errors (google.rpc.ErrorInfo) that change an
+// outcome.
+const (
+	reasonOverloaded = "OVERLOADED"
+	reasonShowExists = "SHOW_EXISTS"
+)
+
+// boxofficeError classifies an error of a call to the engine by its gRPC
+// code: AlreadyExists is Taken (with the seats the error names), except
+// for a show that exists; ResourceExhausted is Limit (the user's limit,
+// sold out), except "overloaded", which is Unavailable; FailedPrecondition
+// is Ended; Unavailable is Unavailable; DeadlineExceeded and Canceled are
+// Timeout; anything else Failed. nil stays nil.
+func boxofficeError(err error) error {
+	if err == nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return &Error{Outcome: Timeout, Err: err}
+		}
+		return &Error{Outcome: Failed, Err: err}
+	}
+	e := &Error{Outcome: Failed, Err: err}
+	switch st.Code() {
+	case codes.AlreadyExists:
+		reason, seats := errorInfo(st)
+		if reason != reasonShowExists {
+			e.Outcome, e.Seats = Taken, seats
+		}
+	case codes.ResourceExhausted:
+		e.Outcome = Limit
+		if reason, _ := errorInfo(st); reason == reasonOverloaded {
+			e.Outcome = Unavailable
+		}
+	case codes.FailedPrecondition:
+		e.Outcome = Ended
+	case codes.Unavailable:
+		e.Outcome = Unavailable
+	case codes.DeadlineExceeded, codes.Canceled:
+		e.Outcome = Timeout
+	}
+	return e
+}
+
+// errorInfo returns the reason of the status's ErrorInfo and the seats its
+// metadata "seats" lists (comma-separated). Without an ErrorInfo, the
+// reason is the message's prefix before ": ", as the engine writes it.
+func errorInfo(st *status.Status) (reason string, seats []string) {
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			if s := info.GetMetadata()["seats"]; s != "" {
+				seats = strings.Split(s, ",")
+			}
+			return info.GetReason(), seats
+		}
+	}
+	reason, _, _ = strings.Cut(st.Message(), ": ")
+	return reason, nil
+}

@@ -1,0 +1,134 @@
+package bench
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
+	"github.com/boxoffice/boxoffice/internal/redisserver"
+)
+
+// startTestRedis starts a throwaway Redis (installing Debian's redis-server
+// when absent and root) and stops it at cleanup. If it cannot be started the
+// test is skipped, or failed when CI=true, as pgclustertest does.
+func startTestRedis(tb testing.TB) *redisserver.Server {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(tb.Context(), 5*time.Minute)
+	defer cancel()
+	s, err := redisserver.Start(ctx, redisserver.Config{Install: true, Log: rsnTestLog{tb}})
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			tb.Fatalf("Redis unavailable (failing, not skipping, because CI=true): %v", err)
+		}
+		tb.Skipf("Redis unavailable, skipping: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			tb.Errorf("stopping Redis: %v", err)
+		}
+	})
+	return s
+}
+
+// rsnTestLog sends progress lines to the test log.
+type rsnTestLog struct{ tb testing.TB }
+
+func (w rsnTestLog) Write(p []byte) (int, error) {
+	w.tb.Helper()
+	w.tb.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// newTestRedisSetNX starts Redis and Postgres and returns a target on them
+// and a client of the Redis.
+func newTestRedisSetNX(tb testing.TB) (*RedisSetNX, *redis.Client) {
+	tb.Helper()
+	rs := startTestRedis(tb)
+	c := pgclustertest.Start(tb)
+	r, err := NewRedisSetNX(tb.Context(), RedisSetNXConfig{RedisAddr: rs.Addr(), DatabaseURL: c.URL()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { r.Close() })
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	tb.Cleanup(func() { rdb.Close() })
+	return r, rdb
+}
+
+func TestRedisSetNX(t *testing.T) {
+	r, rdb := newTestRedisSetNX(t)
+	if r.HoldsDurable() {
+		t.Error("HoldsDurable = true, want false")
+	}
+	testBaselineTarget(t, r, baselineHooks{
+		// Redis's clock: the keys are gone.
+		expired: func(ctx context.Context, show ShowSpec, h Hold) (bool, error) {
+			keys, _ := rsnScriptArgs(show.ID, h.ID, h.User, h.Seats)
+			n, err := rdb.Exists(ctx, keys...).Result()
+			return n == 0, err
+		},
+	})
+
+	t.Run("booked survives in Postgres", func(t *testing.T) {
+		// A Redis that lost its keys lets a seat be held again, but the
+		// booking in Postgres refuses a second confirm of it.
+		ctx := t.Context()
+		show := testShow("lost", time.Minute)
+		if err := r.CreateShow(ctx, show); err != nil {
+			t.Fatal(err)
+		}
+		h, err := r.Hold(ctx, show, "alice", []string{"C-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Confirm(ctx, show, h, "pay-a"); err != nil {
+			t.Fatal(err)
+		}
+		if err := rdb.FlushAll(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		h2, err := r.Hold(ctx, show, "bob", []string{"C-1", "C-2"})
+		if err != nil {
+			t.Fatalf("Hold after Redis lost its keys: %v", err)
+		}
+		if err := r.Confirm(ctx, show, h2, "pay-b"); OutcomeOf(err) != Ended {
+			t.Fatalf("Confirm of a seat booked in Postgres = %v, want ended", err)
+		}
+		if n, err := rdb.Exists(ctx, rsnSeatKey(show.ID, "C-2")).Result(); err != nil || n != 0 {
+			t.Errorf("refused confirm left its seat held (%d, %v)", n, err)
+		}
+		recs, err := r.Records(ctx, show)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) != 1 || recs[0].ID != h.ID || recs[0].State != StateBooked {
+			t.Errorf("records = %+v, want alice's booking only", recs)
+		}
+	})
+}
+
+func TestRedisSetNXRace(t *testing.T) {
+	r, _ := newTestRedisSetNX(t)
+	testBaselineRace(t, r)
+}
+
+func TestRedisGlobEscape(t *testing.T) {
+	if got := redisGlobEscape(`hold:{a*b?[c]\}:`); got != `hold:{a\*b\?\[c\]\\}:` {
+		t.Errorf("redisGlobEscape = %s", got)
+	}
+}
+
+func BenchmarkRedisSetNXHold(b *testing.B) {
+	r, _ := newTestRedisSetNX(b)
+	benchmarkBaselineHold(b, r)
+}
+
+func BenchmarkRedisSetNXSeatMap(b *testing.B) {
+	r, _ := newTestRedisSetNX(b)
+	benchmarkBaselineSeatMap(b, r)
+}

@@ -1,0 +1,124 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"time"
+)
+
+// Scenario is a workload: the shows it needs and what each virtual user
+// does. A new scenario (a waitlist, a node failure during a sale) is one new
+// type implementing it, registered in Scenarios.
+type Scenario interface {
+	// Name is the scenario's name as given to --scenario.
+	Name() string
+	// Shows lists the shows the scenario creates before the run and
+	// verifies after it.
+	Shows() []ShowSpec
+	// Users is how many virtual users the run has.
+	Users() int
+	// User plays virtual user i until it is done. Calls go through u,
+	// which times and records them.
+	User(ctx context.Context, u *User)
+	// Done reports whether the run may stop before every user is done
+	// (the show is sold out).
+	Done() bool
+}
+
+// ScenarioConfig holds the knobs of every scenario; each uses the ones it
+// needs. The zero value of a field means the scenario's default.
+type ScenarioConfig struct {
+	Users       int           // virtual users
+	Rows        int           // rows of each show
+	SeatsPerRow int           // seats of each row
+	Shows       int           // shows (browse)
+	HoldTTL     time.Duration // hold TTL of the shows
+	MaxSeats    int           // a user asks for 1..MaxSeats adjacent seats
+	Retries     int           // attempts after a refusal (AlreadyExists)
+	ConfirmProb float64       // probability that a user pays for a hold
+	PayDelay    time.Duration // the longest a user takes to pay (uniform from a tenth of it)
+	FrontSkew   float64       // ≥ 1; larger crowds the front rows
+	ShowPrefix  string        // prefix of the show IDs, unique per run
+}
+
+// ScenarioNames lists the scenarios that NewScenario knows.
+func ScenarioNames() []string { return []string{"browse", "flash-sale"} }
+
+// NewScenario returns the named scenario.
+func NewScenario(name string, cfg ScenarioConfig) (Scenario, error) {
+	if cfg.ShowPrefix == "" {
+		cfg.ShowPrefix = fmt.Sprintf("bench-%d", time.Now().Unix())
+	}
+	switch name {
+	case "flash-sale":
+		return newFlashSale(cfg)
+	case "browse":
+		return newBrowse(cfg)
+	}
+	return nil, fmt.Errorf("bench: unknown scenario %q (have %v)", name, ScenarioNames())
+}
+
+// layout builds a show of rows×seats seats with rows labelled A..Z, AA...
+func layout(id string, rows, seats int, ttl time.Duration) ShowSpec {
+	s := ShowSpec{ID: id, HoldTTL: ttl}
+	for i := range rows {
+		s.Rows = append(s.Rows, RowSpec{Label: rowLabel(i), Seats: seats})
+	}
+	return s
+}
+
+// rowLabel names row i: A..Z, then AA, AB, ...
+func rowLabel(i int) string {
+	if i < 26 {
+		return string(rune('A' + i))
+	}
+	return rowLabel(i/26-1) + string(rune('A'+i%26))
+}
+
+// pickSeats chooses n adjacent available seats, starting from a row drawn
+// with the given skew toward the front (row = rows·u^skew for uniform u) and
+// moving back row by row; when no row has n adjacent seats it asks for
+// fewer. It returns the seats' indexes in layout order, or nil when none
+// is available.
+func pickSeats(show ShowSpec, sm SeatMap, n int, skew float64, rng *rand.Rand) []int {
+	rows := len(show.Rows)
+	first := int(float64(rows) * math.Pow(rng.Float64(), skew))
+	first = min(first, rows-1)
+	starts := make([]int, rows+1) // starts[i]: index of row i's first seat
+	for i, r := range show.Rows {
+		starts[i+1] = starts[i] + r.Seats
+	}
+	for want := n; want >= 1; want-- {
+		for k := range rows {
+			row := (first + k) % rows
+			lo, hi := starts[row], starts[row+1]
+			// Start at a random seat of the row so users spread out.
+			off := rng.IntN(hi - lo)
+			for j := range hi - lo {
+				s := lo + (off+j)%(hi-lo)
+				if s+want > hi {
+					continue
+				}
+				if free(sm, s, want) {
+					idx := make([]int, want)
+					for x := range idx {
+						idx[x] = s + x
+					}
+					return idx
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func free(sm SeatMap, from, n int) bool {
+	for i := from; i < from+n; i++ {
+		if sm.Statuses[i] != Available {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,94 @@
+package bench
+
+import (
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+func TestPickSeats(t *testing.T) {
+	show := layout("s", 3, 5, time.Minute) // A-1..A-5, B-1..B-5, C-1..C-5
+	all := func(st SeatStatus) SeatMap {
+		sm := SeatMap{Statuses: make([]SeatStatus, show.Capacity())}
+		for i := range sm.Statuses {
+			sm.Statuses[i] = st
+		}
+		return sm
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+
+	t.Run("adjacent and available", func(t *testing.T) {
+		sm := all(Available)
+		for range 200 {
+			idx := pickSeats(show, sm, 3, 2, rng)
+			if len(idx) != 3 {
+				t.Fatalf("picked %v, want 3 seats", idx)
+			}
+			for i := 1; i < len(idx); i++ {
+				if idx[i] != idx[i-1]+1 {
+					t.Fatalf("picked %v: not adjacent", idx)
+				}
+			}
+			if idx[0]/5 != idx[2]/5 {
+				t.Fatalf("picked %v: crosses a row", idx)
+			}
+		}
+	})
+	t.Run("only free seats", func(t *testing.T) {
+		sm := all(Booked)
+		sm.Statuses[11], sm.Statuses[12] = Available, Available // C-2, C-3
+		for range 50 {
+			idx := pickSeats(show, sm, 4, 1, rng)
+			if len(idx) != 2 || idx[0] != 11 || idx[1] != 12 {
+				t.Fatalf("picked %v, want the only two free seats [11 12]", idx)
+			}
+		}
+	})
+	t.Run("fewer when no run is long enough", func(t *testing.T) {
+		sm := all(Held)
+		sm.Statuses[0], sm.Statuses[7] = Available, Available
+		idx := pickSeats(show, sm, 2, 1, rng)
+		if len(idx) != 1 || (idx[0] != 0 && idx[0] != 7) {
+			t.Fatalf("picked %v, want one of the two free seats", idx)
+		}
+	})
+	t.Run("none available", func(t *testing.T) {
+		if idx := pickSeats(show, all(Booked), 1, 1, rng); idx != nil {
+			t.Fatalf("picked %v from a sold-out map", idx)
+		}
+	})
+	t.Run("skew crowds the front", func(t *testing.T) {
+		big := layout("b", 100, 10, time.Minute)
+		sm := SeatMap{Statuses: make([]SeatStatus, big.Capacity())}
+		for i := range sm.Statuses {
+			sm.Statuses[i] = Available
+		}
+		front := 0
+		for range 1000 {
+			if pickSeats(big, sm, 1, 3, rng)[0] < big.Capacity()/4 {
+				front++
+			}
+		}
+		// With skew 3, P(row < 25%) = 0.25^(1/3) ≈ 0.63.
+		if front < 550 || front > 710 {
+			t.Fatalf("%d of 1000 picks in the front quarter, want about 630", front)
+		}
+	})
+}
+
+func TestScenarioConfigRefused(t *testing.T) {
+	for name, cfg := range map[string]ScenarioConfig{
+		"11 seats":             {MaxSeats: 11},
+		"pay longer than hold": {HoldTTL: 10 * time.Second, PayDelay: 20 * time.Second},
+		"probability above 1":  {ConfirmProb: 1.5},
+		"skew below 1":         {FrontSkew: 0.5},
+		"negative users":       {Users: -1},
+	} {
+		if _, err := NewScenario("flash-sale", cfg); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := NewScenario("no-such", ScenarioConfig{}); err == nil {
+		t.Error("an unknown scenario was accepted")
+	}
+}

@@ -1,0 +1,364 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/boxoffice/boxoffice/bench"
+	"github.com/boxoffice/boxoffice/internal/pgcluster"
+	"github.com/boxoffice/boxoffice/internal/redisserver"
+)
+
+// benchConfig is what `bench` and `bench compare` take from their flags.
+type benchConfig struct {
+	Targets  []string
+	Scenario string
+	Sc       bench.ScenarioConfig
+	Run      bench.RunConfig
+	Rounds   int
+	Out      string
+	Quiet    bool
+
+	Addr, Token, AdminToken string // a running engine; empty Addr: the bench starts one
+	DatabaseURL             string // empty: the bench starts PostgreSQL
+	RedisAddr               string // empty: the bench starts redis-server when a target needs it
+	Conns                   int    // gRPC connections to the engine
+}
+
+func parseBench(args []string, compare bool) (benchConfig, error) {
+	var c benchConfig
+	name := "bench"
+	if compare {
+		name = "bench compare"
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	targets := fs.String("target", "boxoffice", "target: boxoffice, pg-status or redis-setnx")
+	if compare {
+		*targets = "boxoffice,pg-status,redis-setnx"
+		fs.Lookup("target").Usage = "targets to compare, comma-separated; the first is the reference of the ratios"
+		fs.Lookup("target").DefValue = *targets
+		fs.IntVar(&c.Rounds, "rounds", 3, "rounds; each runs every target once, in turn")
+	}
+	fs.StringVar(&c.Scenario, "scenario", "flash-sale", "scenario: "+strings.Join(bench.ScenarioNames(), ", "))
+	fs.IntVar(&c.Sc.Users, "users", 0, "virtual users (default 200,000)")
+	fs.IntVar(&c.Sc.Rows, "rows", 0, "rows per show (default 100)")
+	fs.IntVar(&c.Sc.SeatsPerRow, "seats-per-row", 0, "seats per row (default 150)")
+	fs.IntVar(&c.Sc.Shows, "shows", 0, "shows (browse; default 20)")
+	fs.DurationVar(&c.Sc.HoldTTL, "hold-ttl", 0, "hold TTL of the shows (flash-sale default 15s; the engine accepts 10s..1h)")
+	fs.IntVar(&c.Sc.MaxSeats, "max-seats", 0, "a user wants 1..N adjacent seats (default 4)")
+	fs.IntVar(&c.Sc.Retries, "retries", 0, "new attempts after seats were taken (default 3)")
+	fs.Float64Var(&c.Sc.ConfirmProb, "confirm", 0, "probability that a user pays for a hold (default 0.8)")
+	fs.DurationVar(&c.Sc.PayDelay, "pay-delay", 0, "the longest a user takes to pay (default 3s)")
+	fs.Float64Var(&c.Sc.FrontSkew, "front-skew", 0, "≥ 1: how much users crowd the front rows (default 2)")
+	fs.IntVar(&c.Run.Concurrency, "concurrency", 1000, "closed loop: users in flight")
+	fs.Float64Var(&c.Run.Rate, "rate", 0, "open loop: users arriving per second (0: closed loop)")
+	fs.IntVar(&c.Run.MaxInFlight, "max-in-flight", 20000, "open loop: most users in progress")
+	fs.Uint64Var(&c.Run.Seed, "seed", 1, "seed of the users' choices")
+	fs.DurationVar(&c.Run.MaxDuration, "max-duration", 5*time.Minute, "end the run after this long")
+	fs.DurationVar(&c.Run.CallTimeout, "call-timeout", 10*time.Second, "deadline of every call")
+	fs.StringVar(&c.Out, "out", "", "directory for result.json and the HTML report (default bench-results/<time>)")
+	fs.BoolVar(&c.Quiet, "quiet", false, "no progress display")
+	fs.StringVar(&c.Addr, "addr", os.Getenv("BOXOFFICE_BENCH_ADDR"), "gRPC address of a running engine (default: start one) [BOXOFFICE_BENCH_ADDR]")
+	fs.StringVar(&c.Token, "token", os.Getenv("BOXOFFICE_TOKEN"), "the engine's service token, with --addr [BOXOFFICE_TOKEN]")
+	fs.StringVar(&c.AdminToken, "admin-token", os.Getenv("BOXOFFICE_ADMIN_TOKEN"), "the engine's admin token, with --addr [BOXOFFICE_ADMIN_TOKEN]")
+	fs.StringVar(&c.DatabaseURL, "database-url", os.Getenv("BOXOFFICE_DATABASE_URL"), "PostgreSQL URL (default: start a private server) [BOXOFFICE_DATABASE_URL]")
+	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address for redis-setnx (default: start redis-server)")
+	fs.IntVar(&c.Conns, "conns", 4, "gRPC connections to the engine")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("%s: unexpected arguments %q", name, fs.Args())
+	}
+	for _, t := range strings.Split(*targets, ",") {
+		switch t = strings.TrimSpace(t); t {
+		case "boxoffice", "pg-status", "redis-setnx":
+			c.Targets = append(c.Targets, t)
+		default:
+			return c, fmt.Errorf("%s: unknown target %q (have boxoffice, pg-status, redis-setnx)", name, t)
+		}
+	}
+	if !compare && len(c.Targets) != 1 {
+		return c, fmt.Errorf("bench: one --target (use 'bench compare' for several)")
+	}
+	if compare && c.Rounds < 1 {
+		return c, fmt.Errorf("bench compare: --rounds %d: want ≥ 1", c.Rounds)
+	}
+	if c.Addr != "" && c.DatabaseURL == "" {
+		return c, errors.New("bench: --addr needs --database-url (the verification reads the engine's database)")
+	}
+	if c.Out == "" {
+		c.Out = filepath.Join("bench-results", time.Now().Format("20060102-150405"))
+	}
+	// Build the scenario once to check its settings before starting servers.
+	if _, err := bench.NewScenario(c.Scenario, c.Sc); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+func runBench(ctx context.Context, args []string) error {
+	compare := len(args) > 0 && args[0] == "compare"
+	if compare {
+		args = args[1:]
+	}
+	cfg, err := parseBench(args, compare)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	env, err := startBenchEnv(ctx, cfg, os.Stderr)
+	if err != nil {
+		return err
+	}
+	defer env.close()
+
+	rounds := max(cfg.Rounds, 1)
+	cmp := bench.Comparison{Targets: cfg.Targets, Results: map[string][]*bench.Result{}}
+	failed := false
+	for round := range rounds {
+		for _, name := range cfg.Targets {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			dir := cfg.Out
+			if compare {
+				dir = filepath.Join(cfg.Out, fmt.Sprintf("round%d-%s", round+1, name))
+				fmt.Fprintf(os.Stderr, "\n== round %d/%d: %s\n", round+1, rounds, name)
+			}
+			res, err := env.runOne(ctx, cfg, name, fmt.Sprintf("r%d-%d", round+1, time.Now().UnixNano()%1e6))
+			if err != nil {
+				return err
+			}
+			if err := writeResult(dir, res); err != nil {
+				return err
+			}
+			if v, ok := res.Verification.(bench.Verification); ok && !v.Verified() {
+				failed = true
+			}
+			cmp.Results[name] = append(cmp.Results[name], res)
+		}
+	}
+	if compare {
+		fmt.Println()
+		if err := bench.WriteCompareText(os.Stdout, cmp); err != nil {
+			return err
+		}
+	}
+	if failed {
+		return errors.New("bench: VERIFICATION FAILED (see the violations above)")
+	}
+	return nil
+}
+
+// writeResult prints the summary and writes result.json and the HTML report.
+func writeResult(dir string, res *bench.Result) error {
+	fmt.Println()
+	if err := bench.WriteText(os.Stdout, res); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := bench.WriteJSON(filepath.Join(dir, "result.json"), res); err != nil {
+		return err
+	}
+	index, err := bench.WriteHTML(dir, res)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("report: %s\n", index)
+	return nil
+}
+
+// benchEnv is what the targets run on: PostgreSQL, Redis and an engine,
+// each given or started by the bench.
+type benchEnv struct {
+	dbURL, redisAddr        string
+	addr, token, adminToken string
+	conns                   int
+	stops                   []func()
+}
+
+func (e *benchEnv) close() {
+	for i := len(e.stops) - 1; i >= 0; i-- {
+		e.stops[i]()
+	}
+}
+
+// startBenchEnv starts what the targets need and was not given.
+func startBenchEnv(ctx context.Context, cfg benchConfig, logs io.Writer) (*benchEnv, error) {
+	e := &benchEnv{dbURL: cfg.DatabaseURL, redisAddr: cfg.RedisAddr, addr: cfg.Addr,
+		token: cfg.Token, adminToken: cfg.AdminToken, conns: cfg.Conns}
+	ok := false
+	defer func() {
+		if !ok {
+			e.close()
+		}
+	}()
+	if e.dbURL == "" {
+		fmt.Fprintln(logs, "bench: starting a private PostgreSQL (durable settings: fsync and synchronous_commit on)")
+		pg, err := pgcluster.Start(ctx, pgcluster.Config{Install: true, Log: logs})
+		if err != nil {
+			return nil, err
+		}
+		e.stops = append(e.stops, func() { pg.Stop() })
+		e.dbURL = pg.URL()
+	}
+	needs := func(t string) bool {
+		for _, n := range cfg.Targets {
+			if n == t {
+				return true
+			}
+		}
+		return false
+	}
+	if needs("redis-setnx") && e.redisAddr == "" {
+		fmt.Fprintln(logs, "bench: starting redis-server (installing Debian's redis-server if missing)")
+		rs, err := redisserver.Start(ctx, redisserver.Config{Install: true, Log: logs})
+		if err != nil {
+			return nil, err
+		}
+		e.stops = append(e.stops, func() { rs.Stop() })
+		e.redisAddr = rs.Addr()
+	}
+	if needs("boxoffice") && e.addr == "" {
+		if err := e.startEngine(ctx, logs); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	return e, nil
+}
+
+// startEngine runs `boxoffice serve` as a child process, so that the engine
+// and the load generator have their own runtimes, as they would in use.
+func (e *benchEnv) startEngine(ctx context.Context, logs io.Writer) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	grpcAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	httpAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	e.addr, e.token, e.adminToken = grpcAddr, "bench-token", "bench-admin-token"
+	cmd := exec.Command(self, "serve", "--migrate", "--database-url", e.dbURL,
+		"--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--node-id", "bench-node",
+		"--token", e.token, "--admin-token", e.adminToken)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	e.stops = append(e.stops, func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	fmt.Fprintf(logs, "bench: engine started (pid %d) on %s\n", cmd.Process.Pid, grpcAddr)
+	deadline := time.NewTimer(time.Minute)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case err := <-exited:
+			return fmt.Errorf("bench: the engine exited at start: %v", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return errors.New("bench: the engine was not ready within a minute")
+		case <-tick.C:
+		}
+	}
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// target connects to the named target.
+func (e *benchEnv) target(ctx context.Context, name string) (bench.Target, error) {
+	switch name {
+	case "boxoffice":
+		return bench.NewBoxoffice(ctx, bench.BoxofficeConfig{
+			Addr: e.addr, Token: e.token, AdminToken: e.adminToken, DatabaseURL: e.dbURL, Conns: e.conns,
+		})
+	case "pg-status":
+		return bench.NewPGStatus(ctx, bench.PGStatusConfig{DatabaseURL: e.dbURL})
+	case "redis-setnx":
+		return bench.NewRedisSetNX(ctx, bench.RedisSetNXConfig{RedisAddr: e.redisAddr, DatabaseURL: e.dbURL})
+	}
+	return nil, fmt.Errorf("bench: unknown target %q", name)
+}
+
+// runOne runs the scenario once against the named target, with show IDs
+// made unique by tag.
+func (e *benchEnv) runOne(ctx context.Context, cfg benchConfig, name, tag string) (*bench.Result, error) {
+	t, err := e.target(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	defer t.Close()
+	sc := cfg.Sc
+	sc.ShowPrefix = "bench-" + tag
+	scenario, err := bench.NewScenario(cfg.Scenario, sc)
+	if err != nil {
+		return nil, err
+	}
+	run := cfg.Run
+	run.Target, run.Scenario = t, scenario
+	var progress *bench.ProgressPrinter
+	if !cfg.Quiet {
+		progress = bench.NewProgressPrinter(os.Stderr, bench.IsTerminal(os.Stderr), time.Second)
+		run.Progress = progress.Update
+	}
+	res, err := bench.Run(ctx, run)
+	if progress != nil {
+		progress.Done()
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.Config = map[string]any{
+		"target": name, "scenario": cfg.Scenario, "users": scenario.Users(),
+		"capacity": res.Capacity, "concurrency": run.Concurrency, "rate": run.Rate, "seed": run.Seed,
+		"hold_ttl": cfg.Sc.HoldTTL.String(), "confirm": cfg.Sc.ConfirmProb, "pay_delay": cfg.Sc.PayDelay.String(),
+		"conns": e.conns,
+	}
+	return res, nil
+}
