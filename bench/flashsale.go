@@ -18,6 +18,7 @@ import (
 type flashSale struct {
 	cfg    ScenarioConfig
 	show   ShowSpec
+	ids    []string     // the show's seat IDs in layout order
 	booked atomic.Int64 // seats whose confirm was acknowledged
 }
 
@@ -56,7 +57,8 @@ func newFlashSale(cfg ScenarioConfig) (Scenario, error) {
 	case cfg.Users < 1 || cfg.Rows < 1 || cfg.SeatsPerRow < 1 || cfg.Retries < 0:
 		return nil, errors.New("flash-sale: users, rows and seats per row must be positive, retries not negative")
 	}
-	return &flashSale{cfg: cfg, show: layout(cfg.ShowPrefix+"-sale", cfg.Rows, cfg.SeatsPerRow, cfg.HoldTTL)}, nil
+	show := layout(cfg.ShowPrefix+"-sale", cfg.Rows, cfg.SeatsPerRow, cfg.HoldTTL)
+	return &flashSale{cfg: cfg, show: show, ids: show.SeatIDs()}, nil
 }
 
 func (f *flashSale) Name() string      { return "flash-sale" }
@@ -66,7 +68,6 @@ func (f *flashSale) Done() bool        { return f.booked.Load() >= int64(f.show.
 
 func (f *flashSale) User(ctx context.Context, u *User) {
 	want := 1 + u.Rand.IntN(f.cfg.MaxSeats)
-	ids := f.show.SeatIDs()
 	for attempt := 0; attempt <= f.cfg.Retries; attempt++ {
 		sm, err := u.SeatMap(ctx, f.show)
 		if err != nil {
@@ -82,7 +83,7 @@ func (f *flashSale) User(ctx context.Context, u *User) {
 		}
 		seats := make([]string, len(idx))
 		for i, x := range idx {
-			seats[i] = ids[x]
+			seats[i] = f.ids[x]
 		}
 		hold, err := u.Hold(ctx, f.show, seats)
 		switch OutcomeOf(err) {

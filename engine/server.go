@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -85,6 +86,14 @@ func NewServer(n *Node, cfg ServerConfig) (*Server, error) {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	// Profiles, for finding where the time goes under load (`go tool pprof
+	// http://<http-addr>/debug/pprof/profile?seconds=10`). The HTTP address
+	// is loopback by default; expose it no wider than /metrics.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return s, nil
 }

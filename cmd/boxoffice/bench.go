@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -33,6 +34,7 @@ type benchConfig struct {
 	DatabaseURL             string // empty: the bench starts PostgreSQL
 	RedisAddr               string // empty: the bench starts redis-server when a target needs it
 	Conns                   int    // gRPC connections to the engine
+	ProfileDir              string // CPU profiles of the bench and of the engine it started
 }
 
 func parseBench(args []string, compare bool) (benchConfig, error) {
@@ -74,6 +76,7 @@ func parseBench(args []string, compare bool) (benchConfig, error) {
 	fs.StringVar(&c.DatabaseURL, "database-url", os.Getenv("BOXOFFICE_DATABASE_URL"), "PostgreSQL URL (default: start a private server) [BOXOFFICE_DATABASE_URL]")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address for redis-setnx (default: start redis-server)")
 	fs.IntVar(&c.Conns, "conns", 4, "gRPC connections to the engine")
+	fs.StringVar(&c.ProfileDir, "profile-dir", "", "write CPU profiles of each run here: the bench's, and the engine's when the bench started it")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -188,6 +191,7 @@ func writeResult(dir string, res *bench.Result) error {
 type benchEnv struct {
 	dbURL, redisAddr        string
 	addr, token, adminToken string
+	httpAddr                string // the started engine's HTTP address, for its profile
 	conns                   int
 	stops                   []func()
 }
@@ -258,7 +262,7 @@ func (e *benchEnv) startEngine(ctx context.Context, logs io.Writer) error {
 	if err != nil {
 		return err
 	}
-	e.addr, e.token, e.adminToken = grpcAddr, "bench-token", "bench-admin-token"
+	e.addr, e.token, e.adminToken, e.httpAddr = grpcAddr, "bench-token", "bench-admin-token", httpAddr
 	cmd := exec.Command(self, "serve", "--migrate", "--database-url", e.dbURL,
 		"--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--node-id", "bench-node",
 		"--token", e.token, "--admin-token", e.adminToken)
@@ -347,7 +351,12 @@ func (e *benchEnv) runOne(ctx context.Context, cfg benchConfig, name, tag string
 		progress = bench.NewProgressPrinter(os.Stderr, bench.IsTerminal(os.Stderr), time.Second)
 		run.Progress = progress.Update
 	}
+	stopProfiles, err := e.startProfiles(cfg.ProfileDir, tag, name)
+	if err != nil {
+		return nil, err
+	}
 	res, err := bench.Run(ctx, run)
+	stopProfiles()
 	if progress != nil {
 		progress.Done()
 	}
@@ -361,4 +370,65 @@ func (e *benchEnv) runOne(ctx context.Context, cfg benchConfig, name, tag string
 		"conns": e.conns,
 	}
 	return res, nil
+}
+
+// startProfiles starts a CPU profile of this process and, when the bench
+// started the engine and the target is the engine, one of the engine (its
+// /debug/pprof, for up to a minute). The returned func stops and writes them.
+func (e *benchEnv) startProfiles(dir, tag, target string) (stop func(), err error) {
+	if dir == "" {
+		return func() {}, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("bench-%s-%s.cpu.pprof", target, tag)))
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	engineDone := make(chan struct{})
+	if target == "boxoffice" && e.httpAddr != "" {
+		go func() {
+			defer close(engineDone)
+			path := filepath.Join(dir, fmt.Sprintf("engine-%s.cpu.pprof", tag))
+			if err := fetchProfile("http://"+e.httpAddr+"/debug/pprof/profile?seconds=60", path); err != nil {
+				fmt.Fprintln(os.Stderr, "bench: engine profile:", err)
+			}
+		}()
+	} else {
+		close(engineDone)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+		if target == "boxoffice" && e.httpAddr != "" {
+			fmt.Fprintln(os.Stderr, "bench: waiting for the engine's 60 s CPU profile")
+		}
+		<-engineDone
+		fmt.Fprintf(os.Stderr, "bench: CPU profiles in %s ('go tool pprof -top <file>')\n", dir)
+	}, nil
+}
+
+func fetchProfile(url, path string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	out, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, resp.Body); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }
