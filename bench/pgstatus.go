@@ -10,12 +10,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/singleflight"
 )
 
 // PGStatusConfig configures the pg-status baseline.
@@ -32,6 +34,11 @@ type PGStatusConfig struct {
 	// succeeds, if its seats were not held again meanwhile. If 0, 5 s, the
 	// engine's grace (DESIGN.md); tests shorten it.
 	ConfirmGrace time.Duration
+	// SeatMapMaxAge, if positive, lets SeatMap answer with a map read at
+	// most this long ago, one read at a time refreshing it: what a site
+	// does when every user reads a 15,000-seat map. If 0, every SeatMap
+	// runs its query.
+	SeatMapMaxAge time.Duration
 }
 
 // defaultBaselineMaxConns is the Postgres pool size of the baselines when
@@ -51,8 +58,9 @@ const defaultBaselineMaxConns = 32
 // so two holds lock their common seats in the same order and do not
 // deadlock; should one be reported anyway, the hold counts as Taken.
 type PGStatus struct {
-	pool  *pgxpool.Pool
-	grace time.Duration
+	pool     *pgxpool.Pool
+	grace    time.Duration
+	seatMaps *seatMapCache
 }
 
 var (
@@ -101,7 +109,7 @@ func NewPGStatus(ctx context.Context, cfg PGStatusConfig) (*PGStatus, error) {
 	if grace <= 0 {
 		grace = 5 * time.Second
 	}
-	return &PGStatus{pool: pool, grace: grace}, nil
+	return &PGStatus{pool: pool, grace: grace, seatMaps: newSeatMapCache(cfg.SeatMapMaxAge)}, nil
 }
 
 // baselinePool opens a pool on url with maxConns connections (see
@@ -183,9 +191,14 @@ SELECT coalesce(array_agg(idx), '{}'), coalesce(string_agg(CASE
 		ELSE '1' END, ''), '')
 FROM pgs_seats WHERE show_id = $1`
 
-// SeatMap reads the statuses of the show's seats in one query; a seat whose
-// hold expired is available.
+// SeatMap reads the statuses of the show's seats in one query (or from the
+// cache, see PGStatusConfig.SeatMapMaxAge); a seat whose hold expired is
+// available.
 func (p *PGStatus) SeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
+	return p.seatMaps.get(ctx, show, p.readSeatMap)
+}
+
+func (p *PGStatus) readSeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
 	var (
 		idx   []int32
 		codes string
@@ -333,6 +346,66 @@ func (p *PGStatus) Records(ctx context.Context, show ShowSpec) ([]Record, error)
 func (p *PGStatus) Close() error {
 	p.pool.Close()
 	return nil
+}
+
+// seatMapCache shares seat maps among the SeatMap calls of a baseline
+// (see PGStatusConfig.SeatMapMaxAge). A stale map only costs its users a
+// Taken; holds are decided by the store. Safe for concurrent use.
+type seatMapCache struct {
+	maxAge time.Duration // 0: no cache
+	group  singleflight.Group
+
+	mu   sync.Mutex // guards maps
+	maps map[string]cachedSeatMap
+}
+
+type cachedSeatMap struct {
+	sm SeatMap
+	at time.Time // when the read started
+}
+
+func newSeatMapCache(maxAge time.Duration) *seatMapCache {
+	return &seatMapCache{maxAge: maxAge, maps: map[string]cachedSeatMap{}}
+}
+
+// seatMapReadTimeout bounds a shared seat map read, which outlives the
+// call that started it when that call gives up.
+const seatMapReadTimeout = 30 * time.Second
+
+// get returns a copy of the show's cached map if it is young enough, else
+// reads it once for every caller waiting, each until its own deadline.
+func (c *seatMapCache) get(ctx context.Context, show ShowSpec, read func(context.Context, ShowSpec) (SeatMap, error)) (SeatMap, error) {
+	if c.maxAge <= 0 {
+		return read(ctx, show)
+	}
+	c.mu.Lock()
+	m, ok := c.maps[show.ID]
+	c.mu.Unlock()
+	if ok && time.Since(m.at) < c.maxAge {
+		return SeatMap{Statuses: slices.Clone(m.sm.Statuses)}, nil
+	}
+	ch := c.group.DoChan(show.ID, func() (any, error) {
+		// Not the caller's deadline: every waiter shares this read.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), seatMapReadTimeout)
+		defer cancel()
+		start := time.Now()
+		sm, err := read(rctx, show)
+		if err == nil {
+			c.mu.Lock()
+			c.maps[show.ID] = cachedSeatMap{sm: sm, at: start}
+			c.mu.Unlock()
+		}
+		return sm, err
+	})
+	select {
+	case <-ctx.Done():
+		return SeatMap{}, &Error{Outcome: Timeout, Err: ctx.Err()}
+	case res := <-ch:
+		if res.Err != nil {
+			return SeatMap{}, res.Err
+		}
+		return SeatMap{Statuses: slices.Clone(res.Val.(SeatMap).Statuses)}, nil
+	}
 }
 
 // checkBaselineSeats refuses what the engine refuses as InvalidArgument

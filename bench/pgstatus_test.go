@@ -421,9 +421,8 @@ func benchmarkBaselineSeatMap(b *testing.B, target Target) {
 // from 64 goroutines, on a show of 15,000 seats whose holds expire after a
 // second: attempts are a mix of successes and seats taken, as in a sale.
 func benchmarkBaselineHold(b *testing.B, target Target) {
-	var round atomic.Int64
 	b.Run("parallel64", func(b *testing.B) {
-		show := layout(fmt.Sprintf("bench-%d", round.Add(1)), 100, 150, time.Second)
+		show := layout(fmt.Sprintf("bench-%d", time.Now().UnixNano()), 100, 150, time.Second)
 		if err := target.CreateShow(b.Context(), show); err != nil {
 			b.Fatal(err)
 		}
@@ -457,6 +456,72 @@ func benchmarkBaselineHold(b *testing.B, target Target) {
 		b.ReportMetric(total/b.Elapsed().Seconds(), "attempts/s")
 		if other.Load() > 0 {
 			b.Errorf("%d attempts neither ok nor taken", other.Load())
+		}
+	})
+}
+
+func TestSeatMapCache(t *testing.T) {
+	show := testShow("cache", time.Minute)
+	var reads atomic.Int64
+	release := make(chan struct{})
+	read := func(ctx context.Context, s ShowSpec) (SeatMap, error) {
+		reads.Add(1)
+		<-release
+		return SeatMap{Statuses: slices.Repeat([]SeatStatus{Available}, s.Capacity())}, nil
+	}
+
+	t.Run("off", func(t *testing.T) {
+		reads.Store(0)
+		c := newSeatMapCache(0)
+		close(release)
+		defer func() { release = make(chan struct{}) }()
+		for range 3 {
+			if _, err := c.get(t.Context(), show, read); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := reads.Load(); n != 3 {
+			t.Errorf("%d reads for 3 calls without a cache", n)
+		}
+	})
+
+	t.Run("shared", func(t *testing.T) {
+		reads.Store(0)
+		c := newSeatMapCache(time.Hour)
+		var wg sync.WaitGroup
+		for range 10 {
+			wg.Go(func() {
+				if sm, err := c.get(t.Context(), show, read); err != nil || len(sm.Statuses) != 30 {
+					t.Errorf("get = %d seats, %v", len(sm.Statuses), err)
+				}
+			})
+		}
+		pollBaseline(t, 10*time.Second, "the first read", func() (bool, error) { return reads.Load() == 1, nil })
+		close(release)
+		wg.Wait()
+		sm, err := c.get(t.Context(), show, read)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sm.Statuses[0] = Booked // a copy: the cache keeps its own
+		sm, _ = c.get(t.Context(), show, read)
+		if n := reads.Load(); n != 1 || sm.Statuses[0] != Available {
+			t.Errorf("%d reads, first seat %d; want one read shared, available", n, sm.Statuses[0])
+		}
+	})
+
+	t.Run("caller deadline", func(t *testing.T) {
+		blocked := make(chan struct{})
+		c := newSeatMapCache(time.Hour)
+		ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+		defer cancel()
+		_, err := c.get(ctx, show, func(ctx context.Context, s ShowSpec) (SeatMap, error) {
+			<-blocked
+			return SeatMap{}, ctx.Err()
+		})
+		close(blocked)
+		if OutcomeOf(err) != Timeout {
+			t.Errorf("get past the caller's deadline = %v, want timeout", err)
 		}
 	})
 }

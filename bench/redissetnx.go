@@ -32,6 +32,9 @@ type RedisSetNXConfig struct {
 	// PGMaxConns is the Postgres pool's size. If 0, as
 	// PGStatusConfig.MaxConns.
 	PGMaxConns int32
+	// SeatMapMaxAge is as PGStatusConfig.SeatMapMaxAge: if 0, every
+	// SeatMap reads every seat key.
+	SeatMapMaxAge time.Duration
 }
 
 // RedisSetNX is the design the seeds recommend for speed: a hold is a set of
@@ -53,14 +56,15 @@ type RedisSetNXConfig struct {
 // slot.
 //
 // It is safe for concurrent use: Redis runs each script atomically, and the
-// only state in the process is a cache of each show's seat keys, guarded by
-// mu.
+// process keeps only caches: each show's seat keys (guarded by mu) and, if
+// configured, recent seat maps.
 type RedisSetNX struct {
-	rdb  *redis.Client
-	pool *pgxpool.Pool
+	rdb      *redis.Client
+	pool     *pgxpool.Pool
+	seatMaps *seatMapCache
 
-	mu   sync.RWMutex        // guards keys
-	keys map[string][]string // show ID → seat keys in layout order
+	mu      sync.RWMutex          // guards layouts
+	layouts map[string]*rsnLayout // by show ID
 }
 
 var (
@@ -175,7 +179,7 @@ func NewRedisSetNX(ctx context.Context, cfg RedisSetNXConfig) (*RedisSetNX, erro
 		pool.Close()
 		return nil, fmt.Errorf("bench: redis-setnx: %w", err)
 	}
-	return &RedisSetNX{rdb: rdb, pool: pool, keys: map[string][]string{}}, nil
+	return &RedisSetNX{rdb: rdb, pool: pool, layouts: map[string]*rsnLayout{}, seatMaps: newSeatMapCache(cfg.SeatMapMaxAge)}, nil
 }
 
 // Name returns "redis-setnx".
@@ -191,23 +195,39 @@ func rsnSeatKey(show, seat string) string { return "seat:{" + show + "}:" + seat
 // rsnHoldKey is the Redis key of a hold.
 func rsnHoldKey(show, hold string) string { return "hold:{" + show + "}:" + hold }
 
-// seatKeys returns the show's seat keys in layout order, cached.
-func (r *RedisSetNX) seatKeys(show ShowSpec) []string {
+// rsnLayout is what the target keeps of a show's layout: its seat keys in
+// layout order, and the same keys as ready-made MGET commands of
+// rsnMGetChunk keys, so that a seat map converts no key per call.
+type rsnLayout struct {
+	keys []string
+	mget [][]any // "MGET", key, key, ...
+}
+
+// layout returns the show's layout, cached.
+func (r *RedisSetNX) layout(show ShowSpec) *rsnLayout {
 	r.mu.RLock()
-	keys, ok := r.keys[show.ID]
+	l, ok := r.layouts[show.ID]
 	r.mu.RUnlock()
-	if ok && len(keys) == show.Capacity() {
-		return keys
+	if ok && len(l.keys) == show.Capacity() {
+		return l
 	}
 	ids := show.SeatIDs()
-	keys = make([]string, len(ids))
+	l = &rsnLayout{keys: make([]string, len(ids))}
 	for i, id := range ids {
-		keys[i] = rsnSeatKey(show.ID, id)
+		l.keys[i] = rsnSeatKey(show.ID, id)
+	}
+	for chunk := range slices.Chunk(l.keys, rsnMGetChunk) {
+		cmd := make([]any, 0, len(chunk)+1)
+		cmd = append(cmd, "MGET")
+		for _, k := range chunk {
+			cmd = append(cmd, k)
+		}
+		l.mget = append(l.mget, cmd)
 	}
 	r.mu.Lock()
-	r.keys[show.ID] = keys
+	r.layouts[show.ID] = l
 	r.mu.Unlock()
-	return keys
+	return l
 }
 
 // CreateShow records the show's layout in Postgres; no seat needs a key in
@@ -221,28 +241,37 @@ func (r *RedisSetNX) CreateShow(ctx context.Context, show ShowSpec) error {
 	if err != nil {
 		return baselinePGError(err)
 	}
-	r.seatKeys(show)
+	r.layout(show)
 	return nil
 }
 
 // rsnMGetChunk is how many keys one MGET of SeatMap reads.
 const rsnMGetChunk = 1000
 
-// SeatMap reads every seat key with MGETs of rsnMGetChunk keys, pipelined:
-// absent is available, "booked|..." booked, anything else held.
+// SeatMap reads every seat key with MGETs of rsnMGetChunk keys, pipelined
+// (or from the cache, see RedisSetNXConfig.SeatMapMaxAge): absent is
+// available, "booked|..." booked, anything else held.
 func (r *RedisSetNX) SeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
-	keys := r.seatKeys(show)
+	return r.seatMaps.get(ctx, show, r.readSeatMap)
+}
+
+func (r *RedisSetNX) readSeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
+	l := r.layout(show)
 	pipe := r.rdb.Pipeline()
-	cmds := make([]*redis.SliceCmd, 0, (len(keys)+rsnMGetChunk-1)/rsnMGetChunk)
-	for i := 0; i < len(keys); i += rsnMGetChunk {
-		cmds = append(cmds, pipe.MGet(ctx, keys[i:min(i+rsnMGetChunk, len(keys))]...))
+	cmds := make([]*redis.Cmd, len(l.mget))
+	for i, args := range l.mget {
+		cmds[i] = pipe.Do(ctx, args...)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return SeatMap{}, baselineRedisError(err)
 	}
-	sm := SeatMap{Statuses: make([]SeatStatus, 0, len(keys))}
+	sm := SeatMap{Statuses: make([]SeatStatus, 0, len(l.keys))}
 	for _, c := range cmds {
-		for _, v := range c.Val() {
+		vals, err := c.Slice()
+		if err != nil {
+			return SeatMap{}, baselineRedisError(err)
+		}
+		for _, v := range vals {
 			switch s, _ := v.(string); {
 			case v == nil:
 				sm.Statuses = append(sm.Statuses, Available)
@@ -252,6 +281,9 @@ func (r *RedisSetNX) SeatMap(ctx context.Context, show ShowSpec) (SeatMap, error
 				sm.Statuses = append(sm.Statuses, Held)
 			}
 		}
+	}
+	if len(sm.Statuses) != len(l.keys) {
+		return SeatMap{}, &Error{Outcome: Failed, Err: fmt.Errorf("redis-setnx: MGET answered %d seats of %d", len(sm.Statuses), len(l.keys))}
 	}
 	return sm, nil
 }
