@@ -35,6 +35,7 @@ type benchConfig struct {
 	RedisAddr               string // empty: the bench starts redis-server when a target needs it
 	Conns                   int    // gRPC connections to the engine
 	ProfileDir              string // CPU profiles of the bench and of the engine it started
+	BaselineMapCache        time.Duration
 }
 
 func parseBench(args []string, compare bool) (benchConfig, error) {
@@ -76,6 +77,8 @@ func parseBench(args []string, compare bool) (benchConfig, error) {
 	fs.StringVar(&c.DatabaseURL, "database-url", os.Getenv("BOXOFFICE_DATABASE_URL"), "PostgreSQL URL (default: start a private server) [BOXOFFICE_DATABASE_URL]")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address for redis-setnx (default: start redis-server)")
 	fs.IntVar(&c.Conns, "conns", 4, "gRPC connections to the engine")
+	fs.DurationVar(&c.BaselineMapCache, "baseline-map-cache", time.Second,
+		"the baselines answer seat maps from a cache this old at most, as those designs do in practice (0: read every time); boxoffice always answers from live memory")
 	fs.StringVar(&c.ProfileDir, "profile-dir", "", "write CPU profiles of each run here: the bench's, and the engine's when the bench started it")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -193,6 +196,7 @@ type benchEnv struct {
 	addr, token, adminToken string
 	httpAddr                string // the started engine's HTTP address, for its profile
 	conns                   int
+	mapCache                time.Duration
 	stops                   []func()
 }
 
@@ -205,7 +209,7 @@ func (e *benchEnv) close() {
 // startBenchEnv starts what the targets need and was not given.
 func startBenchEnv(ctx context.Context, cfg benchConfig, logs io.Writer) (*benchEnv, error) {
 	e := &benchEnv{dbURL: cfg.DatabaseURL, redisAddr: cfg.RedisAddr, addr: cfg.Addr,
-		token: cfg.Token, adminToken: cfg.AdminToken, conns: cfg.Conns}
+		token: cfg.Token, adminToken: cfg.AdminToken, conns: cfg.Conns, mapCache: cfg.BaselineMapCache}
 	ok := false
 	defer func() {
 		if !ok {
@@ -323,9 +327,9 @@ func (e *benchEnv) target(ctx context.Context, name string) (bench.Target, error
 			Addr: e.addr, Token: e.token, AdminToken: e.adminToken, DatabaseURL: e.dbURL, Conns: e.conns,
 		})
 	case "pg-status":
-		return bench.NewPGStatus(ctx, bench.PGStatusConfig{DatabaseURL: e.dbURL})
+		return bench.NewPGStatus(ctx, bench.PGStatusConfig{DatabaseURL: e.dbURL, SeatMapMaxAge: e.mapCache})
 	case "redis-setnx":
-		return bench.NewRedisSetNX(ctx, bench.RedisSetNXConfig{RedisAddr: e.redisAddr, DatabaseURL: e.dbURL})
+		return bench.NewRedisSetNX(ctx, bench.RedisSetNXConfig{RedisAddr: e.redisAddr, DatabaseURL: e.dbURL, SeatMapMaxAge: e.mapCache})
 	}
 	return nil, fmt.Errorf("bench: unknown target %q", name)
 }
@@ -368,6 +372,9 @@ func (e *benchEnv) runOne(ctx context.Context, cfg benchConfig, name, tag string
 		"capacity": res.Capacity, "concurrency": run.Concurrency, "rate": run.Rate, "seed": run.Seed,
 		"hold_ttl": cfg.Sc.HoldTTL.String(), "confirm": cfg.Sc.ConfirmProb, "pay_delay": cfg.Sc.PayDelay.String(),
 		"conns": e.conns,
+	}
+	if name != "boxoffice" {
+		res.Config["seat_map_cache"] = e.mapCache.String()
 	}
 	return res, nil
 }
