@@ -275,6 +275,11 @@ type Result struct {
 	AllHeldAfter float64        `json:"all_held_after_s,omitempty"` // seconds until no seat was available; 0: never
 	SoldOutAfter float64        `json:"sold_out_after_s,omitempty"` // seconds until sold out or done; 0: never
 	Stopped      string         `json:"stopped,omitempty"`          // why the run ended early, if it did
+	// SaleHoldAttempts and SaleHoldsOK count the holds tried and granted
+	// until every seat was held (AllHeldAfter): the on-sale itself, before
+	// the users who come late only find the map full.
+	SaleHoldAttempts int64 `json:"sale_hold_attempts,omitempty"`
+	SaleHoldsOK      int64 `json:"sale_holds_ok,omitempty"`
 	// Verification is the check of the target's store after the run. The
 	// reports show it through its String and Verified methods when it has
 	// them (see Verdict); read back from JSON it is a map[string]any.
@@ -296,6 +301,17 @@ func (r *Result) Op(name string) (OpResult, bool) {
 		}
 	}
 	return OpResult{}, false
+}
+
+// HoldRates returns hold attempts and granted holds per second: over the
+// on-sale (until every seat was held) when the run got that far, over the
+// whole run otherwise.
+func (r *Result) HoldRates() (attempts, ok float64) {
+	if r.AllHeldAfter > 0 && r.SaleHoldAttempts > 0 {
+		return float64(r.SaleHoldAttempts) / r.AllHeldAfter, float64(r.SaleHoldsOK) / r.AllHeldAfter
+	}
+	hold, _ := r.Op(OpHold.String())
+	return hold.Throughput, hold.OKPerSecond
 }
 
 // OpResult is one op's figures over the whole run. Latencies are in

@@ -169,6 +169,10 @@ func WriteText(w io.Writer, r *Result) error {
 	}
 	line, _, _ := verdictOf(r.Verification)
 	fmt.Fprintf(&b, "all seats held after  %s\n", fmtSeconds(r.AllHeldAfter))
+	if r.AllHeldAfter > 0 && r.SaleHoldAttempts > 0 {
+		att, ok := r.HoldRates()
+		fmt.Fprintf(&b, "during the on-sale    %s hold attempts/s, %s granted/s\n", fmtRate(att), fmtRate(ok))
+	}
 	fmt.Fprintf(&b, "sold out after        %s\n", fmtSeconds(r.SoldOutAfter))
 	fmt.Fprintf(&b, "verification          %s\n", line)
 	_, err := w.Write(b.Bytes())
@@ -583,6 +587,8 @@ type CompareRow struct {
 	AttemptsPerSecond float64 // hold calls per second
 	HoldsPerSecond    float64 // OK holds per second
 	P50, P99          float64 // of holds, ms
+	AllHeldAfter      float64 // seconds until every seat was held, over the rounds that got there
+	AllHeld           int     // rounds in which every seat was held
 	SoldOutAfter      float64 // seconds, over the rounds that sold out; 0: none did
 	SoldOut           int     // rounds that sold out
 	Verified          int     // rounds that verified
@@ -601,7 +607,7 @@ type Ratio struct {
 }
 
 // CompareMetrics names the metrics of CompareRow.Ratios, in display order.
-var CompareMetrics = []string{"attempts/s", "ok holds/s", "p50", "p99", "sold out"}
+var CompareMetrics = []string{"attempts/s", "ok holds/s", "p50", "p99", "all held", "sold out"}
 
 // compareMetric reads one metric of a result; higher reports whether a higher
 // value is better. ok is false when the result has no such figure.
@@ -609,9 +615,13 @@ func compareMetric(r *Result, name string) (v float64, higher, ok bool) {
 	hold, called := r.Op(OpHold.String())
 	switch name {
 	case "attempts/s":
-		return hold.Throughput, true, called
+		att, _ := r.HoldRates()
+		return att, true, called
 	case "ok holds/s":
-		return hold.OKPerSecond, true, called
+		_, ok := r.HoldRates()
+		return ok, true, called
+	case "all held":
+		return r.AllHeldAfter, false, r.AllHeldAfter > 0
 	case "p50":
 		return hold.P50, false, called
 	case "p99":
@@ -632,13 +642,17 @@ func (c Comparison) Rows() []CompareRow {
 	for _, t := range c.Targets {
 		rs := c.Results[t]
 		row := CompareRow{Target: t, Rounds: len(rs), Ratios: map[string]Ratio{}}
-		var att, ok, p50, p99, sold []float64
+		var att, ok, p50, p99, held, sold []float64
 		for _, r := range rs {
 			if hold, called := r.Op(OpHold.String()); called {
-				att = append(att, hold.Throughput)
-				ok = append(ok, hold.OKPerSecond)
+				a, o := r.HoldRates()
+				att = append(att, a)
+				ok = append(ok, o)
 				p50 = append(p50, hold.P50)
 				p99 = append(p99, hold.P99)
+			}
+			if r.AllHeldAfter > 0 {
+				held = append(held, r.AllHeldAfter)
 			}
 			if r.SoldOutAfter > 0 {
 				sold = append(sold, r.SoldOutAfter)
@@ -653,6 +667,7 @@ func (c Comparison) Rows() []CompareRow {
 		row.AttemptsPerSecond, row.HoldsPerSecond = medianOf(att), medianOf(ok)
 		row.P50, row.P99 = medianOf(p50), medianOf(p99)
 		row.SoldOutAfter, row.SoldOut = medianOf(sold), len(sold)
+		row.AllHeldAfter, row.AllHeld = medianOf(held), len(held)
 		for _, m := range CompareMetrics {
 			var ratios []float64
 			for i := range min(len(rs), len(ref)) {
@@ -697,13 +712,17 @@ func medianOf(vs []float64) float64 {
 func WriteCompareText(w io.Writer, c Comparison) error {
 	rows := c.Rows()
 	var b bytes.Buffer
-	fmt.Fprintln(&b, "medians over rounds (holds):")
+	fmt.Fprintln(&b, "medians over rounds (holds; attempts/s and ok holds/s over the on-sale, until every seat was held):")
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "target\trounds\tattempts/s\tok holds/s\tp50 ms\tp99 ms\tsold out after\tverification\t")
+	fmt.Fprintln(tw, "target\trounds\tattempts/s\tok holds/s\tp50 ms\tp99 ms\tall held after\tsold out after\tverification\t")
 	for _, r := range rows {
 		sold := fmtSeconds(r.SoldOutAfter)
 		if r.SoldOut > 0 && r.SoldOut < r.Rounds {
 			sold += fmt.Sprintf(" (%d/%d rounds)", r.SoldOut, r.Rounds)
+		}
+		held := fmtSeconds(r.AllHeldAfter)
+		if r.AllHeld > 0 && r.AllHeld < r.Rounds {
+			held += fmt.Sprintf(" (%d/%d rounds)", r.AllHeld, r.Rounds)
 		}
 		ver := "unknown"
 		switch violated := r.VerifyKnown - r.Verified; {
@@ -712,8 +731,8 @@ func WriteCompareText(w io.Writer, c Comparison) error {
 		case r.Verified > 0:
 			ver = fmt.Sprintf("VERIFIED %d/%d", r.Verified, r.Rounds)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Target, r.Rounds,
-			fmtRate(r.AttemptsPerSecond), fmtRate(r.HoldsPerSecond), fmtMS(r.P50), fmtMS(r.P99), sold, ver)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Target, r.Rounds,
+			fmtRate(r.AttemptsPerSecond), fmtRate(r.HoldsPerSecond), fmtMS(r.P50), fmtMS(r.P99), held, sold, ver)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

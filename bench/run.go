@@ -69,6 +69,7 @@ type runner struct {
 
 	usersDone, holdAttempts, holdsOK, confirmsOK, errs atomic.Int64
 	allHeldAt                                          atomic.Int64 // ns since start; 0: not yet
+	saleAttempts, saleOK                               atomic.Int64 // holds tried and granted when allHeldAt was set
 	soldOutAt                                          atomic.Int64
 	held, booked                                       atomic.Int64 // last sample of the first show
 }
@@ -145,6 +146,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 	}
 	if at := r.allHeldAt.Load(); at > 0 {
 		res.AllHeldAfter = time.Duration(at).Seconds()
+		res.SaleHoldAttempts, res.SaleHoldsOK = r.saleAttempts.Load(), r.saleOK.Load()
 	}
 	if at := r.soldOutAt.Load(); at > 0 {
 		res.SoldOutAfter = time.Duration(at).Seconds()
@@ -316,7 +318,7 @@ func (r *runner) sampleOnce(ctx context.Context, show ShowSpec) {
 	r.booked.Store(int64(booked))
 	r.rec.Progress(now, held, booked)
 	if avail == 0 {
-		r.allHeldAt.CompareAndSwap(0, int64(now.Sub(r.start)))
+		r.allHeld(now)
 	}
 	if booked == len(sm.Statuses) {
 		r.soldOutAt.CompareAndSwap(0, int64(now.Sub(r.start)))
@@ -420,8 +422,15 @@ func (u *User) Backoff(ctx context.Context, err error) bool {
 }
 
 // SawSoldOut notes that the user found no seat available.
-func (u *User) SawSoldOut() {
-	u.run.allHeldAt.CompareAndSwap(0, int64(time.Since(u.run.start)))
+func (u *User) SawSoldOut() { u.run.allHeld(time.Now()) }
+
+// allHeld notes the first time no seat was available, and the holds tried
+// and granted until then.
+func (r *runner) allHeld(at time.Time) {
+	if r.allHeldAt.CompareAndSwap(0, int64(at.Sub(r.start))) {
+		r.saleAttempts.Store(r.holdAttempts.Load())
+		r.saleOK.Store(r.holdsOK.Load())
+	}
 }
 
 // Later runs fn as this user after d (a pay delay) without keeping the
