@@ -39,7 +39,27 @@ generate:
 BENCHTIME ?= 1s
 BENCHCOUNT ?= 5
 bench:
-	$(GO) test -run='^$$' -bench=. -benchtime=$(BENCHTIME) -count=$(BENCHCOUNT) ./internal/ordmap ./activereservation ./engine
+	$(GO) test -run='^$$' -bench=. -benchtime=$(BENCHTIME) -count=$(BENCHCOUNT) ./internal/ordmap ./activereservation ./persistence ./engine
+
+## bench-profile: a CPU profile of BenchmarkHoldSeatsGRPC (client, server and writer, not PostgreSQL) in
+## bin/holds.cpu.pprof, and its top entries by cumulative time. A fixed count of attempts keeps the
+## set-up (the first run starts PostgreSQL) a small part of the profile.
+PROFILETIME ?= 100000x
+.PHONY: bench-profile
+bench-profile:
+	@mkdir -p bin
+	$(GO) test -run='^$$' -bench='^BenchmarkHoldSeatsGRPC$$/^conns=1$$' -benchtime=$(PROFILETIME) -count=1 -o bin/engine.test -cpuprofile=bin/holds.cpu.pprof ./engine
+	$(GO) tool pprof -top -cum bin/engine.test bin/holds.cpu.pprof | head -50
+
+## bench-sale: the default flash sale (200,000 users, 15,000 seats) against a fresh local engine;
+## the report goes to bench-results/sale/index.html.
+.PHONY: bench-sale bench-compare
+bench-sale: build
+	./$(BIN) bench --out bench-results/sale
+
+## bench-compare: the same sale against boxoffice, pg-status and redis-setnx, 3 rounds, with ratios.
+bench-compare: build
+	./$(BIN) bench compare --rounds 3 --out bench-results/compare
 
 clean:
 	rm -rf bin
