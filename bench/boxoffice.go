@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -53,12 +54,14 @@ const defaultBoxofficeConns = 4
 // the engine's Postgres directly. Every acknowledged hold is durable.
 //
 // It is safe for concurrent use: its fields are set by NewBoxoffice and
-// only read afterwards, except next, which is atomic.
+// only read afterwards, except next, which is atomic, and laidOut, a
+// sync.Map.
 type Boxoffice struct {
 	conns    []*grpc.ClientConn
 	catalog  []pb.CatalogServiceClient
 	reserve  []pb.ReservationServiceClient
 	next     atomic.Uint32
+	laidOut  sync.Map    // show ID → struct{}: shows whose layout was checked
 	md       metadata.MD // the service token, shared read-only by every call
 	adminMD  metadata.MD // the admin token
 	pool     *pgxpool.Pool
@@ -157,16 +160,22 @@ func (b *Boxoffice) CreateShow(ctx context.Context, show ShowSpec) error {
 	return boxofficeError(err)
 }
 
-// SeatMap reads the show's seat map through GetSeatMap. It fails if the
-// engine's layout is not the show's: the statuses are in the engine's
-// layout order, which must be ShowSpec.SeatIDs order.
+// SeatMap reads the show's seat map through GetSeatMap. The statuses are
+// in the engine's layout order, which must be ShowSpec.SeatIDs order: the
+// first read of a show asks for the layout too and fails if it is not the
+// show's; later reads, like a web tier's, leave the layout out.
 func (b *Boxoffice) SeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
-	resp, err := b.reserve[b.pick()].GetSeatMap(metadata.NewOutgoingContext(ctx, b.md), &pb.GetSeatMapRequest{ShowId: show.ID})
+	_, checked := b.laidOut.Load(show.ID)
+	resp, err := b.reserve[b.pick()].GetSeatMap(metadata.NewOutgoingContext(ctx, b.md),
+		&pb.GetSeatMapRequest{ShowId: show.ID, IncludeLayout: !checked})
 	if err != nil {
 		return SeatMap{}, boxofficeError(err)
 	}
-	if err := sameLayout(show, resp.GetRows()); err != nil {
-		return SeatMap{}, &Error{Outcome: Failed, Err: err}
+	if !checked {
+		if err := sameLayout(show, resp.GetRows()); err != nil {
+			return SeatMap{}, &Error{Outcome: Failed, Err: err}
+		}
+		b.laidOut.Store(show.ID, struct{}{})
 	}
 	st := resp.GetStatuses()
 	if len(st) != show.Capacity() {

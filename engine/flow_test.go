@@ -30,6 +30,17 @@ func TestHoldConfirmReleaseFlow(t *testing.T) {
 	if sm.GetAvailable() != 30 || len(sm.GetStatuses()) != 30 {
 		t.Fatalf("seat map: %d available, %d statuses", sm.GetAvailable(), len(sm.GetStatuses()))
 	}
+	if len(sm.GetRows()) != 0 {
+		t.Fatalf("seat map without include_layout has %d rows", len(sm.GetRows()))
+	}
+	laidOut, err := n.Reservations.GetSeatMap(ctx, &pb.GetSeatMapRequest{ShowId: "flow", IncludeLayout: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rows := laidOut.GetRows(); len(rows) != 3 || rows[0].GetLabel() != "A" || rows[2].GetSeatCount() != 10 ||
+		string(laidOut.GetStatuses()) != string(sm.GetStatuses()) || laidOut.GetVersion() != sm.GetVersion() {
+		t.Fatalf("seat map with include_layout: rows %v, version %d (want %d)", rows, laidOut.GetVersion(), sm.GetVersion())
+	}
 	h, err := n.Reservations.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "flow", UserId: "u1", SeatIds: []string{"A-1", "A-2"}})
 	if err != nil {
 		t.Fatal(err)

@@ -244,7 +244,7 @@ func getSeatMap(t testing.TB, n *tc.Node, show string) *pb.GetSeatMapResponse {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(tc.Ctx(context.Background()), 10*time.Second)
 	defer cancel()
-	sm, err := n.Reservations.GetSeatMap(ctx, &pb.GetSeatMapRequest{ShowId: show})
+	sm, err := n.Reservations.GetSeatMap(ctx, &pb.GetSeatMapRequest{ShowId: show, IncludeLayout: true})
 	if err != nil {
 		t.Fatalf("GetSeatMap %s: %v", show, err)
 	}

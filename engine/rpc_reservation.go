@@ -33,10 +33,12 @@ func (s *reservationServer) GetSeatMap(ctx context.Context, req *pb.GetSeatMapRe
 		Held:      int32(sm.Held),
 		Booked:    int32(sm.Booked),
 		Statuses:  sm.Statuses,
-		Rows:      make([]*pb.Row, len(sm.Rows)),
 	}
-	for i, r := range sm.Rows {
-		out.Rows[i] = &pb.Row{Label: r.Label, SeatCount: int32(r.SeatCount), Category: r.Category}
+	if req.GetIncludeLayout() {
+		out.Rows = make([]*pb.Row, len(sm.Rows))
+		for i, r := range sm.Rows {
+			out.Rows[i] = &pb.Row{Label: r.Label, SeatCount: int32(r.SeatCount), Category: r.Category}
+		}
 	}
 	return out, nil
 }

@@ -106,7 +106,7 @@ func TestCrash(t *testing.T) {
 
 	// The seat map first: it loads the show, so that GetReservation
 	// answers the live holds from the replayed memory.
-	sm, err := rs.GetSeatMap(ctx, &pb.GetSeatMapRequest{ShowId: crashShow})
+	sm, err := rs.GetSeatMap(ctx, &pb.GetSeatMapRequest{ShowId: crashShow, IncludeLayout: true})
 	if err != nil {
 		t.Fatalf("GetSeatMap after restart: %v", err)
 	}
@@ -118,7 +118,7 @@ func TestCrash(t *testing.T) {
 
 	// Calls cut off by the kill, retried with their idempotency keys.
 	retryUnknown(t, ctx, rs, db, unknown)
-	sm, err = rs.GetSeatMap(ctx, &pb.GetSeatMapRequest{ShowId: crashShow})
+	sm, err = rs.GetSeatMap(ctx, &pb.GetSeatMapRequest{ShowId: crashShow, IncludeLayout: true})
 	if err != nil {
 		t.Fatalf("GetSeatMap after the retries: %v", err)
 	}

@@ -23,8 +23,11 @@ const (
 )
 
 type GetSeatMapRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ShowId        string                 `protobuf:"bytes,1,opt,name=show_id,json=showId,proto3" json:"show_id,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ShowId string                 `protobuf:"bytes,1,opt,name=show_id,json=showId,proto3" json:"show_id,omitempty"`
+	// Also answer the rows. The layout never changes, so a client that polls
+	// reads it once (here or from GetShow) and leaves this off.
+	IncludeLayout bool `protobuf:"varint,2,opt,name=include_layout,json=includeLayout,proto3" json:"include_layout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -66,6 +69,13 @@ func (x *GetSeatMapRequest) GetShowId() string {
 	return ""
 }
 
+func (x *GetSeatMapRequest) GetIncludeLayout() bool {
+	if x != nil {
+		return x.IncludeLayout
+	}
+	return false
+}
+
 type GetSeatMapResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	ShowId string                 `protobuf:"bytes,1,opt,name=show_id,json=showId,proto3" json:"show_id,omitempty"`
@@ -74,7 +84,8 @@ type GetSeatMapResponse struct {
 	Available int32  `protobuf:"varint,3,opt,name=available,proto3" json:"available,omitempty"`
 	Held      int32  `protobuf:"varint,4,opt,name=held,proto3" json:"held,omitempty"`
 	Booked    int32  `protobuf:"varint,5,opt,name=booked,proto3" json:"booked,omitempty"`
-	// The layout: seat i of the show is the i-th seat counting row by row.
+	// The layout, when include_layout was set: seat i of the show is the i-th
+	// seat counting row by row.
 	Rows []*Row `protobuf:"bytes,6,rep,name=rows,proto3" json:"rows,omitempty"`
 	// One byte per seat in layout order, holding a SeatStatus value.
 	Statuses      []byte `protobuf:"bytes,7,opt,name=statuses,proto3" json:"statuses,omitempty"`
@@ -735,9 +746,10 @@ var File_boxoffice_v1_reservation_proto protoreflect.FileDescriptor
 
 const file_boxoffice_v1_reservation_proto_rawDesc = "" +
 	"\n" +
-	"\x1eboxoffice/v1/reservation.proto\x12\fboxoffice.v1\x1a\x18boxoffice/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\",\n" +
+	"\x1eboxoffice/v1/reservation.proto\x12\fboxoffice.v1\x1a\x18boxoffice/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n" +
 	"\x11GetSeatMapRequest\x12\x17\n" +
-	"\ashow_id\x18\x01 \x01(\tR\x06showId\"\xd4\x01\n" +
+	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12%\n" +
+	"\x0einclude_layout\x18\x02 \x01(\bR\rincludeLayout\"\xd4\x01\n" +
 	"\x12GetSeatMapResponse\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x1c\n" +
