@@ -79,9 +79,13 @@ func rowLabel(i int) string {
 
 // pickSeats chooses n adjacent available seats, starting from a row drawn
 // with the given skew toward the front (row = rows·u^skew for uniform u) and
-// moving back row by row; when no row has n adjacent seats it asks for
-// fewer. It returns the seats' indexes in layout order, or nil when none
-// is available.
+// moving back row by row; in a row, the first fit at or after a random seat
+// (so users spread out), else the row's first fit. When no row has n
+// adjacent seats it takes the longest run of fewer. It returns the seats'
+// indexes in layout order, or nil when none is available.
+//
+// It reads each row once, so a pick costs one pass over the seat map at
+// worst (a nearly full show), whatever n is.
 func pickSeats(show ShowSpec, sm SeatMap, n int, skew float64, rng *rand.Rand) []int {
 	rows := len(show.Rows)
 	first := int(float64(rows) * math.Pow(rng.Float64(), skew))
@@ -90,35 +94,61 @@ func pickSeats(show ShowSpec, sm SeatMap, n int, skew float64, rng *rand.Rand) [
 	for i, r := range show.Rows {
 		starts[i+1] = starts[i] + r.Seats
 	}
-	for want := n; want >= 1; want-- {
-		for k := range rows {
-			row := (first + k) % rows
-			lo, hi := starts[row], starts[row+1]
-			// Start at a random seat of the row so users spread out.
-			off := rng.IntN(hi - lo)
-			for j := range hi - lo {
-				s := lo + (off+j)%(hi-lo)
-				if s+want > hi {
-					continue
-				}
-				if free(sm, s, want) {
-					idx := make([]int, want)
-					for x := range idx {
-						idx[x] = s + x
-					}
-					return idx
-				}
-			}
+	best, bestLen := 0, 0 // the first longest run shorter than n
+	for k := range rows {
+		row := (first + k) % rows
+		lo, hi := starts[row], starts[row+1]
+		at, l := fit(sm.Statuses[lo:hi], rng.IntN(hi-lo), n)
+		if l == n {
+			return seatRun(lo+at, n)
+		}
+		if l > bestLen {
+			best, bestLen = lo+at, l
 		}
 	}
-	return nil
+	if bestLen == 0 {
+		return nil
+	}
+	return seatRun(best, bestLen)
 }
 
-func free(sm SeatMap, from, n int) bool {
-	for i := from; i < from+n; i++ {
-		if sm.Statuses[i] != Available {
-			return false
+// fit finds n adjacent available seats in one row's statuses: the first
+// run of n starting at or after off, else the first before it. It returns
+// the run's start and n, or, when the row has no n adjacent seats, the
+// start and length of its first longest run (length 0 if none is free).
+func fit(row []SeatStatus, off, n int) (start, length int) {
+	before := -1 // the first fit starting before off
+	longest, longStart := 0, 0
+	run := 0
+	for i, s := range row {
+		if s != Available {
+			run = 0
+			continue
+		}
+		run++
+		if run < n {
+			if run > longest {
+				longest, longStart = run, i-run+1
+			}
+			continue
+		}
+		if at := i - n + 1; at >= off {
+			return at, n
+		} else if before < 0 {
+			before = at
 		}
 	}
-	return true
+	if before >= 0 {
+		return before, n
+	}
+	return longStart, longest
+}
+
+// seatRun returns the indexes from, from+1, ..., from+n-1.
+func seatRun(from, n int) []int {
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = from + i
+	}
+	return idx
 }

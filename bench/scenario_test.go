@@ -76,6 +76,47 @@ func TestPickSeats(t *testing.T) {
 	})
 }
 
+func TestFit(t *testing.T) {
+	const A, H = Available, Held
+	for _, c := range []struct {
+		name       string
+		row        []SeatStatus
+		off, n     int
+		start, len int
+	}{
+		{"at the offset", []SeatStatus{A, A, A, A, A}, 2, 2, 2, 2},
+		{"after the offset", []SeatStatus{A, A, H, A, A, A}, 1, 3, 3, 3},
+		{"a run that began before the offset", []SeatStatus{A, A, A, A}, 2, 2, 2, 2},
+		{"wraps to before the offset", []SeatStatus{A, A, A, H, A}, 3, 2, 0, 2},
+		{"the longest shorter run", []SeatStatus{A, H, A, A, A, H, A, A}, 0, 4, 2, 3},
+		{"the first of equal runs", []SeatStatus{H, A, A, H, A, A}, 4, 3, 1, 2},
+		{"none free", []SeatStatus{H, H, H}, 0, 1, 0, 0},
+	} {
+		if start, l := fit(c.row, c.off, c.n); start != c.start || l != c.len {
+			t.Errorf("%s: fit(%v, off %d, n %d) = %d, %d; want %d, %d", c.name, c.row, c.off, c.n, start, l, c.start, c.len)
+		}
+	}
+}
+
+// BenchmarkPickSeats picks 1-4 seats from a 15,000-seat map (100 rows of
+// 150) with 90% of its seats taken, at random, as late in a sale.
+func BenchmarkPickSeats(b *testing.B) {
+	show := layout("s", 100, 150, time.Minute)
+	rng := rand.New(rand.NewPCG(1, 2))
+	sm := SeatMap{Statuses: make([]SeatStatus, show.Capacity())}
+	for i := range sm.Statuses {
+		sm.Statuses[i] = Available
+		if rng.IntN(10) != 0 {
+			sm.Statuses[i] = Held
+		}
+	}
+	for b.Loop() {
+		if pickSeats(show, sm, 1+rng.IntN(4), 3, rng) == nil {
+			b.Fatal("no seats picked")
+		}
+	}
+}
+
 func TestScenarioConfigRefused(t *testing.T) {
 	for name, cfg := range map[string]ScenarioConfig{
 		"11 seats":             {MaxSeats: 11},

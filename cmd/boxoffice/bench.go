@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -36,6 +37,7 @@ type benchConfig struct {
 	Conns                   int    // gRPC connections to the engine
 	ProfileDir              string // CPU profiles of the bench and of the engine it started
 	BaselineMapCache        time.Duration
+	ClientGOGC              int // the bench process's GC percent
 }
 
 func parseBench(args []string, compare bool) (benchConfig, error) {
@@ -79,6 +81,8 @@ func parseBench(args []string, compare bool) (benchConfig, error) {
 	fs.IntVar(&c.Conns, "conns", 4, "gRPC connections to the engine")
 	fs.DurationVar(&c.BaselineMapCache, "baseline-map-cache", time.Second,
 		"the baselines answer seat maps from a cache this old at most, as those designs do in practice (0: read every time); boxoffice always answers from live memory")
+	fs.IntVar(&c.ClientGOGC, "client-gogc", 400,
+		"GC percent of the bench process, the load generator (its seat-map buffers churn the heap); the engine it starts runs with Go's default unless GOGC is set")
 	fs.StringVar(&c.ProfileDir, "profile-dir", "", "write CPU profiles of each run here: the bench's, and the engine's when the bench started it")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -125,6 +129,7 @@ func runBench(ctx context.Context, args []string) error {
 		}
 		return err
 	}
+	debug.SetGCPercent(cfg.ClientGOGC)
 	env, err := startBenchEnv(ctx, cfg, os.Stderr)
 	if err != nil {
 		return err
