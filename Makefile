@@ -48,7 +48,7 @@ PROFILETIME ?= 100000x
 .PHONY: bench-profile
 bench-profile:
 	@mkdir -p bin
-	$(GO) test -run='^$$' -bench='^BenchmarkHoldSeatsGRPC$$/^conns=1$$' -benchtime=$(PROFILETIME) -count=1 -o bin/engine.test -cpuprofile=bin/holds.cpu.pprof ./engine
+	$(GO) test -run='^$$' -bench='^BenchmarkHoldSeatsGRPC$$/^callers=256$$' -benchtime=$(PROFILETIME) -count=1 -o bin/engine.test -cpuprofile=bin/holds.cpu.pprof ./engine
 	$(GO) tool pprof -top -cum bin/engine.test bin/holds.cpu.pprof | head -50
 
 ## bench-sale: the default flash sale (200,000 users, 15,000 seats) against a fresh local engine;

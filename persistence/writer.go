@@ -44,8 +44,9 @@ type Mutation struct {
 	ShowID        string
 	ReservationID string
 	UserID        string
-	// SeatIDs of the reservation; for Hold they are the seats claimed. Seat
-	// IDs never contain a comma.
+	// SeatIDs of the reservation, every kind: for Hold they are the seats
+	// claimed, for Release and Expire the claims freed (exactly those must
+	// exist, or the batch fails). Seat IDs never contain a comma.
 	SeatIDs []string
 	// At is when it happened: created, booked or ended.
 	At time.Time
@@ -285,6 +286,8 @@ type statements struct {
 	// releases and expiries
 	eShow, eID, eStatus []string
 	eAt                 []time.Time
+	// seat claims they free
+	fShow, fSeat, fID []string
 	// audit events
 	vShow, vID, vUser, vKind, vSeats, vRef []string
 	vEpoch                                 []int64
@@ -321,6 +324,11 @@ func (st *statements) add(m *Mutation, node string) {
 		st.eID = append(st.eID, m.ReservationID)
 		st.eStatus = append(st.eStatus, m.Kind.String())
 		st.eAt = append(st.eAt, m.At)
+		for _, s := range m.SeatIDs {
+			st.fShow = append(st.fShow, m.ShowID)
+			st.fSeat = append(st.fSeat, s)
+			st.fID = append(st.fID, m.ReservationID)
+		}
 	}
 	st.vShow = append(st.vShow, m.ShowID)
 	st.vID = append(st.vID, m.ReservationID)
@@ -354,9 +362,9 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 			WHERE r.show_id = u.show_id AND r.reservation_id = u.id AND r.status = 'HELD'`,
 			st.eShow, st.eID, st.eStatus, st.eAt)
 		checks = append(checks, check{int64(len(st.eID)), "end holds"})
-		b.Queue(`DELETE FROM seat_claims c USING unnest($1::text[], $2::text[]) AS u(show_id, id)
-			WHERE c.show_id = u.show_id AND c.reservation_id = u.id`, st.eShow, st.eID)
-		checks = append(checks, check{-1, "free seats"})
+		b.Queue(`DELETE FROM seat_claims c USING unnest($1::text[], $2::text[], $3::text[]) AS u(show_id, seat_id, id)
+			WHERE c.show_id = u.show_id AND c.seat_id = u.seat_id AND c.reservation_id = u.id`, st.fShow, st.fSeat, st.fID)
+		checks = append(checks, check{int64(len(st.fID)), "free seats"})
 	}
 	if len(st.hID) > 0 {
 		b.Queue(`INSERT INTO reservations (show_id, reservation_id, user_id, status, seat_ids, created_at, expires_at)
