@@ -11,6 +11,25 @@ type SeatMap struct {
 	Statuses []byte
 }
 
+// SharedSeatMap returns a snapshot whose Statuses is shared with every
+// other caller until a seat changes: callers must not modify it. It copies
+// the statuses only when they changed since the last call, so many readers
+// of a busy show (a page of users refreshing its map) cost one copy per
+// change instead of one per read.
+func (s *Show) SharedSeatMap() SeatMap {
+	if s.shared == nil || s.sharedVersion != s.version {
+		s.shared = append([]byte(nil), s.status...)
+		s.sharedVersion = s.version
+	}
+	return SeatMap{
+		Version:   s.version,
+		Available: s.counts[SeatAvailable],
+		Held:      s.counts[SeatHeld],
+		Booked:    s.counts[SeatBooked],
+		Statuses:  s.shared,
+	}
+}
+
 // SeatMap returns a snapshot; its Statuses is appended to buf[:0], so a
 // caller may reuse a buffer.
 func (s *Show) SeatMap(buf []byte) SeatMap {

@@ -129,6 +129,10 @@ type Show struct {
 	perUser map[UserID]int
 	counts  [4]int // by SeatStatus
 	version uint64
+	// shared is the statuses as of sharedVersion, handed out by
+	// SharedSeatMap and never modified.
+	shared        []byte
+	sharedVersion uint64
 }
 
 // NewShow returns a show whose seats are all available.

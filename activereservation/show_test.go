@@ -980,6 +980,40 @@ func TestSeatMap(t *testing.T) {
 	}
 }
 
+func TestSharedSeatMap(t *testing.T) {
+	s := newShow(t)
+	mustHold(t, s, "h1", "u1", seatIDs("A-1", "A-2"), t0)
+	first := s.SharedSeatMap()
+	if own := s.SeatMap(nil); !slices.Equal(first.Statuses, own.Statuses) || first.Version != own.Version ||
+		first.Held != own.Held || first.Available != own.Available || first.Booked != own.Booked {
+		t.Fatalf("SharedSeatMap = %+v, SeatMap = %+v", first, own)
+	}
+	if again := s.SharedSeatMap(); &again.Statuses[0] != &first.Statuses[0] {
+		t.Errorf("an unchanged show copied its statuses again")
+	}
+	snapshot := slices.Clone(first.Statuses)
+	for _, change := range []func() error{
+		func() error { _, err := s.Hold("h2", "u2", seatIDs("B-1"), t0); return err },
+		func() error { _, err := s.Confirm("h2", "u2", "pay", t0); return err },
+		func() error { _, err := s.Release("h1", "u1", t0); return err },
+	} {
+		before := s.SharedSeatMap()
+		if err := change(); err != nil {
+			t.Fatal(err)
+		}
+		after := s.SharedSeatMap()
+		if &after.Statuses[0] == &before.Statuses[0] || after.Version == before.Version {
+			t.Errorf("after a change: the same statuses (version %d → %d)", before.Version, after.Version)
+		}
+		if own := s.SeatMap(nil); !slices.Equal(after.Statuses, own.Statuses) {
+			t.Errorf("after a change: shared %v, own %v", after.Statuses, own.Statuses)
+		}
+	}
+	if !slices.Equal(first.Statuses, snapshot) {
+		t.Errorf("a shared snapshot changed with the show")
+	}
+}
+
 func TestStatusString(t *testing.T) {
 	for _, st := range []Status{Held, Booked, Released, Expired} {
 		got, err := ParseStatus(st.String())

@@ -16,8 +16,9 @@ type SeatMap struct {
 }
 
 // SeatMap returns the status of every seat, loading the show if needed.
-// The statuses are appended to buf[:0].
-func (n *Node) SeatMap(ctx context.Context, id ar.ShowID, buf []byte) (SeatMap, error) {
+// The statuses are shared with other readers (see ar.Show.SharedSeatMap):
+// callers must not modify them.
+func (n *Node) SeatMap(ctx context.Context, id ar.ShowID) (SeatMap, error) {
 	if err := validateShowID(id); err != nil {
 		return SeatMap{}, err
 	}
@@ -26,7 +27,7 @@ func (n *Node) SeatMap(ctx context.Context, id ar.ShowID, buf []byte) (SeatMap, 
 		return SeatMap{}, err
 	}
 	sh.mu.Lock()
-	sm := sh.rules.SeatMap(buf)
+	sm := sh.rules.SharedSeatMap()
 	rows := sh.rules.Rows()
 	sh.mu.Unlock()
 	return SeatMap{SeatMap: sm, Rows: rows}, nil

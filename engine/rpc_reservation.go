@@ -22,7 +22,7 @@ type reservationServer struct {
 }
 
 func (s *reservationServer) GetSeatMap(ctx context.Context, req *pb.GetSeatMapRequest) (*pb.GetSeatMapResponse, error) {
-	sm, err := s.n.SeatMap(ctx, ar.ShowID(req.GetShowId()), nil)
+	sm, err := s.n.SeatMap(ctx, ar.ShowID(req.GetShowId()))
 	if err != nil {
 		return nil, toStatus(err)
 	}
