@@ -93,8 +93,9 @@ func (f *flashSale) User(ctx context.Context, u *User) {
 			}
 			pay := f.cfg.PayDelay/10 + time.Duration(u.Rand.Int64N(int64(f.cfg.PayDelay-f.cfg.PayDelay/10)+1))
 			u.Later(pay, func(ctx context.Context, u *User) {
-				if u.Confirm(ctx, f.show, hold) == nil {
-					f.booked.Add(int64(len(hold.Seats)))
+				if u.Confirm(ctx, f.show, hold) == nil &&
+					f.booked.Add(int64(len(hold.Seats))) >= int64(f.show.Capacity()) {
+					u.SoldOut()
 				}
 			})
 			return

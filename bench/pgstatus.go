@@ -64,8 +64,9 @@ type PGStatus struct {
 }
 
 var (
-	_ Target        = (*PGStatus)(nil)
-	_ HoldsDurabler = (*PGStatus)(nil)
+	_ Target          = (*PGStatus)(nil)
+	_ HoldsDurabler   = (*PGStatus)(nil)
+	_ FreshSeatMapper = (*PGStatus)(nil)
 )
 
 // pgStatusSchema is the baseline's schema. status is text, as usually
@@ -196,6 +197,11 @@ FROM pgs_seats WHERE show_id = $1`
 // available.
 func (p *PGStatus) SeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
 	return p.seatMaps.get(ctx, show, p.readSeatMap)
+}
+
+// FreshSeatMap reads the seat map from the database, bypassing the cache.
+func (p *PGStatus) FreshSeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
+	return p.readSeatMap(ctx, show)
 }
 
 func (p *PGStatus) readSeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {

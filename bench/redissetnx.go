@@ -68,8 +68,9 @@ type RedisSetNX struct {
 }
 
 var (
-	_ Target        = (*RedisSetNX)(nil)
-	_ HoldsDurabler = (*RedisSetNX)(nil)
+	_ Target          = (*RedisSetNX)(nil)
+	_ HoldsDurabler   = (*RedisSetNX)(nil)
+	_ FreshSeatMapper = (*RedisSetNX)(nil)
 )
 
 const redisSetNXSchema = `
@@ -253,6 +254,11 @@ const rsnMGetChunk = 1000
 // available, "booked|..." booked, anything else held.
 func (r *RedisSetNX) SeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
 	return r.seatMaps.get(ctx, show, r.readSeatMap)
+}
+
+// FreshSeatMap reads the seat map from Redis, bypassing the cache.
+func (r *RedisSetNX) FreshSeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
+	return r.readSeatMap(ctx, show)
 }
 
 func (r *RedisSetNX) readSeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {

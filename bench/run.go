@@ -58,6 +58,14 @@ type Snapshot struct {
 // hold survives a crash. Targets that don't implement it keep holds durably.
 type HoldsDurabler interface{ HoldsDurable() bool }
 
+// FreshSeatMapper is implemented by targets whose SeatMap may answer from a
+// cache (the baselines, see --baseline-map-cache): FreshSeatMap reads the
+// store. The run's sampler uses it, so that its charts and its "all held"
+// and "sold out" times are not late by the cache's age.
+type FreshSeatMapper interface {
+	FreshSeatMap(ctx context.Context, show ShowSpec) (SeatMap, error)
+}
+
 // runner is one run in progress.
 type runner struct {
 	cfg   RunConfig
@@ -298,7 +306,11 @@ func (r *runner) sample(ctx context.Context, show ShowSpec) {
 func (r *runner) sampleOnce(ctx context.Context, show ShowSpec) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
 	defer cancel()
-	sm, err := r.cfg.Target.SeatMap(ctx, show)
+	read := r.cfg.Target.SeatMap
+	if f, ok := r.cfg.Target.(FreshSeatMapper); ok {
+		read = f.FreshSeatMap
+	}
+	sm, err := read(ctx, show)
 	if err != nil {
 		return
 	}
@@ -423,6 +435,10 @@ func (u *User) Backoff(ctx context.Context, err error) bool {
 
 // SawSoldOut notes that the user found no seat available.
 func (u *User) SawSoldOut() { u.run.allHeld(time.Now()) }
+
+// SoldOut notes that every seat is booked, as the scenario counts its
+// acknowledged confirms; the first call sets the run's "sold out" time.
+func (u *User) SoldOut() { u.run.soldOutAt.CompareAndSwap(0, int64(time.Since(u.run.start))) }
 
 // allHeld notes the first time no seat was available, and the holds tried
 // and granted until then.

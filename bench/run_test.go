@@ -117,6 +117,38 @@ func TestFlashSale(t *testing.T) {
 	}
 }
 
+// TestSoldOutTime checks that a sale in which every user pays ends sold
+// out, and the result says when, also for a target whose users read seat
+// maps from a cache (the run's sampler and the confirms do not use it).
+func TestSoldOutTime(t *testing.T) {
+	url := pgclustertest.Start(t).URL()
+	target, err := NewRedisSetNX(t.Context(), RedisSetNXConfig{
+		RedisAddr: startTestRedis(t).Addr(), DatabaseURL: url, SeatMapMaxAge: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	sc, err := NewScenario("flash-sale", ScenarioConfig{
+		Users: 10000, Rows: 10, SeatsPerRow: 30, HoldTTL: 10 * time.Second, PayDelay: time.Second,
+		ConfirmProb: 1, ShowPrefix: "so",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Run(t.Context(), RunConfig{Target: target, Scenario: sc, Concurrency: 200, Seed: 3, MaxDuration: 2 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkSale(t, res)
+	if !sc.Done() {
+		t.Fatal("every user paid, yet the show did not sell out")
+	}
+	if res.SoldOutAfter <= 0 || res.AllHeldAfter <= 0 || res.SoldOutAfter < res.AllHeldAfter || res.SoldOutAfter > res.Duration {
+		t.Errorf("sold out after %.2f s, all held after %.2f s, run of %.2f s", res.SoldOutAfter, res.AllHeldAfter, res.Duration)
+	}
+}
+
 // TestOpenLoopCountsFromDueTime checks that an open-loop run counts a
 // call's latency from when it was due: against a target that stalls every
 // call for a while, users who arrive during the stall see it whole.
