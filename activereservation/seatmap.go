@@ -46,6 +46,11 @@ func (s *Show) SeatMap(buf []byte) SeatMap {
 // Version returns the current seat-map version.
 func (s *Show) Version() uint64 { return s.version }
 
+// Counts returns how many seats are available, held and booked.
+func (s *Show) Counts() (available, held, booked int) {
+	return s.counts[SeatAvailable], s.counts[SeatHeld], s.counts[SeatBooked]
+}
+
 // Rows returns the layout.
 func (s *Show) Rows() []Row { return s.rows }
 

@@ -115,7 +115,9 @@ func pickSeats(show ShowSpec, sm SeatMap, n int, skew float64, rng *rand.Rand) [
 // fit finds n adjacent available seats in one row's statuses: the first
 // run of n starting at or after off, else the first before it. It returns
 // the run's start and n, or, when the row has no n adjacent seats, the
-// start and length of its first longest run (length 0 if none is free).
+// start and length of its longest run, the first at or after off if there
+// is one of that length, else the first before it (length 0 if no seat is
+// free).
 func fit(row []SeatStatus, off, n int) (start, length int) {
 	before := -1 // the first fit starting before off
 	longest, longStart := 0, 0
@@ -127,8 +129,9 @@ func fit(row []SeatStatus, off, n int) (start, length int) {
 		}
 		run++
 		if run < n {
-			if run > longest {
-				longest, longStart = run, i-run+1
+			at := i - run + 1
+			if run > longest || (run == longest && longStart < off && at >= off) {
+				longest, longStart = run, at
 			}
 			continue
 		}

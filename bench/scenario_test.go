@@ -89,7 +89,9 @@ func TestFit(t *testing.T) {
 		{"a run that began before the offset", []SeatStatus{A, A, A, A}, 2, 2, 2, 2},
 		{"wraps to before the offset", []SeatStatus{A, A, A, H, A}, 3, 2, 0, 2},
 		{"the longest shorter run", []SeatStatus{A, H, A, A, A, H, A, A}, 0, 4, 2, 3},
-		{"the first of equal runs", []SeatStatus{H, A, A, H, A, A}, 4, 3, 1, 2},
+		{"the first of equal runs after the offset", []SeatStatus{H, A, A, H, A, A, H, A, A}, 5, 3, 7, 2},
+		{"the first of equal runs, wrapping", []SeatStatus{H, A, A, H, A, A}, 5, 3, 1, 2},
+		{"a longer run before the offset", []SeatStatus{A, A, A, H, A, H}, 4, 4, 0, 3},
 		{"none free", []SeatStatus{H, H, H}, 0, 1, 0, 0},
 	} {
 		if start, l := fit(c.row, c.off, c.n); start != c.start || l != c.len {

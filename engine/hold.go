@@ -148,8 +148,8 @@ func soldOutLocked(rules *ar.Show, seats []ar.SeatID) bool {
 			return false
 		}
 	}
-	sm := rules.SeatMap(nil)
-	return sm.Available == 0 && sm.Held == 0
+	available, held, _ := rules.Counts()
+	return available == 0 && held == 0
 }
 
 // waitUnlocked waits for ch with mu unlocked, and returns with mu locked,

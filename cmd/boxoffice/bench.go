@@ -82,7 +82,7 @@ func parseBench(args []string, compare bool) (benchConfig, error) {
 	fs.DurationVar(&c.BaselineMapCache, "baseline-map-cache", time.Second,
 		"the baselines answer seat maps from a cache this old at most, as those designs do in practice (0: read every time); boxoffice always answers from live memory")
 	fs.IntVar(&c.ClientGOGC, "client-gogc", 400,
-		"GC percent of the bench process, the load generator (its seat-map buffers churn the heap); the engine it starts runs with Go's default unless GOGC is set")
+		"GC percent of the bench process, the load generator (its seat-map buffers churn the heap); it also applies to the baselines' code, which runs in this process, while the engine it starts runs with Go's default unless GOGC is set")
 	fs.StringVar(&c.ProfileDir, "profile-dir", "", "write CPU profiles of each run here: the bench's, and the engine's when the bench started it")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -103,6 +103,9 @@ func parseBench(args []string, compare bool) (benchConfig, error) {
 	}
 	if compare && c.Rounds < 1 {
 		return c, fmt.Errorf("bench compare: --rounds %d: want ≥ 1", c.Rounds)
+	}
+	if c.ClientGOGC < 1 {
+		return c, fmt.Errorf("%s: --client-gogc %d: want ≥ 1", name, c.ClientGOGC)
 	}
 	if c.Addr != "" && c.DatabaseURL == "" {
 		return c, errors.New("bench: --addr needs --database-url (the verification reads the engine's database)")
