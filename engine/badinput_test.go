@@ -687,6 +687,14 @@ func TestBadInputAuth(t *testing.T) {
 			})
 		}
 	}
+	t.Run("the scheme in any case", func(t *testing.T) {
+		getShow := rpcs[1] // a service RPC that changes nothing
+		for _, scheme := range []string{"bearer", "BEARER", "bEaReR"} {
+			if err := getShow.call(bearer(scheme + " " + tc.Token)); err != nil {
+				t.Errorf("%s with scheme %q: %v", getShow.name, scheme, err)
+			}
+		}
+	})
 	t.Run("admin token on every RPC", func(t *testing.T) {
 		for _, m := range rpcs {
 			if err := m.call(tc.AdminCtx(context.Background())); err != nil {

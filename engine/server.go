@@ -170,7 +170,8 @@ func (s *Server) authorize(ctx context.Context, method string) error {
 	md, _ := metadata.FromIncomingContext(ctx)
 	var tok string
 	if v := md.Get("authorization"); len(v) == 1 {
-		if rest, ok := strings.CutPrefix(v[0], "Bearer "); ok {
+		// The scheme is case-insensitive (RFC 9110 section 11.1).
+		if scheme, rest, ok := strings.Cut(v[0], " "); ok && strings.EqualFold(scheme, "Bearer") {
 			tok = rest
 		}
 	}
