@@ -21,6 +21,7 @@ type metrics struct {
 	batchSize   prometheus.Histogram
 	commitTime  prometheus.Histogram
 	batchErrors prometheus.Counter
+	failedMuts  prometheus.Counter
 	showsLoaded prometheus.Gauge
 
 	mu       sync.Mutex // guards children
@@ -48,6 +49,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "boxoffice_writer_commit_seconds", Help: "Writer transaction latency.",
 			Buckets: prometheus.ExponentialBuckets(100e-6, 2, 16),
 		}),
+		failedMuts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "boxoffice_writer_failed_mutations_total",
+			Help: "Writes answered with an error: refused by the database, fenced off (ownership moved), or in a failed transaction.",
+		}),
 		batchErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "boxoffice_writer_batch_errors_total", Help: "Writer transactions that failed.",
 		}),
@@ -57,7 +62,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		children: make(map[[3]string]prometheus.Counter),
 		latency:  make(map[string]prometheus.Observer),
 	}
-	for _, c := range []prometheus.Collector{m.rpcRequests, m.rpcLatency, m.ops, m.batchSize, m.commitTime, m.batchErrors, m.showsLoaded} {
+	for _, c := range []prometheus.Collector{m.rpcRequests, m.rpcLatency, m.ops, m.batchSize, m.commitTime, m.batchErrors, m.failedMuts, m.showsLoaded} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -72,6 +77,7 @@ func (n *Node) ObserveBatch(b persistence.BatchStats) {
 	if b.Err != nil {
 		n.metrics.batchErrors.Inc()
 	}
+	n.metrics.failedMuts.Add(float64(b.Failed))
 }
 
 func (m *metrics) counter(vec *prometheus.CounterVec, name, a, b string) prometheus.Counter {

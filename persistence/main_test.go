@@ -44,6 +44,16 @@ func (b *batches) observe(s persistence.BatchStats) {
 	b.stats = append(b.stats, s)
 }
 
+// last returns the stats of the latest batch.
+func (b *batches) last() persistence.BatchStats {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.stats) == 0 {
+		return persistence.BatchStats{}
+	}
+	return b.stats[len(b.stats)-1]
+}
+
 // sizes returns the number of mutations of each batch so far.
 func (b *batches) sizes() []int {
 	b.mu.Lock()

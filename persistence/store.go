@@ -45,7 +45,14 @@ type Config struct {
 type BatchStats struct {
 	Mutations int
 	Duration  time.Duration
-	Err       error
+	// Err is the error of the batch's transaction, nil if it committed.
+	// When the database refused a statement of the batch, its mutations
+	// were then committed one by one: Failed says how many of those failed.
+	Err error
+	// Failed counts the mutations answered with an error: those of a
+	// failed batch, the culprits of a batch retried one by one, and the
+	// mutations of shows whose epoch had moved on (ErrNotOwner).
+	Failed int
 }
 
 func (c *Config) setDefaults() {

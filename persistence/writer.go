@@ -186,6 +186,7 @@ func (w *writer) commit(batch []*Pending) {
 	start := time.Now()
 	errs := make([]error, len(batch))
 	err := w.commitTx(batch, errs)
+	batchErr := err
 	if err != nil && isServerError(err) && len(batch) > 1 {
 		w.s.cfg.Logger.Warn("batch failed; committing its mutations one by one", "mutations", len(batch), "err", err)
 		for i, p := range batch {
@@ -210,7 +211,13 @@ func (w *writer) commit(batch []*Pending) {
 		}
 	}
 	if obs := w.s.cfg.Observer; obs != nil {
-		obs(BatchStats{Mutations: len(batch), Duration: time.Since(start), Err: err})
+		failed := 0
+		for _, e := range errs {
+			if e != nil {
+				failed++
+			}
+		}
+		obs(BatchStats{Mutations: len(batch), Duration: time.Since(start), Err: batchErr, Failed: failed})
 	}
 	for i, p := range batch {
 		p.finish(errs[i])

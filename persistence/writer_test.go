@@ -213,6 +213,9 @@ func TestWriterStaleEpoch(t *testing.T) {
 	if sizes := obs.sizes(); !slices.Equal(sizes, []int{1, 6}) {
 		t.Fatalf("batches of %v mutations, want [1 6]", sizes)
 	}
+	if b := obs.last(); b.Err != nil || b.Failed != 4 {
+		t.Errorf("the batch's stats: error %v, %d failed; want nil, 4 fenced off", b.Err, b.Failed)
+	}
 	for _, show := range []string{"moved", "unowned", "nosuch"} {
 		if n := count(t, s.Pool(), `SELECT (SELECT count(*) FROM reservations WHERE show_id = $1) +
 			(SELECT count(*) FROM seat_claims WHERE show_id = $1) + (SELECT count(*) FROM reservation_events WHERE show_id = $1)`, show); n != 0 {
@@ -279,6 +282,15 @@ func TestWriterConflict(t *testing.T) {
 	}
 	if sizes := obs.sizes(); len(sizes) < 5 || !slices.Equal(sizes[3:5], []int{1, len(cases)}) {
 		t.Fatalf("batches of %v mutations, want [... 1 %d] (the blocker, then one batch)", sizes, len(cases))
+	}
+	culprits := 0
+	for _, c := range cases {
+		if c.want != nil {
+			culprits++
+		}
+	}
+	if b := obs.last(); b.Err == nil || b.Failed != culprits {
+		t.Errorf("the batch's stats: error %v, %d failed; want its transaction's error, %d failed", b.Err, b.Failed, culprits)
 	}
 	wantClaims := map[string]string{"A-1": "s:r0", "A-2": "s:r1"}
 	if c := claimsOf(t, s, "s"); !reflect.DeepEqual(c, wantClaims) {

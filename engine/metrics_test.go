@@ -1,0 +1,128 @@
+package engine_test
+
+import (
+	"bufio"
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+	tc "github.com/boxoffice/boxoffice/internal/testcluster"
+)
+
+// scrape reads a node's /metrics: each sample line's value by its
+// "name{labels}" text.
+func scrape(t *testing.T, n *tc.Node) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + n.Server.HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/metrics: %s", resp.Status)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("/metrics line %q: %v", line, err)
+		}
+		out[line[:i]] = v
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// sample returns the value of the metric name whose labels include every
+// one of labels (each `key="value"`), and whether there is one.
+func sample(m map[string]float64, name string, labels ...string) (float64, bool) {
+	for k, v := range m {
+		metric, rest, _ := strings.Cut(k, "{")
+		if metric != name {
+			continue
+		}
+		all := true
+		for _, l := range labels {
+			all = all && strings.Contains(rest, l)
+		}
+		if all {
+			return v, true
+		}
+	}
+	return 0, false
+}
+
+// TestMetrics drives a hold, a refused hold, a confirm and a seat-map
+// read, and finds each counted on the node's /metrics, with the writer's
+// batches and the loaded show; /healthz and /readyz answer 200.
+func TestMetrics(t *testing.T) {
+	n, _ := newNode(t, tc.Options{})
+	n.CreateShow(t, "m", 2, 10, 0)
+	ctx := tc.Ctx(context.Background())
+	if _, err := n.Reservations.GetSeatMap(ctx, &pb.GetSeatMapRequest{ShowId: "m"}); err != nil {
+		t.Fatal(err)
+	}
+	h, err := n.Reservations.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "m", UserId: "u1", SeatIds: []string{"A-1", "A-2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = n.Reservations.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "m", UserId: "u2", SeatIds: []string{"A-2"}})
+	if status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("hold of a held seat: %v", err)
+	}
+	if _, err := n.Reservations.ConfirmHold(ctx, &pb.ConfirmHoldRequest{HoldId: h.GetHoldId(), UserId: "u1", PaymentRef: "p"}); err != nil {
+		t.Fatal(err)
+	}
+
+	m := scrape(t, n)
+	for _, c := range []struct {
+		name   string
+		labels []string
+		min    float64
+	}{
+		{"boxoffice_rpc_requests_total", []string{`method="HoldSeats"`, `code="OK"`}, 1},
+		{"boxoffice_rpc_requests_total", []string{`method="HoldSeats"`, `code="AlreadyExists"`}, 1},
+		{"boxoffice_rpc_requests_total", []string{`method="GetSeatMap"`, `code="OK"`}, 1},
+		{"boxoffice_rpc_duration_seconds_count", []string{`method="ConfirmHold"`}, 1},
+		{"boxoffice_reservation_ops_total", []string{`op="hold"`, `result="ok"`}, 1},
+		{"boxoffice_reservation_ops_total", []string{`op="hold"`, `result="seat_taken"`}, 1},
+		{"boxoffice_reservation_ops_total", []string{`op="confirm"`, `result="ok"`}, 1},
+		{"boxoffice_writer_batch_mutations_count", nil, 2},
+		{"boxoffice_writer_batch_mutations_sum", nil, 2},
+		{"boxoffice_writer_commit_seconds_count", nil, 2},
+		{"boxoffice_shows_loaded", nil, 1},
+	} {
+		if v, ok := sample(m, c.name, c.labels...); !ok || v < c.min {
+			t.Errorf("%s%v = %v (present %v), want at least %v", c.name, c.labels, v, ok, c.min)
+		}
+	}
+	for _, name := range []string{"boxoffice_writer_failed_mutations_total", "boxoffice_writer_batch_errors_total"} {
+		if v, ok := sample(m, name); !ok || v != 0 {
+			t.Errorf("%s = %v (present %v), want 0", name, v, ok)
+		}
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get("http://" + n.Server.HTTPAddr() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s: %s", path, resp.Status)
+		}
+	}
+}
