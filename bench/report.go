@@ -606,8 +606,11 @@ type Ratio struct {
 	N                int // rounds compared
 }
 
-// CompareMetrics names the metrics of CompareRow.Ratios, in display order.
-var CompareMetrics = []string{"attempts/s", "ok holds/s", "p50", "p99", "all held", "sold out"}
+// CompareMetrics returns the names of the metrics of CompareRow.Ratios, in
+// display order.
+func CompareMetrics() []string {
+	return []string{"attempts/s", "ok holds/s", "p50", "p99", "all held", "sold out"}
+}
 
 // compareMetric reads one metric of a result; higher reports whether a higher
 // value is better. ok is false when the result has no such figure.
@@ -668,7 +671,7 @@ func (c Comparison) Rows() []CompareRow {
 		row.P50, row.P99 = medianOf(p50), medianOf(p99)
 		row.SoldOutAfter, row.SoldOut = medianOf(sold), len(sold)
 		row.AllHeldAfter, row.AllHeld = medianOf(held), len(held)
-		for _, m := range CompareMetrics {
+		for _, m := range CompareMetrics() {
 			var ratios []float64
 			for i := range min(len(rs), len(ref)) {
 				rv, higher, ok1 := compareMetric(ref[i], m)
@@ -742,10 +745,10 @@ func WriteCompareText(w io.Writer, c Comparison) error {
 		fmt.Fprintf(&b, "\nhow many times better %s did, median over rounds (min–max):\n", refName)
 		fmt.Fprintf(&b, "(rates: %s ÷ target; latencies and time until sold out: target ÷ %s)\n", refName, refName)
 		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "target\t"+strings.Join(CompareMetrics, "\t")+"\t")
+		fmt.Fprintln(tw, "target\t"+strings.Join(CompareMetrics(), "\t")+"\t")
 		for _, r := range rows[1:] {
 			cells := []string{r.Target}
-			for _, m := range CompareMetrics {
+			for _, m := range CompareMetrics() {
 				q, ok := r.Ratios[m]
 				if !ok {
 					cells = append(cells, "-")
