@@ -21,26 +21,24 @@ func (s *Show) SharedSeatMap() SeatMap {
 		s.shared = append([]byte(nil), s.status...)
 		s.sharedVersion = s.version
 	}
+	return s.snapshot(s.shared)
+}
+
+// snapshot returns the seat map with the given statuses, a copy of s.status.
+func (s *Show) snapshot(statuses []byte) SeatMap {
 	return SeatMap{
 		Version:   s.version,
 		Available: s.counts[SeatAvailable],
 		Held:      s.counts[SeatHeld],
 		Booked:    s.counts[SeatBooked],
-		Statuses:  s.shared,
+		Statuses:  statuses,
 	}
 }
 
 // SeatMap returns a snapshot; its Statuses is appended to buf[:0], so a
 // caller may reuse a buffer.
 func (s *Show) SeatMap(buf []byte) SeatMap {
-	buf = append(buf[:0], s.status...)
-	return SeatMap{
-		Version:   s.version,
-		Available: s.counts[SeatAvailable],
-		Held:      s.counts[SeatHeld],
-		Booked:    s.counts[SeatBooked],
-		Statuses:  buf,
-	}
+	return s.snapshot(append(buf[:0], s.status...))
 }
 
 // Version returns the current seat-map version.

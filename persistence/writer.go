@@ -286,7 +286,7 @@ type statements struct {
 	hShow, hID, hUser, hSeats []string
 	hAt, hExp                 []time.Time
 	// seat claims of new holds
-	cShow, cSeat, cID []string
+	claims seatRows
 	// confirms
 	bShow, bID, bRef []string
 	bAt              []time.Time
@@ -294,7 +294,7 @@ type statements struct {
 	eShow, eID, eStatus []string
 	eAt                 []time.Time
 	// seat claims they free
-	fShow, fSeat, fID []string
+	freed seatRows
 	// audit events
 	vShow, vID, vUser, vKind, vSeats, vRef []string
 	vEpoch                                 []int64
@@ -302,6 +302,18 @@ type statements struct {
 	// idempotency records
 	iShow, iKey, iFP, iID []string
 	node                  string
+}
+
+// seatRows are seat-claim rows as column arrays: one per seat of a
+// mutation.
+type seatRows struct{ show, seat, id []string }
+
+func (r *seatRows) add(m *Mutation) {
+	for _, s := range m.SeatIDs {
+		r.show = append(r.show, m.ShowID)
+		r.seat = append(r.seat, s)
+		r.id = append(r.id, m.ReservationID)
+	}
 }
 
 func (st *statements) add(m *Mutation, node string) {
@@ -316,11 +328,7 @@ func (st *statements) add(m *Mutation, node string) {
 		st.hSeats = append(st.hSeats, seats)
 		st.hAt = append(st.hAt, m.At)
 		st.hExp = append(st.hExp, m.ExpiresAt)
-		for _, s := range m.SeatIDs {
-			st.cShow = append(st.cShow, m.ShowID)
-			st.cSeat = append(st.cSeat, s)
-			st.cID = append(st.cID, m.ReservationID)
-		}
+		st.claims.add(m)
 	case Confirm:
 		st.bShow = append(st.bShow, m.ShowID)
 		st.bID = append(st.bID, m.ReservationID)
@@ -331,11 +339,7 @@ func (st *statements) add(m *Mutation, node string) {
 		st.eID = append(st.eID, m.ReservationID)
 		st.eStatus = append(st.eStatus, m.Kind.String())
 		st.eAt = append(st.eAt, m.At)
-		for _, s := range m.SeatIDs {
-			st.fShow = append(st.fShow, m.ShowID)
-			st.fSeat = append(st.fSeat, s)
-			st.fID = append(st.fID, m.ReservationID)
-		}
+		st.freed.add(m)
 	}
 	st.vShow = append(st.vShow, m.ShowID)
 	st.vID = append(st.vID, m.ReservationID)
@@ -370,7 +374,7 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 			st.eShow, st.eID, st.eStatus, st.eAt)
 		checks = append(checks, check{int64(len(st.eID)), "end holds"})
 		b.Queue(`DELETE FROM seat_claims c USING unnest($1::text[], $2::text[], $3::text[]) AS u(show_id, seat_id, id)
-			WHERE c.show_id = u.show_id AND c.seat_id = u.seat_id AND c.reservation_id = u.id`, st.fShow, st.fSeat, st.fID)
+			WHERE c.show_id = u.show_id AND c.seat_id = u.seat_id AND c.reservation_id = u.id`, st.freed.show, st.freed.seat, st.freed.id)
 		// Not counted: a claim missing already (a repaired database) must not
 		// stop the hold from ending, and one naming another reservation is
 		// left alone by the filter.
@@ -384,8 +388,8 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 			st.hShow, st.hID, st.hUser, st.hSeats, st.hAt, st.hExp)
 		checks = append(checks, check{int64(len(st.hID)), "insert holds"})
 		b.Queue(`INSERT INTO seat_claims (show_id, seat_id, reservation_id)
-			SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`, st.cShow, st.cSeat, st.cID)
-		checks = append(checks, check{int64(len(st.cID)), "claim seats"})
+			SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`, st.claims.show, st.claims.seat, st.claims.id)
+		checks = append(checks, check{int64(len(st.claims.id)), "claim seats"})
 	}
 	if len(st.bID) > 0 {
 		b.Queue(`UPDATE reservations r SET status = 'BOOKED', booked_at = u.at, payment_ref = u.ref
