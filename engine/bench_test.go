@@ -1,14 +1,11 @@
 package engine_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -276,25 +273,11 @@ type writerStats struct{ batches, mutations, seconds float64 }
 // readWriterStats reads the node's writer metrics from its /metrics.
 func readWriterStats(b *testing.B, n *tc.Node) writerStats {
 	b.Helper()
-	resp, err := http.Get("http://" + n.Server.HTTPAddr() + "/metrics")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer resp.Body.Close()
-	v := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if name, val, ok := strings.Cut(sc.Text(), " "); ok && strings.HasPrefix(name, "boxoffice_writer_") {
-			v[name], _ = strconv.ParseFloat(val, 64)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		b.Fatal(err)
-	}
+	m := scrape(b, n)
 	return writerStats{
-		batches:   v["boxoffice_writer_batch_mutations_count"],
-		mutations: v["boxoffice_writer_batch_mutations_sum"],
-		seconds:   v["boxoffice_writer_commit_seconds_sum"],
+		batches:   m["boxoffice_writer_batch_mutations_count"],
+		mutations: m["boxoffice_writer_batch_mutations_sum"],
+		seconds:   m["boxoffice_writer_commit_seconds_sum"],
 	}
 }
 

@@ -17,7 +17,7 @@ import (
 
 // scrape reads a node's /metrics: each sample line's value by its
 // "name{labels}" text.
-func scrape(t *testing.T, n *tc.Node) map[string]float64 {
+func scrape(t testing.TB, n *tc.Node) map[string]float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + n.Server.HTTPAddr() + "/metrics")
 	if err != nil {
