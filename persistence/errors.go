@@ -14,14 +14,23 @@ var (
 	// ErrOverloaded: the writer's queue is full. Nothing was written; retry
 	// later.
 	ErrOverloaded = errors.New("write queue full")
-	// ErrUnavailable: the database could not be reached or did not answer in
-	// time. A write that fails with it was not committed.
+	// ErrUnavailable: the database could not be reached, did not answer in
+	// time, or refused for a passing reason (serialization failure, deadlock,
+	// shutting down). A write that fails with it was not committed: it never
+	// reached COMMIT, or the server answered that it rolled back. Retrying is
+	// safe.
 	ErrUnavailable = errors.New("database unavailable")
+	// ErrOutcomeUnknown: the connection failed or timed out while COMMIT was
+	// in flight, or the database answered with an error this package does
+	// not know. The write may or may not be committed; only reading the
+	// database tells which.
+	ErrOutcomeUnknown = errors.New("write outcome unknown")
 	// ErrNotOwner: the show's ownership epoch in the database is not the one
 	// the write carried: another node took the show. Nothing was written.
 	ErrNotOwner = errors.New("not the show's owner")
-	// ErrConflict: the write contradicts the database (a seat already
-	// claimed, a reservation not in the expected state). Nothing was written.
+	// ErrConflict: the database refused the write because it contradicts
+	// the data (a seat already claimed, a reservation not in the expected
+	// state, a constraint). Nothing was written.
 	ErrConflict = errors.New("write conflicts with the database")
 	// ErrNotFound: no such show or reservation.
 	ErrNotFound = errors.New("not found")
@@ -31,44 +40,107 @@ var (
 	ErrClosed = errors.New("store closed")
 )
 
-// PostgreSQL error codes this package translates.
+// failure is what a database error means for the statement or transaction
+// that got it.
+type failure uint8
+
 const (
-	pgUniqueViolation = "23505"
-	pgFKViolation     = "23503"
-	pgCheckViolation  = "23514"
+	// unlisted: an error this package does not know; a write treats it as
+	// an unknown outcome.
+	unlisted failure = iota
+	// transient: not applied, and retrying may succeed.
+	transient
+	// refused: not applied, because the statement contradicts the data.
+	refused
 )
 
-// classify translates an error from pgx into this package's sentinels: SQL
-// errors raised by the server are conflicts (the statement was wrong for the
-// data), everything else — refused connections, timeouts, a server going
-// away, a cancelled context — is the database being unavailable.
+// sqlstates is the one table of PostgreSQL error codes this package knows,
+// by full code or by class (the first two characters). A full code wins
+// over its class; a code in neither is unlisted.
+var sqlstates = map[string]failure{
+	"08":    transient, // connection exception
+	"40":    transient, // transaction rollback: serialization failure, deadlock
+	"53":    transient, // insufficient resources: too many connections, disk full, out of memory
+	"57P01": transient, // admin shutdown
+	"57P02": transient, // crash shutdown
+	"57P03": transient, // cannot connect now (starting up, shutting down)
+	"57014": transient, // query canceled (a deadline of ours)
+	"23":    refused,   // integrity constraint violation: unique, check, foreign key, not null
+	"22":    refused,   // data exception: a value the column cannot take
+}
+
+// failureOf classifies an error of a statement or transaction that did not
+// reach COMMIT. Errors that are not the server's — refused connections,
+// timeouts, a connection lost mid-statement, a cancelled context — are
+// transient: a statement the server never finished is not committed.
+func failureOf(err error) failure {
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.Is(err, errRowCount):
+		return refused
+	case errors.As(err, &pgErr):
+		if f, ok := sqlstates[pgErr.Code]; ok {
+			return f
+		}
+		if len(pgErr.Code) >= 2 {
+			if f, ok := sqlstates[pgErr.Code[:2]]; ok {
+				return f
+			}
+		}
+		return unlisted
+	}
+	return transient
+}
+
+// commitFailureOf classifies an error returned by COMMIT. Only an ERROR the
+// server sent in answer to COMMIT says the transaction did not commit; a
+// lost connection, a timeout or a FATAL while COMMIT was in flight leaves
+// the outcome unknown. (pgx may report a connection cut after COMMIT was
+// sent as "conn closed", an error it calls safe to retry: it is not
+// trusted here.)
+func commitFailureOf(err error) failure {
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.Is(err, pgx.ErrTxCommitRollback):
+		return transient // the server rolled back a failed transaction
+	case errors.As(err, &pgErr) && pgErr.Severity == "ERROR":
+		return failureOf(err)
+	}
+	return unlisted
+}
+
+// writeError is the sentinel error a writer's transaction reports for a
+// failure.
+func writeError(f failure, err error) error {
+	switch f {
+	case transient:
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	case refused:
+		return fmt.Errorf("%w: %v", ErrConflict, err)
+	}
+	return fmt.Errorf("%w: %v", ErrOutcomeUnknown, err)
+}
+
+// classify translates an error of a read or of a one-statement change into
+// this package's sentinels: ErrNotFound for no rows, ErrConflict and
+// ErrUnavailable by the sqlstates table; an unlisted server error passes
+// through unchanged.
 func classify(err error) error {
 	if err == nil {
 		return nil
 	}
-	var pgErr *pgconn.PgError
-	switch {
-	case errors.Is(err, errRowCount):
-		return fmt.Errorf("%w: %v", ErrConflict, err)
-	case errors.As(err, &pgErr):
-		switch pgErr.Code {
-		case pgUniqueViolation, pgFKViolation, pgCheckViolation:
-			return fmt.Errorf("%w: %s (%s)", ErrConflict, pgErr.Message, pgErr.ConstraintName)
-		}
-		if pgErr.Code[:2] == "08" || pgErr.Code[:2] == "57" || pgErr.Code[:2] == "53" {
-			// connection exceptions, operator intervention (shutdown), insufficient resources
-			return fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		return err
-	case errors.Is(err, pgx.ErrNoRows):
+	if errors.Is(err, pgx.ErrNoRows) {
 		return ErrNotFound
 	}
-	return fmt.Errorf("%w: %v", ErrUnavailable, err)
-}
-
-// isServerError reports whether err is an SQL error the server raised for
-// a statement, as opposed to a failure to talk to the server.
-func isServerError(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.Is(err, errRowCount) || errors.As(err, &pgErr) && !errors.Is(classify(err), ErrUnavailable)
+	switch failureOf(err) {
+	case transient:
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	case refused:
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			return fmt.Errorf("%w: %s (%s)", ErrConflict, pgErr.Message, pgErr.ConstraintName)
+		}
+		return fmt.Errorf("%w: %v", ErrConflict, err)
+	}
+	return err
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -30,12 +31,28 @@ type Config struct {
 	// MaxBatch is the most mutations committed in one transaction. Zero
 	// means 1024.
 	MaxBatch int
-	// CommitTimeout bounds one batch's transaction, so a dead database
-	// fails writes promptly. Zero means 5 s.
+	// CommitTimeout bounds the time from Enqueue to the mutation's answer:
+	// every transaction of the writer runs under the deadline of the oldest
+	// mutation in it, so a dead or black-holed database fails writes
+	// promptly. Zero means 5 s.
 	CommitTimeout time.Duration
 	// QueryTimeout bounds reads and ownership changes. Zero means 5 s.
 	QueryTimeout time.Duration
-	// Logger receives the writer's errors. Nil means slog.Default().
+	// IdempotencyRetention is how long an idempotency record serves
+	// retries, judged by the database's clock from the record's CreatedAt:
+	// LoadShow returns only records younger than it, the writer lets a
+	// mutation reuse the key of an older one, and the pruner deletes older
+	// ones. Zero means 24 h.
+	IdempotencyRetention time.Duration
+	// PruneInterval is the pause between the pruner's rounds, each of which
+	// deletes every idempotency record older than IdempotencyRetention; the
+	// first round starts one interval after Open. Zero means 1 min.
+	PruneInterval time.Duration
+	// PruneBatch is the most idempotency records one of the pruner's
+	// statements deletes. Zero means 1000.
+	PruneBatch int
+	// Logger receives the writer's and the pruner's errors. Nil means
+	// slog.Default().
 	Logger *slog.Logger
 	// Observer, if set, is told about every committed batch.
 	Observer func(BatchStats)
@@ -71,6 +88,15 @@ func (c *Config) setDefaults() {
 	if c.QueryTimeout == 0 {
 		c.QueryTimeout = 5 * time.Second
 	}
+	if c.IdempotencyRetention == 0 {
+		c.IdempotencyRetention = 24 * time.Hour
+	}
+	if c.PruneInterval == 0 {
+		c.PruneInterval = time.Minute
+	}
+	if c.PruneBatch == 0 {
+		c.PruneBatch = 1000
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -81,10 +107,13 @@ type Store struct {
 	cfg    Config
 	pool   *pgxpool.Pool
 	writer *writer
+	pruner *pruner
 }
 
-// Open connects to the database and starts the writer. It does not wait for
-// the database to be reachable: a node can start while it is down.
+// Open connects to the database and starts the writer and the pruner of
+// idempotency records. It does not wait for the database to be reachable: a
+// node can start while it is down. Negative durations and sizes in cfg are
+// an error.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.URL == "" {
 		return nil, errors.New("persistence: no database URL")
@@ -92,12 +121,24 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.NodeID == "" {
 		return nil, errors.New("persistence: no node ID")
 	}
+	if cfg.IdempotencyRetention < 0 || cfg.PruneInterval < 0 || cfg.PruneBatch < 0 {
+		return nil, errors.New("persistence: negative IdempotencyRetention, PruneInterval or PruneBatch")
+	}
 	cfg.setDefaults()
 	pcfg, err := pgxpool.ParseConfig(cfg.URL)
 	if err != nil {
 		return nil, fmt.Errorf("persistence: %w", err)
 	}
 	pcfg.MaxConns = cfg.MaxConns
+	// A transaction whose client vanished without closing its connection (a
+	// black-holed network) would keep its locks — the show's ownership row,
+	// its new seat claims — until TCP gave up, hours later; the server ends
+	// such a session instead. No transaction of this package idles between
+	// statements for more than moments.
+	idle := 2 * max(cfg.CommitTimeout, cfg.QueryTimeout)
+	if _, set := pcfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"]; !set {
+		pcfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = strconv.FormatInt(idle.Milliseconds(), 10)
+	}
 	if pcfg.ConnConfig.ConnectTimeout == 0 || pcfg.ConnConfig.ConnectTimeout > cfg.QueryTimeout {
 		pcfg.ConnConfig.ConnectTimeout = cfg.QueryTimeout
 	}
@@ -107,15 +148,19 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s := &Store{cfg: cfg, pool: pool}
 	s.writer = newWriter(s)
+	s.pruner = startPruner(s)
 	return s, nil
 }
 
-// Close stops taking writes, commits what is queued (within ctx), and closes
-// the pool. It is idempotent.
+// Close stops the pruner, cancelling a prune in progress, stops taking
+// writes, commits what is queued within ctx — when ctx ends first, the
+// transaction in flight is cancelled and the rest of the queue fails — and
+// closes the pool. It is idempotent.
 func (s *Store) Close(ctx context.Context) error {
+	perr := s.pruner.stop(ctx)
 	err := s.writer.close(ctx)
 	s.pool.Close()
-	return err
+	return errors.Join(perr, err)
 }
 
 // Ping reports whether the database answers.
@@ -177,11 +222,16 @@ type IdempotencyRecord struct {
 	Key           string
 	Fingerprint   string
 	ReservationID string
+	// CreatedAt is when the record was written, or its expired key reused,
+	// by the database's clock (the start of the writer's transaction). The
+	// record serves retries until CreatedAt + Config.IdempotencyRetention.
+	CreatedAt time.Time
 }
 
 // Snapshot is what a new owner needs to rebuild a show: the show, its live
 // reservations (HELD ones by expiry, then BOOKED ones) and its idempotency
-// records.
+// records younger than Config.IdempotencyRetention by the database's clock
+// at the load.
 type Snapshot struct {
 	Show        Show
 	Live        []Reservation
@@ -295,10 +345,12 @@ func (s *Store) LoadShow(ctx context.Context, showID string) (Snapshot, error) {
 		if err != nil {
 			return err
 		}
-		rows, _ = tx.Query(ctx, `SELECT idempotency_key, fingerprint, reservation_id FROM idempotency_keys WHERE show_id = $1`, showID)
+		// The complement of the writer's and the pruner's "expired".
+		rows, _ = tx.Query(ctx, `SELECT idempotency_key, fingerprint, reservation_id, created_at FROM idempotency_keys
+			WHERE show_id = $1 AND created_at > now() - $2::interval`, showID, s.cfg.IdempotencyRetention)
 		snap.Idempotency, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (IdempotencyRecord, error) {
 			var rec IdempotencyRecord
-			err := r.Scan(&rec.Key, &rec.Fingerprint, &rec.ReservationID)
+			err := r.Scan(&rec.Key, &rec.Fingerprint, &rec.ReservationID, &rec.CreatedAt)
 			return rec, err
 		})
 		return err

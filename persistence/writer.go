@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Kind is what a Mutation does to a reservation.
@@ -35,6 +36,11 @@ func (k Kind) String() string {
 	return fmt.Sprintf("Kind(%d)", k)
 }
 
+// ConfirmGrace is how long after its expires_at a hold may still be booked:
+// a Confirm whose At is later is refused with ErrConflict. It equals
+// activereservation.ConfirmGrace (a test of the engine checks).
+const ConfirmGrace = 5 * time.Second
+
 // Mutation is one change of one reservation, with the audit event it
 // produces and, optionally, the idempotency record of the request.
 type Mutation struct {
@@ -48,7 +54,8 @@ type Mutation struct {
 	// claimed, for Release and Expire the claims freed. Seat IDs never
 	// contain a comma.
 	SeatIDs []string
-	// At is when it happened: created, booked or ended.
+	// At is when it happened: created, booked or ended. A Confirm's At must
+	// be within ConfirmGrace of the hold's expires_at.
 	At time.Time
 	// ExpiresAt is the hold's expiry (Hold only).
 	ExpiresAt time.Time
@@ -62,15 +69,23 @@ type Mutation struct {
 
 // Pending is a queued mutation. Wait returns its outcome.
 type Pending struct {
-	m    Mutation
-	err  error
-	done chan struct{}
+	m        Mutation
+	deadline time.Time // Enqueue's time plus CommitTimeout
+	err      error
+	done     chan struct{}
 }
 
-// Wait blocks until the mutation's transaction has committed (nil) or failed
-// (ErrNotOwner, ErrConflict, ErrUnavailable, ErrClosed). The writer answers
-// every mutation within about its CommitTimeout, so Wait takes no context:
-// the caller must learn the outcome to keep its memory equal to the database.
+// Wait blocks until the mutation's outcome is known and returns it: nil once
+// committed; ErrNotOwner, ErrConflict or ErrUnavailable when it was not
+// committed; ErrOutcomeUnknown when the database stopped answering while
+// its COMMIT was in flight, so it may or may not be committed; ErrClosed
+// when the store closed before it was tried.
+//
+// Wait returns within the store's CommitTimeout of Enqueue, plus the
+// writer's own processing (well under a second), whatever the database
+// does: every transaction of the writer runs under the deadline of the
+// oldest mutation in it. So Wait takes no context: the caller must learn the
+// outcome to keep its memory equal to the database.
 func (p *Pending) Wait() error {
 	<-p.done
 	return p.err
@@ -91,6 +106,10 @@ func (p *Pending) finish(err error) {
 type writer struct {
 	s     *Store
 	queue chan *Pending
+	// ctx is the parent of every transaction; cancel ends the one in flight
+	// when Close runs out of time.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu     sync.RWMutex // guards closed against sends on a closed queue
 	closed bool
@@ -104,6 +123,7 @@ func newWriter(s *Store) *writer {
 		queue: make(chan *Pending, s.cfg.QueueSize),
 		done:  make(chan struct{}),
 	}
+	w.ctx, w.cancel = context.WithCancel(context.Background())
 	go w.run()
 	return w
 }
@@ -118,7 +138,7 @@ func (s *Store) Enqueue(m Mutation) (*Pending, error) {
 	if w.closed {
 		return nil, ErrClosed
 	}
-	p := &Pending{m: m, done: make(chan struct{})}
+	p := &Pending{m: m, deadline: time.Now().Add(s.cfg.CommitTimeout), done: make(chan struct{})}
 	select {
 	case w.queue <- p:
 		return p, nil
@@ -139,6 +159,10 @@ func (s *Store) Write(m Mutation) error {
 // QueueLen returns the number of queued mutations.
 func (s *Store) QueueLen() int { return len(s.writer.queue) }
 
+// close stops taking mutations and waits, within ctx, for the queued ones to
+// be committed. When ctx ends first, the transaction in flight is cancelled
+// and what is still queued fails at once, so close returns promptly either
+// way, with every mutation answered.
 func (w *writer) close(ctx context.Context) error {
 	w.mu.Lock()
 	if !w.closed {
@@ -150,6 +174,8 @@ func (w *writer) close(ctx context.Context) error {
 	case <-w.done:
 		return nil
 	case <-ctx.Done():
+		w.cancel()
+		<-w.done
 		return fmt.Errorf("writer drain: %w", ctx.Err())
 	}
 }
@@ -179,34 +205,44 @@ func (w *writer) run() {
 	}
 }
 
-// commit commits a batch and answers each of its mutations. If the batch
-// fails on an SQL error (one mutation contradicts the database), each
-// mutation is retried in a transaction of its own so only the culprit fails.
+// commit commits a batch and answers each of its mutations, all within the
+// deadline of its oldest mutation. If the database refuses the batch (one
+// mutation contradicts the data), each mutation is retried in a transaction
+// of its own so only the culprit fails; that retry stops at the first
+// failure that is not a refusal, and the mutations not yet tried are
+// answered ErrUnavailable at once. A batch of one gets the same answers as
+// a batch of many would for the same error.
 func (w *writer) commit(batch []*Pending) {
 	start := time.Now()
+	ctx, cancel := context.WithDeadline(w.ctx, batch[0].deadline)
+	defer cancel()
 	errs := make([]error, len(batch))
-	err := w.commitTx(batch, errs)
-	batchErr := err
-	if err != nil && isServerError(err) && len(batch) > 1 {
-		w.s.cfg.Logger.Warn("batch failed; committing its mutations one by one", "mutations", len(batch), "err", err)
+	batchErr := w.commitTx(ctx, batch, errs)
+	switch {
+	case batchErr == nil:
+	case errors.Is(batchErr, ErrConflict) && len(batch) > 1:
+		w.s.cfg.Logger.Warn("batch refused; committing its mutations one by one", "mutations", len(batch), "err", batchErr)
+		var stop error // set at the first failure that is not a refusal
 		for i, p := range batch {
-			one := []*Pending{p}
-			e := []error{nil}
-			if err := w.commitTx(one, e); err != nil {
-				errs[i] = classify(err)
-			} else {
-				errs[i] = e[0]
+			switch {
+			case errs[i] != nil: // fenced off: not the show's owner
+			case stop != nil:
+				errs[i] = stop
+			default:
+				one := []error{nil}
+				if err := w.commitTx(ctx, []*Pending{p}, one); err != nil {
+					one[0] = err
+					if !errors.Is(err, ErrConflict) {
+						stop = fmt.Errorf("%w: not tried after an earlier failure: %v", ErrUnavailable, err)
+					}
+				}
+				errs[i] = one[0]
 			}
 		}
-		err = nil
-	} else if err != nil {
-		err = classify(err)
-		if !errors.Is(err, ErrUnavailable) {
-			err = fmt.Errorf("%w: %v", ErrConflict, err)
-		}
+	default:
 		for i := range errs {
 			if errs[i] == nil {
-				errs[i] = err
+				errs[i] = batchErr
 			}
 		}
 	}
@@ -229,14 +265,37 @@ var errRowCount = errors.New("unexpected row count")
 
 // commitTx commits the mutations of batch that hold their show's current
 // epoch, in one transaction. Mutations of shows whose epoch moved get
-// ErrNotOwner in errs and are left out. A non-nil result means nothing was
-// committed.
-func (w *writer) commitTx(batch []*Pending, errs []error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), w.s.cfg.CommitTimeout)
-	defer cancel()
+// ErrNotOwner in errs and are left out. A non-nil result wraps
+// ErrUnavailable or ErrConflict when nothing was committed, or
+// ErrOutcomeUnknown when COMMIT was in flight as the connection failed, or
+// for an error the sqlstates table does not list (which is logged).
+func (w *writer) commitTx(ctx context.Context, batch []*Pending, errs []error) error {
+	atCommit, err := w.tryTx(ctx, batch, errs)
+	if err == nil {
+		return nil
+	}
+	f := failureOf(err)
+	if atCommit {
+		f = commitFailureOf(err)
+	}
+	var pgErr *pgconn.PgError
+	switch {
+	case f == unlisted && errors.As(err, &pgErr):
+		w.s.cfg.Logger.Error("writer: database error not in the sqlstates table; outcome treated as unknown",
+			"mutations", len(batch), "at_commit", atCommit, "code", pgErr.Code, "err", err)
+	case f == unlisted:
+		w.s.cfg.Logger.Warn("writer: connection failed while COMMIT was in flight; outcome unknown",
+			"mutations", len(batch), "err", err)
+	}
+	return writeError(f, err)
+}
+
+// tryTx runs commitTx's transaction; atCommit reports that err came from
+// COMMIT itself.
+func (w *writer) tryTx(ctx context.Context, batch []*Pending, errs []error) (atCommit bool, err error) {
 	tx, err := w.s.pool.Begin(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
 
@@ -259,9 +318,9 @@ func (w *writer) commitTx(batch []*Pending, errs []error) error {
 		epochs[id] = epoch
 		return nil
 	}); err != nil {
-		return err
+		return false, err
 	}
-	var st statements
+	st := statements{retention: w.s.cfg.IdempotencyRetention}
 	for i, p := range batch {
 		if e, ok := epochs[p.m.ShowID]; !ok || e != p.m.Epoch {
 			errs[i] = fmt.Errorf("%w: show %s is at epoch %d, write carried %d", ErrNotOwner, p.m.ShowID, e, p.m.Epoch)
@@ -270,12 +329,12 @@ func (w *writer) commitTx(batch []*Pending, errs []error) error {
 		st.add(&p.m, w.s.cfg.NodeID)
 	}
 	if st.n == 0 {
-		return tx.Commit(ctx)
+		return false, nil // nothing to write; the deferred rollback ends it
 	}
 	if err := st.exec(ctx, tx); err != nil {
-		return err
+		return false, err
 	}
-	return tx.Commit(ctx)
+	return true, tx.Commit(ctx)
 }
 
 // statements gathers a batch's mutations into column arrays, so a batch of
@@ -302,6 +361,9 @@ type statements struct {
 	// idempotency records
 	iShow, iKey, iFP, iID []string
 	node                  string
+	// retention is Config.IdempotencyRetention: an older record's key may
+	// be reused.
+	retention time.Duration
 }
 
 // seatRows are seat-claim rows as column arrays: one per seat of a
@@ -392,10 +454,13 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 		checks = append(checks, check{int64(len(st.claims.id)), "claim seats"})
 	}
 	if len(st.bID) > 0 {
+		// A hold past its expiry plus grace is not booked, whatever the
+		// writer's caller believed: the row count check then fails.
 		b.Queue(`UPDATE reservations r SET status = 'BOOKED', booked_at = u.at, payment_ref = u.ref
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(show_id, id, ref, at)
-			WHERE r.show_id = u.show_id AND r.reservation_id = u.id AND r.status = 'HELD'`,
-			st.bShow, st.bID, st.bRef, st.bAt)
+			WHERE r.show_id = u.show_id AND r.reservation_id = u.id AND r.status = 'HELD'
+			  AND u.at <= r.expires_at + $5::interval`,
+			st.bShow, st.bID, st.bRef, st.bAt, ConfirmGrace)
 		checks = append(checks, check{int64(len(st.bID)), "book holds"})
 	}
 	b.Queue(`INSERT INTO reservation_events (show_id, reservation_id, user_id, kind, seat_ids, payment_ref, node_id, epoch, at)
@@ -405,8 +470,17 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 		st.vShow, st.vID, st.vUser, st.vKind, st.vSeats, st.vRef, st.vEpoch, st.vAt, st.node)
 	checks = append(checks, check{int64(len(st.vID)), "audit"})
 	if len(st.iKey) > 0 {
-		b.Queue(`INSERT INTO idempotency_keys (show_id, idempotency_key, fingerprint, reservation_id)
-			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])`, st.iShow, st.iKey, st.iFP, st.iID)
+		// A key older than the retention (not loaded, maybe not pruned yet)
+		// is renewed; a younger one conflicts and, being left out of the
+		// count, fails the batch. DISTINCT ON keeps a key twice in one batch
+		// a count mismatch, as a unique violation was, rather than the error
+		// of an upsert touching a row twice.
+		b.Queue(`INSERT INTO idempotency_keys AS k (show_id, idempotency_key, fingerprint, reservation_id)
+			SELECT DISTINCT ON (show_id, idempotency_key) *
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(show_id, idempotency_key, fingerprint, reservation_id)
+			ON CONFLICT (show_id, idempotency_key) DO UPDATE
+			SET fingerprint = EXCLUDED.fingerprint, reservation_id = EXCLUDED.reservation_id, created_at = now()
+			WHERE k.created_at <= now() - $5::interval`, st.iShow, st.iKey, st.iFP, st.iID, st.retention)
 		checks = append(checks, check{int64(len(st.iKey)), "idempotency"})
 	}
 	br := tx.SendBatch(ctx, b)

@@ -153,6 +153,12 @@ func TestWriterMutations(t *testing.T) {
 	}
 	idem := slices.Clone(snap.Idempotency)
 	slices.SortFunc(idem, func(a, b persistence.IdempotencyRecord) int { return cmp.Compare(a.Key, b.Key) })
+	for i, rec := range idem {
+		if d := time.Since(rec.CreatedAt); d < -time.Minute || d > time.Minute {
+			t.Fatalf("idempotency record %s created at %v, not about now", rec.Key, rec.CreatedAt)
+		}
+		idem[i].CreatedAt = time.Time{}
+	}
 	wantIdem := []persistence.IdempotencyRecord{{Key: "k1", Fingerprint: "fp1", ReservationID: "s:r1"}, {Key: "k3", Fingerprint: "fp3", ReservationID: "s:r3"}}
 	if !reflect.DeepEqual(idem, wantIdem) {
 		t.Fatalf("idempotency %+v, want %+v", idem, wantIdem)
