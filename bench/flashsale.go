@@ -32,15 +32,10 @@ func newFlashSale(cfg ScenarioConfig) (Scenario, error) {
 	def(&cfg.Rows, 100)
 	def(&cfg.SeatsPerRow, 150)
 	def(&cfg.MaxSeats, 4)
-	def(&cfg.Retries, 3)
+	// Retries, ConfirmProb and PayDelay are taken as given: zero is a
+	// meaningful value of each (see ScenarioConfig).
 	if cfg.HoldTTL == 0 {
 		cfg.HoldTTL = 15 * time.Second
-	}
-	if cfg.ConfirmProb == 0 {
-		cfg.ConfirmProb = 0.8
-	}
-	if cfg.PayDelay == 0 {
-		cfg.PayDelay = 3 * time.Second
 	}
 	if cfg.FrontSkew == 0 {
 		cfg.FrontSkew = 2
@@ -48,11 +43,13 @@ func newFlashSale(cfg ScenarioConfig) (Scenario, error) {
 	switch {
 	case cfg.MaxSeats < 1 || cfg.MaxSeats > 10:
 		return nil, fmt.Errorf("flash-sale: max seats %d: want 1..10", cfg.MaxSeats)
-	case cfg.ConfirmProb < 0 || cfg.ConfirmProb > 1:
+	case !(cfg.ConfirmProb >= 0 && cfg.ConfirmProb <= 1): // also refuses NaN
 		return nil, fmt.Errorf("flash-sale: confirm probability %v: want 0..1", cfg.ConfirmProb)
+	case cfg.PayDelay < 0:
+		return nil, fmt.Errorf("flash-sale: pay delay %v: want ≥ 0", cfg.PayDelay)
 	case cfg.PayDelay >= cfg.HoldTTL:
 		return nil, fmt.Errorf("flash-sale: pay delay %v must be shorter than the hold TTL %v", cfg.PayDelay, cfg.HoldTTL)
-	case cfg.FrontSkew < 1:
+	case !(cfg.FrontSkew >= 1): // also refuses NaN
 		return nil, fmt.Errorf("flash-sale: front skew %v: want ≥ 1", cfg.FrontSkew)
 	case cfg.Users < 1 || cfg.Rows < 1 || cfg.SeatsPerRow < 1 || cfg.Retries < 0:
 		return nil, errors.New("flash-sale: users, rows and seats per row must be positive, retries not negative")
@@ -88,7 +85,7 @@ func (f *flashSale) User(ctx context.Context, u *User) {
 		hold, err := u.Hold(ctx, f.show, seats)
 		switch OutcomeOf(err) {
 		case OK:
-			if u.Rand.Float64() >= f.cfg.ConfirmProb {
+			if u.Rand.Float64() >= f.cfg.ConfirmProb { // always when ConfirmProb is 0
 				return // abandoned: the hold expires
 			}
 			pay := f.cfg.PayDelay/10 + time.Duration(u.Rand.Int64N(int64(f.cfg.PayDelay-f.cfg.PayDelay/10)+1))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,12 +14,12 @@ import (
 )
 
 // smallSale is a flash sale small enough for a test: 2,000 users for 300
-// seats, holds of 10 s, users paying within 1 s.
+// seats, holds of 10 s, users paying with probability 0.8 within 1 s.
 func smallSale(t *testing.T, prefix string) Scenario {
 	t.Helper()
 	sc, err := NewScenario("flash-sale", ScenarioConfig{
 		Users: 2000, Rows: 10, SeatsPerRow: 30, HoldTTL: 10 * time.Second, PayDelay: time.Second,
-		ShowPrefix: prefix,
+		Retries: 3, ConfirmProb: 0.8, ShowPrefix: prefix,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +132,7 @@ func TestSoldOutTime(t *testing.T) {
 	defer target.Close()
 	sc, err := NewScenario("flash-sale", ScenarioConfig{
 		Users: 10000, Rows: 10, SeatsPerRow: 30, HoldTTL: 10 * time.Second, PayDelay: time.Second,
-		ConfirmProb: 1, ShowPrefix: "so",
+		Retries: 3, ConfirmProb: 1, ShowPrefix: "so",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -186,7 +187,7 @@ func TestClosedLoopIsDeterministic(t *testing.T) {
 	asked := func() map[string]bool {
 		target := &stallTarget{}
 		sc, err := NewScenario("flash-sale", ScenarioConfig{Users: 300, Rows: 50, SeatsPerRow: 20, ShowPrefix: "det",
-			HoldTTL: 10 * time.Second, PayDelay: 10 * time.Millisecond})
+			HoldTTL: 10 * time.Second, Retries: 3, ConfirmProb: 0.8, PayDelay: 10 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -206,12 +207,87 @@ func TestClosedLoopIsDeterministic(t *testing.T) {
 	}
 }
 
+// TestConfirmProbability checks that a flash sale's users pay with the
+// probability given, 0 and 1 included: with 0 nobody confirms a hold, with
+// 1 everyone who held does (at once, with a pay delay of 0).
+func TestConfirmProbability(t *testing.T) {
+	for _, p := range []float64{0, 1} {
+		t.Run(fmt.Sprint(p), func(t *testing.T) {
+			target := &stallTarget{}
+			// 200 users of at most 4 seats each cannot sell out 1,000 seats.
+			sc, err := NewScenario("flash-sale", ScenarioConfig{Users: 200, Rows: 50, SeatsPerRow: 20, ShowPrefix: "cp",
+				HoldTTL: 10 * time.Second, Retries: 3, ConfirmProb: p, PayDelay: 0})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := Run(t.Context(), RunConfig{Target: target, Scenario: sc, Concurrency: 20, Seed: 5})
+			if err != nil {
+				t.Fatal(err)
+			}
+			holds, confirms := target.holds.Load(), target.confirms.Load()
+			if holds != 200 {
+				t.Fatalf("%d holds granted, want one per user (200)", holds)
+			}
+			if want := int64(p * float64(holds)); confirms != want {
+				t.Errorf("probability %v: %d confirm calls for %d holds, want %d", p, confirms, holds, want)
+			}
+			if op, _ := res.Op("confirm"); op.Count != confirms {
+				t.Errorf("the result counts %d confirms, the target saw %d", op.Count, confirms)
+			}
+		})
+	}
+}
+
+// TestRetries checks that a user whose seats are taken tries again as many
+// times as Retries says, none when it is 0.
+func TestRetries(t *testing.T) {
+	for _, retries := range []int{0, 2} {
+		t.Run(fmt.Sprint(retries), func(t *testing.T) {
+			target := &stallTarget{refuse: true}
+			sc, err := NewScenario("flash-sale", ScenarioConfig{Users: 50, Rows: 5, SeatsPerRow: 10, ShowPrefix: "rt",
+				HoldTTL: 10 * time.Second, Retries: retries, ConfirmProb: 1, PayDelay: 10 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Run(t.Context(), RunConfig{Target: target, Scenario: sc, Concurrency: 10, Seed: 5}); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := target.holds.Load(), int64(50*(1+retries)); got != want {
+				t.Errorf("retries %d: %d hold attempts by 50 users, want %d", retries, got, want)
+			}
+		})
+	}
+}
+
+// TestScenarioTakesZeros checks that a flash sale keeps a zero Retries,
+// ConfirmProb and PayDelay rather than replacing them by defaults, and
+// that DefaultScenarioConfig gives the defaults.
+func TestScenarioTakesZeros(t *testing.T) {
+	sc, err := NewScenario("flash-sale", ScenarioConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := sc.(*flashSale).cfg; cfg.Retries != 0 || cfg.ConfirmProb != 0 || cfg.PayDelay != 0 {
+		t.Errorf("zero config: retries %d, confirm %v, pay delay %v; want all zero", cfg.Retries, cfg.ConfirmProb, cfg.PayDelay)
+	}
+	sc, err = NewScenario("flash-sale", DefaultScenarioConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := sc.(*flashSale).cfg; cfg.Retries != 3 || cfg.ConfirmProb != 0.8 || cfg.PayDelay != 3*time.Second {
+		t.Errorf("default config: retries %d, confirm %v, pay delay %v; want 3, 0.8, 3s", cfg.Retries, cfg.ConfirmProb, cfg.PayDelay)
+	}
+}
+
 // stallTarget is an in-memory target whose every call takes stall; it
-// grants every hold and records what was asked.
+// grants every hold, or with refuse refuses every hold as taken, and
+// records what was asked.
 type stallTarget struct {
-	stall time.Duration
-	mu    sync.Mutex
-	asked map[string]bool // "user seats" of every hold asked
+	stall           time.Duration
+	refuse          bool
+	holds, confirms atomic.Int64 // hold and confirm calls
+	mu              sync.Mutex
+	asked           map[string]bool // "user seats" of every hold asked
 }
 
 func (s *stallTarget) wait(ctx context.Context) error {
@@ -243,9 +319,17 @@ func (s *stallTarget) Hold(ctx context.Context, show ShowSpec, user string, seat
 	}
 	s.asked[user+" "+fmt.Sprint(seats)] = true
 	s.mu.Unlock()
-	return Hold{ID: "h-" + user, User: user, Seats: seats}, s.wait(ctx)
+	s.holds.Add(1)
+	if err := s.wait(ctx); err != nil {
+		return Hold{}, err
+	}
+	if s.refuse {
+		return Hold{}, &Error{Outcome: Taken, Seats: seats}
+	}
+	return Hold{ID: "h-" + user, User: user, Seats: seats}, nil
 }
 func (s *stallTarget) Confirm(ctx context.Context, _ ShowSpec, _ Hold, _ string) error {
+	s.confirms.Add(1)
 	return s.wait(ctx)
 }
 func (s *stallTarget) Records(ctx context.Context, _ ShowSpec) ([]Record, error) { return nil, nil }

@@ -28,7 +28,11 @@ type Scenario interface {
 }
 
 // ScenarioConfig holds the knobs of every scenario; each uses the ones it
-// needs. The zero value of a field means the scenario's default.
+// needs. A zero Users, Rows, SeatsPerRow, Shows, HoldTTL, MaxSeats or
+// FrontSkew means the scenario's default (zero is not a valid value of
+// any of them). Retries, ConfirmProb and PayDelay are used as given, zero
+// included (no retry, nobody pays, users pay at once): start from
+// DefaultScenarioConfig to get their defaults.
 type ScenarioConfig struct {
 	Users       int           // virtual users
 	Rows        int           // rows of each show
@@ -36,11 +40,18 @@ type ScenarioConfig struct {
 	Shows       int           // shows (browse)
 	HoldTTL     time.Duration // hold TTL of the shows
 	MaxSeats    int           // a user asks for 1..MaxSeats adjacent seats
-	Retries     int           // attempts after a refusal (AlreadyExists)
-	ConfirmProb float64       // probability that a user pays for a hold
-	PayDelay    time.Duration // the longest a user takes to pay (uniform from a tenth of it)
+	Retries     int           // attempts after a refusal (AlreadyExists), ≥ 0
+	ConfirmProb float64       // probability that a user pays for a hold, in [0, 1]
+	PayDelay    time.Duration // the longest a user takes to pay (uniform from a tenth of it), ≥ 0
 	FrontSkew   float64       // ≥ 1; larger crowds the front rows
 	ShowPrefix  string        // prefix of the show IDs, unique per run
+}
+
+// DefaultScenarioConfig returns the configuration of the default sale:
+// Retries 3, ConfirmProb 0.8 and PayDelay 3 s; its other fields are zero,
+// which gives each scenario its defaults.
+func DefaultScenarioConfig() ScenarioConfig {
+	return ScenarioConfig{Retries: 3, ConfirmProb: 0.8, PayDelay: 3 * time.Second}
 }
 
 // ScenarioNames lists the scenarios that NewScenario knows.

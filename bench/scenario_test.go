@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"math"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -124,7 +125,12 @@ func TestScenarioConfigRefused(t *testing.T) {
 		"11 seats":             {MaxSeats: 11},
 		"pay longer than hold": {HoldTTL: 10 * time.Second, PayDelay: 20 * time.Second},
 		"probability above 1":  {ConfirmProb: 1.5},
+		"probability below 0":  {ConfirmProb: -0.1},
+		"probability NaN":      {ConfirmProb: math.NaN()},
+		"negative pay delay":   {PayDelay: -time.Second},
+		"negative retries":     {Retries: -1},
 		"skew below 1":         {FrontSkew: 0.5},
+		"skew NaN":             {FrontSkew: math.NaN()},
 		"negative users":       {Users: -1},
 	} {
 		if _, err := NewScenario("flash-sale", cfg); err == nil {

@@ -42,48 +42,8 @@ type benchConfig struct {
 
 func parseBench(args []string, compare bool) (benchConfig, error) {
 	var c benchConfig
-	name := "bench"
-	if compare {
-		name = "bench compare"
-	}
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	targets := fs.String("target", "boxoffice", "target: boxoffice, pg-status or redis-setnx")
-	if compare {
-		*targets = "boxoffice,pg-status,redis-setnx"
-		fs.Lookup("target").Usage = "targets to compare, comma-separated; the first is the reference of the ratios"
-		fs.Lookup("target").DefValue = *targets
-		fs.IntVar(&c.Rounds, "rounds", 3, "rounds; each runs every target once, in turn")
-	}
-	fs.StringVar(&c.Scenario, "scenario", "flash-sale", "scenario: "+strings.Join(bench.ScenarioNames(), ", "))
-	fs.IntVar(&c.Sc.Users, "users", 0, "virtual users (default 200,000)")
-	fs.IntVar(&c.Sc.Rows, "rows", 0, "rows per show (default 100)")
-	fs.IntVar(&c.Sc.SeatsPerRow, "seats-per-row", 0, "seats per row (default 150)")
-	fs.IntVar(&c.Sc.Shows, "shows", 0, "shows (browse; default 20)")
-	fs.DurationVar(&c.Sc.HoldTTL, "hold-ttl", 0, "hold TTL of the shows (flash-sale default 15s; the engine accepts 10s..1h)")
-	fs.IntVar(&c.Sc.MaxSeats, "max-seats", 0, "a user wants 1..N adjacent seats (default 4)")
-	fs.IntVar(&c.Sc.Retries, "retries", 0, "new attempts after seats were taken (default 3)")
-	fs.Float64Var(&c.Sc.ConfirmProb, "confirm", 0, "probability that a user pays for a hold (default 0.8)")
-	fs.DurationVar(&c.Sc.PayDelay, "pay-delay", 0, "the longest a user takes to pay (default 3s)")
-	fs.Float64Var(&c.Sc.FrontSkew, "front-skew", 0, "≥ 1: how much users crowd the front rows (default 2)")
-	fs.IntVar(&c.Run.Concurrency, "concurrency", 1000, "closed loop: users in flight")
-	fs.Float64Var(&c.Run.Rate, "rate", 0, "open loop: users arriving per second (0: closed loop)")
-	fs.IntVar(&c.Run.MaxInFlight, "max-in-flight", 20000, "open loop: most users in progress")
-	fs.Uint64Var(&c.Run.Seed, "seed", 1, "seed of the users' choices")
-	fs.DurationVar(&c.Run.MaxDuration, "max-duration", 5*time.Minute, "end the run after this long")
-	fs.DurationVar(&c.Run.CallTimeout, "call-timeout", 10*time.Second, "deadline of every call")
-	fs.StringVar(&c.Out, "out", "", "directory for result.json and the HTML report (default bench-results/<time>)")
-	fs.BoolVar(&c.Quiet, "quiet", false, "no progress display")
-	fs.StringVar(&c.Addr, "addr", os.Getenv("BOXOFFICE_BENCH_ADDR"), "gRPC address of a running engine (default: start one) [BOXOFFICE_BENCH_ADDR]")
-	fs.StringVar(&c.Token, "token", os.Getenv("BOXOFFICE_TOKEN"), "the engine's service token, with --addr [BOXOFFICE_TOKEN]")
-	fs.StringVar(&c.AdminToken, "admin-token", os.Getenv("BOXOFFICE_ADMIN_TOKEN"), "the engine's admin token, with --addr [BOXOFFICE_ADMIN_TOKEN]")
-	fs.StringVar(&c.DatabaseURL, "database-url", os.Getenv("BOXOFFICE_DATABASE_URL"), "PostgreSQL URL (default: start a private server) [BOXOFFICE_DATABASE_URL]")
-	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address for redis-setnx (default: start redis-server)")
-	fs.IntVar(&c.Conns, "conns", 4, "gRPC connections to the engine")
-	fs.DurationVar(&c.BaselineMapCache, "baseline-map-cache", time.Second,
-		"the baselines answer seat maps from a cache this old at most, as those designs do in practice (0: read every time); boxoffice always answers from live memory")
-	fs.IntVar(&c.ClientGOGC, "client-gogc", 400,
-		"GC percent of the bench process, the load generator (its seat-map buffers churn the heap); it also applies to the baselines' code, which runs in this process, while the engine it starts runs with Go's default unless GOGC is set")
-	fs.StringVar(&c.ProfileDir, "profile-dir", "", "write CPU profiles of each run here: the bench's, and the engine's when the bench started it")
+	fs, targets := benchFlags(&c, compare)
+	name := fs.Name()
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -107,6 +67,15 @@ func parseBench(args []string, compare bool) (benchConfig, error) {
 	if c.ClientGOGC < 1 {
 		return c, fmt.Errorf("%s: --client-gogc %d: want ≥ 1", name, c.ClientGOGC)
 	}
+	if p := c.Sc.ConfirmProb; !(p >= 0 && p <= 1) { // also refuses NaN
+		return c, fmt.Errorf("%s: --confirm %v: want a probability from 0 (nobody pays) to 1 (everyone pays)", name, p)
+	}
+	if c.Sc.Retries < 0 {
+		return c, fmt.Errorf("%s: --retries %d: want ≥ 0", name, c.Sc.Retries)
+	}
+	if c.Sc.PayDelay < 0 {
+		return c, fmt.Errorf("%s: --pay-delay %v: want ≥ 0", name, c.Sc.PayDelay)
+	}
 	if c.Addr != "" && c.DatabaseURL == "" {
 		return c, errors.New("bench: --addr needs --database-url (the verification reads the engine's database)")
 	}
@@ -118,6 +87,56 @@ func parseBench(args []string, compare bool) (benchConfig, error) {
 		return c, err
 	}
 	return c, nil
+}
+
+// benchFlags defines the flags of `bench` (or `bench compare`) on a new
+// flag set, storing into c; the returned string is the --target value.
+// The scenario's flags default to bench.DefaultScenarioConfig.
+func benchFlags(c *benchConfig, compare bool) (*flag.FlagSet, *string) {
+	name := "bench"
+	if compare {
+		name = "bench compare"
+	}
+	def := bench.DefaultScenarioConfig()
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	targets := fs.String("target", "boxoffice", "target: boxoffice, pg-status or redis-setnx")
+	if compare {
+		*targets = "boxoffice,pg-status,redis-setnx"
+		fs.Lookup("target").Usage = "targets to compare, comma-separated; the first is the reference of the ratios"
+		fs.Lookup("target").DefValue = *targets
+		fs.IntVar(&c.Rounds, "rounds", 3, "rounds; each runs every target once, in turn")
+	}
+	fs.StringVar(&c.Scenario, "scenario", "flash-sale", "scenario: "+strings.Join(bench.ScenarioNames(), ", "))
+	fs.IntVar(&c.Sc.Users, "users", 0, "virtual users (default 200,000)")
+	fs.IntVar(&c.Sc.Rows, "rows", 0, "rows per show (default 100)")
+	fs.IntVar(&c.Sc.SeatsPerRow, "seats-per-row", 0, "seats per row (default 150)")
+	fs.IntVar(&c.Sc.Shows, "shows", 0, "shows (browse; default 20)")
+	fs.DurationVar(&c.Sc.HoldTTL, "hold-ttl", 0, "hold TTL of the shows (flash-sale default 15s; the engine accepts 10s..1h)")
+	fs.IntVar(&c.Sc.MaxSeats, "max-seats", 0, "a user wants 1..N adjacent seats (default 4)")
+	fs.IntVar(&c.Sc.Retries, "retries", def.Retries, "new attempts after seats were taken (0: none)")
+	fs.Float64Var(&c.Sc.ConfirmProb, "confirm", def.ConfirmProb, "probability, 0..1, that a user pays for a hold (0: nobody pays)")
+	fs.DurationVar(&c.Sc.PayDelay, "pay-delay", def.PayDelay, "the longest a user takes to pay (0: at once)")
+	fs.Float64Var(&c.Sc.FrontSkew, "front-skew", 0, "≥ 1: how much users crowd the front rows (default 2)")
+	fs.IntVar(&c.Run.Concurrency, "concurrency", 1000, "closed loop: users in flight")
+	fs.Float64Var(&c.Run.Rate, "rate", 0, "open loop: users arriving per second (0: closed loop)")
+	fs.IntVar(&c.Run.MaxInFlight, "max-in-flight", 20000, "open loop: most users in progress")
+	fs.Uint64Var(&c.Run.Seed, "seed", 1, "seed of the users' choices")
+	fs.DurationVar(&c.Run.MaxDuration, "max-duration", 5*time.Minute, "end the run after this long")
+	fs.DurationVar(&c.Run.CallTimeout, "call-timeout", 10*time.Second, "deadline of every call")
+	fs.StringVar(&c.Out, "out", "", "directory for result.json and the HTML report (default bench-results/<time>)")
+	fs.BoolVar(&c.Quiet, "quiet", false, "no progress display")
+	fs.StringVar(&c.Addr, "addr", os.Getenv("BOXOFFICE_BENCH_ADDR"), "gRPC address of a running engine (default: start one) [BOXOFFICE_BENCH_ADDR]")
+	fs.StringVar(&c.Token, "token", os.Getenv("BOXOFFICE_TOKEN"), "the engine's service token, with --addr [BOXOFFICE_TOKEN]")
+	fs.StringVar(&c.AdminToken, "admin-token", os.Getenv("BOXOFFICE_ADMIN_TOKEN"), "the engine's admin token, with --addr [BOXOFFICE_ADMIN_TOKEN]")
+	fs.StringVar(&c.DatabaseURL, "database-url", os.Getenv("BOXOFFICE_DATABASE_URL"), "PostgreSQL URL (default: start a private server) [BOXOFFICE_DATABASE_URL]")
+	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address for redis-setnx (default: start redis-server)")
+	fs.IntVar(&c.Conns, "conns", 4, "gRPC connections to the engine")
+	fs.DurationVar(&c.BaselineMapCache, "baseline-map-cache", time.Second,
+		"the baselines answer seat maps from a cache this old at most, as those designs do in practice (0: read every time); boxoffice always answers from live memory")
+	fs.IntVar(&c.ClientGOGC, "client-gogc", 400,
+		"GC percent of the bench process, the load generator (its seat-map buffers churn the heap); it also applies to the baselines' code, which runs in this process, while the engine it starts runs with Go's default unless GOGC is set")
+	fs.StringVar(&c.ProfileDir, "profile-dir", "", "write CPU profiles of each run here: the bench's, and the engine's when the bench started it")
+	return fs, targets
 }
 
 func runBench(ctx context.Context, args []string) error {
@@ -202,7 +221,7 @@ func writeResult(dir string, res *bench.Result) error {
 type benchEnv struct {
 	dbURL, redisAddr        string
 	addr, token, adminToken string
-	httpAddr                string // the started engine's HTTP address, for its profile
+	pprofAddr               string // the started engine's profiling address; empty: none
 	conns                   int
 	mapCache                time.Duration
 	stops                   []func()
@@ -251,7 +270,7 @@ func startBenchEnv(ctx context.Context, cfg benchConfig, logs io.Writer) (*bench
 		e.redisAddr = rs.Addr()
 	}
 	if needs("boxoffice") && e.addr == "" {
-		if err := e.startEngine(ctx, logs); err != nil {
+		if err := e.startEngine(ctx, logs, cfg.ProfileDir != ""); err != nil {
 			return nil, err
 		}
 	}
@@ -261,23 +280,31 @@ func startBenchEnv(ctx context.Context, cfg benchConfig, logs io.Writer) (*bench
 
 // startEngine runs `boxoffice serve` as a child process, so that the engine
 // and the load generator have their own runtimes, as they would in use.
-func (e *benchEnv) startEngine(ctx context.Context, logs io.Writer) error {
+// The child reads its secrets from files in a private temporary directory,
+// removed by e.close after the child has stopped; with profile, it serves
+// profiles on a loopback address, e.pprofAddr.
+func (e *benchEnv) startEngine(ctx context.Context, logs io.Writer, profile bool) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	grpcAddr, err := freeAddr()
+	child, err := newEngineChild("bench-token", "bench-admin-token", e.dbURL, profile)
 	if err != nil {
 		return err
 	}
-	httpAddr, err := freeAddr()
+	dir, err := os.MkdirTemp("", "boxoffice-bench-")
 	if err != nil {
 		return err
 	}
-	e.addr, e.token, e.adminToken, e.httpAddr = grpcAddr, "bench-token", "bench-admin-token", httpAddr
-	cmd := exec.Command(self, "serve", "--migrate", "--database-url", e.dbURL,
-		"--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--node-id", "bench-node",
-		"--token", e.token, "--admin-token", e.adminToken)
+	e.stops = append(e.stops, func() { os.RemoveAll(dir) })
+	args, err := serveArgs(dir, child)
+	if err != nil {
+		return err
+	}
+	e.addr, e.token, e.adminToken, e.pprofAddr = child.GRPCAddr, child.Token, child.AdminToken, child.PprofAddr
+	grpcAddr, httpAddr := child.GRPCAddr, child.HTTPAddr
+	cmd := exec.Command(self, args...)
+	cmd.Env = engineEnv(os.Environ())
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		return err
@@ -316,6 +343,89 @@ func (e *benchEnv) startEngine(ctx context.Context, logs io.Writer) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// engineChild is the configuration of a `boxoffice serve` the bench starts.
+type engineChild struct {
+	GRPCAddr, HTTPAddr             string
+	PprofAddr                      string // empty: no profiling
+	Token, AdminToken, DatabaseURL string
+}
+
+// newEngineChild returns an engineChild with the given secrets and gRPC
+// and HTTP addresses on 127.0.0.1 ports that were free when it ran; with
+// profile, PprofAddr is such an address too, else empty.
+func newEngineChild(token, adminToken, databaseURL string, profile bool) (engineChild, error) {
+	c := engineChild{Token: token, AdminToken: adminToken, DatabaseURL: databaseURL}
+	var err error
+	if c.GRPCAddr, err = freeAddr(); err != nil {
+		return c, err
+	}
+	if c.HTTPAddr, err = freeAddr(); err != nil {
+		return c, err
+	}
+	if profile {
+		if c.PprofAddr, err = freeAddr(); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// serveArgs writes c's token, admin token and database URL to new files
+// in dir, created with permission 0600, and returns the arguments (after
+// the program name) of a `boxoffice serve` that applies migrations, reads
+// those secrets from the files (--token-file, --admin-token-file,
+// --database-url-file), listens on c's gRPC and HTTP addresses, and, if
+// c.PprofAddr is not empty, serves profiles there (--pprof-addr). The
+// secrets' values are not among the arguments, only the files' paths.
+func serveArgs(dir string, c engineChild) ([]string, error) {
+	args := []string{"serve", "--migrate", "--node-id", "bench-node",
+		"--grpc-addr", c.GRPCAddr, "--http-addr", c.HTTPAddr}
+	for _, s := range []struct{ flag, value string }{
+		{"token", c.Token}, {"admin-token", c.AdminToken}, {"database-url", c.DatabaseURL},
+	} {
+		path := filepath.Join(dir, s.flag)
+		if err := writeSecret(path, s.value); err != nil {
+			return nil, err
+		}
+		args = append(args, "--"+s.flag+"-file", path)
+	}
+	if c.PprofAddr != "" {
+		args = append(args, "--pprof-addr", c.PprofAddr)
+	}
+	return args, nil
+}
+
+// writeSecret writes value to a new file at path, created with permission
+// 0600; it fails if path exists.
+func writeSecret(path, value string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(value + "\n"); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// engineEnv returns environ without BOXOFFICE_TOKEN, BOXOFFICE_ADMIN_TOKEN
+// and BOXOFFICE_DATABASE_URL: serve refuses a secret given both by
+// variable and by file, and the bench gives the child its secrets by file.
+// The result is not nil (an exec.Cmd with a nil Env inherits all of this
+// process's environment).
+func engineEnv(environ []string) []string {
+	env := []string{}
+	for _, kv := range environ {
+		switch k, _, _ := strings.Cut(kv, "="); k {
+		case "BOXOFFICE_TOKEN", "BOXOFFICE_ADMIN_TOKEN", "BOXOFFICE_DATABASE_URL":
+		default:
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 func freeAddr() (string, error) {
@@ -375,21 +485,37 @@ func (e *benchEnv) runOne(ctx context.Context, cfg benchConfig, name, tag string
 	if err != nil {
 		return nil, err
 	}
-	res.Config = map[string]any{
-		"target": name, "scenario": cfg.Scenario, "users": scenario.Users(),
-		"capacity": res.Capacity, "concurrency": run.Concurrency, "rate": run.Rate, "seed": run.Seed,
-		"hold_ttl": cfg.Sc.HoldTTL.String(), "confirm": cfg.Sc.ConfirmProb, "pay_delay": cfg.Sc.PayDelay.String(),
-		"conns": e.conns,
-	}
-	if name != "boxoffice" {
-		res.Config["seat_map_cache"] = e.mapCache.String()
-	}
+	res.Config = e.resultConfig(cfg, name, scenario, run, res.Capacity)
 	return res, nil
 }
 
+// resultConfig is the configuration a result reports (in result.json and
+// the HTML report) for a run of scenario against the named target. Users
+// and the hold TTL are the scenario's own, its defaults applied. A
+// flash-sale's confirm, pay_delay and retries are cfg.Sc's, which it uses
+// as given; other scenarios do not use them and do not report them.
+func (e *benchEnv) resultConfig(cfg benchConfig, name string, scenario bench.Scenario, run bench.RunConfig, capacity int) map[string]any {
+	m := map[string]any{
+		"target": name, "scenario": cfg.Scenario, "users": scenario.Users(),
+		"capacity": capacity, "concurrency": run.Concurrency, "rate": run.Rate, "seed": run.Seed,
+		"conns": e.conns,
+	}
+	if shows := scenario.Shows(); len(shows) > 0 {
+		m["hold_ttl"] = shows[0].HoldTTL.String()
+	}
+	if scenario.Name() == "flash-sale" {
+		m["confirm"], m["pay_delay"], m["retries"] = cfg.Sc.ConfirmProb, cfg.Sc.PayDelay.String(), cfg.Sc.Retries
+	}
+	if name != "boxoffice" {
+		m["seat_map_cache"] = e.mapCache.String()
+	}
+	return m
+}
+
 // startProfiles starts a CPU profile of this process and, when the bench
-// started the engine and the target is the engine, one of the engine (its
-// /debug/pprof, for up to a minute). The returned func stops and writes them.
+// started the engine with profiling and the target is the engine, one of
+// the engine (from its --pprof-addr, for up to a minute). The returned func
+// stops and writes them.
 func (e *benchEnv) startProfiles(dir, tag, target string) (stop func(), err error) {
 	if dir == "" {
 		return func() {}, nil
@@ -406,11 +532,11 @@ func (e *benchEnv) startProfiles(dir, tag, target string) (stop func(), err erro
 		return nil, err
 	}
 	engineDone := make(chan struct{})
-	if target == "boxoffice" && e.httpAddr != "" {
+	if target == "boxoffice" && e.pprofAddr != "" {
 		go func() {
 			defer close(engineDone)
 			path := filepath.Join(dir, fmt.Sprintf("engine-%s.cpu.pprof", tag))
-			if err := fetchProfile("http://"+e.httpAddr+"/debug/pprof/profile?seconds=60", path); err != nil {
+			if err := fetchProfile("http://"+e.pprofAddr+"/debug/pprof/profile?seconds=60", path); err != nil {
 				fmt.Fprintln(os.Stderr, "bench: engine profile:", err)
 			}
 		}()
@@ -420,7 +546,7 @@ func (e *benchEnv) startProfiles(dir, tag, target string) (stop func(), err erro
 	return func() {
 		pprof.StopCPUProfile()
 		f.Close()
-		if target == "boxoffice" && e.httpAddr != "" {
+		if target == "boxoffice" && e.pprofAddr != "" {
 			fmt.Fprintln(os.Stderr, "bench: waiting for the engine's 60 s CPU profile")
 		}
 		<-engineDone
