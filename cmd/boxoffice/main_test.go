@@ -116,12 +116,20 @@ func testBinaryHasRace() bool {
 }
 
 // serveOptions are the flags of a `boxoffice serve` child process that
-// tests vary. The tokens are testcluster.Token and testcluster.AdminToken,
-// so testcluster.Ctx and testcluster.AdminCtx authorize calls to it.
+// tests vary. Unless Token and AdminToken are set, the tokens are
+// testcluster.Token and testcluster.AdminToken, so testcluster.Ctx and
+// testcluster.AdminCtx authorize calls to it.
 type serveOptions struct {
 	DatabaseURL string
 	NodeID      string
 	Migrate     bool
+
+	Token, AdminToken string
+	// SecretsDir, if not empty, is a directory where the tokens and the
+	// database URL are written to files, each with a trailing newline, and
+	// given to the child as BOXOFFICE_TOKEN_FILE, --admin-token-file and
+	// --database-url-file: no secret is on its command line.
+	SecretsDir string
 }
 
 // serveProcess is `boxoffice serve` running as a child process on free
@@ -171,13 +179,33 @@ func launchServe(t testing.TB, bin string, opts serveOptions) *serveProcess {
 		out:      &childOutput{},
 		exited:   make(chan struct{}),
 	}
+	token, adminToken := opts.Token, opts.AdminToken
+	if token == "" {
+		token = testcluster.Token
+	}
+	if adminToken == "" {
+		adminToken = testcluster.AdminToken
+	}
 	args := []string{"serve",
-		"--database-url", opts.DatabaseURL,
 		"--grpc-addr", p.GRPCAddr,
 		"--http-addr", p.HTTPAddr,
 		"--node-id", opts.NodeID,
-		"--token", testcluster.Token,
-		"--admin-token", testcluster.AdminToken,
+	}
+	var env []string
+	if opts.SecretsDir != "" {
+		file := func(name, secret string) string {
+			path := filepath.Join(opts.SecretsDir, name)
+			if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return path
+		}
+		env = append(env, "BOXOFFICE_TOKEN_FILE="+file("token", token))
+		args = append(args,
+			"--admin-token-file", file("admin-token", adminToken),
+			"--database-url-file", file("database-url", opts.DatabaseURL))
+	} else {
+		args = append(args, "--database-url", opts.DatabaseURL, "--token", token, "--admin-token", adminToken)
 	}
 	if opts.Migrate {
 		args = append(args, "--migrate")
@@ -186,13 +214,14 @@ func launchServe(t testing.TB, bin string, opts serveOptions) *serveProcess {
 	// child dies (kill -9 or at cleanup), not a context ending.
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	// Without BOXOFFICE_* from the environment the flags above are all the
-	// configuration the child has.
+	// Without BOXOFFICE_* from the environment the flags above (and env)
+	// are all the configuration the child has.
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "BOXOFFICE_") {
 			p.cmd.Env = append(p.cmd.Env, kv)
 		}
 	}
+	p.cmd.Env = append(p.cmd.Env, env...)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)
 	}

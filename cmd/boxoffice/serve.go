@@ -6,9 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
+	"math"
 	"os"
+	"slices"
 	"strconv"
-
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,21 +22,32 @@ import (
 )
 
 // serveConfig is everything `serve` needs, from flags and environment.
+// Zero limits and intervals mean the engine's defaults.
 type serveConfig struct {
 	DatabaseURL string
 	Migrate     bool
 	GRPCAddr    string
 	HTTPAddr    string
+	PprofAddr   string
 	NodeID      string
 	Token       string
 	AdminToken  string
 	Insecure    bool
 	LogFormat   string
 	DrainTime   time.Duration
+
+	GRPCMaxStreams       uint32
+	GRPCMaxRecvBytes     int
+	GRPCMaxConns         int
+	GRPCKeepaliveMinTime time.Duration
+	GRPCKeepaliveTime    time.Duration
+	GRPCKeepaliveTimeout time.Duration
+	HealthInterval       time.Duration
 }
 
 // parseServe reads flags, each defaulting to its BOXOFFICE_* environment
-// variable (a flag given on the command line wins).
+// variable (a flag given on the command line wins). Each secret may
+// instead be read from a file (--token-file, ...); see secretFromFile.
 func parseServe(args []string) (serveConfig, error) {
 	env := func(name, def string) string {
 		if v, ok := os.LookupEnv("BOXOFFICE_" + name); ok {
@@ -47,31 +61,127 @@ func parseServe(args []string) (serveConfig, error) {
 	}
 	host, _ := os.Hostname()
 	var c serveConfig
+	var tokenFile, adminTokenFile, databaseURLFile string
+	var maxStreams uint64
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	// envErrs holds, by flag name, environment values that do not parse;
+	// they are errors unless the flag is given on the command line.
+	envErrs := map[string]error{}
+	envInt := func(flagName, name string, def int) int {
+		v, ok := os.LookupEnv("BOXOFFICE_" + name)
+		if !ok {
+			return def
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			envErrs[flagName] = fmt.Errorf("serve: BOXOFFICE_%s: %w", name, err)
+			return def
+		}
+		return n
+	}
+	envDuration := func(flagName, name string, def time.Duration) time.Duration {
+		v, ok := os.LookupEnv("BOXOFFICE_" + name)
+		if !ok {
+			return def
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			envErrs[flagName] = fmt.Errorf("serve: BOXOFFICE_%s: %w", name, err)
+			return def
+		}
+		return d
+	}
 	fs.StringVar(&c.DatabaseURL, "database-url", env("DATABASE_URL", ""), "PostgreSQL URL (required) [BOXOFFICE_DATABASE_URL]")
+	fs.StringVar(&databaseURLFile, "database-url-file", env("DATABASE_URL_FILE", ""), "file holding the PostgreSQL URL, instead of --database-url [BOXOFFICE_DATABASE_URL_FILE]")
 	fs.BoolVar(&c.Migrate, "migrate", envBool("MIGRATE"), "apply migrations at start-up [BOXOFFICE_MIGRATE=1]")
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", env("GRPC_ADDR", "127.0.0.1:7070"), "gRPC listen address [BOXOFFICE_GRPC_ADDR]")
 	fs.StringVar(&c.HTTPAddr, "http-addr", env("HTTP_ADDR", "127.0.0.1:7071"), "metrics and health listen address [BOXOFFICE_HTTP_ADDR]")
+	fs.StringVar(&c.PprofAddr, "pprof-addr", env("PPROF_ADDR", ""), "serve /debug/pprof/ on this loopback address; empty: no profiling [BOXOFFICE_PPROF_ADDR]")
 	fs.StringVar(&c.NodeID, "node-id", env("NODE_ID", host), "unique node name [BOXOFFICE_NODE_ID]")
 	fs.StringVar(&c.Token, "token", env("TOKEN", ""), "bearer token of the web tier [BOXOFFICE_TOKEN]")
+	fs.StringVar(&tokenFile, "token-file", env("TOKEN_FILE", ""), "file holding the token, instead of --token [BOXOFFICE_TOKEN_FILE]")
 	fs.StringVar(&c.AdminToken, "admin-token", env("ADMIN_TOKEN", ""), "bearer token for admin RPCs [BOXOFFICE_ADMIN_TOKEN]")
+	fs.StringVar(&adminTokenFile, "admin-token-file", env("ADMIN_TOKEN_FILE", ""), "file holding the admin token, instead of --admin-token [BOXOFFICE_ADMIN_TOKEN_FILE]")
 	fs.BoolVar(&c.Insecure, "insecure", envBool("INSECURE"), "serve without tokens (local experiments only) [BOXOFFICE_INSECURE=1]")
 	fs.StringVar(&c.LogFormat, "log-format", env("LOG_FORMAT", "text"), "text or json [BOXOFFICE_LOG_FORMAT]")
 	fs.DurationVar(&c.DrainTime, "drain-timeout", 20*time.Second, "on SIGTERM, how long in-flight requests may take")
+	fs.Uint64Var(&maxStreams, "grpc-max-streams", uint64(envInt("grpc-max-streams", "GRPC_MAX_STREAMS", engine.DefaultMaxConcurrentStreams)),
+		"most concurrent calls per gRPC connection [BOXOFFICE_GRPC_MAX_STREAMS]")
+	fs.IntVar(&c.GRPCMaxRecvBytes, "grpc-max-recv-bytes", envInt("grpc-max-recv-bytes", "GRPC_MAX_RECV_BYTES", engine.DefaultMaxRecvMsgSize),
+		"largest gRPC request message in bytes [BOXOFFICE_GRPC_MAX_RECV_BYTES]")
+	fs.IntVar(&c.GRPCMaxConns, "grpc-max-conns", envInt("grpc-max-conns", "GRPC_MAX_CONNS", engine.DefaultMaxConns),
+		"most open gRPC connections; more are closed at once [BOXOFFICE_GRPC_MAX_CONNS]")
+	fs.DurationVar(&c.GRPCKeepaliveMinTime, "grpc-keepalive-min-time", envDuration("grpc-keepalive-min-time", "GRPC_KEEPALIVE_MIN_TIME", engine.DefaultKeepaliveMinTime),
+		"clients pinging more often are disconnected [BOXOFFICE_GRPC_KEEPALIVE_MIN_TIME]")
+	fs.DurationVar(&c.GRPCKeepaliveTime, "grpc-keepalive-time", envDuration("grpc-keepalive-time", "GRPC_KEEPALIVE_TIME", engine.DefaultKeepaliveTime),
+		"ping a client after its connection is idle this long [BOXOFFICE_GRPC_KEEPALIVE_TIME]")
+	fs.DurationVar(&c.GRPCKeepaliveTimeout, "grpc-keepalive-timeout", envDuration("grpc-keepalive-timeout", "GRPC_KEEPALIVE_TIMEOUT", engine.DefaultKeepaliveTimeout),
+		"close a connection whose ping is unanswered this long [BOXOFFICE_GRPC_KEEPALIVE_TIMEOUT]")
+	fs.DurationVar(&c.HealthInterval, "health-interval", envDuration("health-interval", "HEALTH_INTERVAL", engine.DefaultHealthInterval),
+		"how often gRPC health pings the database [BOXOFFICE_HEALTH_INTERVAL]")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
+	fs.Visit(func(f *flag.Flag) { delete(envErrs, f.Name) })
+	if len(envErrs) > 0 {
+		var errs []error
+		for _, name := range slices.Sorted(maps.Keys(envErrs)) {
+			errs = append(errs, envErrs[name])
+		}
+		return c, errors.Join(errs...)
+	}
+	var err error
+	if c.Token, err = secretFromFile("token", c.Token, tokenFile); err != nil {
+		return c, fmt.Errorf("serve: %w", err)
+	}
+	if c.AdminToken, err = secretFromFile("admin-token", c.AdminToken, adminTokenFile); err != nil {
+		return c, fmt.Errorf("serve: %w", err)
+	}
+	if c.DatabaseURL, err = secretFromFile("database-url", c.DatabaseURL, databaseURLFile); err != nil {
+		return c, fmt.Errorf("serve: %w", err)
+	}
 	switch {
 	case c.DatabaseURL == "":
-		return c, errors.New("serve: --database-url or BOXOFFICE_DATABASE_URL is required")
+		return c, errors.New("serve: --database-url, --database-url-file or BOXOFFICE_DATABASE_URL(_FILE) is required")
 	case c.NodeID == "":
 		return c, errors.New("serve: --node-id is required")
 	case !c.Insecure && (c.Token == "" || c.AdminToken == ""):
-		return c, errors.New("serve: --token and --admin-token are required (or --insecure)")
+		return c, errors.New("serve: --token and --admin-token (or their -file forms) are required (or --insecure)")
 	case c.LogFormat != "text" && c.LogFormat != "json":
 		return c, fmt.Errorf("serve: --log-format %q: want text or json", c.LogFormat)
+	case maxStreams < 1 || maxStreams > math.MaxUint32:
+		return c, fmt.Errorf("serve: --grpc-max-streams %d: want 1 to %d", maxStreams, uint64(math.MaxUint32))
+	case c.GRPCMaxRecvBytes < 1 || c.GRPCMaxConns < 1:
+		return c, errors.New("serve: --grpc-max-recv-bytes and --grpc-max-conns must be positive")
+	case c.GRPCKeepaliveMinTime <= 0 || c.GRPCKeepaliveTime <= 0 || c.GRPCKeepaliveTimeout <= 0 || c.HealthInterval <= 0:
+		return c, errors.New("serve: --grpc-keepalive-min-time, --grpc-keepalive-time, --grpc-keepalive-timeout and --health-interval must be positive")
 	}
+	c.GRPCMaxStreams = uint32(maxStreams)
 	return c, nil
+}
+
+// secretFromFile returns the secret named name (a flag name such as
+// "token"): value if file is empty, else the contents of file with
+// surrounding white space (such as the trailing newline of `echo`)
+// trimmed. Both a value and a file, a file that cannot be read, or one
+// that holds only white space is an error.
+func secretFromFile(name, value, file string) (string, error) {
+	if file == "" {
+		return value, nil
+	}
+	if value != "" {
+		v := "BOXOFFICE_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+		return "", fmt.Errorf("both --%[1]s (or %[2]s) and --%[1]s-file (or %[2]s_FILE) are given; give one", name, v)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--%s-file: %w", name, err)
+	}
+	v := strings.TrimSpace(string(b))
+	if v == "" {
+		return "", fmt.Errorf("--%s-file %s is empty", name, file)
+	}
+	return v, nil
 }
 
 func newLogger(format string) *slog.Logger {
@@ -139,9 +249,12 @@ func startNode(ctx context.Context, cfg serveConfig, log *slog.Logger) (*node, e
 	}
 	eng.Start()
 	srv, err := engine.NewServer(eng, engine.ServerConfig{
-		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr,
+		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, PprofAddr: cfg.PprofAddr,
 		Token: cfg.Token, AdminToken: cfg.AdminToken, Insecure: cfg.Insecure,
 		Gatherer: reg, Logger: log,
+		MaxConcurrentStreams: cfg.GRPCMaxStreams, MaxRecvMsgSize: cfg.GRPCMaxRecvBytes, MaxConns: cfg.GRPCMaxConns,
+		KeepaliveMinTime: cfg.GRPCKeepaliveMinTime, KeepaliveTime: cfg.GRPCKeepaliveTime,
+		KeepaliveTimeout: cfg.GRPCKeepaliveTimeout, HealthInterval: cfg.HealthInterval,
 	})
 	if err == nil {
 		err = srv.Start()
@@ -150,6 +263,9 @@ func startNode(ctx context.Context, cfg serveConfig, log *slog.Logger) (*node, e
 		eng.Shutdown(context.Background())
 		store.Close(context.Background())
 		return nil, err
+	}
+	if srv.PprofAddr() != "" {
+		log.Info("serving profiles", "pprof", srv.PprofAddr())
 	}
 	log.Info("serving", "node", cfg.NodeID, "grpc", srv.GRPCAddr(), "http", srv.HTTPAddr())
 	return &node{store: store, engine: eng, server: srv, log: log}, nil

@@ -54,11 +54,14 @@ func (c *Clock) Advance(d time.Duration) {
 }
 
 // Options tune a test node. Zero values: node ID "node-1", the system clock,
-// the engine's default expiry interval, the store's default settings.
+// the engine's default expiry interval and health interval, the store's
+// default settings.
 type Options struct {
 	NodeID         string
 	Clock          engine.Clock
 	ExpiryInterval time.Duration
+	// HealthInterval is the server's ServerConfig.HealthInterval.
+	HealthInterval time.Duration
 	Store          persistence.Config // URL and NodeID are filled in
 	// Quiet discards the node's logs instead of sending them to t.Log.
 	Quiet bool
@@ -123,6 +126,7 @@ func StartNode(t testing.TB, url string, opts Options) *Node {
 	n.Server, err = engine.NewServer(n.Engine, engine.ServerConfig{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
 		Token: Token, AdminToken: AdminToken, Gatherer: n.Registry, Logger: log,
+		HealthInterval: opts.HealthInterval,
 	})
 	if err == nil {
 		err = n.Server.Start()
