@@ -195,7 +195,10 @@ func (s *Show) HoldTTL() time.Duration { return s.ttl }
 func (s *Show) Capacity() int { return len(s.seats) }
 
 // Hold holds seats for user, all or nothing, as reservation id; the hold
-// expires at now+HoldTTL. Refusals, in order of precedence: ErrSeatCount,
+// expires at now+HoldTTL, or with the newest live hold if that expires
+// later (now went back: a clock set back, or holds replayed from a node
+// whose clock ran ahead), so the live holds stay in expiry order whatever
+// the clock does. Refusals, in order of precedence: ErrSeatCount,
 // ErrDuplicateSeat, ErrUnknownSeat, *SeatsTakenError, ErrUserLimit.
 func (s *Show) Hold(id HoldID, user UserID, seats []SeatID, now time.Time) (Reservation, error) {
 	idx, err := s.checkHold(id, user, seats)
@@ -210,6 +213,9 @@ func (s *Show) Hold(id HoldID, user UserID, seats []SeatID, now time.Time) (Rese
 		Status:    Held,
 		CreatedAt: now,
 		ExpiresAt: now.Add(s.ttl),
+	}
+	if _, last, ok := s.holds.Back(); ok && last.ExpiresAt.After(r.ExpiresAt) {
+		r.ExpiresAt = last.ExpiresAt
 	}
 	for _, i := range idx {
 		s.setSeat(i, SeatHeld)
@@ -367,8 +373,8 @@ func (s *Show) Due(now time.Time, skip func(HoldID) bool) []Reservation {
 	var due []Reservation
 	for id, r := range s.holds.All() {
 		if r.ExpiresAt.Add(ConfirmGrace).After(now) {
-			// Holds are in creation order and share one TTL, so the rest
-			// expire later. Restore keeps that order for replayed holds.
+			// Live holds are in expiry order (Hold and Restore keep it), so
+			// the rest expire later.
 			break
 		}
 		if skip == nil || !skip(id) {
@@ -478,6 +484,9 @@ func (s *Show) Bookings() []Reservation {
 	}
 	return out
 }
+
+// LiveHolds returns the number of live holds.
+func (s *Show) LiveHolds() int { return s.holds.Len() }
 
 // UserSeats returns how many seats user has in this show, held plus booked.
 func (s *Show) UserSeats(user UserID) int { return s.perUser[user] }

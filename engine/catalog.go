@@ -64,27 +64,37 @@ func (n *Node) CreateShow(ctx context.Context, sh persistence.Show) (persistence
 		return persistence.Show{}, fmt.Errorf("%w: at most %d seats", ErrInvalid, maxShowSeats)
 	}
 	sh.StartsAt = sh.StartsAt.UTC().Truncate(time.Microsecond)
+	sh.HoldTTL = sh.HoldTTL.Truncate(time.Millisecond) // as the database keeps it
 	out, err := n.store.CreateShow(ctx, sh)
 	if errors.Is(err, persistence.ErrExists) {
 		return persistence.Show{}, fmt.Errorf("show %s: %w", sh.ID, ErrShowExists)
+	}
+	if err == nil {
+		n.forgetUnknown(ar.ShowID(sh.ID))
 	}
 	return out, err
 }
 
 // GetShow returns a show's definition: from memory when loaded, so it works
-// while the database is down, else from the database.
+// while the database is down, else from the database; an ID found unknown
+// within NotFoundTTL is answered ErrShowNotFound at once.
 func (n *Node) GetShow(ctx context.Context, id ar.ShowID) (persistence.Show, error) {
 	if err := validateShowID(id); err != nil {
 		return persistence.Show{}, err
 	}
 	n.mu.RLock()
 	sh := n.shows[id]
+	unknown := sh == nil && n.knownUnknownLocked(id)
 	n.mu.RUnlock()
 	if sh != nil {
 		return sh.info, nil
 	}
+	if unknown {
+		return persistence.Show{}, fmt.Errorf("show %s: %w", id, ErrShowNotFound)
+	}
 	info, err := n.store.GetShow(ctx, string(id))
 	if errors.Is(err, persistence.ErrNotFound) {
+		n.rememberUnknown(id)
 		return persistence.Show{}, fmt.Errorf("show %s: %w", id, ErrShowNotFound)
 	}
 	return info, err

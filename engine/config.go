@@ -13,11 +13,22 @@ type Clock interface {
 	Now() time.Time
 }
 
-// SystemClock is the real clock.
-type SystemClock struct{}
+// SystemClock is the real clock. Made by NewSystemClock, it tells the wall
+// time at its creation plus the monotonic time elapsed since, so it never
+// steps back when the wall clock is set back, and advances at the rate of
+// real time. The zero value reads the wall clock as it is.
+type SystemClock struct{ start time.Time }
 
-// Now returns time.Now().
-func (SystemClock) Now() time.Time { return time.Now() }
+// NewSystemClock returns a SystemClock anchored at the wall time now.
+func NewSystemClock() SystemClock { return SystemClock{start: time.Now()} }
+
+// Now returns the time.
+func (c SystemClock) Now() time.Time {
+	if c.start.IsZero() {
+		return time.Now()
+	}
+	return c.start.Add(time.Since(c.start))
+}
 
 // Config configures a Node.
 type Config struct {
@@ -31,6 +42,28 @@ type Config struct {
 	// MaxExpiriesPerTick bounds the expiries one show queues per tick, so an
 	// expiry wave does not crowd out holds. Zero means 2048.
 	MaxExpiriesPerTick int
+	// IdleEvictAfter is how long a loaded show with no live holds and no
+	// write in flight stays in memory after its last use; then it is evicted
+	// and its ownership released. Zero means 10 minutes.
+	IdleEvictAfter time.Duration
+	// IdempotencyRetention is how long an idempotency key is remembered; it
+	// should equal the store's. Zero means 24 hours.
+	IdempotencyRetention time.Duration
+	// NotFoundTTL is how long an unknown show ID is answered NotFound from
+	// memory; NotFoundCacheSize bounds how many are remembered. A show
+	// created on this node is found at once; one created through another
+	// node may be answered NotFound here for up to NotFoundTTL. Zero means
+	// 2 s and 10,000.
+	NotFoundTTL       time.Duration
+	NotFoundCacheSize int
+	// MaxConcurrentLoads bounds the show loads that use the database at
+	// once, so a flood of show IDs cannot take the connection pool from the
+	// writer; MaxPendingLoads bounds the shows waiting to load, beyond which
+	// a load is refused as overloaded. LoadTimeout bounds one load, its wait
+	// for a turn included. Zero means 4, 1024 and 10 s.
+	MaxConcurrentLoads int
+	MaxPendingLoads    int
+	LoadTimeout        time.Duration
 	// Logger receives the node's logs. Nil means slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the node's metrics. Nil means a private registry.
@@ -40,10 +73,17 @@ type Config struct {
 // DefaultConfig returns a Config with every default filled in except NodeID.
 func DefaultConfig() Config {
 	return Config{
-		Clock:              SystemClock{},
-		ExpiryInterval:     200 * time.Millisecond,
-		MaxExpiriesPerTick: 2048,
-		Logger:             slog.Default(),
+		Clock:                NewSystemClock(),
+		ExpiryInterval:       200 * time.Millisecond,
+		MaxExpiriesPerTick:   2048,
+		IdleEvictAfter:       10 * time.Minute,
+		IdempotencyRetention: 24 * time.Hour,
+		NotFoundTTL:          2 * time.Second,
+		NotFoundCacheSize:    10_000,
+		MaxConcurrentLoads:   4,
+		MaxPendingLoads:      1024,
+		LoadTimeout:          10 * time.Second,
+		Logger:               slog.Default(),
 	}
 }
 
@@ -52,8 +92,9 @@ func (c *Config) Validate() error {
 	if c.NodeID == "" {
 		return errors.New("engine: NodeID is required")
 	}
-	if c.ExpiryInterval < 0 || c.MaxExpiriesPerTick < 0 {
-		return errors.New("engine: negative ExpiryInterval or MaxExpiriesPerTick")
+	if c.ExpiryInterval < 0 || c.MaxExpiriesPerTick < 0 || c.IdleEvictAfter < 0 || c.IdempotencyRetention < 0 ||
+		c.NotFoundTTL < 0 || c.NotFoundCacheSize < 0 || c.MaxConcurrentLoads < 0 || c.MaxPendingLoads < 0 || c.LoadTimeout < 0 {
+		return errors.New("engine: a negative duration or limit in Config")
 	}
 	return nil
 }
@@ -69,10 +110,25 @@ func (c *Config) setDefaults() {
 	if c.MaxExpiriesPerTick == 0 {
 		c.MaxExpiriesPerTick = d.MaxExpiriesPerTick
 	}
+	setDefault(&c.IdleEvictAfter, d.IdleEvictAfter)
+	setDefault(&c.IdempotencyRetention, d.IdempotencyRetention)
+	setDefault(&c.NotFoundTTL, d.NotFoundTTL)
+	setDefault(&c.NotFoundCacheSize, d.NotFoundCacheSize)
+	setDefault(&c.MaxConcurrentLoads, d.MaxConcurrentLoads)
+	setDefault(&c.MaxPendingLoads, d.MaxPendingLoads)
+	setDefault(&c.LoadTimeout, d.LoadTimeout)
 	if c.Logger == nil {
 		c.Logger = d.Logger
 	}
 	if c.Registerer == nil {
 		c.Registerer = prometheus.NewRegistry()
+	}
+}
+
+// setDefault sets *v to def when it is zero.
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
 	}
 }

@@ -17,9 +17,12 @@ type ConfirmRequest struct {
 	IdempotencyKey string
 }
 
-// Confirm books a hold: only its user, only until ExpiresAt+ConfirmGrace,
-// and a repeat with the same payment reference answers the booking again.
-// The booking is answered after it is durable.
+// Confirm books a hold: only its user, only until ExpiresAt+ConfirmGrace
+// judged at the moment of the decision (after any wait for the show's lock
+// or for a write in flight on the hold), and a repeat with the same payment
+// reference answers the booking again. The booking is answered after it is
+// durable; if the write's outcome is unknown, the hold stays held in memory
+// and the show is reloaded before its next change.
 func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation, error) {
 	if err := validateUser(req.User); err != nil {
 		return ar.Reservation{}, err
@@ -34,24 +37,24 @@ func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation,
 	if err != nil {
 		return ar.Reservation{}, err
 	}
-	sh, err := n.show(ctx, showID, true)
+	fp := fingerprint("confirm", string(req.User), string(req.Hold), req.PaymentRef)
+	sh, err := n.lockForChange(ctx, showID)
 	if err != nil {
 		if errors.Is(err, ErrShowNotFound) {
 			return ar.Reservation{}, fmt.Errorf("%w: %s", ar.ErrHoldNotFound, req.Hold)
 		}
 		return ar.Reservation{}, err
 	}
-	fp := fingerprint("confirm", string(req.User), string(req.Hold), req.PaymentRef)
-	now := n.now()
-
-	sh.mu.Lock()
+	defer n.gate.leave()
 	for {
-		if sh.dropped {
-			sh.mu.Unlock()
-			return ar.Reservation{}, fmt.Errorf("show %s: %w", sh.id, ErrMoved)
+		if sh.dropped || sh.stale {
+			if sh, err = n.relockForChange(ctx, sh); err != nil {
+				return ar.Reservation{}, err
+			}
+			continue
 		}
 		if req.IdempotencyKey != "" {
-			if e, ok := sh.idem[req.IdempotencyKey]; ok && e.fingerprint != fp {
+			if e, ok := sh.idem.Get(req.IdempotencyKey); ok && e.fingerprint != fp {
 				sh.mu.Unlock()
 				return ar.Reservation{}, ErrIdempotencyMismatch
 			}
@@ -64,6 +67,7 @@ func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation,
 			return ar.Reservation{}, err
 		}
 	}
+	now := n.now()
 	r, already, err := sh.rules.CheckConfirm(req.Hold, req.User, req.PaymentRef, now)
 	if errors.Is(err, ar.ErrHoldNotFound) {
 		sh.mu.Unlock()
@@ -96,24 +100,32 @@ func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation,
 	done := make(chan struct{})
 	sh.busy[req.Hold] = done
 	if req.IdempotencyKey != "" {
-		sh.idem[req.IdempotencyKey] = idemEntry{fingerprint: fp, hold: req.Hold}
+		n.rememberLocked(sh, req.IdempotencyKey, idemEntry{fingerprint: fp, hold: req.Hold, at: now})
 	}
 	sh.mu.Unlock()
 
 	werr := p.Wait()
 
 	sh.mu.Lock()
-	if werr == nil {
+	unload := false
+	switch {
+	case werr == nil:
 		r, err = sh.rules.Confirm(req.Hold, req.User, req.PaymentRef, now)
-	} else if req.IdempotencyKey != "" {
-		delete(sh.idem, req.IdempotencyKey)
+	case !unknownOutcome(werr) && req.IdempotencyKey != "":
+		sh.idem.Delete(req.IdempotencyKey)
+	}
+	if werr != nil {
+		werr, unload = failedLocked(sh, werr)
 	}
 	delete(sh.busy, req.Hold)
 	close(done)
 	sh.mu.Unlock()
+	if unload {
+		n.unload(sh, werr.Error())
+	}
 	n.metrics.confirms(werr)
 	if werr != nil {
-		return ar.Reservation{}, n.writeFailed(sh, werr)
+		return ar.Reservation{}, werr
 	}
 	if err != nil {
 		// The database has the booking; memory could not follow. Reload.

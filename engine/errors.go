@@ -19,6 +19,9 @@ var (
 	ErrMoved = errors.New("show moved to another node")
 	// ErrSoldOut: every seat of the show is booked.
 	ErrSoldOut = errors.New("sold out")
-	// ErrShuttingDown: the node is stopping.
+	// ErrShuttingDown: the node is draining before it stops; it takes no
+	// new changes.
 	ErrShuttingDown = errors.New("node shutting down")
+	// ErrOverloaded: too many shows are waiting to be loaded; retry later.
+	ErrOverloaded = errors.New("overloaded")
 )

@@ -18,6 +18,7 @@ func (n *Node) expiryLoop() {
 			return
 		case <-t.C:
 			n.ExpireDue()
+			n.EvictIdle()
 		}
 	}
 }
@@ -83,16 +84,23 @@ func (n *Node) ExpireDue() int {
 		werr := e.p.Wait()
 		e.sh.mu.Lock()
 		var err error
+		unload := false
 		if werr == nil {
 			_, err = e.sh.rules.Expire(e.r.ID, now)
+		} else {
+			werr, unload = failedLocked(e.sh, werr)
 		}
 		delete(e.sh.busy, e.r.ID)
 		close(e.done)
 		e.sh.mu.Unlock()
+		if unload {
+			n.unload(e.sh, werr.Error())
+		}
 		n.metrics.expiries(werr)
 		switch {
 		case werr != nil:
-			n.writeFailed(e.sh, werr) //nolint:errcheck // logged by the writer; retried next round
+			// Logged by the writer; retried next round (after a reload if
+			// the outcome is unknown).
 		case err != nil:
 			n.drop(e.sh, "expiry committed but not applicable in memory: "+err.Error())
 		default:
@@ -103,11 +111,63 @@ func (n *Node) ExpireDue() int {
 	// holds expire even if no request comes. While the database is down
 	// this fails fast and is tried again next round.
 	for _, id := range stale {
-		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ExpiryInterval*10)
+		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ExpiryInterval*10)
 		if err := n.load(ctx, id); err != nil {
 			n.cfg.Logger.Debug("reload of stale show failed", "show", id, "err", err)
 		}
 		cancel()
 	}
 	return expired
+}
+
+// EvictIdle evicts the loaded shows that have no live holds and no write in
+// flight and have not been used for IdleEvictAfter, and releases their
+// ownership in the database (best effort: a failed release is logged, and
+// the next owner takes the show by raising its epoch as usual). It returns
+// the number evicted. The expiry loop calls it every ExpiryInterval; tests
+// call it directly.
+func (n *Node) EvictIdle() int {
+	horizon := n.now().Add(-n.cfg.IdleEvictAfter).UnixNano()
+	n.mu.RLock()
+	var idle []*show
+	for _, sh := range n.shows {
+		if sh.used.Load() <= horizon {
+			idle = append(idle, sh)
+		}
+	}
+	n.mu.RUnlock()
+
+	var evicted []persistence.Ownership
+	for _, sh := range idle {
+		sh.mu.Lock()
+		ok := !sh.dropped && !sh.stale && len(sh.busy) == 0 && sh.rules.LiveHolds() == 0 && sh.used.Load() <= horizon
+		if ok {
+			sh.dropped = true
+		}
+		sh.mu.Unlock()
+		if !ok {
+			continue
+		}
+		n.mu.Lock()
+		if n.shows[sh.id] == sh {
+			delete(n.shows, sh.id)
+		}
+		n.mu.Unlock()
+		evicted = append(evicted, persistence.Ownership{ShowID: string(sh.id), Epoch: sh.epoch})
+	}
+	if len(evicted) == 0 {
+		return 0
+	}
+	n.mu.RLock()
+	loaded := len(n.shows)
+	n.mu.RUnlock()
+	n.metrics.showsLoaded.Set(float64(loaded))
+	n.metrics.evictions.Add(float64(len(evicted)))
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LoadTimeout)
+	defer cancel()
+	if err := n.store.ReleaseShows(ctx, evicted); err != nil {
+		n.cfg.Logger.Warn("releasing evicted shows", "shows", len(evicted), "err", err)
+	}
+	n.cfg.Logger.Debug("idle shows evicted", "shows", len(evicted), "loaded", loaded)
+	return len(evicted)
 }

@@ -24,8 +24,12 @@ type HoldRequest struct {
 
 // Hold holds seats. It is decided in memory under the show's lock — a loser
 // of a seat race is refused there and never reaches the database — then
-// made durable, and answered only after commit. If the commit fails the
-// hold is undone in memory.
+// made durable, and answered only after commit. If the write was not
+// committed the hold is undone in memory; if its outcome is unknown the
+// seats stay taken and the show is reloaded before its next change, and the
+// caller gets ErrOutcomeUnknown (a retry with the same idempotency key then
+// gets the true answer). A replay of an idempotency key answers the hold as
+// it is now, ended or not.
 func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error) {
 	if err := validateUser(req.User); err != nil {
 		return ar.Reservation{}, err
@@ -36,25 +40,26 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 	if len(req.Seats) == 0 || len(req.Seats) > ar.MaxSeatsPerHold {
 		return ar.Reservation{}, ar.ErrSeatCount
 	}
-	sh, err := n.show(ctx, req.Show, true)
-	if err != nil {
-		return ar.Reservation{}, err
-	}
 	var fp string // only requests with an idempotency key need one
 	if req.IdempotencyKey != "" {
 		fp = fingerprint("hold", string(req.User), seatStrings(req.Seats)...)
 	}
-
-	sh.mu.Lock()
+	sh, err := n.lockForChange(ctx, req.Show)
+	if err != nil {
+		return ar.Reservation{}, err
+	}
+	defer n.gate.leave()
 	for {
-		if sh.dropped {
-			sh.mu.Unlock()
-			return ar.Reservation{}, fmt.Errorf("show %s: %w", sh.id, ErrMoved)
+		if sh.dropped || sh.stale {
+			if sh, err = n.relockForChange(ctx, sh); err != nil {
+				return ar.Reservation{}, err
+			}
+			continue
 		}
 		if req.IdempotencyKey == "" {
 			break
 		}
-		e, ok := sh.idem[req.IdempotencyKey]
+		e, ok := sh.idem.Get(req.IdempotencyKey)
 		if !ok {
 			break
 		}
@@ -114,7 +119,7 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 	done := make(chan struct{})
 	sh.busy[id] = done
 	if req.IdempotencyKey != "" {
-		sh.idem[req.IdempotencyKey] = idemEntry{fingerprint: fp, hold: id}
+		n.rememberLocked(sh, req.IdempotencyKey, idemEntry{fingerprint: fp, hold: id, at: r.CreatedAt})
 	}
 	sh.mu.Unlock()
 
@@ -123,16 +128,23 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 	sh.mu.Lock()
 	delete(sh.busy, id)
 	close(done)
+	unload := false
 	if werr != nil {
-		sh.rules.Cancel(id)
-		if req.IdempotencyKey != "" {
-			delete(sh.idem, req.IdempotencyKey)
+		if !unknownOutcome(werr) {
+			sh.rules.Cancel(id)
+			if req.IdempotencyKey != "" {
+				sh.idem.Delete(req.IdempotencyKey)
+			}
 		}
+		werr, unload = failedLocked(sh, werr)
 	}
 	sh.mu.Unlock()
+	if unload {
+		n.unload(sh, werr.Error())
+	}
 	n.metrics.holds(werr)
 	if werr != nil {
-		return ar.Reservation{}, n.writeFailed(sh, werr)
+		return ar.Reservation{}, werr
 	}
 	return r, nil
 }

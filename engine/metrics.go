@@ -23,6 +23,7 @@ type metrics struct {
 	batchErrors prometheus.Counter
 	failedMuts  prometheus.Counter
 	showsLoaded prometheus.Gauge
+	evictions   prometheus.Counter
 
 	mu       sync.Mutex // guards children
 	children map[[3]string]prometheus.Counter
@@ -59,10 +60,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		showsLoaded: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "boxoffice_shows_loaded", Help: "Shows served from this node's memory.",
 		}),
+		evictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "boxoffice_shows_evicted_total", Help: "Idle shows evicted from memory.",
+		}),
 		children: make(map[[3]string]prometheus.Counter),
 		latency:  make(map[string]prometheus.Observer),
 	}
-	for _, c := range []prometheus.Collector{m.rpcRequests, m.rpcLatency, m.ops, m.batchSize, m.commitTime, m.batchErrors, m.failedMuts, m.showsLoaded} {
+	for _, c := range []prometheus.Collector{m.rpcRequests, m.rpcLatency, m.ops, m.batchSize, m.commitTime, m.batchErrors, m.failedMuts, m.showsLoaded, m.evictions} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -125,6 +129,8 @@ func result(err error) string {
 		return "overloaded"
 	case errors.Is(err, persistence.ErrUnavailable):
 		return "db_unavailable"
+	case errors.Is(err, persistence.ErrOutcomeUnknown):
+		return "outcome_unknown"
 	case errors.Is(err, persistence.ErrNotOwner):
 		return "not_owner"
 	case errors.Is(err, persistence.ErrConflict):

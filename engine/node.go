@@ -8,12 +8,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/singleflight"
-
 	ar "github.com/boxoffice/boxoffice/activereservation"
+	"github.com/boxoffice/boxoffice/internal/ordmap"
 	"github.com/boxoffice/boxoffice/persistence"
 )
 
@@ -21,19 +22,31 @@ import (
 //
 // Concurrency: each loaded show has a mutex guarding its rules state; it is
 // held only for in-memory decisions and for queueing a mutation (which never
-// blocks), never across database I/O. The shows map has its own lock.
+// blocks), never across database I/O. The shows map, the loads in flight and
+// the cache of unknown show IDs share the node's own lock.
+//
+// Memory: a show stays loaded while it has live holds or writes in flight,
+// and for IdleEvictAfter after its last use; then it is evicted and its
+// ownership released. Unknown show IDs are remembered for NotFoundTTL, at
+// most NotFoundCacheSize of them.
 type Node struct {
 	cfg     Config
 	store   Store
 	metrics *metrics
 
-	mu    sync.RWMutex // guards shows
-	shows map[ar.ShowID]*show
-	loads singleflight.Group
+	mu       sync.RWMutex // guards shows, flights and notFound
+	shows    map[ar.ShowID]*show
+	flights  map[ar.ShowID]*flight
+	notFound *ordmap.Map[ar.ShowID, time.Time] // unknown IDs, oldest first, with when they were found unknown
+	loadSem  chan struct{}                     // one token per load running against the database
 
+	gate changeGate
+
+	ctx      context.Context // ends at Shutdown: cancels loads
+	cancel   context.CancelFunc
 	quit     chan struct{}
 	stopOnce sync.Once
-	wg       sync.WaitGroup
+	wg       sync.WaitGroup // the expiry loop and the load goroutines
 }
 
 // New returns a node. Start begins its background work.
@@ -46,26 +59,49 @@ func New(cfg Config, store Store) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Node{
-		cfg:     cfg,
-		store:   store,
-		metrics: m,
-		shows:   make(map[ar.ShowID]*show),
-		quit:    make(chan struct{}),
-	}, nil
+	n := &Node{
+		cfg:      cfg,
+		store:    store,
+		metrics:  m,
+		shows:    make(map[ar.ShowID]*show),
+		flights:  make(map[ar.ShowID]*flight),
+		notFound: ordmap.New[ar.ShowID, time.Time](0),
+		loadSem:  make(chan struct{}, cfg.MaxConcurrentLoads),
+		quit:     make(chan struct{}),
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	return n, nil
 }
 
-// Start starts the expiry loop.
+// Start starts the expiry loop, which also evicts idle shows.
 func (n *Node) Start() {
 	n.wg.Add(1)
 	go n.expiryLoop()
 }
 
-// Shutdown stops the expiry loop and waits for it within ctx. In-flight
-// operations finish on their own; the caller closes the store afterwards so
-// that queued writes are committed. It is idempotent.
+// Drain makes the node refuse new changes (holds, confirms, releases) with
+// ErrShuttingDown and waits, within ctx, for the changes in flight to be
+// answered. Reads go on. It is idempotent; the node does not take changes
+// again.
+func (n *Node) Drain(ctx context.Context) error {
+	select {
+	case <-n.gate.close():
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("engine drain: %w", ctx.Err())
+	}
+}
+
+// Shutdown refuses new changes, stops the expiry loop and cancels loads in
+// flight, and waits for them within ctx. Changes in flight finish on their
+// own (Drain waits for them); the caller closes the store afterwards so that
+// queued writes are committed. It is idempotent.
 func (n *Node) Shutdown(ctx context.Context) error {
-	n.stopOnce.Do(func() { close(n.quit) })
+	n.gate.close()
+	n.stopOnce.Do(func() {
+		close(n.quit)
+		n.cancel()
+	})
 	done := make(chan struct{})
 	go func() { n.wg.Wait(); close(done) }()
 	select {
@@ -87,39 +123,67 @@ type show struct {
 	id    ar.ShowID
 	info  persistence.Show
 	epoch int64
+	// used is n.now() of the show's last use, in Unix nanoseconds.
+	used atomic.Int64
 
 	mu    sync.Mutex // guards everything below
 	rules *ar.Show
 	// busy has a channel for each hold with a write in flight, closed when
 	// the write's outcome is applied. Other changes to the hold wait for it.
 	busy map[ar.HoldID]chan struct{}
-	// idem maps idempotency keys to the requests they answered.
-	idem map[string]idemEntry
-	// dropped is set when the node lets go of the show (ownership lost, or
-	// memory found to disagree with the database); a request that finds it
-	// set fetches the show anew.
+	// idem maps idempotency keys to the requests they answered, oldest
+	// first; keys older than the retention are forgotten as new ones come.
+	idem *ordmap.Map[string, idemEntry]
+	// dropped is set when the node lets go of the show (ownership lost,
+	// memory found to disagree with the database, evicted); a change that
+	// finds it set fetches the show anew.
 	dropped bool
-	// stale is set when a write's outcome is unknown (the database did not
-	// answer): the show is reloaded before its next change, while reads go
-	// on from memory.
+	// stale is set, in the critical section that learns it, when a write's
+	// outcome is unknown: memory keeps the write's seats taken, and every
+	// change reloads the show from the database first (lockForChange),
+	// while reads go on from memory.
 	stale bool
 }
 
 type idemEntry struct {
 	fingerprint string
 	hold        ar.HoldID
+	at          time.Time // when the key was recorded
 }
 
+// rememberLocked records an idempotency key, and forgets the oldest keys
+// that have passed the retention.
+func (n *Node) rememberLocked(sh *show, key string, e idemEntry) {
+	sh.idem.Put(key, e)
+	horizon := e.at.Add(-n.cfg.IdempotencyRetention)
+	for {
+		k, old, ok := sh.idem.Front()
+		if !ok || !old.at.Before(horizon) || k == key {
+			return
+		}
+		sh.idem.PopFront()
+	}
+}
+
+// touch records a use of sh, for idle eviction.
+func (n *Node) touch(sh *show) { sh.used.Store(n.now().UnixNano()) }
+
 // show returns the loaded show, loading it (and taking its ownership) on
-// first use. forChange says the caller is about to change it: a stale show
-// is then reloaded first. A failed reload leaves the stale show in place, so
-// reads go on from memory while the database is away.
+// first use, or when forChange and it is stale or dropped. A failed reload
+// leaves a stale show in place, so reads go on from memory while the
+// database is away. An ID found unknown within NotFoundTTL is answered
+// ErrShowNotFound without asking the database.
 func (n *Node) show(ctx context.Context, id ar.ShowID, forChange bool) (*show, error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		n.mu.RLock()
 		sh := n.shows[id]
+		unknown := sh == nil && n.knownUnknownLocked(id)
 		n.mu.RUnlock()
+		if unknown {
+			return nil, fmt.Errorf("show %s: %w", id, ErrShowNotFound)
+		}
 		if sh != nil {
+			n.touch(sh)
 			if !forChange {
 				return sh, nil
 			}
@@ -137,47 +201,165 @@ func (n *Node) show(ctx context.Context, id ar.ShowID, forChange bool) (*show, e
 	return nil, fmt.Errorf("show %s: %w", id, ErrMoved)
 }
 
-// load reads a show from the database, takes its ownership, and installs it.
-// Concurrent loads of one show share one database round.
-func (n *Node) load(ctx context.Context, id ar.ShowID) error {
-	ch := n.loads.DoChan(string(id), func() (any, error) {
-		// Detached from the caller: other callers may share this load.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		// A caller that found the show missing or unusable may get here
-		// just after another load installed it: reloading then would raise
-		// the epoch over the fresh show and fence its in-flight writes.
-		if n.usable(id) {
-			return nil, nil
+// lockForChange admits a change through the node's gate (ErrShuttingDown
+// once it drains) and returns show id locked, neither stale nor dropped: a
+// stale or dropped show is reloaded first. On success the caller unlocks
+// sh.mu when done deciding, and calls n.gate.leave once the change has been
+// answered.
+func (n *Node) lockForChange(ctx context.Context, id ar.ShowID) (*show, error) {
+	if err := n.gate.enter(); err != nil {
+		return nil, err
+	}
+	for attempt := 0; attempt < 3; attempt++ {
+		sh, err := n.show(ctx, id, true)
+		if err != nil {
+			n.gate.leave()
+			return nil, err
 		}
-		start := time.Now()
-		sh, err := n.loadShow(ctx, id)
+		sh.mu.Lock()
+		if !sh.stale && !sh.dropped {
+			return sh, nil
+		}
+		sh.mu.Unlock()
+	}
+	n.gate.leave()
+	return nil, fmt.Errorf("show %s: %w", id, ErrMoved)
+}
+
+// relockForChange is lockForChange for a caller that holds sh.mu and found
+// sh stale or dropped after waiting: it unlocks sh and returns the show
+// reloaded and locked.
+func (n *Node) relockForChange(ctx context.Context, sh *show) (*show, error) {
+	sh.mu.Unlock()
+	for attempt := 0; attempt < 3; attempt++ {
+		fresh, err := n.show(ctx, sh.id, true)
 		if err != nil {
 			return nil, err
 		}
-		live := len(sh.rules.Holds()) + len(sh.rules.Bookings()) // before sh is shared
-		n.mu.Lock()
-		old := n.shows[id]
-		n.shows[id] = sh
-		loaded := len(n.shows)
-		n.mu.Unlock()
-		if old != nil {
-			// Its in-flight writes carry the old epoch and fail.
-			old.mu.Lock()
-			old.dropped = true
-			old.mu.Unlock()
+		fresh.mu.Lock()
+		if !fresh.stale && !fresh.dropped {
+			return fresh, nil
 		}
-		n.metrics.showsLoaded.Set(float64(loaded))
-		n.cfg.Logger.Info("show loaded", "show", id, "epoch", sh.epoch,
-			"live", live, "took", time.Since(start))
-		return nil, nil
-	})
+		fresh.mu.Unlock()
+	}
+	return nil, fmt.Errorf("show %s: %w", sh.id, ErrMoved)
+}
+
+// knownUnknownLocked reports whether id was found unknown within
+// NotFoundTTL. n.mu must be held (read or write).
+func (n *Node) knownUnknownLocked(id ar.ShowID) bool {
+	at, ok := n.notFound.Get(id)
+	return ok && n.now().Sub(at) < n.cfg.NotFoundTTL
+}
+
+// rememberUnknown records that id names no show, forgetting entries past
+// NotFoundTTL and, when full, the oldest.
+func (n *Node) rememberUnknown(id ar.ShowID) {
+	now := n.now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for {
+		_, at, ok := n.notFound.Front()
+		if !ok || (now.Sub(at) < n.cfg.NotFoundTTL && n.notFound.Len() < n.cfg.NotFoundCacheSize) {
+			break
+		}
+		n.notFound.PopFront()
+	}
+	n.notFound.Delete(id) // re-inserted at the back with the new time
+	n.notFound.Put(id, now)
+}
+
+// forgetUnknown removes id from the cache of unknown IDs (it was just
+// created).
+func (n *Node) forgetUnknown(id ar.ShowID) {
+	n.mu.Lock()
+	n.notFound.Delete(id)
+	n.mu.Unlock()
+}
+
+// flight is a load of one show in progress; every caller that needs the
+// show waits for the same one.
+type flight struct {
+	done chan struct{} // closed when err is set
+	err  error
+}
+
+// load reads a show from the database, takes its ownership, and installs it.
+// Concurrent loads of one show share one goroutine and one database round;
+// at most MaxConcurrentLoads run against the database at once, and when
+// MaxPendingLoads shows are waiting to load, another is refused with
+// ErrOverloaded. A caller whose ctx ends stops waiting; the load goes on
+// (bounded by LoadTimeout) for the others.
+func (n *Node) load(ctx context.Context, id ar.ShowID) error {
+	n.mu.Lock()
+	f := n.flights[id]
+	if f == nil {
+		if len(n.flights) >= n.cfg.MaxPendingLoads {
+			n.mu.Unlock()
+			return fmt.Errorf("%w: %d shows loading", ErrOverloaded, len(n.flights))
+		}
+		f = &flight{done: make(chan struct{})}
+		n.flights[id] = f
+		n.wg.Add(1)
+		go n.runLoad(id, f)
+	}
+	n.mu.Unlock()
 	select {
-	case r := <-ch:
-		return r.Err
+	case <-f.done:
+		return f.err
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+func (n *Node) runLoad(id ar.ShowID, f *flight) {
+	defer n.wg.Done()
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LoadTimeout)
+	defer cancel()
+	f.err = n.loadNow(ctx, id)
+	if errors.Is(f.err, ErrShowNotFound) {
+		n.rememberUnknown(id)
+	}
+	n.mu.Lock()
+	delete(n.flights, id)
+	n.mu.Unlock()
+	close(f.done)
+}
+
+func (n *Node) loadNow(ctx context.Context, id ar.ShowID) error {
+	select {
+	case n.loadSem <- struct{}{}:
+		defer func() { <-n.loadSem }()
+	case <-ctx.Done():
+		return fmt.Errorf("show %s: waiting to load: %w", id, ErrOverloaded)
+	}
+	// A caller that found the show missing or unusable may get here just
+	// after another load installed it: reloading then would raise the epoch
+	// over the fresh show and fence its in-flight writes.
+	if n.usable(id) {
+		return nil
+	}
+	start := time.Now()
+	sh, err := n.loadShow(ctx, id)
+	if err != nil {
+		return err
+	}
+	n.touch(sh)
+	live := len(sh.rules.Holds()) + len(sh.rules.Bookings()) // before sh is shared
+	n.mu.Lock()
+	old := n.shows[id]
+	n.shows[id] = sh
+	loaded := len(n.shows)
+	n.mu.Unlock()
+	if old != nil {
+		// Its in-flight writes carry the old epoch and fail.
+		old.mu.Lock()
+		old.dropped = true
+		old.mu.Unlock()
+	}
+	n.metrics.showsLoaded.Set(float64(loaded))
+	n.cfg.Logger.Info("show loaded", "show", id, "epoch", sh.epoch, "live", live, "took", time.Since(start))
+	return nil
 }
 
 // usable reports whether show id is loaded and neither stale nor dropped.
@@ -229,50 +411,64 @@ func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {
 		epoch: epoch,
 		rules: rules,
 		busy:  make(map[ar.HoldID]chan struct{}),
-		idem:  make(map[string]idemEntry, len(snap.Idempotency)),
+		idem:  ordmap.New[string, idemEntry](len(snap.Idempotency)),
 	}
-	for _, rec := range snap.Idempotency {
-		sh.idem[rec.Key] = idemEntry{fingerprint: rec.Fingerprint, hold: ar.HoldID(rec.ReservationID)}
+	recs := slices.SortedFunc(slices.Values(snap.Idempotency), func(a, b persistence.IdempotencyRecord) int {
+		return a.CreatedAt.Compare(b.CreatedAt)
+	})
+	for _, rec := range recs {
+		sh.idem.Put(rec.Key, idemEntry{fingerprint: rec.Fingerprint, hold: ar.HoldID(rec.ReservationID), at: rec.CreatedAt})
 	}
 	return sh, nil
 }
 
-// drop unloads a show; the next request loads it again.
-func (n *Node) drop(sh *show, why string) {
-	sh.mu.Lock()
-	already := sh.dropped
-	sh.dropped = true
-	sh.mu.Unlock()
+// unload removes a show that was marked dropped from the loaded shows; the
+// next change loads it again.
+func (n *Node) unload(sh *show, why string) {
 	n.mu.Lock()
 	if n.shows[sh.id] == sh {
 		delete(n.shows, sh.id)
 	}
 	loaded := len(n.shows)
 	n.mu.Unlock()
+	n.metrics.showsLoaded.Set(float64(loaded))
+	n.cfg.Logger.Warn("show dropped", "show", sh.id, "epoch", sh.epoch, "why", why)
+}
+
+// drop marks a show dropped and unloads it.
+func (n *Node) drop(sh *show, why string) {
+	sh.mu.Lock()
+	already := sh.dropped
+	sh.dropped = true
+	sh.mu.Unlock()
 	if !already {
-		n.metrics.showsLoaded.Set(float64(loaded))
-		n.cfg.Logger.Warn("show dropped", "show", sh.id, "epoch", sh.epoch, "why", why)
+		n.unload(sh, why)
 	}
 }
 
-// writeFailed reacts to a failed write of sh and returns the error to give
-// the caller. Lost ownership or a conflict with the database drops the show
-// (the database is right; a reload rebuilds it); an unknown outcome makes it
-// stale, so it is reloaded before its next change.
-func (n *Node) writeFailed(sh *show, err error) error {
+// failedLocked reacts, under sh.mu and so before any other decision for sh,
+// to a write of sh that failed: lost ownership or a conflict with the
+// database marks it dropped (the database is right; a reload rebuilds it);
+// an unknown outcome marks it stale. It returns the error for the caller
+// and whether the caller must unload sh after unlocking.
+func failedLocked(sh *show, werr error) (err error, unload bool) {
 	switch {
-	case errors.Is(err, persistence.ErrNotOwner):
-		n.drop(sh, "ownership lost")
-		return fmt.Errorf("%w: %v", ErrMoved, err)
-	case errors.Is(err, persistence.ErrConflict):
-		n.drop(sh, err.Error())
-	case errors.Is(err, persistence.ErrUnavailable):
-		sh.mu.Lock()
+	case errors.Is(werr, persistence.ErrNotOwner):
+		unload = !sh.dropped
+		sh.dropped = true
+		return fmt.Errorf("%w: %v", ErrMoved, werr), unload
+	case errors.Is(werr, persistence.ErrConflict):
+		unload = !sh.dropped
+		sh.dropped = true
+	case errors.Is(werr, persistence.ErrOutcomeUnknown):
 		sh.stale = true
-		sh.mu.Unlock()
 	}
-	return err
+	return werr, unload
 }
+
+// unknownOutcome reports a write that may have committed: memory keeps its
+// effect undecided, holding the seats taken, until the show is reloaded.
+func unknownOutcome(err error) bool { return errors.Is(err, persistence.ErrOutcomeUnknown) }
 
 // LoadedShows returns the IDs of the shows in memory.
 func (n *Node) LoadedShows() []ar.ShowID {

@@ -10,8 +10,9 @@ import (
 )
 
 // Release ends a hold at its user's request. The seats are offered again
-// only after the release is durable. Releasing a hold that the same user
-// already released answers it again.
+// only after the release is durable; if its outcome is unknown, the hold
+// stays held in memory and the show is reloaded before its next change.
+// Releasing a hold that the same user already released answers it again.
 func (n *Node) Release(ctx context.Context, id ar.HoldID, user ar.UserID) (ar.Reservation, error) {
 	if err := validateUser(user); err != nil {
 		return ar.Reservation{}, err
@@ -20,20 +21,20 @@ func (n *Node) Release(ctx context.Context, id ar.HoldID, user ar.UserID) (ar.Re
 	if err != nil {
 		return ar.Reservation{}, err
 	}
-	sh, err := n.show(ctx, showID, true)
+	sh, err := n.lockForChange(ctx, showID)
 	if err != nil {
 		if errors.Is(err, ErrShowNotFound) {
 			return ar.Reservation{}, fmt.Errorf("%w: %s", ar.ErrHoldNotFound, id)
 		}
 		return ar.Reservation{}, err
 	}
-	now := n.now()
-
-	sh.mu.Lock()
+	defer n.gate.leave()
 	for {
-		if sh.dropped {
-			sh.mu.Unlock()
-			return ar.Reservation{}, fmt.Errorf("show %s: %w", sh.id, ErrMoved)
+		if sh.dropped || sh.stale {
+			if sh, err = n.relockForChange(ctx, sh); err != nil {
+				return ar.Reservation{}, err
+			}
+			continue
 		}
 		ch, busy := sh.busy[id]
 		if !busy {
@@ -56,6 +57,7 @@ func (n *Node) Release(ctx context.Context, id ar.HoldID, user ar.UserID) (ar.Re
 		sh.mu.Unlock()
 		return ar.Reservation{}, err
 	}
+	now := n.now()
 	p, err := n.store.Enqueue(persistence.Mutation{
 		Kind:          persistence.Release,
 		Epoch:         sh.epoch,
@@ -76,15 +78,21 @@ func (n *Node) Release(ctx context.Context, id ar.HoldID, user ar.UserID) (ar.Re
 	werr := p.Wait()
 
 	sh.mu.Lock()
+	unload := false
 	if werr == nil {
 		r, err = sh.rules.Release(id, user, now)
+	} else {
+		werr, unload = failedLocked(sh, werr)
 	}
 	delete(sh.busy, id)
 	close(done)
 	sh.mu.Unlock()
+	if unload {
+		n.unload(sh, werr.Error())
+	}
 	n.metrics.releases(werr)
 	if werr != nil {
-		return ar.Reservation{}, n.writeFailed(sh, werr)
+		return ar.Reservation{}, werr
 	}
 	if err != nil {
 		n.drop(sh, "release committed but not applicable in memory: "+err.Error())

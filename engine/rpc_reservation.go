@@ -67,6 +67,7 @@ func (s *reservationServer) HoldSeats(ctx context.Context, req *pb.HoldSeatsRequ
 		ExpiresAt: timestamppb.New(r.ExpiresAt),
 		ShowId:    string(r.Show),
 		UserId:    string(r.User),
+		Status:    pb.ReservationStatus(r.Status),
 	}, nil
 }
 

@@ -14,6 +14,9 @@ type Store interface {
 	GetShow(ctx context.Context, id string) (persistence.Show, error)
 	AcquireShow(ctx context.Context, showID string) (epoch int64, err error)
 	LoadShow(ctx context.Context, showID string) (persistence.Snapshot, error)
+	// ReleaseShows gives up this node's ownership of shows it no longer
+	// serves.
+	ReleaseShows(ctx context.Context, shows []persistence.Ownership) error
 	// Enqueue queues a mutation without blocking; Pending.Wait gives its
 	// outcome once committed or failed.
 	Enqueue(m persistence.Mutation) (*persistence.Pending, error)

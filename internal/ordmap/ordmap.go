@@ -26,7 +26,7 @@ type entry[K comparable, V any] struct {
 // Map is an insertion-ordered hash map. Not safe for concurrent use.
 //
 // Put of a new key appends it at the back; Put of an existing key replaces
-// its value and keeps its position. Get, Put, Delete, Front and PopFront
+// its value and keeps its position. Get, Put, Delete, Front, Back and PopFront
 // are O(1); All is O(n). The zero value is an empty map ready to use.
 type Map[K comparable, V any] struct {
 	items map[K]*entry[K, V]
@@ -104,6 +104,15 @@ func (m *Map[K, V]) Front() (k K, v V, ok bool) {
 		return k, v, false
 	}
 	e := m.root.next
+	return e.key, e.val, true
+}
+
+// Back returns the newest entry, or ok == false if the map is empty.
+func (m *Map[K, V]) Back() (k K, v V, ok bool) {
+	if len(m.items) == 0 {
+		return k, v, false
+	}
+	e := m.root.prev
 	return e.key, e.val, true
 }
 

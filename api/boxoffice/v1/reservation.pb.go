@@ -245,12 +245,15 @@ func (x *HoldSeatsRequest) GetIdempotencyKey() string {
 }
 
 type HoldSeatsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	HoldId        string                 `protobuf:"bytes,1,opt,name=hold_id,json=holdId,proto3" json:"hold_id,omitempty"`
-	SeatIds       []string               `protobuf:"bytes,2,rep,name=seat_ids,json=seatIds,proto3" json:"seat_ids,omitempty"`
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
-	ShowId        string                 `protobuf:"bytes,4,opt,name=show_id,json=showId,proto3" json:"show_id,omitempty"`
-	UserId        string                 `protobuf:"bytes,5,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	HoldId    string                 `protobuf:"bytes,1,opt,name=hold_id,json=holdId,proto3" json:"hold_id,omitempty"`
+	SeatIds   []string               `protobuf:"bytes,2,rep,name=seat_ids,json=seatIds,proto3" json:"seat_ids,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	ShowId    string                 `protobuf:"bytes,4,opt,name=show_id,json=showId,proto3" json:"show_id,omitempty"`
+	UserId    string                 `protobuf:"bytes,5,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// HELD for a new hold. An idempotent replay answers the hold as it is now:
+	// HELD, or BOOKED, RELEASED or EXPIRED if it has ended since.
+	Status        ReservationStatus `protobuf:"varint,6,opt,name=status,proto3,enum=boxoffice.v1.ReservationStatus" json:"status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -318,6 +321,13 @@ func (x *HoldSeatsResponse) GetUserId() string {
 		return x.UserId
 	}
 	return ""
+}
+
+func (x *HoldSeatsResponse) GetStatus() ReservationStatus {
+	if x != nil {
+		return x.Status
+	}
+	return ReservationStatus_RESERVATION_STATUS_UNSPECIFIED
 }
 
 type ConfirmHoldRequest struct {
@@ -762,14 +772,15 @@ const file_boxoffice_v1_reservation_proto_rawDesc = "" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x19\n" +
 	"\bseat_ids\x18\x03 \x03(\tR\aseatIds\x12'\n" +
-	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\"\xb4\x01\n" +
+	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\"\xed\x01\n" +
 	"\x11HoldSeatsResponse\x12\x17\n" +
 	"\ahold_id\x18\x01 \x01(\tR\x06holdId\x12\x19\n" +
 	"\bseat_ids\x18\x02 \x03(\tR\aseatIds\x129\n" +
 	"\n" +
 	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x17\n" +
 	"\ashow_id\x18\x04 \x01(\tR\x06showId\x12\x17\n" +
-	"\auser_id\x18\x05 \x01(\tR\x06userId\"\x90\x01\n" +
+	"\auser_id\x18\x05 \x01(\tR\x06userId\x127\n" +
+	"\x06status\x18\x06 \x01(\x0e2\x1f.boxoffice.v1.ReservationStatusR\x06status\"\x90\x01\n" +
 	"\x12ConfirmHoldRequest\x12\x17\n" +
 	"\ahold_id\x18\x01 \x01(\tR\x06holdId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1f\n" +
@@ -833,32 +844,34 @@ var file_boxoffice_v1_reservation_proto_goTypes = []any{
 	(*ListUserReservationsResponse)(nil), // 11: boxoffice.v1.ListUserReservationsResponse
 	(*Row)(nil),                          // 12: boxoffice.v1.Row
 	(*timestamppb.Timestamp)(nil),        // 13: google.protobuf.Timestamp
-	(*Reservation)(nil),                  // 14: boxoffice.v1.Reservation
+	(ReservationStatus)(0),               // 14: boxoffice.v1.ReservationStatus
+	(*Reservation)(nil),                  // 15: boxoffice.v1.Reservation
 }
 var file_boxoffice_v1_reservation_proto_depIdxs = []int32{
 	12, // 0: boxoffice.v1.GetSeatMapResponse.rows:type_name -> boxoffice.v1.Row
 	13, // 1: boxoffice.v1.HoldSeatsResponse.expires_at:type_name -> google.protobuf.Timestamp
-	14, // 2: boxoffice.v1.ConfirmHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
-	14, // 3: boxoffice.v1.ReleaseHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
-	14, // 4: boxoffice.v1.GetReservationResponse.reservation:type_name -> boxoffice.v1.Reservation
-	14, // 5: boxoffice.v1.ListUserReservationsResponse.reservations:type_name -> boxoffice.v1.Reservation
-	0,  // 6: boxoffice.v1.ReservationService.GetSeatMap:input_type -> boxoffice.v1.GetSeatMapRequest
-	2,  // 7: boxoffice.v1.ReservationService.HoldSeats:input_type -> boxoffice.v1.HoldSeatsRequest
-	4,  // 8: boxoffice.v1.ReservationService.ConfirmHold:input_type -> boxoffice.v1.ConfirmHoldRequest
-	6,  // 9: boxoffice.v1.ReservationService.ReleaseHold:input_type -> boxoffice.v1.ReleaseHoldRequest
-	8,  // 10: boxoffice.v1.ReservationService.GetReservation:input_type -> boxoffice.v1.GetReservationRequest
-	10, // 11: boxoffice.v1.ReservationService.ListUserReservations:input_type -> boxoffice.v1.ListUserReservationsRequest
-	1,  // 12: boxoffice.v1.ReservationService.GetSeatMap:output_type -> boxoffice.v1.GetSeatMapResponse
-	3,  // 13: boxoffice.v1.ReservationService.HoldSeats:output_type -> boxoffice.v1.HoldSeatsResponse
-	5,  // 14: boxoffice.v1.ReservationService.ConfirmHold:output_type -> boxoffice.v1.ConfirmHoldResponse
-	7,  // 15: boxoffice.v1.ReservationService.ReleaseHold:output_type -> boxoffice.v1.ReleaseHoldResponse
-	9,  // 16: boxoffice.v1.ReservationService.GetReservation:output_type -> boxoffice.v1.GetReservationResponse
-	11, // 17: boxoffice.v1.ReservationService.ListUserReservations:output_type -> boxoffice.v1.ListUserReservationsResponse
-	12, // [12:18] is the sub-list for method output_type
-	6,  // [6:12] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	14, // 2: boxoffice.v1.HoldSeatsResponse.status:type_name -> boxoffice.v1.ReservationStatus
+	15, // 3: boxoffice.v1.ConfirmHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
+	15, // 4: boxoffice.v1.ReleaseHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
+	15, // 5: boxoffice.v1.GetReservationResponse.reservation:type_name -> boxoffice.v1.Reservation
+	15, // 6: boxoffice.v1.ListUserReservationsResponse.reservations:type_name -> boxoffice.v1.Reservation
+	0,  // 7: boxoffice.v1.ReservationService.GetSeatMap:input_type -> boxoffice.v1.GetSeatMapRequest
+	2,  // 8: boxoffice.v1.ReservationService.HoldSeats:input_type -> boxoffice.v1.HoldSeatsRequest
+	4,  // 9: boxoffice.v1.ReservationService.ConfirmHold:input_type -> boxoffice.v1.ConfirmHoldRequest
+	6,  // 10: boxoffice.v1.ReservationService.ReleaseHold:input_type -> boxoffice.v1.ReleaseHoldRequest
+	8,  // 11: boxoffice.v1.ReservationService.GetReservation:input_type -> boxoffice.v1.GetReservationRequest
+	10, // 12: boxoffice.v1.ReservationService.ListUserReservations:input_type -> boxoffice.v1.ListUserReservationsRequest
+	1,  // 13: boxoffice.v1.ReservationService.GetSeatMap:output_type -> boxoffice.v1.GetSeatMapResponse
+	3,  // 14: boxoffice.v1.ReservationService.HoldSeats:output_type -> boxoffice.v1.HoldSeatsResponse
+	5,  // 15: boxoffice.v1.ReservationService.ConfirmHold:output_type -> boxoffice.v1.ConfirmHoldResponse
+	7,  // 16: boxoffice.v1.ReservationService.ReleaseHold:output_type -> boxoffice.v1.ReleaseHoldResponse
+	9,  // 17: boxoffice.v1.ReservationService.GetReservation:output_type -> boxoffice.v1.GetReservationResponse
+	11, // 18: boxoffice.v1.ReservationService.ListUserReservations:output_type -> boxoffice.v1.ListUserReservationsResponse
+	13, // [13:19] is the sub-list for method output_type
+	7,  // [7:13] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_boxoffice_v1_reservation_proto_init() }

@@ -1,0 +1,310 @@
+package engine_test
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc/codes"
+
+	ar "github.com/boxoffice/boxoffice/activereservation"
+	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
+	tc "github.com/boxoffice/boxoffice/internal/testcluster"
+	"github.com/boxoffice/boxoffice/persistence"
+)
+
+// Tests of the node under database faults injected by a proxy between the
+// node and PostgreSQL: a connection cut while COMMIT is in flight, and a
+// black hole.
+
+// proxiedNode starts a node whose store reaches the database at dbURL
+// through a fault-injecting proxy, with the given commit and query
+// timeouts. Its connections carry application_name app, so the test can
+// find them in pg_stat_activity.
+func proxiedNode(t *testing.T, dbURL, app string, commit, query time.Duration) (*tc.Node, *tc.Proxy) {
+	t.Helper()
+	px := tc.NewDBProxy(t, dbURL)
+	n := tc.StartNode(t, px.URL()+"&application_name="+app, tc.Options{
+		Store: persistence.Config{CommitTimeout: commit, QueryTimeout: query},
+	})
+	return n, px
+}
+
+// dbName returns the database name of a URL.
+func dbName(t *testing.T, dbURL string) string {
+	t.Helper()
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimPrefix(u.Path, "/")
+}
+
+// waitForBackend polls pg_stat_activity until a backend of application app
+// matches cond (an SQL condition), and fails the test after timeout.
+func waitForBackend(t *testing.T, db *pgxpool.Pool, app, cond string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var n int
+		err := db.QueryRow(context.Background(),
+			`SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND `+cond, app).Scan(&n)
+		if err != nil {
+			t.Fatalf("pg_stat_activity: %v", err)
+		}
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no backend of %s with %s after %s", app, cond, timeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// userSeats returns how many seats user holds or booked in show, by the
+// database.
+func userSeats(t *testing.T, db *pgxpool.Pool, show, user string) int {
+	t.Helper()
+	n := 0
+	for _, r := range dbReservations(t, db, show) {
+		if r.User == user && (r.Status == "HELD" || r.Status == "BOOKED") {
+			n += len(r.Seats)
+		}
+	}
+	return n
+}
+
+// TestCommitCutKeepsMemoryConservative cuts the node's connection to
+// PostgreSQL while the COMMIT of a user's 10-seat hold is in flight, after
+// PostgreSQL applied it. The hold is answered Unavailable OUTCOME_UNKNOWN,
+// memory keeps its seats taken, and requests of the same user — one of them
+// already waiting while the commit was in flight — cannot take 10 more:
+// after the reload memory equals PostgreSQL, the over-limit hold is refused,
+// and a retry with the hold's idempotency key answers the hold that was
+// committed.
+func TestCommitCutKeepsMemoryConservative(t *testing.T) {
+	const show, user, app = "commitcut", "u-ten", "commitcut-node"
+	dbURL := pgclustertest.Shared(t)
+	tc.Migrate(t, dbURL)
+	db := openDB(t, dbURL)
+	// Every commit waits 100 ms before its WAL flush: the window in which
+	// the test cuts the connection, after COMMIT reached the server.
+	name := dbName(t, dbURL)
+	for _, q := range []string{
+		`ALTER DATABASE ` + name + ` SET commit_delay = 100000`,
+		`ALTER DATABASE ` + name + ` SET commit_siblings = 0`,
+	} {
+		if _, err := db.Exec(context.Background(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, px := proxiedNode(t, dbURL, app, 2*time.Second, 2*time.Second)
+	n.CreateShow(t, show, 3, 10, 0)
+	bg := tc.Ctx(context.Background())
+	rs := n.Reservations
+	getSeatMap(t, n, show) // loaded
+
+	rowA := []string{"A-1", "A-2", "A-3", "A-4", "A-5", "A-6", "A-7", "A-8", "A-9", "A-10"}
+	rowB := []string{"B-1", "B-2", "B-3", "B-4", "B-5", "B-6", "B-7", "B-8", "B-9", "B-10"}
+	holdA := &pb.HoldSeatsRequest{ShowId: show, UserId: user, SeatIds: rowA, IdempotencyKey: "hold-a"}
+
+	inFlight, cut := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(cut)
+		waitForBackend(t, db, app, `state = 'active' AND query ILIKE 'commit'`, 10*time.Second)
+		close(inFlight)
+		px.Cut()
+	}()
+	// The same user asks for 10 more seats over and over from the moment
+	// hold A's COMMIT is in flight: none of these may ever be committed.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var moreMu sync.Mutex
+	var more []string // hold IDs granted to the user for row B
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-inFlight
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(bg, 3*time.Second)
+				r, err := rs.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: show, UserId: user, SeatIds: rowB})
+				cancel()
+				if err == nil {
+					moreMu.Lock()
+					more = append(more, r.GetHoldId())
+					moreMu.Unlock()
+				}
+			}
+		}()
+	}
+
+	ctx, cancel := context.WithTimeout(bg, 10*time.Second)
+	_, err := rs.HoldSeats(ctx, holdA)
+	cancel()
+	<-cut
+	wantAPIError(t, "hold whose COMMIT was cut", err, codes.Unavailable, "OUTCOME_UNKNOWN")
+
+	// PostgreSQL applied it: the cut came after COMMIT reached the server.
+	pollUntil(t, 10*time.Second, "hold A to be in the database", func() bool { return userSeats(t, db, show, user) == 10 })
+
+	// While the database is unreachable, memory keeps the seats taken.
+	st := seatStatuses(t, getSeatMap(t, n, show))
+	for _, s := range rowA {
+		if st[s] != ar.SeatHeld {
+			t.Errorf("seat %s is %d in memory after the cut commit, want held", s, st[s])
+		}
+	}
+
+	px.Reconnect()
+	// The over-limit hold is refused once the show has been reloaded.
+	pollUntil(t, 20*time.Second, "the over-limit hold to be refused for the limit", func() bool {
+		ctx, cancel := context.WithTimeout(bg, 3*time.Second)
+		defer cancel()
+		_, err := rs.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: show, UserId: user, SeatIds: rowB})
+		if err == nil {
+			t.Fatal("a hold of 10 more seats was granted to a user who has 10")
+		}
+		return apiErrorOf(err).Reason == "USER_SEAT_LIMIT"
+	})
+	close(stop)
+	wg.Wait()
+	if len(more) > 0 {
+		t.Errorf("holds of 10 more seats were granted to the user: %v", more)
+	}
+	if got := userSeats(t, db, show, user); got != 10 {
+		t.Errorf("the user has %d seats in the database, want 10", got)
+	}
+
+	// A retry with the same key gets the true outcome: the committed hold.
+	r, err := rs.HoldSeats(bg, holdA)
+	if err != nil {
+		t.Fatalf("retry of hold A: %v", err)
+	}
+	if r.GetStatus() != pb.ReservationStatus_RESERVATION_STATUS_HELD || len(r.GetSeatIds()) != 10 {
+		t.Errorf("retry of hold A answered %v", r)
+	}
+	if row, ok := dbReservationOf(t, db, show, r.GetHoldId()); !ok || row.User != user || row.Status != "HELD" {
+		t.Errorf("retry of hold A answered %s, which the database has as %+v", r.GetHoldId(), row)
+	}
+	checkDBInvariants(t, db, show)
+	checkSeatMapEqualsDB(t, n, db, show)
+}
+
+// TestBlackHoleAnswersPromptly black-holes PostgreSQL under 256 concurrent
+// holds, at the worst moment: a batch of them has just been refused by the
+// database (one seat claimed behind the node's back), so the writer retries
+// them one by one. Every call is answered within CommitTimeout plus a
+// second, Unavailable (or, for the culprit, the conflict that reloads the
+// show); once the black hole is lifted the node takes holds again without
+// a restart and memory equals PostgreSQL.
+func TestBlackHoleAnswersPromptly(t *testing.T) {
+	const show, app, callers = "blackhole", "blackhole-node", 256
+	const commitTimeout = 3 * time.Second
+	const bound = commitTimeout + time.Second
+	dbURL := pgclustertest.Shared(t)
+	tc.Migrate(t, dbURL)
+	db := openDB(t, dbURL)
+	n, px := proxiedNode(t, dbURL, app, commitTimeout, commitTimeout)
+	n.CreateShow(t, show, 20, 20, 0)
+	bg := tc.Ctx(context.Background())
+	rs := n.Reservations
+	getSeatMap(t, n, show)
+
+	// plug holds the show's ownership row, so the writer's first batch (the
+	// plug hold) waits while all the callers' holds queue behind it; rogue
+	// claims seat T-1 without committing, so the callers' batch waits for it
+	// and then fails on the unique constraint.
+	ctx := context.Background()
+	plug, err := db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plug.Rollback(ctx) //nolint:errcheck
+	if _, err := plug.Exec(ctx, `SELECT 1 FROM show_owners WHERE show_id = $1 FOR UPDATE`, show); err != nil {
+		t.Fatal(err)
+	}
+	rogue, err := db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rogue.Rollback(ctx) //nolint:errcheck
+	if _, err := rogue.Exec(ctx, `INSERT INTO seat_claims (show_id, seat_id, reservation_id) VALUES ($1, 'T-1', 'rogue')`, show); err != nil {
+		t.Fatal(err)
+	}
+
+	type answer struct {
+		took time.Duration
+		err  error
+	}
+	answers := make(chan answer, callers+1)
+	call := func(user, seat string) {
+		ctx, cancel := context.WithTimeout(bg, 4*bound)
+		defer cancel()
+		start := time.Now()
+		_, err := rs.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: show, UserId: user, SeatIds: []string{seat}})
+		answers <- answer{time.Since(start), err}
+	}
+	go call("plug", "A-1")
+	waitForBackend(t, db, app, `wait_event_type = 'Lock'`, 10*time.Second)
+	for i := 0; i < callers; i++ {
+		seat := tc.SeatID(1+i/20, 1+i%20) // rows B..., the last caller takes T-1
+		if i == callers-1 {
+			seat = "T-1"
+		}
+		go call(fmt.Sprintf("u%d", i), seat)
+	}
+	pollUntil(t, 10*time.Second, "the callers' holds to be queued", func() bool { return n.Store.QueueLen() >= callers })
+	if err := plug.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The callers' batch now waits for the rogue claim.
+	waitForBackend(t, db, app, `wait_event_type = 'Lock' AND query ILIKE '%seat_claims%'`, 10*time.Second)
+	px.BlackHole()
+	if err := rogue.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	codesSeen := map[string]int{}
+	for i := 0; i < callers+1; i++ {
+		a := <-answers
+		if a.err == nil {
+			codesSeen["OK"]++
+			continue
+		}
+		e := apiErrorOf(a.err)
+		codesSeen[e.Code.String()+" "+e.Reason]++
+		if a.took > bound {
+			t.Errorf("a hold was answered after %s (bound %s): %s", a.took, bound, e)
+		}
+		if e.Code != codes.Unavailable {
+			t.Errorf("a hold with the database black-holed: %s, want Unavailable", e)
+		}
+	}
+	t.Logf("answers: %v", codesSeen)
+
+	px.Lift()
+	if _, err := db.Exec(ctx, `DELETE FROM seat_claims WHERE reservation_id = 'rogue'`); err != nil {
+		t.Fatal(err)
+	}
+	pollUntil(t, 30*time.Second, "a hold to succeed after the black hole", func() bool {
+		ctx, cancel := context.WithTimeout(bg, 2*time.Second)
+		defer cancel()
+		_, err := rs.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: show, UserId: "after", SeatIds: []string{"T-20"}})
+		return err == nil
+	})
+	checkDBInvariants(t, db, show)
+	checkSeatMapEqualsDB(t, n, db, show)
+}
