@@ -63,6 +63,9 @@ type Options struct {
 	// HealthInterval is the server's ServerConfig.HealthInterval.
 	HealthInterval time.Duration
 	Store          persistence.Config // URL and NodeID are filled in
+	// Engine, if set, adjusts the engine's Config (idle eviction, load
+	// limits, ...) after the fields above are filled in.
+	Engine func(*engine.Config)
 	// Quiet discards the node's logs instead of sending them to t.Log.
 	Quiet bool
 }
@@ -115,10 +118,14 @@ func StartNode(t testing.TB, url string, opts Options) *Node {
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}
-	n.Engine, err = engine.New(engine.Config{
+	ecfg := engine.Config{
 		NodeID: opts.NodeID, Clock: opts.Clock, ExpiryInterval: opts.ExpiryInterval,
 		Logger: log, Registerer: n.Registry,
-	}, n.Store)
+	}
+	if opts.Engine != nil {
+		opts.Engine(&ecfg)
+	}
+	n.Engine, err = engine.New(ecfg, n.Store)
 	if err != nil {
 		t.Fatalf("engine: %v", err)
 	}
