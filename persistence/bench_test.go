@@ -36,7 +36,7 @@ func BenchmarkWriterHolds(b *testing.B) {
 	benchWriterHolds(b, s, 256, func(i int) persistence.Mutation {
 		show := i % shows
 		return holdM(epochs[show], fmt.Sprintf("s%d", show), fmt.Sprintf("s%d:%d", show, i),
-			fmt.Sprintf("u%d", i%10_000), t0, fmt.Sprintf("R-%d", i))
+			fmt.Sprintf("u%d", i), t0, fmt.Sprintf("R-%d", i)) // one seat a user, as in a flash sale
 	})
 	if n := batches.Load(); n > 0 {
 		b.ReportMetric(float64(mutations.Load())/float64(n), "mutations/batch")

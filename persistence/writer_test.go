@@ -478,8 +478,9 @@ func TestWriterBatchesKeepShowOrder(t *testing.T) {
 			for j := range holds {
 				id := fmt.Sprintf("%s:r%02d", show, (j*7)%holds) // IDs not in queue order
 				seat := fmt.Sprintf("A-%d", j+1)
-				hs = append(hs, holdM(epochs[i], show, id, "u"+show, t0.Add(time.Duration(j)*time.Millisecond), seat))
-				c := endM(persistence.Confirm, epochs[i], show, id, "u"+show, t0.Add(time.Second), seat)
+				user := fmt.Sprintf("u%s-%d", show, j) // at most 10 seats a user
+				hs = append(hs, holdM(epochs[i], show, id, user, t0.Add(time.Duration(j)*time.Millisecond), seat))
+				c := endM(persistence.Confirm, epochs[i], show, id, user, t0.Add(time.Second), seat)
 				c.PaymentRef = "pay"
 				cs = append(cs, c)
 			}
