@@ -43,6 +43,11 @@ type serveConfig struct {
 	GRPCKeepaliveTime    time.Duration
 	GRPCKeepaliveTimeout time.Duration
 	HealthInterval       time.Duration
+
+	IdempotencyRetention time.Duration
+	IdleEvict            time.Duration
+	NotFoundTTL          time.Duration
+	MaxConcurrentLoads   int
 }
 
 // parseServe reads flags, each defaulting to its BOXOFFICE_* environment
@@ -119,6 +124,15 @@ func parseServe(args []string) (serveConfig, error) {
 		"close a connection whose ping is unanswered this long [BOXOFFICE_GRPC_KEEPALIVE_TIMEOUT]")
 	fs.DurationVar(&c.HealthInterval, "health-interval", envDuration("health-interval", "HEALTH_INTERVAL", engine.DefaultHealthInterval),
 		"how often gRPC health pings the database [BOXOFFICE_HEALTH_INTERVAL]")
+	ed := engine.DefaultConfig()
+	fs.DurationVar(&c.IdempotencyRetention, "idempotency-retention", envDuration("idempotency-retention", "IDEMPOTENCY_RETENTION", ed.IdempotencyRetention),
+		"how long an idempotency key replays its answer; older keys are pruned from the database [BOXOFFICE_IDEMPOTENCY_RETENTION]")
+	fs.DurationVar(&c.IdleEvict, "idle-evict", envDuration("idle-evict", "IDLE_EVICT", ed.IdleEvictAfter),
+		"a show with no live holds unused this long leaves memory and its ownership is released [BOXOFFICE_IDLE_EVICT]")
+	fs.DurationVar(&c.NotFoundTTL, "not-found-ttl", envDuration("not-found-ttl", "NOT_FOUND_TTL", ed.NotFoundTTL),
+		"how long an unknown show ID is answered NotFound from memory [BOXOFFICE_NOT_FOUND_TTL]")
+	fs.IntVar(&c.MaxConcurrentLoads, "max-concurrent-loads", envInt("max-concurrent-loads", "MAX_CONCURRENT_LOADS", ed.MaxConcurrentLoads),
+		"most shows loading from the database at once [BOXOFFICE_MAX_CONCURRENT_LOADS]")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -155,6 +169,8 @@ func parseServe(args []string) (serveConfig, error) {
 		return c, errors.New("serve: --grpc-max-recv-bytes and --grpc-max-conns must be positive")
 	case c.GRPCKeepaliveMinTime <= 0 || c.GRPCKeepaliveTime <= 0 || c.GRPCKeepaliveTimeout <= 0 || c.HealthInterval <= 0:
 		return c, errors.New("serve: --grpc-keepalive-min-time, --grpc-keepalive-time, --grpc-keepalive-timeout and --health-interval must be positive")
+	case c.IdempotencyRetention <= 0 || c.IdleEvict <= 0 || c.NotFoundTTL <= 0 || c.MaxConcurrentLoads < 1:
+		return c, errors.New("serve: --idempotency-retention, --idle-evict, --not-found-ttl and --max-concurrent-loads must be positive")
 	}
 	c.GRPCMaxStreams = uint32(maxStreams)
 	return c, nil
@@ -230,9 +246,10 @@ func startNode(ctx context.Context, cfg serveConfig, log *slog.Logger) (*node, e
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var eng *engine.Node
 	store, err := persistence.Open(ctx, persistence.Config{
-		URL:    cfg.DatabaseURL,
-		NodeID: cfg.NodeID,
-		Logger: log,
+		URL:                  cfg.DatabaseURL,
+		NodeID:               cfg.NodeID,
+		IdempotencyRetention: cfg.IdempotencyRetention,
+		Logger:               log,
 		Observer: func(b persistence.BatchStats) {
 			if eng != nil {
 				eng.ObserveBatch(b)
@@ -242,7 +259,11 @@ func startNode(ctx context.Context, cfg serveConfig, log *slog.Logger) (*node, e
 	if err != nil {
 		return nil, err
 	}
-	eng, err = engine.New(engine.Config{NodeID: cfg.NodeID, Logger: log, Registerer: reg}, store)
+	eng, err = engine.New(engine.Config{
+		NodeID: cfg.NodeID, Logger: log, Registerer: reg,
+		IdempotencyRetention: cfg.IdempotencyRetention, IdleEvictAfter: cfg.IdleEvict,
+		NotFoundTTL: cfg.NotFoundTTL, MaxConcurrentLoads: cfg.MaxConcurrentLoads,
+	}, store)
 	if err != nil {
 		store.Close(context.Background())
 		return nil, err
@@ -271,8 +292,10 @@ func startNode(ctx context.Context, cfg serveConfig, log *slog.Logger) (*node, e
 	return &node{store: store, engine: eng, server: srv, log: log}, nil
 }
 
-// shutdown stops taking requests, lets in-flight ones finish, stops the
-// engine, and flushes the writer: what was acknowledged is committed.
+// shutdown drains the node (new changes are answered SHUTTING_DOWN while
+// those in flight finish), stops taking requests, lets in-flight ones
+// finish, stops the engine, and flushes the writer: what was acknowledged
+// is committed.
 func (nd *node) shutdown(drain time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
