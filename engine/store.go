@@ -18,7 +18,8 @@ type Store interface {
 	// serves.
 	ReleaseShows(ctx context.Context, shows []persistence.Ownership) error
 	// Enqueue queues a mutation without blocking; Pending.Wait gives its
-	// outcome once committed or failed.
+	// outcome — committed, not committed, or unknown — within the store's
+	// CommitTimeout.
 	Enqueue(m persistence.Mutation) (*persistence.Pending, error)
 	GetReservation(ctx context.Context, showID, id string) (persistence.Reservation, error)
 	ListUserReservations(ctx context.Context, userID, showID string, after *persistence.ReservationCursor, limit int) ([]persistence.Reservation, error)
