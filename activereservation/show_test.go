@@ -1239,3 +1239,134 @@ func TestReplay(t *testing.T) {
 		})
 	}
 }
+
+// TestHoldExpiryOrderWhenClockGoesBack makes holds at times that do not
+// only go forward (a clock set back, holds restored from a node whose clock
+// ran ahead). Every hold must still expire in the order the holds are kept
+// in, no earlier than now+HoldTTL, and none may wait behind a hold that is
+// not due: Due and ExpireDue stop at the first hold not due.
+func TestHoldExpiryOrderWhenClockGoesBack(t *testing.T) {
+	ids := func(rs []Reservation) []HoldID {
+		var out []HoldID
+		for _, r := range rs {
+			out = append(out, r.ID)
+		}
+		return out
+	}
+	due := func(r Reservation) time.Time { return r.ExpiresAt.Add(ConfirmGrace) }
+	// checkExpiryOrder checks that the holds, given in the order they were
+	// made, are due in that order: Due at each one's due time answers
+	// exactly the holds due by then, oldest first; and ExpireDue called at
+	// each due time in turn expires every hold by its due time, in order.
+	checkExpiryOrder := func(t *testing.T, s *Show, holds []Reservation) {
+		t.Helper()
+		if got := ids(s.Holds()); !slices.Equal(got, ids(holds)) {
+			t.Fatalf("live holds %v, want %v", got, ids(holds))
+		}
+		for i, h := range holds {
+			if i > 0 && h.ExpiresAt.Before(holds[i-1].ExpiresAt) {
+				t.Errorf("%s expires at %s, before %s made earlier (%s)", h.ID, h.ExpiresAt, holds[i-1].ID, holds[i-1].ExpiresAt)
+			}
+		}
+		for _, h := range holds {
+			at := due(h)
+			var want []HoldID
+			for _, o := range holds {
+				if !due(o).After(at) {
+					want = append(want, o.ID)
+				}
+			}
+			got := ids(s.Due(at, nil))
+			if !slices.Contains(got, h.ID) || !slices.Equal(got, want) {
+				t.Errorf("Due at %s's ExpiresAt+grace (%s) = %v, want %v", h.ID, at, got, want)
+			}
+			if slices.Contains(ids(s.Due(at.Add(-time.Nanosecond), nil)), h.ID) {
+				t.Errorf("%s due before its ExpiresAt+grace", h.ID)
+			}
+		}
+		var expired []HoldID
+		for _, h := range holds {
+			at := due(h)
+			for _, r := range s.ExpireDue(at) {
+				if r.Status != Expired || !r.EndedAt.Equal(at) || due(r).After(at) {
+					t.Errorf("ExpireDue at %s ended %+v", at, r)
+				}
+				expired = append(expired, r.ID)
+			}
+			if !slices.Contains(expired, h.ID) {
+				t.Errorf("%s still live at its ExpiresAt+grace %s after ExpireDue; live holds %v", h.ID, at, ids(s.Holds()))
+			}
+			checkInvariants(t, s)
+		}
+		if !slices.Equal(expired, ids(holds)) {
+			t.Errorf("expired %v, want %v in that order", expired, ids(holds))
+		}
+		if live := s.Holds(); len(live) != 0 {
+			t.Errorf("holds left live after the last due time: %v", ids(live))
+		}
+	}
+
+	tests := []struct {
+		name string
+		at   []time.Duration // when each hold is made, from t0
+	}{
+		{"clock goes back and forth", []time.Duration{0, -time.Minute, -10 * time.Minute, 5 * time.Second}},
+		{"clock goes back at every hold", []time.Duration{0, -time.Second, -2 * time.Second, -time.Hour}},
+		{"back by more than the TTL, then past the first expiry", []time.Duration{
+			0, -time.Hour, DefaultHoldTTL + time.Minute, DefaultHoldTTL + time.Minute - time.Second}},
+		{"clock goes forward", []time.Duration{0, time.Second, time.Minute, 2 * time.Minute}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newShow(t)
+			var holds []Reservation
+			for i, d := range tt.at {
+				now := t0.Add(d)
+				r := mustHold(t, s, HoldID(fmt.Sprintf("h%d", i)), UserID(fmt.Sprintf("u%d", i)),
+					seatIDs(fmt.Sprintf("A-%d", i+1)), now)
+				if !r.CreatedAt.Equal(now) || r.ExpiresAt.Before(now.Add(DefaultHoldTTL)) {
+					t.Errorf("hold at %s: created %s, expires %s; want created then, expiring no earlier than %s",
+						now, r.CreatedAt, r.ExpiresAt, now.Add(DefaultHoldTTL))
+				}
+				holds = append(holds, r)
+			}
+			checkExpiryOrder(t, s, holds) // checks the invariants as it expires the holds
+		})
+	}
+
+	t.Run("after Restore", func(t *testing.T) {
+		// Rows written by an owner whose clock ran 20 minutes ahead.
+		s := newShow(t)
+		ahead := t0.Add(20 * time.Minute)
+		var holds []Reservation
+		for i, d := range []time.Duration{-10 * time.Minute, -time.Minute, 0} {
+			r := Reservation{ID: HoldID(fmt.Sprintf("r%d", i)), Show: s.ID(), User: UserID(fmt.Sprintf("u%d", i)),
+				Seats: seatIDs(fmt.Sprintf("B-%d", i+1)), Status: Held,
+				CreatedAt: ahead.Add(d), ExpiresAt: ahead.Add(d + DefaultHoldTTL)}
+			if err := s.Restore(r); err != nil {
+				t.Fatalf("Restore(%+v): %v", r, err)
+			}
+			holds = append(holds, r)
+		}
+		booked := Reservation{ID: "b0", Show: s.ID(), User: "u9", Seats: seatIDs("C-1"), Status: Booked,
+			CreatedAt: ahead, ExpiresAt: ahead.Add(DefaultHoldTTL), BookedAt: ahead, PaymentRef: "pay"}
+		if err := s.Restore(booked); err != nil {
+			t.Fatalf("Restore(%+v): %v", booked, err)
+		}
+		last := holds[len(holds)-1]
+		for i, now := range []time.Time{t0, t0.Add(time.Second)} {
+			r := mustHold(t, s, HoldID(fmt.Sprintf("h%d", i)), UserID(fmt.Sprintf("n%d", i)), seatIDs(fmt.Sprintf("A-%d", i+1)), now)
+			if r.ExpiresAt.Before(last.ExpiresAt) {
+				t.Errorf("new hold at %s expires at %s, before the last restored hold %s (%s)", now, r.ExpiresAt, last.ID, last.ExpiresAt)
+			}
+			if r.ExpiresAt.Before(now.Add(DefaultHoldTTL)) {
+				t.Errorf("new hold at %s expires at %s, before now+TTL", now, r.ExpiresAt)
+			}
+			holds = append(holds, r)
+		}
+		checkExpiryOrder(t, s, holds)
+		if b, ok := s.Reservation("b0"); !ok || b.Status != Booked {
+			t.Errorf("the restored booking is %+v, %v after every expiry", b, ok)
+		}
+	})
+}
