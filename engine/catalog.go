@@ -92,9 +92,10 @@ func (n *Node) GetShow(ctx context.Context, id ar.ShowID) (persistence.Show, err
 	if unknown {
 		return persistence.Show{}, fmt.Errorf("show %s: %w", id, ErrShowNotFound)
 	}
+	gen := n.createdSoFar()
 	info, err := n.store.GetShow(ctx, string(id))
 	if errors.Is(err, persistence.ErrNotFound) {
-		n.rememberUnknown(id)
+		n.rememberUnknown(id, gen)
 		return persistence.Show{}, fmt.Errorf("show %s: %w", id, ErrShowNotFound)
 	}
 	return info, err

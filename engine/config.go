@@ -58,8 +58,8 @@ type Config struct {
 	NotFoundCacheSize int
 	// MaxConcurrentLoads bounds the show loads that use the database at
 	// once, so a flood of show IDs cannot take the connection pool from the
-	// writer; MaxPendingLoads bounds the shows waiting to load, beyond which
-	// a load is refused as overloaded. LoadTimeout bounds one load, its wait
+	// writer; MaxPendingLoads bounds the shows loading (running or waiting
+	// for a turn), beyond which a load is refused as overloaded. LoadTimeout bounds one load, its wait
 	// for a turn included. Zero means 4, 1024 and 10 s.
 	MaxConcurrentLoads int
 	MaxPendingLoads    int

@@ -34,11 +34,14 @@ type Node struct {
 	store   Store
 	metrics *metrics
 
-	mu       sync.RWMutex // guards shows, flights and notFound
+	mu       sync.RWMutex // guards shows, flights, notFound and created
 	shows    map[ar.ShowID]*show
 	flights  map[ar.ShowID]*flight
 	notFound *ordmap.Map[ar.ShowID, time.Time] // unknown IDs, oldest first, with when they were found unknown
-	loadSem  chan struct{}                     // one token per load running against the database
+	// created counts the shows created through this node; a lookup that
+	// began before a creation does not cache its NotFound.
+	created uint64
+	loadSem chan struct{} // one token per load running against the database
 
 	gate changeGate
 
@@ -252,12 +255,25 @@ func (n *Node) knownUnknownLocked(id ar.ShowID) bool {
 	return ok && n.now().Sub(at) < n.cfg.NotFoundTTL
 }
 
-// rememberUnknown records that id names no show, forgetting entries past
+// createdSoFar returns the count of shows created through this node, to
+// pass to rememberUnknown after a lookup.
+func (n *Node) createdSoFar() uint64 {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.created
+}
+
+// rememberUnknown records that id names no show, as found by a lookup that
+// began when createdSoFar was gen: if a show was created through this node
+// since, the answer may be outdated and is not kept. It forgets entries past
 // NotFoundTTL and, when full, the oldest.
-func (n *Node) rememberUnknown(id ar.ShowID) {
+func (n *Node) rememberUnknown(id ar.ShowID, gen uint64) {
 	now := n.now()
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.created != gen {
+		return
+	}
 	for {
 		_, at, ok := n.notFound.Front()
 		if !ok || (now.Sub(at) < n.cfg.NotFoundTTL && n.notFound.Len() < n.cfg.NotFoundCacheSize) {
@@ -269,10 +285,11 @@ func (n *Node) rememberUnknown(id ar.ShowID) {
 	n.notFound.Put(id, now)
 }
 
-// forgetUnknown removes id from the cache of unknown IDs (it was just
-// created).
+// forgetUnknown removes id from the cache of unknown IDs, and keeps lookups
+// in flight from adding it back: it was just created.
 func (n *Node) forgetUnknown(id ar.ShowID) {
 	n.mu.Lock()
+	n.created++
 	n.notFound.Delete(id)
 	n.mu.Unlock()
 }
@@ -280,25 +297,27 @@ func (n *Node) forgetUnknown(id ar.ShowID) {
 // flight is a load of one show in progress; every caller that needs the
 // show waits for the same one.
 type flight struct {
-	done chan struct{} // closed when err is set
-	err  error
+	done    chan struct{} // closed when err is set
+	err     error
+	created uint64 // Node.created when the load began
 }
 
 // load reads a show from the database, takes its ownership, and installs it.
 // Concurrent loads of one show share one goroutine and one database round;
 // at most MaxConcurrentLoads run against the database at once, and when
-// MaxPendingLoads shows are waiting to load, another is refused with
+// MaxPendingLoads shows are loading (running or waiting for a turn), another
+// is refused with
 // ErrOverloaded. A caller whose ctx ends stops waiting; the load goes on
 // (bounded by LoadTimeout) for the others.
 func (n *Node) load(ctx context.Context, id ar.ShowID) error {
 	n.mu.Lock()
 	f := n.flights[id]
 	if f == nil {
-		if len(n.flights) >= n.cfg.MaxPendingLoads {
+		if pending := len(n.flights); pending >= n.cfg.MaxPendingLoads {
 			n.mu.Unlock()
-			return fmt.Errorf("%w: %d shows loading", ErrOverloaded, len(n.flights))
+			return fmt.Errorf("%w: %d shows loading", ErrOverloaded, pending)
 		}
-		f = &flight{done: make(chan struct{})}
+		f = &flight{done: make(chan struct{}), created: n.created}
 		n.flights[id] = f
 		n.wg.Add(1)
 		go n.runLoad(id, f)
@@ -318,7 +337,7 @@ func (n *Node) runLoad(id ar.ShowID, f *flight) {
 	defer cancel()
 	f.err = n.loadNow(ctx, id)
 	if errors.Is(f.err, ErrShowNotFound) {
-		n.rememberUnknown(id)
+		n.rememberUnknown(id, f.created)
 	}
 	n.mu.Lock()
 	delete(n.flights, id)
