@@ -36,6 +36,11 @@ func (k Kind) String() string {
 	return fmt.Sprintf("Kind(%d)", k)
 }
 
+// MaxUserSeats is the most seats of a show a user may have, held plus
+// booked: a Hold that would pass it is refused with ErrConflict. It equals
+// activereservation.MaxSeatsPerUser (a test checks).
+const MaxUserSeats = 10
+
 // ConfirmGrace is how long after its expires_at a hold may still be booked:
 // a Confirm whose At is later is refused with ErrConflict. It equals
 // activereservation.ConfirmGrace (a test of the engine checks).
@@ -354,8 +359,8 @@ type statements struct {
 	eAt                 []time.Time
 	// seat claims they free
 	freed seatRows
-	// seats per user: added by holds, taken away by releases and expiries
-	taken, given userSeatRows
+	// users of new holds, whose seats are checked against the limit
+	holders userRows
 	// audit events
 	vShow, vID, vUser, vKind, vSeats, vRef []string
 	vEpoch                                 []int64
@@ -368,17 +373,12 @@ type statements struct {
 	retention time.Duration
 }
 
-// userSeatRows are changes of user_seats as column arrays: one per
-// mutation.
-type userSeatRows struct {
-	show, user []string
-	seats      []int32
-}
+// userRows are (show, user) pairs as column arrays.
+type userRows struct{ show, user []string }
 
-func (r *userSeatRows) add(m *Mutation) {
+func (r *userRows) add(m *Mutation) {
 	r.show = append(r.show, m.ShowID)
 	r.user = append(r.user, m.UserID)
-	r.seats = append(r.seats, int32(len(m.SeatIDs)))
 }
 
 // seatRows are seat-claim rows as column arrays: one per seat of a
@@ -406,7 +406,7 @@ func (st *statements) add(m *Mutation, node string) {
 		st.hAt = append(st.hAt, m.At)
 		st.hExp = append(st.hExp, m.ExpiresAt)
 		st.claims.add(m)
-		st.taken.add(m)
+		st.holders.add(m)
 	case Confirm:
 		st.bShow = append(st.bShow, m.ShowID)
 		st.bID = append(st.bID, m.ReservationID)
@@ -418,7 +418,6 @@ func (st *statements) add(m *Mutation, node string) {
 		st.eStatus = append(st.eStatus, m.Kind.String())
 		st.eAt = append(st.eAt, m.At)
 		st.freed.add(m)
-		st.given.add(m)
 	}
 	st.vShow = append(st.vShow, m.ShowID)
 	st.vID = append(st.vID, m.ReservationID)
@@ -458,13 +457,6 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 		// stop the hold from ending, and one naming another reservation is
 		// left alone by the filter.
 		checks = append(checks, check{-1, "free seats"})
-		b.Queue(`MERGE INTO user_seats s
-			USING (SELECT show_id, user_id, sum(n) AS n FROM unnest($1::text[], $2::text[], $3::int[]) AS u(show_id, user_id, n)
-				GROUP BY show_id, user_id) AS d
-			ON s.show_id = d.show_id AND s.user_id = d.user_id
-			WHEN MATCHED AND s.seats <= d.n THEN DELETE
-			WHEN MATCHED THEN UPDATE SET seats = s.seats - d.n`, st.given.show, st.given.user, st.given.seats)
-		checks = append(checks, check{-1, "users' seats freed"})
 	}
 	if len(st.hID) > 0 {
 		b.Queue(`INSERT INTO reservations (show_id, reservation_id, user_id, status, seat_ids, created_at, expires_at)
@@ -476,13 +468,18 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 		b.Queue(`INSERT INTO seat_claims (show_id, seat_id, reservation_id)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`, st.claims.show, st.claims.seat, st.claims.id)
 		checks = append(checks, check{int64(len(st.claims.id)), "claim seats"})
-		// The CHECK on user_seats refuses a user's 11th seat.
-		b.Queue(`INSERT INTO user_seats (show_id, user_id, seats)
-			SELECT show_id, user_id, sum(n) FROM unnest($1::text[], $2::text[], $3::int[]) AS u(show_id, user_id, n)
-			GROUP BY show_id, user_id
-			ON CONFLICT (show_id, user_id) DO UPDATE SET seats = user_seats.seats + EXCLUDED.seats`,
-			st.taken.show, st.taken.user, st.taken.seats)
-		checks = append(checks, check{-1, "users' seats"})
+		// The database's own guarantee of the seat limit: no user of a new
+		// hold may have more than MaxUserSeats seats of the show, held plus
+		// booked, the batch's holds included. It reads the user's live
+		// reservations (an index probe by user) and writes nothing. Sound
+		// because only the show's owner commits for it (the epoch check),
+		// one transaction at a time.
+		b.Queue(`SELECT u.show_id, u.user_id
+			FROM (SELECT DISTINCT show_id, user_id FROM unnest($1::text[], $2::text[]) AS u(show_id, user_id)) u
+			CROSS JOIN LATERAL (SELECT sum(cardinality(r.seat_ids)) FILTER (WHERE r.show_id = u.show_id AND r.status IN ('HELD', 'BOOKED')) AS seats
+				FROM reservations r WHERE r.user_id = u.user_id) s
+			WHERE s.seats > $3`, st.holders.show, st.holders.user, MaxUserSeats)
+		checks = append(checks, check{0, "users over the seat limit"})
 	}
 	if len(st.bID) > 0 {
 		// A hold past its expiry plus grace is not booked, whatever the
