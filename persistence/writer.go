@@ -445,10 +445,16 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 		what string
 	}
 	var checks []check
+	// The updates of reservations find each row by reservation_id alone, by
+	// its unique index: "r.show_id || '' = u.show_id" still checks the show
+	// but cannot drive an index. Matched on show_id too, a plan made while
+	// the table's statistics are stale (a new or fast-growing table) scans
+	// the partial index reservations_live by show_id — every live
+	// reservation of the show, per row updated.
 	if len(st.eID) > 0 {
 		b.Queue(`UPDATE reservations r SET status = u.status, ended_at = u.at
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(show_id, id, status, at)
-			WHERE r.show_id = u.show_id AND r.reservation_id = u.id AND r.status = 'HELD'`,
+			WHERE r.reservation_id = u.id AND r.show_id || '' = u.show_id AND r.status = 'HELD'`,
 			st.eShow, st.eID, st.eStatus, st.eAt)
 		checks = append(checks, check{int64(len(st.eID)), "end holds"})
 		b.Queue(`DELETE FROM seat_claims c USING unnest($1::text[], $2::text[], $3::text[]) AS u(show_id, seat_id, id)
@@ -486,7 +492,7 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 		// writer's caller believed: the row count check then fails.
 		b.Queue(`UPDATE reservations r SET status = 'BOOKED', booked_at = u.at, payment_ref = u.ref
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(show_id, id, ref, at)
-			WHERE r.show_id = u.show_id AND r.reservation_id = u.id AND r.status = 'HELD'
+			WHERE r.reservation_id = u.id AND r.show_id || '' = u.show_id AND r.status = 'HELD'
 			  AND u.at <= r.expires_at + $5::interval`,
 			st.bShow, st.bID, st.bRef, st.bAt, ConfirmGrace)
 		checks = append(checks, check{int64(len(st.bID)), "book holds"})
