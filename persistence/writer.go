@@ -325,7 +325,7 @@ func (w *writer) tryTx(ctx context.Context, batch []*Pending, errs []error) (atC
 	}); err != nil {
 		return false, err
 	}
-	st := statements{retention: w.s.cfg.IdempotencyRetention}
+	st := statements{retention: w.s.cfg.IdempotencyRetention, renewKeys: len(batch) == 1}
 	for i, p := range batch {
 		if e, ok := epochs[p.m.ShowID]; !ok || e != p.m.Epoch {
 			errs[i] = fmt.Errorf("%w: show %s is at epoch %d, write carried %d", ErrNotOwner, p.m.ShowID, e, p.m.Epoch)
@@ -371,6 +371,11 @@ type statements struct {
 	// retention is Config.IdempotencyRetention: an older record's key may
 	// be reused.
 	retention time.Duration
+	// renewKeys makes the idempotency insert renew an expired record of the
+	// same key. Only a batch of one does: a plain insert is cheaper, and a
+	// larger batch that meets an existing key fails and is retried one by
+	// one.
+	renewKeys bool
 }
 
 // userRows are (show, user) pairs as column arrays.
@@ -504,17 +509,21 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 		st.vShow, st.vID, st.vUser, st.vKind, st.vSeats, st.vRef, st.vEpoch, st.vAt, st.node)
 	checks = append(checks, check{int64(len(st.vID)), "audit"})
 	if len(st.iKey) > 0 {
-		// A key older than the retention (not loaded, maybe not pruned yet)
-		// is renewed; a younger one conflicts and, being left out of the
-		// count, fails the batch. DISTINCT ON keeps a key twice in one batch
-		// a count mismatch, as a unique violation was, rather than the error
-		// of an upsert touching a row twice.
-		b.Queue(`INSERT INTO idempotency_keys AS k (show_id, idempotency_key, fingerprint, reservation_id)
-			SELECT DISTINCT ON (show_id, idempotency_key) *
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(show_id, idempotency_key, fingerprint, reservation_id)
-			ON CONFLICT (show_id, idempotency_key) DO UPDATE
-			SET fingerprint = EXCLUDED.fingerprint, reservation_id = EXCLUDED.reservation_id, created_at = now()
-			WHERE k.created_at <= now() - $5::interval`, st.iShow, st.iKey, st.iFP, st.iID, st.retention)
+		if st.renewKeys {
+			// A key older than the retention (not loaded, maybe not pruned
+			// yet) is renewed; a younger one conflicts and, being left out
+			// of the count, fails the transaction.
+			b.Queue(`INSERT INTO idempotency_keys AS k (show_id, idempotency_key, fingerprint, reservation_id)
+				SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+				ON CONFLICT (show_id, idempotency_key) DO UPDATE
+				SET fingerprint = EXCLUDED.fingerprint, reservation_id = EXCLUDED.reservation_id, created_at = now()
+				WHERE k.created_at <= now() - $5::interval`, st.iShow, st.iKey, st.iFP, st.iID, st.retention)
+		} else {
+			// Any existing key, expired or not, or a key twice in the batch,
+			// is a unique violation: the batch is retried one by one.
+			b.Queue(`INSERT INTO idempotency_keys (show_id, idempotency_key, fingerprint, reservation_id)
+				SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])`, st.iShow, st.iKey, st.iFP, st.iID)
+		}
 		checks = append(checks, check{int64(len(st.iKey)), "idempotency"})
 	}
 	br := tx.SendBatch(ctx, b)
