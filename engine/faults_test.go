@@ -228,14 +228,7 @@ func TestBlackHoleAnswersPromptly(t *testing.T) {
 	// claims seat T-1 without committing, so the callers' batch waits for it
 	// and then fails on the unique constraint.
 	ctx := context.Background()
-	plug, err := db.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer plug.Rollback(ctx) //nolint:errcheck
-	if _, err := plug.Exec(ctx, `SELECT 1 FROM show_owners WHERE show_id = $1 FOR UPDATE`, show); err != nil {
-		t.Fatal(err)
-	}
+	plug := lockOwnerRow(t, db, show)
 	rogue, err := db.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)

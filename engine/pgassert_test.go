@@ -315,3 +315,21 @@ func pollUntil(t testing.TB, timeout time.Duration, what string, cond func() boo
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// lockOwnerRow locks show's ownership row in a transaction of its own, so
+// the node's writer, which reads the row FOR SHARE, waits with its batch in
+// flight until the test commits or rolls back the returned transaction
+// (rolled back at cleanup).
+func lockOwnerRow(t testing.TB, db *pgxpool.Pool, show string) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback(context.Background()) }) //nolint:errcheck // a no-op after Commit
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM show_owners WHERE show_id = $1 FOR UPDATE`, show); err != nil {
+		t.Fatal(err)
+	}
+	return tx
+}

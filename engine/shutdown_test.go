@@ -30,14 +30,7 @@ func TestShutdownDrains(t *testing.T) {
 	// The writer waits for the show's ownership row, so the hold stays in
 	// flight until the test lets it go.
 	ctx := context.Background()
-	plug, err := db.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer plug.Rollback(ctx) //nolint:errcheck
-	if _, err := plug.Exec(ctx, `SELECT 1 FROM show_owners WHERE show_id = $1 FOR UPDATE`, show); err != nil {
-		t.Fatal(err)
-	}
+	plug := lockOwnerRow(t, db, show)
 	type answer struct {
 		r   *pb.HoldSeatsResponse
 		err error
@@ -62,7 +55,7 @@ func TestShutdownDrains(t *testing.T) {
 		}
 		return apiErrorOf(err).Reason == "SHUTTING_DOWN"
 	})
-	_, err = n.Reservations.ReleaseHold(bg, &pb.ReleaseHoldRequest{HoldId: show + ":nosuchhold", UserId: "late"})
+	_, err := n.Reservations.ReleaseHold(bg, &pb.ReleaseHoldRequest{HoldId: show + ":nosuchhold", UserId: "late"})
 	wantAPIError(t, "release while draining", err, codes.Unavailable, "SHUTTING_DOWN")
 	if sm := getSeatMap(t, n, show); sm.GetHeld() != 1 {
 		t.Errorf("seat map while draining: %d held, want the hold in flight", sm.GetHeld())

@@ -73,28 +73,10 @@ func parseServe(args []string) (serveConfig, error) {
 	// they are errors unless the flag is given on the command line.
 	envErrs := map[string]error{}
 	envInt := func(flagName, name string, def int) int {
-		v, ok := os.LookupEnv("BOXOFFICE_" + name)
-		if !ok {
-			return def
-		}
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			envErrs[flagName] = fmt.Errorf("serve: BOXOFFICE_%s: %w", name, err)
-			return def
-		}
-		return n
+		return envParse(envErrs, flagName, name, def, strconv.Atoi)
 	}
 	envDuration := func(flagName, name string, def time.Duration) time.Duration {
-		v, ok := os.LookupEnv("BOXOFFICE_" + name)
-		if !ok {
-			return def
-		}
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			envErrs[flagName] = fmt.Errorf("serve: BOXOFFICE_%s: %w", name, err)
-			return def
-		}
-		return d
+		return envParse(envErrs, flagName, name, def, time.ParseDuration)
 	}
 	fs.StringVar(&c.DatabaseURL, "database-url", env("DATABASE_URL", ""), "PostgreSQL URL (required) [BOXOFFICE_DATABASE_URL]")
 	fs.StringVar(&databaseURLFile, "database-url-file", env("DATABASE_URL_FILE", ""), "file holding the PostgreSQL URL, instead of --database-url [BOXOFFICE_DATABASE_URL_FILE]")
@@ -174,6 +156,22 @@ func parseServe(args []string) (serveConfig, error) {
 	}
 	c.GRPCMaxStreams = uint32(maxStreams)
 	return c, nil
+}
+
+// envParse returns the variable BOXOFFICE_<name> parsed, or def when it is
+// not set; a value that does not parse is recorded in errs under flagName
+// (it is an error unless the flag is given) and def returned.
+func envParse[T any](errs map[string]error, flagName, name string, def T, parse func(string) (T, error)) T {
+	v, ok := os.LookupEnv("BOXOFFICE_" + name)
+	if !ok {
+		return def
+	}
+	x, err := parse(v)
+	if err != nil {
+		errs[flagName] = fmt.Errorf("serve: BOXOFFICE_%s: %w", name, err)
+		return def
+	}
+	return x
 }
 
 // secretFromFile returns the secret named name (a flag name such as
