@@ -106,27 +106,13 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if c.MaxConcurrentStreams == 0 {
-		c.MaxConcurrentStreams = DefaultMaxConcurrentStreams
-	}
-	if c.MaxRecvMsgSize == 0 {
-		c.MaxRecvMsgSize = DefaultMaxRecvMsgSize
-	}
-	if c.MaxConns == 0 {
-		c.MaxConns = DefaultMaxConns
-	}
-	if c.KeepaliveMinTime == 0 {
-		c.KeepaliveMinTime = DefaultKeepaliveMinTime
-	}
-	if c.KeepaliveTime == 0 {
-		c.KeepaliveTime = DefaultKeepaliveTime
-	}
-	if c.KeepaliveTimeout == 0 {
-		c.KeepaliveTimeout = DefaultKeepaliveTimeout
-	}
-	if c.HealthInterval == 0 {
-		c.HealthInterval = DefaultHealthInterval
-	}
+	setDefault(&c.MaxConcurrentStreams, DefaultMaxConcurrentStreams)
+	setDefault(&c.MaxRecvMsgSize, DefaultMaxRecvMsgSize)
+	setDefault(&c.MaxConns, DefaultMaxConns)
+	setDefault(&c.KeepaliveMinTime, DefaultKeepaliveMinTime)
+	setDefault(&c.KeepaliveTime, DefaultKeepaliveTime)
+	setDefault(&c.KeepaliveTimeout, DefaultKeepaliveTimeout)
+	setDefault(&c.HealthInterval, DefaultHealthInterval)
 	return c, nil
 }
 

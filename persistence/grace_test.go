@@ -88,14 +88,7 @@ func TestConfirmSQLRefusesAfterGrace(t *testing.T) {
 			confirm(late, late.ExpiresAt.Add(persistence.ConfirmGrace+time.Microsecond), "pay-late"),
 			confirm(timely, timely.ExpiresAt.Add(persistence.ConfirmGrace), "pay-timely"),
 		}
-		var ps []*persistence.Pending
-		for _, m := range muts {
-			p, err := s.Enqueue(m)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ps = append(ps, p)
-		}
+		ps := enqueueAll(t, s, muts...)
 		release()
 		if err := blocker.Wait(); err != nil {
 			t.Fatalf("the blocking hold: %v", err)

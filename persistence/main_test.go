@@ -222,3 +222,17 @@ func isErr(err, target error) bool {
 	}
 	return errors.Is(err, target)
 }
+
+// enqueueAll queues ms in order and returns their pendings.
+func enqueueAll(t testing.TB, s *persistence.Store, ms ...persistence.Mutation) []*persistence.Pending {
+	t.Helper()
+	ps := make([]*persistence.Pending, len(ms))
+	for i, m := range ms {
+		p, err := s.Enqueue(m)
+		if err != nil {
+			t.Fatalf("enqueue %s %s: %v", m.Kind, m.ReservationID, err)
+		}
+		ps[i] = p
+	}
+	return ps
+}

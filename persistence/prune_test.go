@@ -379,14 +379,11 @@ func TestIdempotencyKeyReuse(t *testing.T) {
 			{withKey(holdM(e, "s", "s:b4", "u", t0, "B-14"), "twice", "fp-b4"), nil},
 			{withKey(holdM(e, "s", "s:b5", "u", t0, "B-15"), "twice", "fp-b5"), persistence.ErrConflict},
 		}
-		var ps []*persistence.Pending
+		var ms []persistence.Mutation
 		for _, c := range cases {
-			p, err := s.Enqueue(c.m)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ps = append(ps, p)
+			ms = append(ms, c.m)
 		}
+		ps := enqueueAll(t, s, ms...)
 		release()
 		if err := blocker.Wait(); err != nil {
 			t.Fatal(err)

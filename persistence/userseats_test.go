@@ -31,18 +31,11 @@ func TestUserSeatLimitInDatabase(t *testing.T) {
 	if err := s.Write(holdM(e, "s", "s:c", "u", t0, "C-1")); !errors.Is(err, persistence.ErrConflict) {
 		t.Fatalf("11th seat: %v, want ErrConflict", err)
 	}
-	var ps []*persistence.Pending
-	for _, m := range []persistence.Mutation{
+	ps := enqueueAll(t, s,
 		holdM(e, "s", "s:d", "v", t0, "D-1"),
 		holdM(e, "s", "s:c", "u", t0, "C-1"),
 		holdM(other, "other", "other:e", "u", t0, "A-1"), // another show: its own 10
-	} {
-		p, err := s.Enqueue(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ps = append(ps, p)
-	}
+	)
 	errs := waitAll(ps)
 	if errs[0] != nil || !errors.Is(errs[1], persistence.ErrConflict) || errs[2] != nil {
 		t.Fatalf("batch with an 11th seat: %v, want nil, ErrConflict, nil", errs)

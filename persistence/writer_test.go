@@ -269,14 +269,11 @@ func TestWriterConflict(t *testing.T) {
 			return m
 		}(), nil},
 	}
-	var ps []*persistence.Pending
+	var ms []persistence.Mutation
 	for _, c := range cases {
-		p, err := s.Enqueue(c.m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ps = append(ps, p)
+		ms = append(ms, c.m)
 	}
+	ps := enqueueAll(t, s, ms...)
 	release()
 	if err := blocker.Wait(); err != nil {
 		t.Fatal(err)
