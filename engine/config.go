@@ -57,9 +57,10 @@ type Config struct {
 	NotFoundTTL       time.Duration
 	NotFoundCacheSize int
 	// MaxConcurrentLoads bounds the show loads that use the database at
-	// once, so a flood of show IDs cannot take the connection pool from the
-	// writer; MaxPendingLoads bounds the shows loading (running or waiting
-	// for a turn), beyond which a load is refused as overloaded. LoadTimeout bounds one load, its wait
+	// once, so a flood of show IDs leaves the store's pool to other reads
+	// (the writer has a connection of its own); MaxPendingLoads bounds the
+	// shows loading (running or waiting for a turn), beyond which a load is
+	// refused as overloaded. LoadTimeout bounds one load, its wait
 	// for a turn included. Zero means 4, 1024 and 10 s.
 	MaxConcurrentLoads int
 	MaxPendingLoads    int

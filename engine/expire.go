@@ -163,11 +163,18 @@ func (n *Node) EvictIdle() int {
 	n.mu.RUnlock()
 	n.metrics.showsLoaded.Set(float64(loaded))
 	n.metrics.evictions.Add(float64(len(evicted)))
-	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LoadTimeout)
-	defer cancel()
-	if err := n.store.ReleaseShows(ctx, evicted); err != nil {
-		n.cfg.Logger.Warn("releasing evicted shows", "shows", len(evicted), "err", err)
-	}
+	// Released on a goroutine of its own, so a slow database does not
+	// delay the next expiries. The caller is the expiry loop (tracked by
+	// n.wg) or a test, both before Shutdown returns.
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LoadTimeout)
+		defer cancel()
+		if err := n.store.ReleaseShows(ctx, evicted); err != nil {
+			n.cfg.Logger.Warn("releasing evicted shows", "shows", len(evicted), "err", err)
+		}
+	}()
 	n.cfg.Logger.Debug("idle shows evicted", "shows", len(evicted), "loaded", loaded)
 	return len(evicted)
 }

@@ -3,8 +3,6 @@ package engine_test
 import (
 	"context"
 	"fmt"
-	"net/url"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -34,16 +32,6 @@ func proxiedNode(t *testing.T, dbURL, app string, commit, query time.Duration) (
 		Store: persistence.Config{CommitTimeout: commit, QueryTimeout: query},
 	})
 	return n, px
-}
-
-// dbName returns the database name of a URL.
-func dbName(t *testing.T, dbURL string) string {
-	t.Helper()
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.TrimPrefix(u.Path, "/")
 }
 
 // waitForBackend polls pg_stat_activity until a backend of application app
@@ -94,17 +82,26 @@ func TestCommitCutKeepsMemoryConservative(t *testing.T) {
 	dbURL := pgclustertest.Shared(t)
 	tc.Migrate(t, dbURL)
 	db := openDB(t, dbURL)
-	// Every commit waits 100 ms before its WAL flush: the window in which
-	// the test cuts the connection, after COMMIT reached the server.
-	name := dbName(t, dbURL)
+	// A gate at COMMIT: a deferred trigger on new reservations waits for an
+	// advisory lock, which the test holds while hold A commits. The server
+	// has then received COMMIT and will complete it once the gate opens,
+	// whatever became of the node's connection.
+	ctx := context.Background()
 	for _, q := range []string{
-		`ALTER DATABASE ` + name + ` SET commit_delay = 100000`,
-		`ALTER DATABASE ` + name + ` SET commit_siblings = 0`,
+		`CREATE FUNCTION commit_gate() RETURNS trigger LANGUAGE plpgsql AS
+			$$ BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$`,
+		`CREATE CONSTRAINT TRIGGER commit_gate AFTER INSERT ON reservations
+			DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION commit_gate()`,
 	} {
-		if _, err := db.Exec(context.Background(), q); err != nil {
+		if _, err := db.Exec(ctx, q); err != nil {
 			t.Fatal(err)
 		}
 	}
+	gate, err := db.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gate.Release()
 	n, px := proxiedNode(t, dbURL, app, 2*time.Second, 2*time.Second)
 	n.CreateShow(t, show, 3, 10, 0)
 	bg := tc.Ctx(context.Background())
@@ -115,15 +112,23 @@ func TestCommitCutKeepsMemoryConservative(t *testing.T) {
 	rowB := []string{"B-1", "B-2", "B-3", "B-4", "B-5", "B-6", "B-7", "B-8", "B-9", "B-10"}
 	holdA := &pb.HoldSeatsRequest{ShowId: show, UserId: user, SeatIds: rowA, IdempotencyKey: "hold-a"}
 
-	inFlight, cut := make(chan struct{}), make(chan struct{})
+	if _, err := gate.Exec(ctx, `SELECT pg_advisory_lock(4242)`); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		r   *pb.HoldSeatsResponse
+		err error
+	}
+	answerA := make(chan answer, 1)
 	go func() {
-		defer close(cut)
-		waitForBackend(t, db, app, `state = 'active' AND query ILIKE 'commit'`, 10*time.Second)
-		close(inFlight)
-		px.Cut()
+		ctx, cancel := context.WithTimeout(bg, 10*time.Second)
+		defer cancel()
+		r, err := rs.HoldSeats(ctx, holdA)
+		answerA <- answer{r, err}
 	}()
-	// The same user asks for 10 more seats over and over from the moment
-	// hold A's COMMIT is in flight: none of these may ever be committed.
+	waitForBackend(t, db, app, `query ILIKE 'commit' AND wait_event_type = 'Lock' AND wait_event = 'advisory'`, 10*time.Second)
+	// The same user asks for 10 more seats over and over while hold A's
+	// COMMIT is in flight and after: none of these may ever be committed.
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var moreMu sync.Mutex
@@ -132,7 +137,6 @@ func TestCommitCutKeepsMemoryConservative(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			<-inFlight
 			for {
 				select {
 				case <-stop:
@@ -151,11 +155,12 @@ func TestCommitCutKeepsMemoryConservative(t *testing.T) {
 		}()
 	}
 
-	ctx, cancel := context.WithTimeout(bg, 10*time.Second)
-	_, err := rs.HoldSeats(ctx, holdA)
-	cancel()
-	<-cut
-	wantAPIError(t, "hold whose COMMIT was cut", err, codes.Unavailable, "OUTCOME_UNKNOWN")
+	px.Cut()
+	if _, err := gate.Exec(ctx, `SELECT pg_advisory_unlock(4242)`); err != nil {
+		t.Fatal(err)
+	}
+	a := <-answerA
+	wantAPIError(t, "hold whose COMMIT was cut", a.err, codes.Unavailable, "OUTCOME_UNKNOWN")
 
 	// PostgreSQL applied it: the cut came after COMMIT reached the server.
 	pollUntil(t, 10*time.Second, "hold A to be in the database", func() bool { return userSeats(t, db, show, user) == 10 })
@@ -212,7 +217,7 @@ func TestCommitCutKeepsMemoryConservative(t *testing.T) {
 // a restart and memory equals PostgreSQL.
 func TestBlackHoleAnswersPromptly(t *testing.T) {
 	const show, app, callers = "blackhole", "blackhole-node", 256
-	const commitTimeout = 3 * time.Second
+	const commitTimeout = 5 * time.Second
 	const bound = commitTimeout + time.Second
 	dbURL := pgclustertest.Shared(t)
 	tc.Migrate(t, dbURL)

@@ -25,9 +25,10 @@ import (
 // blocks), never across database I/O. The shows map, the loads in flight and
 // the cache of unknown show IDs share the node's own lock.
 //
-// Memory: a show stays loaded while it has live holds or writes in flight,
-// and for IdleEvictAfter after its last use; then it is evicted and its
-// ownership released. Unknown show IDs are remembered for NotFoundTTL, at
+// Memory: the expiry loop evicts a show that has no live holds and no write
+// in flight, is neither stale nor dropped, and has not been used for
+// IdleEvictAfter, and releases its ownership; a show also leaves memory when
+// the node loses it. Unknown show IDs are remembered for NotFoundTTL, at
 // most NotFoundCacheSize of them.
 type Node struct {
 	cfg     Config
@@ -103,7 +104,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	n.gate.close()
 	n.stopOnce.Do(func() {
 		close(n.quit)
+		n.mu.Lock() // no load starts after this (see flight)
 		n.cancel()
+		n.mu.Unlock()
 	})
 	done := make(chan struct{})
 	go func() { n.wg.Wait(); close(done) }()
@@ -154,11 +157,16 @@ type idemEntry struct {
 	at          time.Time // when the key was recorded
 }
 
+// idemMargin is how much longer than the retention memory keeps a key, so
+// that it does not forget a key the database, by its own clock, still
+// keeps: a key forgotten too early would be written again and refused.
+const idemMargin = time.Minute
+
 // rememberLocked records an idempotency key, and forgets the oldest keys
-// that have passed the retention.
+// that have passed the retention (plus idemMargin).
 func (n *Node) rememberLocked(sh *show, key string, e idemEntry) {
 	sh.idem.Put(key, e)
-	horizon := e.at.Add(-n.cfg.IdempotencyRetention)
+	horizon := e.at.Add(-n.cfg.IdempotencyRetention - idemMargin)
 	for {
 		k, old, ok := sh.idem.Front()
 		if !ok || !old.at.Before(horizon) || k == key {
@@ -310,25 +318,45 @@ type flight struct {
 // ErrOverloaded. A caller whose ctx ends stops waiting; the load goes on
 // (bounded by LoadTimeout) for the others.
 func (n *Node) load(ctx context.Context, id ar.ShowID) error {
+	for {
+		f, err := n.flight(id)
+		if err != nil {
+			return err
+		}
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		// A load that began before a show was created through this node
+		// may have found it missing: ask again.
+		if errors.Is(f.err, ErrShowNotFound) && f.created != n.createdSoFar() {
+			continue
+		}
+		return f.err
+	}
+}
+
+// flight returns the load of show id in flight, starting one if there is
+// none: ErrOverloaded when MaxPendingLoads are in flight, ErrShuttingDown
+// once the node shuts down.
+func (n *Node) flight(id ar.ShowID) (*flight, error) {
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	f := n.flights[id]
 	if f == nil {
+		if n.ctx.Err() != nil {
+			return nil, ErrShuttingDown
+		}
 		if pending := len(n.flights); pending >= n.cfg.MaxPendingLoads {
-			n.mu.Unlock()
-			return fmt.Errorf("%w: %d shows loading", ErrOverloaded, pending)
+			return nil, fmt.Errorf("%w: %d shows loading", ErrOverloaded, pending)
 		}
 		f = &flight{done: make(chan struct{}), created: n.created}
 		n.flights[id] = f
-		n.wg.Add(1)
+		n.wg.Add(1) // under n.mu and before n.ctx ends: Shutdown cancels n.ctx under n.mu, then waits
 		go n.runLoad(id, f)
 	}
-	n.mu.Unlock()
-	select {
-	case <-f.done:
-		return f.err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return f, nil
 }
 
 func (n *Node) runLoad(id ar.ShowID, f *flight) {

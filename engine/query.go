@@ -34,7 +34,7 @@ func (n *Node) SeatMap(ctx context.Context, id ar.ShowID) (SeatMap, error) {
 }
 
 // Reservation returns a reservation: a live one from memory when its show is
-// loaded, an ended one from the database.
+// loaded and not stale, else from the database.
 func (n *Node) Reservation(ctx context.Context, id ar.HoldID) (ar.Reservation, error) {
 	showID, err := showOfHold(id)
 	if err != nil {
@@ -46,8 +46,9 @@ func (n *Node) Reservation(ctx context.Context, id ar.HoldID) (ar.Reservation, e
 	if sh != nil {
 		sh.mu.Lock()
 		r, ok := sh.rules.Reservation(id)
+		stale := sh.stale // memory may be a guess: the database knows
 		sh.mu.Unlock()
-		if ok {
+		if ok && !stale {
 			return r, nil
 		}
 	}

@@ -309,10 +309,10 @@ func (s *Server) PprofAddr() string {
 	return s.pprofLis.Addr().String()
 }
 
-// Shutdown first drains the node (Node.Drain: new changes are answered
-// Unavailable SHUTTING_DOWN while the changes in flight finish, within
-// ctx), then sets the health status to NOT_SERVING, stops the health
-// checker, stops taking requests and lets in-flight ones finish within ctx;
+// Shutdown sets the health status to NOT_SERVING, drains the node
+// (Node.Drain: new changes are answered Unavailable SHUTTING_DOWN while the
+// changes in flight finish, within ctx), stops the health checker, stops
+// taking requests and lets in-flight ones finish within ctx;
 // after that it cuts them off. It returns once every goroutine Start
 // started has ended. It is idempotent: later calls return nil at once.
 func (s *Server) Shutdown(ctx context.Context) error {

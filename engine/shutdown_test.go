@@ -11,6 +11,7 @@ import (
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
 	tc "github.com/boxoffice/boxoffice/internal/testcluster"
+	"github.com/boxoffice/boxoffice/persistence"
 )
 
 // TestShutdownDrains stops a node (as SIGTERM does) while a hold is in
@@ -22,7 +23,8 @@ func TestShutdownDrains(t *testing.T) {
 	dbURL := pgclustertest.Shared(t)
 	tc.Migrate(t, dbURL)
 	db := openDB(t, dbURL)
-	n := tc.StartNode(t, dbURL, tc.Options{})
+	// A long commit timeout: the hold in flight waits for the test's lock.
+	n := tc.StartNode(t, dbURL, tc.Options{Store: persistence.Config{CommitTimeout: time.Minute}})
 	n.CreateShow(t, show, 2, 10, 0)
 	bg := tc.Ctx(context.Background())
 	getSeatMap(t, n, show)

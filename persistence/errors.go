@@ -103,10 +103,19 @@ func commitFailureOf(err error) failure {
 	switch {
 	case errors.Is(err, pgx.ErrTxCommitRollback):
 		return transient // the server rolled back a failed transaction
-	case errors.As(err, &pgErr) && pgErr.Severity == "ERROR":
+	case errors.As(err, &pgErr) && severity(pgErr) == "ERROR":
 		return failureOf(err)
 	}
 	return unlisted
+}
+
+// severity is the error's severity in English, whatever the server's
+// lc_messages (SeverityUnlocalized is empty from servers before 9.6).
+func severity(e *pgconn.PgError) string {
+	if e.SeverityUnlocalized != "" {
+		return e.SeverityUnlocalized
+	}
+	return e.Severity
 }
 
 // writeError is the sentinel error a writer's transaction reports for a

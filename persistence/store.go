@@ -23,7 +23,9 @@ type Config struct {
 	URL string
 	// NodeID names this node in ownership rows and audit events. Required.
 	NodeID string
-	// MaxConns is the pool size. Zero means 16.
+	// MaxConns is the size of the pool for reads, loads, ownership changes
+	// and the pruner. Zero means 16. The writer has a connection of its own
+	// besides, so no flood of reads can keep it from committing.
 	MaxConns int32
 	// QueueSize bounds the writer's queue; a full queue answers
 	// ErrOverloaded. Zero means 16384.
@@ -106,6 +108,7 @@ func (c *Config) setDefaults() {
 type Store struct {
 	cfg    Config
 	pool   *pgxpool.Pool
+	wpool  *pgxpool.Pool // the writer's one connection
 	writer *writer
 	pruner *pruner
 }
@@ -121,8 +124,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.NodeID == "" {
 		return nil, errors.New("persistence: no node ID")
 	}
-	if cfg.IdempotencyRetention < 0 || cfg.PruneInterval < 0 || cfg.PruneBatch < 0 {
-		return nil, errors.New("persistence: negative IdempotencyRetention, PruneInterval or PruneBatch")
+	if cfg.MaxConns < 0 || cfg.QueueSize < 0 || cfg.MaxBatch < 0 || cfg.CommitTimeout < 0 || cfg.QueryTimeout < 0 ||
+		cfg.IdempotencyRetention < 0 || cfg.PruneInterval < 0 || cfg.PruneBatch < 0 {
+		return nil, errors.New("persistence: a negative size or duration in Config")
 	}
 	cfg.setDefaults()
 	pcfg, err := pgxpool.ParseConfig(cfg.URL)
@@ -142,11 +146,18 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if pcfg.ConnConfig.ConnectTimeout == 0 || pcfg.ConnConfig.ConnectTimeout > cfg.QueryTimeout {
 		pcfg.ConnConfig.ConnectTimeout = cfg.QueryTimeout
 	}
+	wcfg := pcfg.Copy()
+	wcfg.MaxConns = 1
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("persistence: %w", err)
 	}
-	s := &Store{cfg: cfg, pool: pool}
+	wpool, err := pgxpool.NewWithConfig(ctx, wcfg)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("persistence: %w", err)
+	}
+	s := &Store{cfg: cfg, pool: pool, wpool: wpool}
 	s.writer = newWriter(s)
 	s.pruner = startPruner(s)
 	return s, nil
@@ -155,10 +166,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 // Close stops the pruner, cancelling a prune in progress, stops taking
 // writes, commits what is queued within ctx — when ctx ends first, the
 // transaction in flight is cancelled and the rest of the queue fails — and
-// closes the pool. It is idempotent.
+// closes the pools. It is idempotent.
 func (s *Store) Close(ctx context.Context) error {
 	perr := s.pruner.stop(ctx)
 	err := s.writer.close(ctx)
+	s.wpool.Close()
 	s.pool.Close()
 	return errors.Join(perr, err)
 }

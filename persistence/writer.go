@@ -82,9 +82,10 @@ type Pending struct {
 
 // Wait blocks until the mutation's outcome is known and returns it: nil once
 // committed; ErrNotOwner, ErrConflict or ErrUnavailable when it was not
-// committed; ErrOutcomeUnknown when the database stopped answering while
-// its COMMIT was in flight, so it may or may not be committed; ErrClosed
-// when the store closed before it was tried.
+// committed (also when Close ran out of time before it was tried);
+// ErrOutcomeUnknown when it may or may not be committed — the connection
+// failed or timed out while its COMMIT was in flight, or the database
+// answered with an error the sqlstates table does not list.
 //
 // Wait returns within the store's CommitTimeout of Enqueue, plus the
 // writer's own processing (well under a second), whatever the database
@@ -298,7 +299,7 @@ func (w *writer) commitTx(ctx context.Context, batch []*Pending, errs []error) e
 // tryTx runs commitTx's transaction; atCommit reports that err came from
 // COMMIT itself.
 func (w *writer) tryTx(ctx context.Context, batch []*Pending, errs []error) (atCommit bool, err error) {
-	tx, err := w.s.pool.Begin(ctx)
+	tx, err := w.s.wpool.Begin(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -338,6 +339,9 @@ func (w *writer) tryTx(ctx context.Context, batch []*Pending, errs []error) (atC
 	}
 	if err := st.exec(ctx, tx); err != nil {
 		return false, err
+	}
+	if err := ctx.Err(); err != nil {
+		return false, err // COMMIT is not sent: nothing is committed
 	}
 	return true, tx.Commit(ctx)
 }
@@ -479,12 +483,14 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 		b.Queue(`INSERT INTO seat_claims (show_id, seat_id, reservation_id)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`, st.claims.show, st.claims.seat, st.claims.id)
 		checks = append(checks, check{int64(len(st.claims.id)), "claim seats"})
-		// The database's own guarantee of the seat limit: no user of a new
-		// hold may have more than MaxUserSeats seats of the show, held plus
-		// booked, the batch's holds included. It reads the user's live
-		// reservations (an index probe by user) and writes nothing. Sound
-		// because only the show's owner commits for it (the epoch check),
-		// one transaction at a time.
+		// The database's own check of the seat limit: no user of a new hold
+		// may have more than MaxUserSeats seats of the show, held plus
+		// booked, the batch's holds included. It reads all of the user's
+		// reservations (an index probe by user; the show and status are
+		// filtered after) and writes nothing. It sees what is committed and
+		// this transaction's own rows, not a transaction the writer gave up
+		// on that may still commit; the engine keeps such a write's seats
+		// counted in memory until it reloads the show, which waits for it.
 		b.Queue(`SELECT u.show_id, u.user_id
 			FROM (SELECT DISTINCT show_id, user_id FROM unnest($1::text[], $2::text[]) AS u(show_id, user_id)) u
 			CROSS JOIN LATERAL (SELECT sum(cardinality(r.seat_ids)) FILTER (WHERE r.show_id = u.show_id AND r.status IN ('HELD', 'BOOKED')) AS seats
