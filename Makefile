@@ -41,7 +41,7 @@ generate:
 BENCHTIME ?= 1s
 BENCHCOUNT ?= 5
 bench:
-	$(GO) test -run='^$$' -bench=. -benchtime=$(BENCHTIME) -count=$(BENCHCOUNT) ./internal/ordmap ./activereservation ./persistence ./engine
+	$(GO) test -run='^$$' -bench=. -benchtime=$(BENCHTIME) -count=$(BENCHCOUNT) ./internal/ordmap ./activereservation ./waitinguser ./persistence ./engine
 
 ## bench-profile: a CPU profile of BenchmarkHoldSeatsGRPC (client, server and writer, not PostgreSQL) in
 ## bin/holds.cpu.pprof, and its top entries by cumulative time. A fixed count of attempts keeps the
