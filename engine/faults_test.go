@@ -210,8 +210,8 @@ func TestCommitCutKeepsMemoryConservative(t *testing.T) {
 
 // TestBlackHoleAnswersPromptly black-holes PostgreSQL under 256 concurrent
 // holds, at the worst moment: a batch of them has just been refused by the
-// database (one seat claimed behind the node's back), so the writer retries
-// them one by one. Every call is answered within CommitTimeout plus a
+// database (one seat claimed behind the node's back), so the writer commits
+// it in parts. Every call is answered within CommitTimeout plus a
 // second, Unavailable (or, for the culprit, the conflict that reloads the
 // show); once the black hole is lifted the node takes holds again without
 // a restart and memory equals PostgreSQL.

@@ -65,13 +65,16 @@ type BatchStats struct {
 	Mutations int
 	Duration  time.Duration
 	// Err is the error of the batch's transaction, nil if it committed.
-	// When the database refused a statement of the batch, its mutations
-	// were then committed one by one: Failed says how many of those failed.
+	// When the database refused a statement of the batch, it was then
+	// committed in parts: Failed says how many mutations failed.
 	Err error
 	// Failed counts the mutations answered with an error: those of a
-	// failed batch, the culprits of a batch retried one by one, and the
+	// failed batch, the culprits of a batch committed in parts, and the
 	// mutations of shows whose epoch had moved on (ErrNotOwner).
 	Failed int
+	// Transactions counts the transactions tried: 1, plus those of the
+	// parts of a refused batch.
+	Transactions int
 }
 
 func (c *Config) setDefaults() {

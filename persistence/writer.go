@@ -212,45 +212,29 @@ func (w *writer) run() {
 }
 
 // commit commits a batch and answers each of its mutations, all within the
-// deadline of its oldest mutation. If the database refuses the batch (one
-// mutation contradicts the data), each mutation is retried in a transaction
-// of its own so only the culprit fails; that retry stops at the first
-// failure that is not a refusal, and the mutations not yet tried are
-// answered ErrUnavailable at once. A batch of one gets the same answers as
-// a batch of many would for the same error.
+// deadline of its oldest mutation. If the database refuses the batch (a
+// mutation contradicts the data), it is split in halves, each committed in
+// a transaction of its own and split again while refused, so only the
+// culprits fail and k culprits among n mutations cost O(k log n)
+// transactions. The splitting stops at the first failure that is not a
+// refusal, and the mutations not yet tried are answered ErrUnavailable at
+// once. A batch of one gets the same answers as a batch of many would for
+// the same error.
 func (w *writer) commit(batch []*Pending) {
 	start := time.Now()
 	ctx, cancel := context.WithDeadline(w.ctx, batch[0].deadline)
 	defer cancel()
 	errs := make([]error, len(batch))
 	batchErr := w.commitTx(ctx, batch, errs)
+	txs := 1
 	switch {
 	case batchErr == nil:
 	case errors.Is(batchErr, ErrConflict) && len(batch) > 1:
-		w.s.cfg.Logger.Warn("batch refused; committing its mutations one by one", "mutations", len(batch), "err", batchErr)
-		var stop error // set at the first failure that is not a refusal
-		for i, p := range batch {
-			switch {
-			case errs[i] != nil: // fenced off: not the show's owner
-			case stop != nil:
-				errs[i] = stop
-			default:
-				one := []error{nil}
-				if err := w.commitTx(ctx, []*Pending{p}, one); err != nil {
-					one[0] = err
-					if !errors.Is(err, ErrConflict) {
-						stop = fmt.Errorf("%w: not tried after an earlier failure: %v", ErrUnavailable, err)
-					}
-				}
-				errs[i] = one[0]
-			}
-		}
+		w.s.cfg.Logger.Warn("batch refused; committing it in parts", "mutations", len(batch), "err", batchErr)
+		var stop error
+		txs += w.split(ctx, batch, errs, &stop)
 	default:
-		for i := range errs {
-			if errs[i] == nil {
-				errs[i] = batchErr
-			}
-		}
+		fill(errs, batchErr)
 	}
 	if obs := w.s.cfg.Observer; obs != nil {
 		failed := 0
@@ -259,10 +243,50 @@ func (w *writer) commit(batch []*Pending) {
 				failed++
 			}
 		}
-		obs(BatchStats{Mutations: len(batch), Duration: time.Since(start), Err: batchErr, Failed: failed})
+		obs(BatchStats{Mutations: len(batch), Duration: time.Since(start), Err: batchErr, Failed: failed, Transactions: txs})
 	}
 	for i, p := range batch {
 		p.finish(errs[i])
+	}
+}
+
+// split commits the two halves of a refused part of a batch, each in its
+// own transaction, and splits a refused half again, down to single
+// mutations, whose refusal is their answer. errs holds the part's answers
+// (ErrNotOwner already set for fenced mutations). At the first failure that
+// is not a refusal, *stop is set: that half gets its own error, and every
+// mutation not tried after it gets *stop. It returns the number of
+// transactions it tried.
+func (w *writer) split(ctx context.Context, part []*Pending, errs []error, stop *error) (txs int) {
+	mid := len(part) / 2
+	for _, h := range [2][2]int{{0, mid}, {mid, len(part)}} {
+		half, herrs := part[h[0]:h[1]], errs[h[0]:h[1]]
+		if *stop != nil {
+			fill(herrs, *stop)
+			continue
+		}
+		err := w.commitTx(ctx, half, herrs)
+		txs++
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrConflict) && len(half) > 1:
+			txs += w.split(ctx, half, herrs, stop)
+		case errors.Is(err, ErrConflict):
+			fill(herrs, err)
+		default:
+			fill(herrs, err)
+			*stop = fmt.Errorf("%w: not tried after an earlier failure: %v", ErrUnavailable, err)
+		}
+	}
+	return txs
+}
+
+// fill sets every answer of errs not set yet to err.
+func fill(errs []error, err error) {
+	for i := range errs {
+		if errs[i] == nil {
+			errs[i] = err
+		}
 	}
 }
 
@@ -376,9 +400,9 @@ type statements struct {
 	// be reused.
 	retention time.Duration
 	// renewKeys makes the idempotency insert renew an expired record of the
-	// same key. Only a batch of one does: a plain insert is cheaper, and a
-	// larger batch that meets an existing key fails and is retried one by
-	// one.
+	// same key. Only a transaction of one mutation does: a plain insert is
+	// cheaper, and a larger one that meets an existing key is refused and
+	// split down to single mutations.
 	renewKeys bool
 }
 
@@ -526,7 +550,7 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 				WHERE k.created_at <= now() - $5::interval`, st.iShow, st.iKey, st.iFP, st.iID, st.retention)
 		} else {
 			// Any existing key, expired or not, or a key twice in the batch,
-			// is a unique violation: the batch is retried one by one.
+			// is a unique violation: the batch is split (see commit).
 			b.Queue(`INSERT INTO idempotency_keys (show_id, idempotency_key, fingerprint, reservation_id)
 				SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])`, st.iShow, st.iKey, st.iFP, st.iID)
 		}
@@ -549,7 +573,7 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 
 // rowCountError is a statement of a batch that touched fewer rows than it
 // had mutations: some reservation was not in the state the writer expected.
-// It is treated like an SQL error (the batch is retried one by one).
+// It is a refusal, like a constraint violation (the batch is split).
 type rowCountError struct {
 	what      string
 	want, got int64

@@ -234,8 +234,8 @@ func TestWriterStaleEpoch(t *testing.T) {
 }
 
 // TestWriterConflict queues, in one batch, mutations that contradict the
-// database among good ones: the batch fails, its mutations are committed
-// one by one, and only the culprits fail, with ErrConflict.
+// database among good ones: the batch fails, it is committed in parts, and
+// only the culprits fail, with ErrConflict.
 func TestWriterConflict(t *testing.T) {
 	url := newDB(t)
 	var obs batches
@@ -521,4 +521,47 @@ func TestWriterBatchesKeepShowOrder(t *testing.T) {
 			t.Fatalf("%s: events in order\n%v\nwant\n%v", show, got, want)
 		}
 	}
+}
+
+// TestWriterSplitsRefusedBatch queues one culprit among 256 holds in one
+// batch: only the culprit fails, and finding it takes a transaction per
+// level of halving (about 2 log2 n), not one per mutation.
+func TestWriterSplitsRefusedBatch(t *testing.T) {
+	url := newDB(t)
+	var obs batches
+	s := openStore(t, url, func(c *persistence.Config) { c.Observer = obs.observe })
+	e := ownShow(t, s, "s")
+	write(t, s, holdM(e, "s", "s:taken", "u-first", t0, "A-1"))
+	release, blocker := blockCommitter(t, s, url, "gate", ownShow(t, s, "gate"))
+	const n, culprit = 256, 100
+	var ms []persistence.Mutation
+	for i := range n {
+		seat := fmt.Sprintf("B-%d", i+1)
+		if i == culprit {
+			seat = "A-1" // held already
+		}
+		ms = append(ms, holdM(e, "s", fmt.Sprintf("s:r%d", i), fmt.Sprintf("u%d", i), t0, seat))
+	}
+	ps := enqueueAll(t, s, ms...)
+	release()
+	if err := blocker.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	for i, err := range waitAll(ps) {
+		if want := error(nil); i == culprit {
+			if !errors.Is(err, persistence.ErrConflict) {
+				t.Errorf("the culprit: %v, want ErrConflict", err)
+			}
+		} else if err != want {
+			t.Errorf("hold %d: %v", i, err)
+		}
+	}
+	b := obs.last()
+	if b.Mutations != n || b.Failed != 1 {
+		t.Fatalf("the batch's stats %+v, want %d mutations, 1 failed", b, n)
+	}
+	if b.Transactions > 2*8+1 { // log2(256) = 8 levels, two halves each
+		t.Errorf("finding one culprit among %d took %d transactions", n, b.Transactions)
+	}
+	t.Logf("one culprit among %d: %d transactions", n, b.Transactions)
 }
