@@ -5,8 +5,8 @@ type SeatMap struct {
 	// Version changes whenever any seat changes status; it never goes back
 	// while the show stays loaded.
 	Version uint64
-	// Available, Held and Booked count the seats in each status.
-	Available, Held, Booked int
+	// Available, Held, Booked and Offered count the seats in each status.
+	Available, Held, Booked, Offered int
 	// Statuses has one SeatStatus byte per seat in layout order.
 	Statuses []byte
 }
@@ -31,6 +31,7 @@ func (s *Show) snapshot(statuses []byte) SeatMap {
 		Available: s.counts[SeatAvailable],
 		Held:      s.counts[SeatHeld],
 		Booked:    s.counts[SeatBooked],
+		Offered:   s.counts[SeatOffered],
 		Statuses:  statuses,
 	}
 }
@@ -44,9 +45,9 @@ func (s *Show) SeatMap(buf []byte) SeatMap {
 // Version returns the current seat-map version.
 func (s *Show) Version() uint64 { return s.version }
 
-// Counts returns how many seats are available, held and booked.
-func (s *Show) Counts() (available, held, booked int) {
-	return s.counts[SeatAvailable], s.counts[SeatHeld], s.counts[SeatBooked]
+// Counts returns how many seats are available, held, booked and offered.
+func (s *Show) Counts() (available, held, booked, offered int) {
+	return s.counts[SeatAvailable], s.counts[SeatHeld], s.counts[SeatBooked], s.counts[SeatOffered]
 }
 
 // Rows returns the layout.

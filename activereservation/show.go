@@ -47,6 +47,10 @@ const (
 	SeatAvailable SeatStatus = 1
 	SeatHeld      SeatStatus = 2
 	SeatBooked    SeatStatus = 3
+	// SeatOffered is a seat held back for the waitlist: set aside for the
+	// user at its head, or offered to a user whose turn it is. Nobody else
+	// may hold it; the user it is offered to may (see Offer).
+	SeatOffered SeatStatus = 4
 )
 
 // Status is the state of a reservation: Held, then one of the others.
@@ -127,8 +131,11 @@ type Show struct {
 	booked map[HoldID]*Reservation
 	// perUser counts each user's seats, held plus booked.
 	perUser map[UserID]int
-	counts  [4]int // by SeatStatus
-	version uint64
+	// offeredTo names, for each SeatOffered seat, the user who may hold it;
+	// "" for a seat set aside for nobody yet.
+	offeredTo map[int32]UserID
+	counts    [5]int // by SeatStatus
+	version   uint64
 	// shared is the statuses as of sharedVersion, handed out by
 	// SharedSeatMap and never modified.
 	shared        []byte
@@ -167,6 +174,8 @@ func NewShow(cfg Config) (*Show, error) {
 		booked:  make(map[HoldID]*Reservation),
 		perUser: make(map[UserID]int),
 		version: cfg.VersionBase,
+
+		offeredTo: make(map[int32]UserID),
 	}
 	for _, r := range cfg.Rows {
 		for i := 1; i <= r.SeatCount; i++ {
@@ -198,8 +207,10 @@ func (s *Show) Capacity() int { return len(s.seats) }
 // expires at now+HoldTTL, or with the newest live hold if that expires
 // later (now went back: a clock set back, or holds replayed from a node
 // whose clock ran ahead), so the live holds stay in expiry order whatever
-// the clock does. Refusals, in order of precedence: ErrSeatCount,
-// ErrDuplicateSeat, ErrUnknownSeat, *SeatsTakenError, ErrUserLimit.
+// the clock does. Each seat must be available, or offered to user. Refusals,
+// in order of precedence: ErrSeatCount, ErrDuplicateSeat, ErrUnknownSeat,
+// *SeatsTakenError (also for seats set aside or offered to another user),
+// ErrUserLimit.
 func (s *Show) Hold(id HoldID, user UserID, seats []SeatID, now time.Time) (Reservation, error) {
 	idx, err := s.checkHold(id, user, seats)
 	if err != nil {
@@ -218,6 +229,7 @@ func (s *Show) Hold(id HoldID, user UserID, seats []SeatID, now time.Time) (Rese
 		r.ExpiresAt = last.ExpiresAt
 	}
 	for _, i := range idx {
+		delete(s.offeredTo, i)
 		s.setSeat(i, SeatHeld)
 	}
 	s.holds.Put(id, r)
@@ -264,7 +276,13 @@ func (s *Show) checkHold(id HoldID, user UserID, seats []SeatID) ([]int32, error
 	}
 	var taken []SeatID
 	for k, i := range idx {
-		if SeatStatus(s.status[i]) != SeatAvailable {
+		switch SeatStatus(s.status[i]) {
+		case SeatAvailable:
+		case SeatOffered:
+			if to := s.offeredTo[i]; to == "" || to != user {
+				taken = append(taken, seats[k])
+			}
+		default:
 			taken = append(taken, seats[k])
 		}
 	}
@@ -508,6 +526,65 @@ func (s *Show) dropHold(r *Reservation) {
 		delete(s.perUser, r.User)
 	}
 	s.version++
+}
+
+// Offer holds seats back for the waitlist, all or nothing: offered to user,
+// who alone may then hold them, or set aside for nobody when user is "".
+// Each seat must be available or already offered (it is then offered anew,
+// to user). ErrUnknownSeat, or *SeatsTakenError for held or booked seats.
+func (s *Show) Offer(seats []SeatID, user UserID) error {
+	idx := make([]int32, len(seats))
+	var taken []SeatID
+	for k, seat := range seats {
+		i, ok := s.index[seat]
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrUnknownSeat, seat)
+		}
+		if st := SeatStatus(s.status[i]); st != SeatAvailable && st != SeatOffered {
+			taken = append(taken, seat)
+		}
+		idx[k] = i
+	}
+	if taken != nil {
+		return &SeatsTakenError{Seats: taken}
+	}
+	for _, i := range idx {
+		s.offeredTo[i] = user
+		if SeatStatus(s.status[i]) != SeatOffered {
+			s.setSeat(i, SeatOffered)
+		}
+	}
+	if len(idx) > 0 {
+		s.version++
+	}
+	return nil
+}
+
+// Unoffer makes offered seats available to everyone again. Seats that are
+// not offered are left as they are, and reported false.
+func (s *Show) Unoffer(seats []SeatID) bool {
+	all := true
+	for _, seat := range seats {
+		i, ok := s.index[seat]
+		if !ok || SeatStatus(s.status[i]) != SeatOffered {
+			all = false
+			continue
+		}
+		delete(s.offeredTo, i)
+		s.setSeat(i, SeatAvailable)
+		s.version++
+	}
+	return all
+}
+
+// OfferedTo returns who an offered seat is offered to ("" when set aside
+// for nobody yet), and false if the seat is not offered.
+func (s *Show) OfferedTo(seat SeatID) (UserID, bool) {
+	i, ok := s.index[seat]
+	if !ok || SeatStatus(s.status[i]) != SeatOffered {
+		return "", false
+	}
+	return s.offeredTo[i], true
 }
 
 func (s *Show) setSeat(i int32, st SeatStatus) {

@@ -8,6 +8,7 @@ import (
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
 	"github.com/boxoffice/boxoffice/persistence"
+	wu "github.com/boxoffice/boxoffice/waitinguser"
 )
 
 // Limits of a show's definition.
@@ -15,10 +16,17 @@ const (
 	maxShowSeats = 100_000
 	minHoldTTL   = 10 * time.Second
 	maxHoldTTL   = time.Hour
+	// A waitlist turn's offer lasts 10 s to 1 h; a user waits 1 min to a
+	// week.
+	minOfferWindow = 10 * time.Second
+	maxOfferWindow = time.Hour
+	minMaxWait     = time.Minute
+	maxMaxWait     = 7 * 24 * time.Hour
 )
 
 // CreateShow validates and stores a new show. HoldTTL zero means
-// activereservation.DefaultHoldTTL.
+// activereservation.DefaultHoldTTL; OfferWindow and MaxWait zero mean
+// waitinguser.DefaultOfferWindow and DefaultMaxWait.
 func (n *Node) CreateShow(ctx context.Context, sh persistence.Show) (persistence.Show, error) {
 	if err := validateShowID(ar.ShowID(sh.ID)); err != nil {
 		return persistence.Show{}, err
@@ -31,6 +39,18 @@ func (n *Node) CreateShow(ctx context.Context, sh persistence.Show) (persistence
 	}
 	if sh.HoldTTL < minHoldTTL || sh.HoldTTL > maxHoldTTL {
 		return persistence.Show{}, fmt.Errorf("%w: hold_ttl must be between %s and %s", ErrInvalid, minHoldTTL, maxHoldTTL)
+	}
+	if sh.OfferWindow == 0 {
+		sh.OfferWindow = wu.DefaultOfferWindow
+	}
+	if sh.OfferWindow < minOfferWindow || sh.OfferWindow > maxOfferWindow {
+		return persistence.Show{}, fmt.Errorf("%w: offer_window must be between %s and %s", ErrInvalid, minOfferWindow, maxOfferWindow)
+	}
+	if sh.MaxWait == 0 {
+		sh.MaxWait = wu.DefaultMaxWait
+	}
+	if sh.MaxWait < minMaxWait || sh.MaxWait > maxMaxWait {
+		return persistence.Show{}, fmt.Errorf("%w: max_wait must be between %s and %s", ErrInvalid, minMaxWait, maxMaxWait)
 	}
 	cats := make(map[string]bool, len(sh.Categories))
 	for _, c := range sh.Categories {
@@ -64,7 +84,9 @@ func (n *Node) CreateShow(ctx context.Context, sh persistence.Show) (persistence
 		return persistence.Show{}, fmt.Errorf("%w: at most %d seats", ErrInvalid, maxShowSeats)
 	}
 	sh.StartsAt = sh.StartsAt.UTC().Truncate(time.Microsecond)
-	sh.HoldTTL = sh.HoldTTL.Truncate(time.Millisecond) // as the database keeps it
+	sh.HoldTTL = sh.HoldTTL.Truncate(time.Millisecond) // as the database keeps them
+	sh.OfferWindow = sh.OfferWindow.Truncate(time.Millisecond)
+	sh.MaxWait = sh.MaxWait.Truncate(time.Millisecond)
 	out, err := n.store.CreateShow(ctx, sh)
 	if errors.Is(err, persistence.ErrExists) {
 		return persistence.Show{}, fmt.Errorf("show %s: %w", sh.ID, ErrShowExists)

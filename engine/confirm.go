@@ -108,9 +108,12 @@ func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation,
 
 	sh.mu.Lock()
 	unload := false
+	var wp *persistence.Pending
 	switch {
 	case werr == nil:
-		r, err = sh.rules.Confirm(req.Hold, req.User, req.PaymentRef, now)
+		if r, err = sh.rules.Confirm(req.Hold, req.User, req.PaymentRef, now); err == nil && sh.wait.rules.Waiting() > 0 {
+			wp, _ = n.waitSoldOutLocked(sh, n.now())
+		}
 	case !unknownOutcome(werr) && req.IdempotencyKey != "":
 		sh.idem.Delete(req.IdempotencyKey)
 	}
@@ -122,6 +125,9 @@ func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation,
 	sh.mu.Unlock()
 	if unload {
 		n.unload(sh, werr.Error())
+	}
+	if wp != nil {
+		n.settleWait(sh, wp) //nolint:errcheck // the booking stands; a failed sweep reloads the show
 	}
 	n.metrics.confirms(werr)
 	if werr != nil {

@@ -32,9 +32,10 @@ type expiring struct {
 
 // ExpireDue expires every loaded show's holds whose expiry plus grace has
 // passed, durably: each is written first and its seats are offered again
-// only after the commit. A hold with a change in flight is left for a later
-// round. It returns the number of holds expired. The expiry loop calls it
-// every ExpiryInterval; tests call it directly.
+// (to the waitlist first) only after the commit. A hold with a change in
+// flight is left for a later round. Then it ends the waitlist turns and
+// waits that are due. It returns the number of holds expired. The expiry
+// loop calls it every ExpiryInterval; tests call it directly.
 func (n *Node) ExpireDue() int {
 	now := n.now()
 	n.mu.RLock()
@@ -80,13 +81,23 @@ func (n *Node) ExpireDue() int {
 	}
 
 	expired := 0
+	type handOver struct {
+		sh *show
+		p  *persistence.Pending
+	}
+	var handOvers []handOver
 	for _, e := range batch {
 		werr := e.p.Wait()
 		e.sh.mu.Lock()
 		var err error
 		unload := false
 		if werr == nil {
-			_, err = e.sh.rules.Expire(e.r.ID, now)
+			var r ar.Reservation
+			if r, err = e.sh.rules.Expire(e.r.ID, now); err == nil {
+				if wp, _ := n.freedLocked(e.sh, r.Seats, n.now()); wp != nil {
+					handOvers = append(handOvers, handOver{e.sh, wp})
+				}
+			}
 		} else {
 			werr, unload = failedLocked(e.sh, werr)
 		}
@@ -107,6 +118,12 @@ func (n *Node) ExpireDue() int {
 			expired++
 		}
 	}
+	for _, h := range handOvers {
+		if err := n.settleWait(h.sh, h.p); err != nil {
+			n.cfg.Logger.Warn("freed seats not handed to the waitlist durably; show reloads", "show", h.sh.id, "err", err)
+		}
+	}
+	n.lapseWaitlists(shows, n.now())
 	// A stale show takes no changes until reloaded; reload it here, so its
 	// holds expire even if no request comes. While the database is down
 	// this fails fast and is tried again next round.
@@ -140,9 +157,11 @@ func (n *Node) EvictIdle() int {
 	var evicted []persistence.Ownership
 	for _, sh := range idle {
 		sh.mu.Lock()
-		ok := !sh.dropped && !sh.stale && len(sh.busy) == 0 && sh.rules.LiveHolds() == 0 && sh.used.Load() <= horizon
+		ok := !sh.dropped && !sh.stale && len(sh.busy) == 0 && sh.rules.LiveHolds() == 0 && sh.used.Load() <= horizon &&
+			sh.wait.rules.Len() == 0 && sh.wait.writes == 0
 		if ok {
 			sh.dropped = true
+			sh.wait.notifyLocked()
 		}
 		sh.mu.Unlock()
 		if !ok {

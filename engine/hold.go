@@ -12,6 +12,7 @@ import (
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
 	"github.com/boxoffice/boxoffice/persistence"
+	wu "github.com/boxoffice/boxoffice/waitinguser"
 )
 
 // HoldRequest asks for seats of a show for a user, all or nothing.
@@ -30,6 +31,12 @@ type HoldRequest struct {
 // caller gets ErrOutcomeUnknown (a retry with the same idempotency key then
 // gets the true answer). A replay of an idempotency key answers the hold as
 // it is now, ended or not.
+//
+// A user whose waitlist turn it is may hold seats offered to them (and
+// available ones); a hold with any of the offer's seats takes the turn, in
+// the same transaction, and the offer's other seats go on to the next
+// waiting user. If such a write fails, memory keeps the hold and the show is
+// reloaded before its next change.
 func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error) {
 	if err := validateUser(req.User); err != nil {
 		return ar.Reservation{}, err
@@ -106,12 +113,25 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 		At:            r.CreatedAt,
 		ExpiresAt:     r.ExpiresAt,
 	}
+	if sh.wait.rules.Len() > 0 {
+		if out, took := sh.wait.rules.Take(wu.UserID(req.User), m.SeatIDs, r.CreatedAt); took {
+			if m.Waitlist, err = n.waitChangeLocked(sh, out, r.CreatedAt, id); err != nil {
+				sh.mu.Unlock() // stale: the next change reloads the show
+				n.metrics.holds(err)
+				return ar.Reservation{}, err
+			}
+		}
+	}
 	if req.IdempotencyKey != "" {
 		m.IdempotencyKey, m.Fingerprint = req.IdempotencyKey, fp
 	}
 	p, err := n.store.Enqueue(m)
 	if err != nil {
-		sh.rules.Cancel(id)
+		if m.Waitlist != nil {
+			sh.stale = true // the turn was taken in memory
+		} else {
+			sh.rules.Cancel(id)
+		}
 		sh.mu.Unlock()
 		n.metrics.holds(err)
 		return ar.Reservation{}, err
@@ -130,7 +150,10 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 	close(done)
 	unload := false
 	if werr != nil {
-		if !unknownOutcome(werr) {
+		switch {
+		case m.Waitlist != nil:
+			sh.stale = true // the turn was taken in memory; the reload tells
+		case !unknownOutcome(werr):
 			sh.rules.Cancel(id)
 			if req.IdempotencyKey != "" {
 				sh.idem.Delete(req.IdempotencyKey)
@@ -160,8 +183,8 @@ func soldOutLocked(rules *ar.Show, seats []ar.SeatID) bool {
 			return false
 		}
 	}
-	available, held, _ := rules.Counts()
-	return available == 0 && held == 0
+	available, held, _, offered := rules.Counts()
+	return available == 0 && held == 0 && offered == 0
 }
 
 // waitUnlocked waits for ch with mu unlocked, and returns with mu locked,

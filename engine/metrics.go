@@ -2,6 +2,7 @@ package engine
 
 import (
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
 	"github.com/boxoffice/boxoffice/persistence"
+	wu "github.com/boxoffice/boxoffice/waitinguser"
 )
 
 // metrics are a node's collectors, registered on the node's Registerer so
@@ -24,6 +26,11 @@ type metrics struct {
 	failedMuts  prometheus.Counter
 	showsLoaded prometheus.Gauge
 	evictions   prometheus.Counter
+
+	waiting         prometheus.Gauge
+	longestWaitlist prometheus.Gauge
+	waitOps         *prometheus.CounterVec
+	waitToTurn      prometheus.Histogram
 
 	mu       sync.Mutex // guards children
 	children map[[3]string]prometheus.Counter
@@ -63,10 +70,25 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "boxoffice_shows_evicted_total", Help: "Idle shows evicted from memory.",
 		}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "boxoffice_waitlist_users", Help: "Users on the waitlists of this node's shows, waiting or holding a turn.",
+		}),
+		longestWaitlist: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "boxoffice_waitlist_longest", Help: "Users on the longest waitlist of this node's shows.",
+		}),
+		waitOps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "boxoffice_waitlist_events_total",
+			Help: "Waitlist joins (by result), turns, and ends by reason (done, lapsed, left, sold_out, timed_out).",
+		}, []string{"event", "result"}),
+		waitToTurn: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "boxoffice_waitlist_wait_seconds", Help: "Time from a waitlist join to the user's turn.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 20),
+		}),
 		children: make(map[[3]string]prometheus.Counter),
 		latency:  make(map[string]prometheus.Observer),
 	}
-	for _, c := range []prometheus.Collector{m.rpcRequests, m.rpcLatency, m.ops, m.batchSize, m.commitTime, m.batchErrors, m.failedMuts, m.showsLoaded, m.evictions} {
+	for _, c := range []prometheus.Collector{m.rpcRequests, m.rpcLatency, m.ops, m.batchSize, m.commitTime, m.batchErrors, m.failedMuts, m.showsLoaded, m.evictions,
+		m.waiting, m.longestWaitlist, m.waitOps, m.waitToTurn} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -116,6 +138,30 @@ func (m *metrics) holds(err error)    { m.op("hold", err) }
 func (m *metrics) confirms(err error) { m.op("confirm", err) }
 func (m *metrics) releases(err error) { m.op("release", err) }
 func (m *metrics) expiries(err error) { m.op("expire", err) }
+
+func (m *metrics) waitJoins(err error) {
+	r := "ok"
+	switch {
+	case errors.Is(err, wu.ErrSeatsAvailable):
+		r = "seats_available"
+	case errors.Is(err, wu.ErrSoldOut):
+		r = "sold_out"
+	case errors.Is(err, wu.ErrUserLimit):
+		r = "user_limit"
+	case err != nil:
+		r = result(err)
+	}
+	m.counter(m.waitOps, "wait", "join", r).Inc()
+}
+
+func (m *metrics) waitTurn(waited time.Duration) {
+	m.counter(m.waitOps, "wait", "turn", "ok").Inc()
+	m.waitToTurn.Observe(waited.Seconds())
+}
+
+func (m *metrics) waitEnded(r wu.Reason) {
+	m.counter(m.waitOps, "wait", strings.ToLower(r.String()), "ok").Inc()
+}
 
 func result(err error) string {
 	switch {

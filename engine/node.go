@@ -16,6 +16,7 @@ import (
 	ar "github.com/boxoffice/boxoffice/activereservation"
 	"github.com/boxoffice/boxoffice/internal/ordmap"
 	"github.com/boxoffice/boxoffice/persistence"
+	wu "github.com/boxoffice/boxoffice/waitinguser"
 )
 
 // Node serves the shows it owns. Its methods are safe for concurrent use.
@@ -134,6 +135,8 @@ type show struct {
 
 	mu    sync.Mutex // guards everything below
 	rules *ar.Show
+	// wait is the show's waitlist.
+	wait waitlist
 	// busy has a channel for each hold with a write in flight, closed when
 	// the write's outcome is applied. Other changes to the hold wait for it.
 	busy map[ar.HoldID]chan struct{}
@@ -399,9 +402,11 @@ func (n *Node) loadNow(ctx context.Context, id ar.ShowID) error {
 	loaded := len(n.shows)
 	n.mu.Unlock()
 	if old != nil {
-		// Its in-flight writes carry the old epoch and fail.
+		// Its in-flight writes carry the old epoch and fail; its watchers
+		// move to the new one.
 		old.mu.Lock()
 		old.dropped = true
+		old.wait.notifyLocked()
 		old.mu.Unlock()
 	}
 	n.metrics.showsLoaded.Set(float64(loaded))
@@ -457,8 +462,12 @@ func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {
 		info:  snap.Show,
 		epoch: epoch,
 		rules: rules,
+		wait:  newWaitlist(wu.WaitlistConfig{MaxWait: snap.Show.MaxWait, OfferWindow: snap.Show.OfferWindow}, uint64(epoch)<<32),
 		busy:  make(map[ar.HoldID]chan struct{}),
 		idem:  ordmap.New[string, idemEntry](len(snap.Idempotency)),
+	}
+	if err := n.restoreWaitlist(sh, snap); err != nil {
+		return nil, fmt.Errorf("replay show %s waitlist: %w", id, err)
 	}
 	recs := slices.SortedFunc(slices.Values(snap.Idempotency), func(a, b persistence.IdempotencyRecord) int {
 		return a.CreatedAt.Compare(b.CreatedAt)
@@ -472,6 +481,9 @@ func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {
 // unload removes a show that was marked dropped from the loaded shows; the
 // next change loads it again.
 func (n *Node) unload(sh *show, why string) {
+	sh.mu.Lock()
+	sh.wait.notifyLocked() // its watchers look for the show anew
+	sh.mu.Unlock()
 	n.mu.Lock()
 	if n.shows[sh.id] == sh {
 		delete(n.shows, sh.id)

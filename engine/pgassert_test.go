@@ -259,10 +259,14 @@ func seatMapDiff(t testing.TB, n *tc.Node, db *pgxpool.Pool, show string) string
 	got := seatStatuses(t, sm)
 	res := dbReservations(t, db, show)
 	claims := dbClaims(t, db, show)
+	offered := dbOffered(t, db, show)
 	var diffs []string
 	var held, booked int
 	for seat, st := range got {
 		want := ar.SeatAvailable
+		if _, ok := offered[seat]; ok {
+			want = ar.SeatOffered
+		}
 		if id, ok := claims[seat]; ok {
 			switch res[id].Status {
 			case "HELD":
@@ -286,12 +290,43 @@ func seatMapDiff(t testing.TB, n *tc.Node, db *pgxpool.Pool, show string) string
 			diffs = append(diffs, fmt.Sprintf("%s: claimed in the database, not in the seat map", seat))
 		}
 	}
-	if int(sm.GetHeld()) != held || int(sm.GetBooked()) != booked || int(sm.GetAvailable()) != len(got)-held-booked {
-		diffs = append(diffs, fmt.Sprintf("counts available/held/booked: seat map %d/%d/%d, database %d/%d/%d",
-			sm.GetAvailable(), sm.GetHeld(), sm.GetBooked(), len(got)-held-booked, held, booked))
+	for seat, user := range offered {
+		if _, ok := claims[seat]; ok {
+			diffs = append(diffs, fmt.Sprintf("%s: claimed and offered to %q in the database", seat, user))
+		}
+	}
+	if int(sm.GetHeld()) != held || int(sm.GetBooked()) != booked || int(sm.GetOffered()) != len(offered) ||
+		int(sm.GetAvailable()) != len(got)-held-booked-len(offered) {
+		diffs = append(diffs, fmt.Sprintf("counts available/held/booked/offered: seat map %d/%d/%d/%d, database %d/%d/%d/%d",
+			sm.GetAvailable(), sm.GetHeld(), sm.GetBooked(), sm.GetOffered(), len(got)-held-booked-len(offered), held, booked, len(offered)))
 	}
 	slices.Sort(diffs)
 	return strings.Join(diffs, "\n")
+}
+
+// dbOffered returns the seats of show the database has set aside for its
+// waitlist's head ("") or offered to a user with a turn.
+func dbOffered(t testing.TB, db *pgxpool.Pool, show string) map[string]string {
+	t.Helper()
+	rows, err := db.Query(context.Background(), `
+		SELECT unnest(seat_ids), '' FROM waitlist_aside WHERE show_id = $1
+		UNION ALL
+		SELECT unnest(offer_seats), user_id FROM waitlist_entries WHERE show_id = $1`, show)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(map[string]string)
+	var seat, user string
+	if _, err := pgx.ForEachRow(rows, []any{&seat, &user}, func() error {
+		if _, dup := out[seat]; dup {
+			t.Errorf("seat %s of %s is in the database's waitlist twice", seat, show)
+		}
+		out[seat] = user
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // checkSeatMapEqualsDB fails the test if n's seat map of show differs from

@@ -9,10 +9,12 @@ import (
 	"github.com/boxoffice/boxoffice/persistence"
 )
 
-// SeatMap is a show's seat map with its layout.
+// SeatMap is a show's seat map with its layout, and the number of users
+// on its waitlist.
 type SeatMap struct {
 	ar.SeatMap
-	Rows []ar.Row
+	Rows    []ar.Row
+	Waiting int
 }
 
 // SeatMap returns the status of every seat, loading the show if needed.
@@ -29,8 +31,9 @@ func (n *Node) SeatMap(ctx context.Context, id ar.ShowID) (SeatMap, error) {
 	sh.mu.Lock()
 	sm := sh.rules.SharedSeatMap()
 	rows := sh.rules.Rows()
+	waiting := sh.wait.rules.Len()
 	sh.mu.Unlock()
-	return SeatMap{SeatMap: sm, Rows: rows}, nil
+	return SeatMap{SeatMap: sm, Rows: rows, Waiting: waiting}, nil
 }
 
 // Reservation returns a reservation: a live one from memory when its show is

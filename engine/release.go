@@ -10,8 +10,9 @@ import (
 )
 
 // Release ends a hold at its user's request. The seats are offered again
-// only after the release is durable; if its outcome is unknown, the hold
-// stays held in memory and the show is reloaded before its next change.
+// (to the waitlist first) only after the release is durable; if its outcome
+// is unknown, the hold stays held in memory and the show is reloaded before
+// its next change.
 // Releasing a hold that the same user already released answers it again.
 func (n *Node) Release(ctx context.Context, id ar.HoldID, user ar.UserID) (ar.Reservation, error) {
 	if err := validateUser(user); err != nil {
@@ -79,8 +80,11 @@ func (n *Node) Release(ctx context.Context, id ar.HoldID, user ar.UserID) (ar.Re
 
 	sh.mu.Lock()
 	unload := false
+	var wp *persistence.Pending
 	if werr == nil {
-		r, err = sh.rules.Release(id, user, now)
+		if r, err = sh.rules.Release(id, user, now); err == nil {
+			wp, _ = n.freedLocked(sh, r.Seats, n.now())
+		}
 	} else {
 		werr, unload = failedLocked(sh, werr)
 	}
@@ -89,6 +93,9 @@ func (n *Node) Release(ctx context.Context, id ar.HoldID, user ar.UserID) (ar.Re
 	sh.mu.Unlock()
 	if unload {
 		n.unload(sh, werr.Error())
+	}
+	if wp != nil {
+		n.settleWait(sh, wp) //nolint:errcheck // the release stands; a failed hand-over reloads the show
 	}
 	n.metrics.releases(werr)
 	if werr != nil {

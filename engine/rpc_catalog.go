@@ -24,8 +24,10 @@ func (s catalogServer) CreateShow(ctx context.Context, req *pb.CreateShowRequest
 	if ts := req.GetStartsAt(); ts != nil && ts.CheckValid() != nil {
 		return nil, toStatus(fmt.Errorf("%w: starts_at: %v", ErrInvalid, ts.CheckValid()))
 	}
-	if d := req.GetHoldTtl(); d != nil && d.CheckValid() != nil {
-		return nil, toStatus(fmt.Errorf("%w: hold_ttl: %v", ErrInvalid, d.CheckValid()))
+	for name, d := range map[string]*durationpb.Duration{"hold_ttl": req.GetHoldTtl(), "offer_window": req.GetOfferWindow(), "max_wait": req.GetMaxWait()} {
+		if d != nil && d.CheckValid() != nil {
+			return nil, toStatus(fmt.Errorf("%w: %s: %v", ErrInvalid, name, d.CheckValid()))
+		}
 	}
 	sh := persistence.Show{
 		ID:       req.GetShowId(),
@@ -34,6 +36,9 @@ func (s catalogServer) CreateShow(ctx context.Context, req *pb.CreateShowRequest
 		Venue:    req.GetVenue(),
 		StartsAt: req.GetStartsAt().AsTime(),
 		HoldTTL:  req.GetHoldTtl().AsDuration(),
+
+		OfferWindow: req.GetOfferWindow().AsDuration(),
+		MaxWait:     req.GetMaxWait().AsDuration(),
 	}
 	for _, c := range req.GetCategories() {
 		sh.Categories = append(sh.Categories, persistence.Category{Name: c.GetName(), PriceCents: c.GetPriceCents()})
@@ -58,14 +63,17 @@ func (s catalogServer) GetShow(ctx context.Context, req *pb.GetShowRequest) (*pb
 
 func showToPB(sh persistence.Show) *pb.Show {
 	out := &pb.Show{
-		ShowId:    sh.ID,
-		Title:     sh.Title,
-		City:      sh.City,
-		Venue:     sh.Venue,
-		StartsAt:  timestamppb.New(sh.StartsAt),
-		HoldTtl:   durationpb.New(sh.HoldTTL),
-		Capacity:  int32(sh.Capacity),
-		CreatedAt: timestamppb.New(sh.CreatedAt),
+		ShowId:   sh.ID,
+		Title:    sh.Title,
+		City:     sh.City,
+		Venue:    sh.Venue,
+		StartsAt: timestamppb.New(sh.StartsAt),
+		HoldTtl:  durationpb.New(sh.HoldTTL),
+
+		OfferWindow: durationpb.New(sh.OfferWindow),
+		MaxWait:     durationpb.New(sh.MaxWait),
+		Capacity:    int32(sh.Capacity),
+		CreatedAt:   timestamppb.New(sh.CreatedAt),
 	}
 	for _, c := range sh.Categories {
 		out.Categories = append(out.Categories, &pb.Category{Name: c.Name, PriceCents: c.PriceCents})

@@ -11,6 +11,7 @@ import (
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
 	"github.com/boxoffice/boxoffice/persistence"
+	wu "github.com/boxoffice/boxoffice/waitinguser"
 )
 
 // ErrorDomain is the domain of the google.rpc.ErrorInfo attached to every
@@ -25,6 +26,11 @@ var errorTable = []struct {
 	reason string
 }{
 	{ErrSoldOut, codes.ResourceExhausted, "SOLD_OUT"},
+	{wu.ErrSoldOut, codes.ResourceExhausted, "SOLD_OUT"},
+	{wu.ErrSeatsWanted, codes.InvalidArgument, "INVALID_SEATS_WANTED"},
+	{wu.ErrUserLimit, codes.ResourceExhausted, "USER_SEAT_LIMIT"},
+	{wu.ErrSeatsAvailable, codes.FailedPrecondition, "SEATS_AVAILABLE"},
+	{wu.ErrNotWaiting, codes.NotFound, "NOT_WAITING"},
 	{ar.ErrSeatTaken, codes.AlreadyExists, "SEATS_TAKEN"},
 	{ar.ErrSeatCount, codes.InvalidArgument, "INVALID_SEAT_COUNT"},
 	{ar.ErrDuplicateSeat, codes.InvalidArgument, "DUPLICATE_SEAT"},

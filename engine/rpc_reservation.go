@@ -32,6 +32,8 @@ func (s *reservationServer) GetSeatMap(ctx context.Context, req *pb.GetSeatMapRe
 		Available: int32(sm.Available),
 		Held:      int32(sm.Held),
 		Booked:    int32(sm.Booked),
+		Offered:   int32(sm.Offered),
+		Waiting:   int32(sm.Waiting),
 		Statuses:  sm.Statuses,
 	}
 	if req.GetIncludeLayout() {

@@ -173,6 +173,7 @@ func NewServer(n *Node, cfg ServerConfig) (*Server, error) {
 	pb.RegisterCatalogServiceServer(s.grpc, catalogServer{n: n})
 	pb.RegisterReservationServiceServer(s.grpc, &reservationServer{n: n})
 	pb.RegisterAdminServiceServer(s.grpc, adminServer{n: n})
+	pb.RegisterWaitlistServiceServer(s.grpc, waitlistServer{n: n, life: s.life})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 

@@ -91,11 +91,13 @@ func openStore(t testing.TB, url string, edit func(*persistence.Config)) *persis
 func testShow(id string) persistence.Show {
 	return persistence.Show{
 		ID: id, Title: "Show " + id, City: "Pune", Venue: "Hall 1",
-		StartsAt:   t0.Add(48 * time.Hour),
-		HoldTTL:    5 * time.Minute,
-		Categories: []persistence.Category{{Name: "gold", PriceCents: 90000}, {Name: "silver", PriceCents: 50000}},
-		Rows:       []persistence.Row{{Label: "A", SeatCount: 10, Category: "gold"}, {Label: "B", SeatCount: 20, Category: "silver"}},
-		Capacity:   30,
+		StartsAt:    t0.Add(48 * time.Hour),
+		HoldTTL:     5 * time.Minute,
+		OfferWindow: 90 * time.Second, // not the defaults, so round trips show them
+		MaxWait:     30 * time.Minute,
+		Categories:  []persistence.Category{{Name: "gold", PriceCents: 90000}, {Name: "silver", PriceCents: 50000}},
+		Rows:        []persistence.Row{{Label: "A", SeatCount: 10, Category: "gold"}, {Label: "B", SeatCount: 20, Category: "silver"}},
+		Capacity:    30,
 	}
 }
 

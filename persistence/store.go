@@ -204,16 +204,21 @@ type Row struct {
 
 // Show is a show's row.
 type Show struct {
-	ID         string
-	Title      string
-	City       string
-	Venue      string
-	StartsAt   time.Time
-	HoldTTL    time.Duration
-	Categories []Category
-	Rows       []Row
-	Capacity   int
-	CreatedAt  time.Time
+	ID       string
+	Title    string
+	City     string
+	Venue    string
+	StartsAt time.Time
+	HoldTTL  time.Duration
+	// OfferWindow is how long a waitlist turn's offer lasts, MaxWait how
+	// long a user may wait. CreateShow stores zero as DefaultOfferWindow
+	// and DefaultMaxWait. Like HoldTTL they are kept in milliseconds.
+	OfferWindow time.Duration
+	MaxWait     time.Duration
+	Categories  []Category
+	Rows        []Row
+	Capacity    int
+	CreatedAt   time.Time
 }
 
 // Reservation is a reservation's row. Status is HELD, BOOKED, RELEASED or
@@ -244,19 +249,32 @@ type IdempotencyRecord struct {
 }
 
 // Snapshot is what a new owner needs to rebuild a show: the show, its live
-// reservations (HELD ones by expiry, then BOOKED ones) and its idempotency
+// reservations (HELD ones by expiry, then BOOKED ones), its idempotency
 // records younger than Config.IdempotencyRetention by the database's clock
-// at the load.
+// at the load, and its waitlist.
 type Snapshot struct {
 	Show        Show
 	Live        []Reservation
 	Idempotency []IdempotencyRecord
+	// Waiting are the waitlist's entries by Seq, ascending.
+	Waiting []WaitEntry
+	// Aside are the seats set aside for the head of the queue; nil if none.
+	Aside []string
 }
 
-// CreateShow inserts a show. ErrExists if its ID is taken.
+// CreateShow inserts a show and returns it as stored: zero OfferWindow and
+// MaxWait replaced by their defaults, CreatedAt set. ErrExists if its ID is
+// taken; ErrConflict if the database refuses a value, such as a HoldTTL,
+// OfferWindow or MaxWait under a millisecond.
 func (s *Store) CreateShow(ctx context.Context, sh Show) (Show, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
 	defer cancel()
+	if sh.OfferWindow == 0 {
+		sh.OfferWindow = DefaultOfferWindow
+	}
+	if sh.MaxWait == 0 {
+		sh.MaxWait = DefaultMaxWait
+	}
 	cats, err := json.Marshal(sh.Categories)
 	if err != nil {
 		return Show{}, err
@@ -266,11 +284,13 @@ func (s *Store) CreateShow(ctx context.Context, sh Show) (Show, error) {
 		return Show{}, err
 	}
 	err = s.pool.QueryRow(ctx, `
-		INSERT INTO shows (show_id, title, city, venue, starts_at, hold_ttl_ms, categories, rows, capacity)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		INSERT INTO shows (show_id, title, city, venue, starts_at, hold_ttl_ms, categories, rows, capacity,
+			offer_window_ms, max_wait_ms)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 		ON CONFLICT (show_id) DO NOTHING
 		RETURNING created_at`,
 		sh.ID, sh.Title, sh.City, sh.Venue, sh.StartsAt, sh.HoldTTL.Milliseconds(), cats, rows, sh.Capacity,
+		sh.OfferWindow.Milliseconds(), sh.MaxWait.Milliseconds(),
 	).Scan(&sh.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Show{}, fmt.Errorf("show %s: %w", sh.ID, ErrExists)
@@ -281,16 +301,20 @@ func (s *Store) CreateShow(ctx context.Context, sh Show) (Show, error) {
 	return sh, nil
 }
 
-const showColumns = `show_id, title, city, venue, starts_at, hold_ttl_ms, categories, rows, capacity, created_at`
+const showColumns = `show_id, title, city, venue, starts_at, hold_ttl_ms, categories, rows, capacity, created_at,
+	offer_window_ms, max_wait_ms`
 
 func scanShow(row pgx.Row) (Show, error) {
 	var sh Show
-	var ttlMS int64
+	var ttlMS, offerMS, waitMS int64
 	var cats, rows []byte
-	if err := row.Scan(&sh.ID, &sh.Title, &sh.City, &sh.Venue, &sh.StartsAt, &ttlMS, &cats, &rows, &sh.Capacity, &sh.CreatedAt); err != nil {
+	if err := row.Scan(&sh.ID, &sh.Title, &sh.City, &sh.Venue, &sh.StartsAt, &ttlMS, &cats, &rows, &sh.Capacity, &sh.CreatedAt,
+		&offerMS, &waitMS); err != nil {
 		return Show{}, err
 	}
 	sh.HoldTTL = time.Duration(ttlMS) * time.Millisecond
+	sh.OfferWindow = time.Duration(offerMS) * time.Millisecond
+	sh.MaxWait = time.Duration(waitMS) * time.Millisecond
 	if err := json.Unmarshal(cats, &sh.Categories); err != nil {
 		return Show{}, fmt.Errorf("show %s categories: %w", sh.ID, err)
 	}
@@ -368,7 +392,10 @@ func (s *Store) LoadShow(ctx context.Context, showID string) (Snapshot, error) {
 			err := r.Scan(&rec.Key, &rec.Fingerprint, &rec.ReservationID, &rec.CreatedAt)
 			return rec, err
 		})
-		return err
+		if err != nil {
+			return err
+		}
+		return loadWaitlist(ctx, tx, showID, &snap)
 	})
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("load show %s: %w", showID, classify(err))

@@ -12,7 +12,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// Kind is what a Mutation does to a reservation.
+// Kind is what a Mutation does: to a reservation, or (Waitlist) to a
+// show's waitlist only.
 type Kind uint8
 
 // Mutation kinds.
@@ -25,9 +26,14 @@ const (
 	Release
 	// Expire ends a HELD reservation as EXPIRED and frees its seats.
 	Expire
+	// Waitlist is the Kind of a mutation that changes only a show's
+	// waitlist: it has no reservation part (ReservationID, SeatIDs etc.
+	// unused) and must carry Waitlist; without one it writes nothing. It
+	// writes no reservation event, only the change's events.
+	Waitlist
 )
 
-var kindEvents = [...]string{Hold: "HELD", Confirm: "BOOKED", Release: "RELEASED", Expire: "EXPIRED"}
+var kindEvents = [...]string{Hold: "HELD", Confirm: "BOOKED", Release: "RELEASED", Expire: "EXPIRED", Waitlist: "WAITLIST"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindEvents) && kindEvents[k] != "" {
@@ -47,7 +53,10 @@ const MaxUserSeats = 10
 const ConfirmGrace = 5 * time.Second
 
 // Mutation is one change of one reservation, with the audit event it
-// produces and, optionally, the idempotency record of the request.
+// produces and, optionally, the idempotency record of the request and a
+// change of the show's waitlist; or, of Kind Waitlist, a change of the
+// waitlist alone. Its slices and Waitlist must not be modified after
+// Enqueue.
 type Mutation struct {
 	Kind Kind
 	// Epoch is the writer's ownership epoch of the show (from AcquireShow).
@@ -70,6 +79,10 @@ type Mutation struct {
 	// Confirm only).
 	IdempotencyKey string
 	Fingerprint    string
+	// Waitlist is optional for Hold, Confirm, Release and Expire, and
+	// applied in the same transaction (fenced and refused with the rest);
+	// required for Kind Waitlist.
+	Waitlist *WaitlistChange
 }
 
 // Pending is a queued mutation. Wait returns its outcome.
@@ -108,7 +121,9 @@ func (p *Pending) finish(err error) {
 // committed in queue order across batches; within a batch, statements are
 // grouped by kind, which is safe because the engine never queues a mutation
 // that depends on another one still in flight (a hold's seats stay taken in
-// memory until its release or expiry commits).
+// memory until its release or expiry commits). Waitlist rows are the
+// exception: mutations in flight together may change the same row, so a
+// transaction writes each row's last change in queue order (waitlistRows).
 type writer struct {
 	s     *Store
 	queue chan *Pending
@@ -395,7 +410,9 @@ type statements struct {
 	vAt                                    []time.Time
 	// idempotency records
 	iShow, iKey, iFP, iID []string
-	node                  string
+	// waitlist changes; their events are among the audit events
+	wait waitlistRows
+	node string
 	// retention is Config.IdempotencyRetention: an older record's key may
 	// be reused.
 	retention time.Duration
@@ -429,6 +446,17 @@ func (r *seatRows) add(m *Mutation) {
 func (st *statements) add(m *Mutation, node string) {
 	st.n++
 	st.node = node
+	if m.Kind != Waitlist {
+		st.addReservation(m)
+	}
+	if m.Waitlist != nil {
+		st.addWaitlist(m)
+	}
+}
+
+// addReservation adds the reservation part of m, its event and its
+// idempotency record.
+func (st *statements) addReservation(m *Mutation) {
 	seats := strings.Join(m.SeatIDs, ",")
 	switch m.Kind {
 	case Hold:
@@ -473,11 +501,7 @@ func (st *statements) add(m *Mutation, node string) {
 // would be right; updates must touch exactly one row per mutation.
 func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 	b := &pgx.Batch{}
-	type check struct {
-		want int64
-		what string
-	}
-	var checks []check
+	var checks []rowCheck
 	// The updates of reservations find each row by reservation_id alone, by
 	// its unique index: "r.show_id || '' = u.show_id" still checks the show
 	// but cannot drive an index. Matched on show_id too, a plan made while
@@ -489,13 +513,13 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(show_id, id, status, at)
 			WHERE r.reservation_id = u.id AND r.show_id || '' = u.show_id AND r.status = 'HELD'`,
 			st.eShow, st.eID, st.eStatus, st.eAt)
-		checks = append(checks, check{int64(len(st.eID)), "end holds"})
+		checks = append(checks, rowCheck{int64(len(st.eID)), "end holds"})
 		b.Queue(`DELETE FROM seat_claims c USING unnest($1::text[], $2::text[], $3::text[]) AS u(show_id, seat_id, id)
 			WHERE c.show_id = u.show_id AND c.seat_id = u.seat_id AND c.reservation_id = u.id`, st.freed.show, st.freed.seat, st.freed.id)
 		// Not counted: a claim missing already (a repaired database) must not
 		// stop the hold from ending, and one naming another reservation is
 		// left alone by the filter.
-		checks = append(checks, check{-1, "free seats"})
+		checks = append(checks, rowCheck{-1, "free seats"})
 	}
 	if len(st.hID) > 0 {
 		b.Queue(`INSERT INTO reservations (show_id, reservation_id, user_id, status, seat_ids, created_at, expires_at)
@@ -503,10 +527,10 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[])
 				AS u(show_id, id, user_id, seats, at, exp)`,
 			st.hShow, st.hID, st.hUser, st.hSeats, st.hAt, st.hExp)
-		checks = append(checks, check{int64(len(st.hID)), "insert holds"})
+		checks = append(checks, rowCheck{int64(len(st.hID)), "insert holds"})
 		b.Queue(`INSERT INTO seat_claims (show_id, seat_id, reservation_id)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`, st.claims.show, st.claims.seat, st.claims.id)
-		checks = append(checks, check{int64(len(st.claims.id)), "claim seats"})
+		checks = append(checks, rowCheck{int64(len(st.claims.id)), "claim seats"})
 		// The database's own check of the seat limit: no user of a new hold
 		// may have more than MaxUserSeats seats of the show, held plus
 		// booked, the batch's holds included. It reads all of the user's
@@ -520,7 +544,7 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 			CROSS JOIN LATERAL (SELECT sum(cardinality(r.seat_ids)) FILTER (WHERE r.show_id = u.show_id AND r.status IN ('HELD', 'BOOKED')) AS seats
 				FROM reservations r WHERE r.user_id = u.user_id) s
 			WHERE s.seats > $3`, st.holders.show, st.holders.user, MaxUserSeats)
-		checks = append(checks, check{0, "users over the seat limit"})
+		checks = append(checks, rowCheck{0, "users over the seat limit"})
 	}
 	if len(st.bID) > 0 {
 		// A hold past its expiry plus grace is not booked, whatever the
@@ -530,14 +554,17 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 			WHERE r.reservation_id = u.id AND r.show_id || '' = u.show_id AND r.status = 'HELD'
 			  AND u.at <= r.expires_at + $5::interval`,
 			st.bShow, st.bID, st.bRef, st.bAt, ConfirmGrace)
-		checks = append(checks, check{int64(len(st.bID)), "book holds"})
+		checks = append(checks, rowCheck{int64(len(st.bID)), "book holds"})
 	}
-	b.Queue(`INSERT INTO reservation_events (show_id, reservation_id, user_id, kind, seat_ids, payment_ref, node_id, epoch, at)
-		SELECT show_id, id, user_id, kind, string_to_array(seats, ','), nullif(ref, ''), $9, epoch, at
-		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::timestamptz[])
-			AS u(show_id, id, user_id, kind, seats, ref, epoch, at)`,
-		st.vShow, st.vID, st.vUser, st.vKind, st.vSeats, st.vRef, st.vEpoch, st.vAt, st.node)
-	checks = append(checks, check{int64(len(st.vID)), "audit"})
+	if len(st.vID) > 0 {
+		b.Queue(`INSERT INTO reservation_events (show_id, reservation_id, user_id, kind, seat_ids, payment_ref, node_id, epoch, at)
+			SELECT show_id, id, user_id, kind, string_to_array(seats, ','), nullif(ref, ''), $9, epoch, at
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::timestamptz[])
+				AS u(show_id, id, user_id, kind, seats, ref, epoch, at)`,
+			st.vShow, st.vID, st.vUser, st.vKind, st.vSeats, st.vRef, st.vEpoch, st.vAt, st.node)
+		checks = append(checks, rowCheck{int64(len(st.vID)), "audit"})
+	}
+	checks = st.wait.queue(b, checks)
 	if len(st.iKey) > 0 {
 		if st.renewKeys {
 			// A key older than the retention (not loaded, maybe not pruned
@@ -554,7 +581,7 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 			b.Queue(`INSERT INTO idempotency_keys (show_id, idempotency_key, fingerprint, reservation_id)
 				SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])`, st.iShow, st.iKey, st.iFP, st.iID)
 		}
-		checks = append(checks, check{int64(len(st.iKey)), "idempotency"})
+		checks = append(checks, rowCheck{int64(len(st.iKey)), "idempotency"})
 	}
 	br := tx.SendBatch(ctx, b)
 	for _, c := range checks {
@@ -569,6 +596,13 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 		}
 	}
 	return br.Close()
+}
+
+// rowCheck is the number of rows a statement of a batch must touch (-1:
+// any), and what it does, for the error.
+type rowCheck struct {
+	want int64
+	what string
 }
 
 // rowCountError is a statement of a batch that touched fewer rows than it

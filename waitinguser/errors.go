@@ -9,6 +9,14 @@ var (
 	ErrSeatsWanted = errors.New("seats wanted must be 1 to 10")
 	// ErrNotWaiting: the user is not in the queue.
 	ErrNotWaiting = errors.New("not waiting")
+	// ErrUserLimit: the seats wanted plus the user's held and booked seats
+	// would pass MaxSeatsWanted.
+	ErrUserLimit = errors.New("user seat limit reached")
+	// ErrSeatsAvailable: as many seats as wanted are available now; the
+	// user should hold them instead of waiting.
+	ErrSeatsAvailable = errors.New("seats are available")
+	// ErrSoldOut: the show can never free as many seats as wanted.
+	ErrSoldOut = errors.New("sold out")
 	// ErrCorrupt: persisted entries contradict each other (a user twice).
-	ErrCorrupt = errors.New("inconsistent waiting entries")
+	ErrCorrupt = errors.New("inconsistent waitlist rows")
 )

@@ -28,7 +28,10 @@ const (
 
 // Entry is a waiting user. Values handed out by a Queue are copies.
 type Entry struct {
-	User        UserID
+	User UserID
+	// Seq is the entry's place in join order: it increases with every join
+	// of the queue, and persists with the entry.
+	Seq         int64
 	SeatsWanted int
 	JoinedAt    time.Time
 	// Deadline is when the entry times out: JoinedAt plus the queue's
@@ -56,6 +59,7 @@ type Queue struct {
 	entries *ordmap.Map[UserID, entry] // join order
 	ranks   fenwick                    // 1 per live slot
 	next    int                        // the next slot to give out
+	seq     int64                      // the Seq of the newest entry ever
 	turns   turnRate
 }
 
@@ -94,7 +98,8 @@ func (q *Queue) Join(user UserID, seats int, now time.Time) (e Entry, existed bo
 	if old, ok := q.entries.Get(user); ok {
 		return old.Entry, true, nil
 	}
-	e = Entry{User: user, SeatsWanted: seats, JoinedAt: now, Deadline: now.Add(q.maxWait)}
+	q.seq++
+	e = Entry{User: user, Seq: q.seq, SeatsWanted: seats, JoinedAt: now, Deadline: now.Add(q.maxWait)}
 	if _, last, ok := q.entries.Back(); ok && last.Deadline.After(e.Deadline) {
 		e.Deadline = last.Deadline
 	}
@@ -103,8 +108,9 @@ func (q *Queue) Join(user UserID, seats int, now time.Time) (e Entry, existed bo
 }
 
 // Restore puts back a persisted entry at the tail, when a show is rebuilt
-// from its rows; entries must be restored in join order. It enforces one
-// entry per user and the seat count; ErrCorrupt otherwise.
+// from its rows; entries must be restored in join order (increasing Seq).
+// It enforces one entry per user, the seat count and the order; ErrCorrupt
+// otherwise.
 func (q *Queue) Restore(e Entry) error {
 	if e.SeatsWanted < 1 || e.SeatsWanted > MaxSeatsWanted {
 		return fmt.Errorf("%w: %s wants %d seats", ErrCorrupt, e.User, e.SeatsWanted)
@@ -112,6 +118,10 @@ func (q *Queue) Restore(e Entry) error {
 	if _, ok := q.entries.Get(e.User); ok {
 		return fmt.Errorf("%w: %s waits twice", ErrCorrupt, e.User)
 	}
+	if e.Seq <= q.seq {
+		return fmt.Errorf("%w: %s joined as %d, after %d", ErrCorrupt, e.User, e.Seq, q.seq)
+	}
+	q.seq = e.Seq
 	if _, last, ok := q.entries.Back(); ok && last.Deadline.After(e.Deadline) {
 		e.Deadline = last.Deadline
 	}

@@ -81,6 +81,7 @@ type Node struct {
 	Catalog      pb.CatalogServiceClient
 	Reservations pb.ReservationServiceClient
 	Admin        pb.AdminServiceClient
+	Waitlist     pb.WaitlistServiceClient
 
 	stopOnce sync.Once
 }
@@ -148,6 +149,7 @@ func StartNode(t testing.TB, url string, opts Options) *Node {
 	n.Catalog = pb.NewCatalogServiceClient(n.Conn)
 	n.Reservations = pb.NewReservationServiceClient(n.Conn)
 	n.Admin = pb.NewAdminServiceClient(n.Conn)
+	n.Waitlist = pb.NewWaitlistServiceClient(n.Conn)
 	t.Cleanup(n.Stop)
 	return n
 }

@@ -35,7 +35,11 @@ type CreateShowRequest struct {
 	HoldTtl    *durationpb.Duration `protobuf:"bytes,6,opt,name=hold_ttl,json=holdTtl,proto3" json:"hold_ttl,omitempty"`
 	Categories []*Category          `protobuf:"bytes,7,rep,name=categories,proto3" json:"categories,omitempty"`
 	// 1 or more rows with distinct labels, 1-100,000 seats in all.
-	Rows          []*Row `protobuf:"bytes,8,rep,name=rows,proto3" json:"rows,omitempty"`
+	Rows []*Row `protobuf:"bytes,8,rep,name=rows,proto3" json:"rows,omitempty"`
+	// Optional: how long a waitlist turn's offer lasts. Unset means 2 minutes.
+	OfferWindow *durationpb.Duration `protobuf:"bytes,9,opt,name=offer_window,json=offerWindow,proto3" json:"offer_window,omitempty"`
+	// Optional: how long a user may wait on the waitlist. Unset means 1 hour.
+	MaxWait       *durationpb.Duration `protobuf:"bytes,10,opt,name=max_wait,json=maxWait,proto3" json:"max_wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -122,6 +126,20 @@ func (x *CreateShowRequest) GetCategories() []*Category {
 func (x *CreateShowRequest) GetRows() []*Row {
 	if x != nil {
 		return x.Rows
+	}
+	return nil
+}
+
+func (x *CreateShowRequest) GetOfferWindow() *durationpb.Duration {
+	if x != nil {
+		return x.OfferWindow
+	}
+	return nil
+}
+
+func (x *CreateShowRequest) GetMaxWait() *durationpb.Duration {
+	if x != nil {
+		return x.MaxWait
 	}
 	return nil
 }
@@ -262,7 +280,7 @@ var File_boxoffice_v1_catalog_proto protoreflect.FileDescriptor
 
 const file_boxoffice_v1_catalog_proto_rawDesc = "" +
 	"\n" +
-	"\x1aboxoffice/v1/catalog.proto\x12\fboxoffice.v1\x1a\x18boxoffice/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x02\n" +
+	"\x1aboxoffice/v1/catalog.proto\x12\fboxoffice.v1\x1a\x18boxoffice/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x03\n" +
 	"\x11CreateShowRequest\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12\x12\n" +
@@ -273,7 +291,10 @@ const file_boxoffice_v1_catalog_proto_rawDesc = "" +
 	"\n" +
 	"categories\x18\a \x03(\v2\x16.boxoffice.v1.CategoryR\n" +
 	"categories\x12%\n" +
-	"\x04rows\x18\b \x03(\v2\x11.boxoffice.v1.RowR\x04rows\"<\n" +
+	"\x04rows\x18\b \x03(\v2\x11.boxoffice.v1.RowR\x04rows\x12<\n" +
+	"\foffer_window\x18\t \x01(\v2\x19.google.protobuf.DurationR\vofferWindow\x124\n" +
+	"\bmax_wait\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\amaxWait\"<\n" +
 	"\x12CreateShowResponse\x12&\n" +
 	"\x04show\x18\x01 \x01(\v2\x12.boxoffice.v1.ShowR\x04show\")\n" +
 	"\x0eGetShowRequest\x12\x17\n" +
@@ -310,21 +331,23 @@ var file_boxoffice_v1_catalog_proto_goTypes = []any{
 	(*Show)(nil),                  // 8: boxoffice.v1.Show
 }
 var file_boxoffice_v1_catalog_proto_depIdxs = []int32{
-	4, // 0: boxoffice.v1.CreateShowRequest.starts_at:type_name -> google.protobuf.Timestamp
-	5, // 1: boxoffice.v1.CreateShowRequest.hold_ttl:type_name -> google.protobuf.Duration
-	6, // 2: boxoffice.v1.CreateShowRequest.categories:type_name -> boxoffice.v1.Category
-	7, // 3: boxoffice.v1.CreateShowRequest.rows:type_name -> boxoffice.v1.Row
-	8, // 4: boxoffice.v1.CreateShowResponse.show:type_name -> boxoffice.v1.Show
-	8, // 5: boxoffice.v1.GetShowResponse.show:type_name -> boxoffice.v1.Show
-	0, // 6: boxoffice.v1.CatalogService.CreateShow:input_type -> boxoffice.v1.CreateShowRequest
-	2, // 7: boxoffice.v1.CatalogService.GetShow:input_type -> boxoffice.v1.GetShowRequest
-	1, // 8: boxoffice.v1.CatalogService.CreateShow:output_type -> boxoffice.v1.CreateShowResponse
-	3, // 9: boxoffice.v1.CatalogService.GetShow:output_type -> boxoffice.v1.GetShowResponse
-	8, // [8:10] is the sub-list for method output_type
-	6, // [6:8] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	4,  // 0: boxoffice.v1.CreateShowRequest.starts_at:type_name -> google.protobuf.Timestamp
+	5,  // 1: boxoffice.v1.CreateShowRequest.hold_ttl:type_name -> google.protobuf.Duration
+	6,  // 2: boxoffice.v1.CreateShowRequest.categories:type_name -> boxoffice.v1.Category
+	7,  // 3: boxoffice.v1.CreateShowRequest.rows:type_name -> boxoffice.v1.Row
+	5,  // 4: boxoffice.v1.CreateShowRequest.offer_window:type_name -> google.protobuf.Duration
+	5,  // 5: boxoffice.v1.CreateShowRequest.max_wait:type_name -> google.protobuf.Duration
+	8,  // 6: boxoffice.v1.CreateShowResponse.show:type_name -> boxoffice.v1.Show
+	8,  // 7: boxoffice.v1.GetShowResponse.show:type_name -> boxoffice.v1.Show
+	0,  // 8: boxoffice.v1.CatalogService.CreateShow:input_type -> boxoffice.v1.CreateShowRequest
+	2,  // 9: boxoffice.v1.CatalogService.GetShow:input_type -> boxoffice.v1.GetShowRequest
+	1,  // 10: boxoffice.v1.CatalogService.CreateShow:output_type -> boxoffice.v1.CreateShowResponse
+	3,  // 11: boxoffice.v1.CatalogService.GetShow:output_type -> boxoffice.v1.GetShowResponse
+	10, // [10:12] is the sub-list for method output_type
+	8,  // [8:10] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_boxoffice_v1_catalog_proto_init() }

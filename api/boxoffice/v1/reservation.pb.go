@@ -88,7 +88,11 @@ type GetSeatMapResponse struct {
 	// seat counting row by row.
 	Rows []*Row `protobuf:"bytes,6,rep,name=rows,proto3" json:"rows,omitempty"`
 	// One byte per seat in layout order, holding a SeatStatus value.
-	Statuses      []byte `protobuf:"bytes,7,opt,name=statuses,proto3" json:"statuses,omitempty"`
+	Statuses []byte `protobuf:"bytes,7,opt,name=statuses,proto3" json:"statuses,omitempty"`
+	// Seats in SEAT_STATUS_OFFERED: held back for the waitlist.
+	Offered int32 `protobuf:"varint,8,opt,name=offered,proto3" json:"offered,omitempty"`
+	// Users on the show's waitlist, waiting or holding a turn.
+	Waiting       int32 `protobuf:"varint,9,opt,name=waiting,proto3" json:"waiting,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -170,6 +174,20 @@ func (x *GetSeatMapResponse) GetStatuses() []byte {
 		return x.Statuses
 	}
 	return nil
+}
+
+func (x *GetSeatMapResponse) GetOffered() int32 {
+	if x != nil {
+		return x.Offered
+	}
+	return 0
+}
+
+func (x *GetSeatMapResponse) GetWaiting() int32 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
 }
 
 type HoldSeatsRequest struct {
@@ -759,7 +777,7 @@ const file_boxoffice_v1_reservation_proto_rawDesc = "" +
 	"\x1eboxoffice/v1/reservation.proto\x12\fboxoffice.v1\x1a\x18boxoffice/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n" +
 	"\x11GetSeatMapRequest\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12%\n" +
-	"\x0einclude_layout\x18\x02 \x01(\bR\rincludeLayout\"\xd4\x01\n" +
+	"\x0einclude_layout\x18\x02 \x01(\bR\rincludeLayout\"\x88\x02\n" +
 	"\x12GetSeatMapResponse\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x1c\n" +
@@ -767,7 +785,9 @@ const file_boxoffice_v1_reservation_proto_rawDesc = "" +
 	"\x04held\x18\x04 \x01(\x05R\x04held\x12\x16\n" +
 	"\x06booked\x18\x05 \x01(\x05R\x06booked\x12%\n" +
 	"\x04rows\x18\x06 \x03(\v2\x11.boxoffice.v1.RowR\x04rows\x12\x1a\n" +
-	"\bstatuses\x18\a \x01(\fR\bstatuses\"\x88\x01\n" +
+	"\bstatuses\x18\a \x01(\fR\bstatuses\x12\x18\n" +
+	"\aoffered\x18\b \x01(\x05R\aoffered\x12\x18\n" +
+	"\awaiting\x18\t \x01(\x05R\awaiting\"\x88\x01\n" +
 	"\x10HoldSeatsRequest\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x19\n" +

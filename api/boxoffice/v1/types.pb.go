@@ -31,6 +31,10 @@ const (
 	SeatStatus_SEAT_STATUS_AVAILABLE   SeatStatus = 1
 	SeatStatus_SEAT_STATUS_HELD        SeatStatus = 2
 	SeatStatus_SEAT_STATUS_BOOKED      SeatStatus = 3
+	// Held back for the waitlist: set aside for the user at the head of the
+	// waitlist, or offered to a user whose turn it is. Not available to anyone
+	// else; only the offered user may hold it.
+	SeatStatus_SEAT_STATUS_OFFERED SeatStatus = 4
 )
 
 // Enum value maps for SeatStatus.
@@ -40,12 +44,14 @@ var (
 		1: "SEAT_STATUS_AVAILABLE",
 		2: "SEAT_STATUS_HELD",
 		3: "SEAT_STATUS_BOOKED",
+		4: "SEAT_STATUS_OFFERED",
 	}
 	SeatStatus_value = map[string]int32{
 		"SEAT_STATUS_UNSPECIFIED": 0,
 		"SEAT_STATUS_AVAILABLE":   1,
 		"SEAT_STATUS_HELD":        2,
 		"SEAT_STATUS_BOOKED":      3,
+		"SEAT_STATUS_OFFERED":     4,
 	}
 )
 
@@ -261,8 +267,13 @@ type Show struct {
 	// Rows in layout order.
 	Rows []*Row `protobuf:"bytes,8,rep,name=rows,proto3" json:"rows,omitempty"`
 	// Number of seats, the sum of the rows' seat counts.
-	Capacity      int32                  `protobuf:"varint,9,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Capacity  int32                  `protobuf:"varint,9,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// How long a waitlist turn's offer lasts before it lapses. Default 2 minutes.
+	OfferWindow *durationpb.Duration `protobuf:"bytes,11,opt,name=offer_window,json=offerWindow,proto3" json:"offer_window,omitempty"`
+	// How long a user may wait on the waitlist before the entry times out.
+	// Default 1 hour.
+	MaxWait       *durationpb.Duration `protobuf:"bytes,12,opt,name=max_wait,json=maxWait,proto3" json:"max_wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -363,6 +374,20 @@ func (x *Show) GetCapacity() int32 {
 func (x *Show) GetCreatedAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Show) GetOfferWindow() *durationpb.Duration {
+	if x != nil {
+		return x.OfferWindow
+	}
+	return nil
+}
+
+func (x *Show) GetMaxWait() *durationpb.Duration {
+	if x != nil {
+		return x.MaxWait
 	}
 	return nil
 }
@@ -501,7 +526,7 @@ const file_boxoffice_v1_types_proto_rawDesc = "" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +
 	"seat_count\x18\x02 \x01(\x05R\tseatCount\x12\x1a\n" +
-	"\bcategory\x18\x03 \x01(\tR\bcategory\"\x84\x03\n" +
+	"\bcategory\x18\x03 \x01(\tR\bcategory\"\xf8\x03\n" +
 	"\x04Show\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12\x12\n" +
@@ -516,7 +541,9 @@ const file_boxoffice_v1_types_proto_rawDesc = "" +
 	"\bcapacity\x18\t \x01(\x05R\bcapacity\x129\n" +
 	"\n" +
 	"created_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xb3\x03\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12<\n" +
+	"\foffer_window\x18\v \x01(\v2\x19.google.protobuf.DurationR\vofferWindow\x124\n" +
+	"\bmax_wait\x18\f \x01(\v2\x19.google.protobuf.DurationR\amaxWait\"\xb3\x03\n" +
 	"\vReservation\x12\x17\n" +
 	"\ahold_id\x18\x01 \x01(\tR\x06holdId\x12\x17\n" +
 	"\ashow_id\x18\x02 \x01(\tR\x06showId\x12\x17\n" +
@@ -531,13 +558,14 @@ const file_boxoffice_v1_types_proto_rawDesc = "" +
 	"\bended_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt\x12\x1f\n" +
 	"\vpayment_ref\x18\n" +
 	" \x01(\tR\n" +
-	"paymentRef*r\n" +
+	"paymentRef*\x8b\x01\n" +
 	"\n" +
 	"SeatStatus\x12\x1b\n" +
 	"\x17SEAT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15SEAT_STATUS_AVAILABLE\x10\x01\x12\x14\n" +
 	"\x10SEAT_STATUS_HELD\x10\x02\x12\x16\n" +
-	"\x12SEAT_STATUS_BOOKED\x10\x03*\xb4\x01\n" +
+	"\x12SEAT_STATUS_BOOKED\x10\x03\x12\x17\n" +
+	"\x13SEAT_STATUS_OFFERED\x10\x04*\xb4\x01\n" +
 	"\x11ReservationStatus\x12\"\n" +
 	"\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17RESERVATION_STATUS_HELD\x10\x01\x12\x1d\n" +
@@ -575,16 +603,18 @@ var file_boxoffice_v1_types_proto_depIdxs = []int32{
 	2,  // 2: boxoffice.v1.Show.categories:type_name -> boxoffice.v1.Category
 	3,  // 3: boxoffice.v1.Show.rows:type_name -> boxoffice.v1.Row
 	6,  // 4: boxoffice.v1.Show.created_at:type_name -> google.protobuf.Timestamp
-	1,  // 5: boxoffice.v1.Reservation.status:type_name -> boxoffice.v1.ReservationStatus
-	6,  // 6: boxoffice.v1.Reservation.created_at:type_name -> google.protobuf.Timestamp
-	6,  // 7: boxoffice.v1.Reservation.expires_at:type_name -> google.protobuf.Timestamp
-	6,  // 8: boxoffice.v1.Reservation.booked_at:type_name -> google.protobuf.Timestamp
-	6,  // 9: boxoffice.v1.Reservation.ended_at:type_name -> google.protobuf.Timestamp
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	7,  // 5: boxoffice.v1.Show.offer_window:type_name -> google.protobuf.Duration
+	7,  // 6: boxoffice.v1.Show.max_wait:type_name -> google.protobuf.Duration
+	1,  // 7: boxoffice.v1.Reservation.status:type_name -> boxoffice.v1.ReservationStatus
+	6,  // 8: boxoffice.v1.Reservation.created_at:type_name -> google.protobuf.Timestamp
+	6,  // 9: boxoffice.v1.Reservation.expires_at:type_name -> google.protobuf.Timestamp
+	6,  // 10: boxoffice.v1.Reservation.booked_at:type_name -> google.protobuf.Timestamp
+	6,  // 11: boxoffice.v1.Reservation.ended_at:type_name -> google.protobuf.Timestamp
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_boxoffice_v1_types_proto_init() }

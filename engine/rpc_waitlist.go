@@ -1,0 +1,146 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ar "github.com/boxoffice/boxoffice/activereservation"
+	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+)
+
+// MaxPollWait is the longest PollWaitlist waits for a change.
+const MaxPollWait = 30 * time.Second
+
+// waitlistServer is the wire side of WaitlistService. Watches and polls end
+// when life does (at Shutdown), so that they never hold a graceful stop.
+type waitlistServer struct {
+	pb.UnimplementedWaitlistServiceServer
+	n    *Node
+	life context.Context
+}
+
+func (s waitlistServer) JoinWaitlist(ctx context.Context, req *pb.JoinWaitlistRequest) (*pb.JoinWaitlistResponse, error) {
+	v, existed, err := s.n.JoinWaitlist(ctx, ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId()), int(req.GetSeatsWanted()))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.JoinWaitlistResponse{Entry: waitViewToPB(v), Existed: existed}, nil
+}
+
+func (s waitlistServer) LeaveWaitlist(ctx context.Context, req *pb.LeaveWaitlistRequest) (*pb.LeaveWaitlistResponse, error) {
+	v, err := s.n.LeaveWaitlist(ctx, ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId()))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.LeaveWaitlistResponse{Entry: waitViewToPB(v)}, nil
+}
+
+// WatchWaitlist sends the entry as it is, then the entry whenever the
+// user's standing changes (position, turn, end), and ends after the end.
+func (s waitlistServer) WatchWaitlist(req *pb.WatchWaitlistRequest, stream pb.WaitlistService_WatchWaitlistServer) error {
+	ctx := stream.Context()
+	show, user := ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId())
+	var last *pb.WaitlistEntry
+	for {
+		v, changed, err := s.n.WaitlistEntry(ctx, show, user)
+		if err != nil {
+			return toStatus(err)
+		}
+		if e := waitViewToPB(v); last == nil || standingChanged(last, e) {
+			if err := stream.Send(&pb.WatchWaitlistResponse{Entry: e}); err != nil {
+				return err
+			}
+			last = e
+		}
+		if v.State.Ended() {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return toStatus(ctx.Err())
+		case <-s.life.Done():
+			return toStatus(fmt.Errorf("watch: %w", ErrShuttingDown))
+		}
+	}
+}
+
+// PollWaitlist answers at once when the waitlist changed since the
+// caller's version (or the entry ended), otherwise when it next changes or
+// the caller's wait (at most MaxPollWait) ends, whichever comes first.
+func (s waitlistServer) PollWaitlist(ctx context.Context, req *pb.PollWaitlistRequest) (*pb.PollWaitlistResponse, error) {
+	wait := time.Duration(0)
+	if d := req.GetWait(); d != nil {
+		if d.CheckValid() != nil || d.AsDuration() < 0 || d.AsDuration() > MaxPollWait {
+			return nil, toStatus(fmt.Errorf("%w: wait must be 0 to %s", ErrInvalid, MaxPollWait))
+		}
+		wait = d.AsDuration()
+	}
+	show, user := ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId())
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		v, changed, err := s.n.WaitlistEntry(ctx, show, user)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		if v.Version != req.GetSinceVersion() || v.State.Ended() {
+			return &pb.PollWaitlistResponse{Entry: waitViewToPB(v)}, nil
+		}
+		select {
+		case <-changed:
+			continue
+		case <-timer.C:
+		case <-ctx.Done():
+			return nil, toStatus(ctx.Err())
+		case <-s.life.Done():
+		}
+		return &pb.PollWaitlistResponse{Entry: waitViewToPB(v)}, nil
+	}
+}
+
+// standingChanged reports whether e differs from last in what a waiting
+// user acts on: state, position, turn. Versions and estimates alone are
+// not worth a message.
+func standingChanged(last, e *pb.WaitlistEntry) bool {
+	return last.GetState() != e.GetState() || last.GetPosition() != e.GetPosition() ||
+		last.GetTurn().GetDeadline().AsTime() != e.GetTurn().GetDeadline().AsTime()
+}
+
+var waitStates = [...]pb.WaitlistState{
+	WaitWaiting:  pb.WaitlistState_WAITLIST_STATE_WAITING,
+	WaitTurn:     pb.WaitlistState_WAITLIST_STATE_TURN,
+	WaitDone:     pb.WaitlistState_WAITLIST_STATE_DONE,
+	WaitLapsed:   pb.WaitlistState_WAITLIST_STATE_LAPSED,
+	WaitLeft:     pb.WaitlistState_WAITLIST_STATE_LEFT,
+	WaitSoldOut:  pb.WaitlistState_WAITLIST_STATE_SOLD_OUT,
+	WaitTimedOut: pb.WaitlistState_WAITLIST_STATE_TIMED_OUT,
+}
+
+func waitViewToPB(v WaitView) *pb.WaitlistEntry {
+	e := &pb.WaitlistEntry{
+		ShowId:      string(v.Show),
+		UserId:      string(v.Entry.User),
+		State:       waitStates[v.State],
+		SeatsWanted: int32(v.Entry.SeatsWanted),
+		Position:    int32(v.Position),
+		JoinedAt:    timestamppb.New(v.Entry.JoinedAt),
+		Deadline:    timestamppb.New(v.Entry.Deadline),
+		Version:     v.Version,
+		Sequence:    v.Entry.Seq,
+	}
+	if v.HasEstimate {
+		e.EstimatedWait = durationpb.New(v.EstimatedWait)
+	}
+	if t := v.Turn; t != nil {
+		e.Turn = &pb.WaitlistTurn{SeatIds: t.Seats}
+		if !t.OfferedAt.IsZero() {
+			e.Turn.OfferedAt, e.Turn.Deadline = timestamppb.New(t.OfferedAt), timestamppb.New(t.Deadline)
+		}
+	}
+	return e
+}

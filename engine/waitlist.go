@@ -1,0 +1,457 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	ar "github.com/boxoffice/boxoffice/activereservation"
+	"github.com/boxoffice/boxoffice/internal/ordmap"
+	"github.com/boxoffice/boxoffice/persistence"
+	wu "github.com/boxoffice/boxoffice/waitinguser"
+)
+
+// WaitState is where a user stands on a show's waitlist.
+type WaitState uint8
+
+// Waitlist states: waiting, holding a turn, or one of the ends.
+const (
+	WaitWaiting WaitState = iota + 1
+	WaitTurn
+	WaitDone
+	WaitLapsed
+	WaitLeft
+	WaitSoldOut
+	WaitTimedOut
+)
+
+// endStates maps a reason an entry ended to its state.
+var endStates = [...]WaitState{wu.Done: WaitDone, wu.Lapsed: WaitLapsed, wu.Left: WaitLeft, wu.SoldOut: WaitSoldOut, wu.TimedOut: WaitTimedOut}
+
+// Ended reports whether s is an end state.
+func (s WaitState) Ended() bool { return s >= WaitDone }
+
+// WaitView is a user's entry on a show's waitlist as the user sees it.
+type WaitView struct {
+	Show  ar.ShowID
+	Entry wu.Entry
+	State WaitState
+	// Position is the number of users waiting ahead (WaitWaiting only).
+	Position int
+	// EstimatedWait is from the recent rate of turns; HasEstimate is false
+	// while there is none.
+	EstimatedWait time.Duration
+	HasEstimate   bool
+	// Turn is the offer, in WaitTurn (and, as it was, in the end states
+	// that follow a turn).
+	Turn *wu.Turn
+	// Version is the show's waitlist version when the view was taken: it
+	// changes whenever the waitlist changes.
+	Version uint64
+}
+
+// endedRetention is how long a user's ended entry is still answered (see
+// waitlist.ended), and maxEnded the most ended entries a show keeps.
+const (
+	endedRetention = 5 * time.Minute
+	maxEnded       = 100_000
+)
+
+// waitlist is a show's waitlist state beside its rules, guarded by show.mu.
+type waitlist struct {
+	rules *wu.Waitlist
+	// version changes with every change of the waitlist; changed is closed
+	// and replaced when it does, waking the watchers and pollers.
+	version uint64
+	changed chan struct{}
+	// ended keeps the entries that ended recently, oldest first, so that a
+	// user polling after the end learns how it ended. It is memory only: a
+	// reload forgets it (the audit log has every end).
+	ended *ordmap.Map[wu.UserID, endedView]
+	// writes counts waitlist writes in flight; a show with any is not
+	// evicted.
+	writes int
+}
+
+// endedView is an ended entry's view and when it ended.
+type endedView struct {
+	WaitView
+	at time.Time
+}
+
+func newWaitlist(cfg wu.WaitlistConfig, versionBase uint64) waitlist {
+	return waitlist{
+		rules:   wu.NewWaitlist(cfg),
+		version: versionBase,
+		changed: make(chan struct{}),
+		ended:   ordmap.New[wu.UserID, endedView](0),
+	}
+}
+
+// notifyLocked bumps the version and wakes everyone waiting for a change.
+func (w *waitlist) notifyLocked() {
+	w.version++
+	close(w.changed)
+	w.changed = make(chan struct{})
+}
+
+// viewLocked returns user's view; false if user is neither on the
+// waitlist nor ended recently.
+func (sh *show) viewLocked(user wu.UserID) (WaitView, bool) {
+	w := &sh.wait
+	v := WaitView{Show: sh.id, Version: w.version}
+	if t, ok := w.rules.Turn(user); ok {
+		v.Entry, v.State, v.Turn = t.Entry, WaitTurn, &t
+		return v, true
+	}
+	if e, ok := w.rules.Get(user); ok {
+		v.Entry, v.State = e, WaitWaiting
+		v.Position, _ = w.rules.Position(user)
+		v.EstimatedWait, v.HasEstimate = w.rules.EstimatedWait(v.Position)
+		return v, true
+	}
+	if ended, ok := w.ended.Get(user); ok {
+		ended.Version = w.version
+		return ended.WaitView, true
+	}
+	return WaitView{}, false
+}
+
+// JoinWaitlist puts user on the show's waitlist for wanted seats, and
+// answers after the join is durable. A user already on it gets that entry,
+// existed true. Refusals: wu.ErrSeatsWanted, wu.ErrUserLimit,
+// wu.ErrSeatsAvailable, wu.ErrSoldOut. If the write fails, the show is
+// reloaded from the database before its next change.
+func (n *Node) JoinWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID, wanted int) (v WaitView, existed bool, err error) {
+	if err := validateUser(user); err != nil {
+		return WaitView{}, false, err
+	}
+	if wanted < 1 || wanted > wu.MaxSeatsWanted {
+		return WaitView{}, false, fmt.Errorf("%w: %d", wu.ErrSeatsWanted, wanted)
+	}
+	sh, err := n.lockForChange(ctx, id)
+	if err != nil {
+		return WaitView{}, false, err
+	}
+	defer n.gate.leave()
+	now := n.now()
+	available, held, _, offered := sh.rules.Counts()
+	seats := wu.Seats{Available: available, Held: held, Offered: offered, User: sh.rules.UserSeats(user)}
+	e, existed, err := sh.wait.rules.Join(wu.UserID(user), wanted, now, seats)
+	if err != nil || existed {
+		v, _ = sh.viewLocked(wu.UserID(user))
+		sh.mu.Unlock()
+		n.metrics.waitJoins(err)
+		return v, existed, err
+	}
+	change := &persistence.WaitlistChange{
+		Put:    []persistence.WaitEntry{entryRow(e, nil)},
+		Events: []persistence.WaitEvent{{UserID: string(user), Kind: "WAIT_JOINED", At: now}},
+	}
+	p, err := n.enqueueWaitLocked(sh, change, now)
+	if err != nil {
+		sh.wait.rules.Leave(wu.UserID(user), now) //nolint:errcheck // just joined, at the tail: nothing else moves
+		sh.mu.Unlock()
+		n.metrics.waitJoins(err)
+		return WaitView{}, false, err
+	}
+	sh.wait.ended.Delete(wu.UserID(user))
+	sh.wait.notifyLocked()
+	sh.mu.Unlock()
+
+	err = n.settleWait(sh, p)
+	n.metrics.waitJoins(err)
+	if err != nil {
+		return WaitView{}, false, err
+	}
+	sh.mu.Lock()
+	v, _ = sh.viewLocked(wu.UserID(user))
+	sh.mu.Unlock()
+	return v, false, nil
+}
+
+// LeaveWaitlist takes user off the show's waitlist, durably; a turn's seats
+// go on to the next user. wu.ErrNotWaiting if user is not on it.
+func (n *Node) LeaveWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID) (WaitView, error) {
+	if err := validateUser(user); err != nil {
+		return WaitView{}, err
+	}
+	sh, err := n.lockForChange(ctx, id)
+	if err != nil {
+		return WaitView{}, err
+	}
+	defer n.gate.leave()
+	now := n.now()
+	out, err := sh.wait.rules.Leave(wu.UserID(user), now)
+	if err != nil {
+		sh.mu.Unlock()
+		return WaitView{}, err
+	}
+	p, err := n.applyWaitLocked(sh, out, now, "")
+	v, _ := sh.viewLocked(wu.UserID(user))
+	sh.mu.Unlock()
+	if err == nil && p != nil {
+		err = n.settleWait(sh, p)
+	}
+	if err != nil {
+		return WaitView{}, err
+	}
+	return v, nil
+}
+
+// WaitlistEntry returns user's view of the show's waitlist, and a channel
+// closed at the next change of the waitlist (or when the show leaves this
+// node's memory). wu.ErrNotWaiting if user is neither on the waitlist nor
+// ended within the last few minutes.
+func (n *Node) WaitlistEntry(ctx context.Context, id ar.ShowID, user ar.UserID) (WaitView, <-chan struct{}, error) {
+	if err := validateUser(user); err != nil {
+		return WaitView{}, nil, err
+	}
+	if err := validateShowID(id); err != nil {
+		return WaitView{}, nil, err
+	}
+	sh, err := n.show(ctx, id, false)
+	if err != nil {
+		return WaitView{}, nil, err
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	v, ok := sh.viewLocked(wu.UserID(user))
+	if !ok {
+		return WaitView{}, nil, fmt.Errorf("%w: %s on show %s", wu.ErrNotWaiting, user, id)
+	}
+	return v, sh.wait.changed, nil
+}
+
+// applyWaitLocked applies a waitlist outcome to the show's seats, records
+// its ends, wakes the watchers, and queues its write. took is the hold that
+// took a turn, if any (its write carries the change instead: see Hold). It
+// returns nil when there is nothing to write. On an error the show is
+// stale: memory went ahead of the database, so the next change reloads it.
+func (n *Node) applyWaitLocked(sh *show, out wu.Outcome, now time.Time, took ar.HoldID) (*persistence.Pending, error) {
+	if out.Empty() {
+		return nil, nil
+	}
+	change, err := n.waitChangeLocked(sh, out, now, took)
+	if err != nil {
+		return nil, err
+	}
+	p, err := n.enqueueWaitLocked(sh, change, now)
+	if err != nil {
+		sh.stale = true
+		return nil, err
+	}
+	return p, nil
+}
+
+// waitChangeLocked applies out to sh's seats and views, and returns the
+// rows and events that make it durable.
+func (n *Node) waitChangeLocked(sh *show, out wu.Outcome, now time.Time, took ar.HoldID) (*persistence.WaitlistChange, error) {
+	change := &persistence.WaitlistChange{}
+	for _, e := range out.Ended {
+		change.Delete = append(change.Delete, string(e.User))
+		ev := persistence.WaitEvent{UserID: string(e.User), Kind: "WAIT_" + e.Reason.String(), SeatIDs: e.Seats, At: now}
+		if e.Reason == wu.Done {
+			ev.Kind, ev.ReservationID = "WAIT_TAKEN", string(took)
+		}
+		change.Events = append(change.Events, ev)
+		v := WaitView{Show: sh.id, Entry: e.Entry, State: endStates[e.Reason]}
+		if len(e.Seats) > 0 {
+			v.Turn = &wu.Turn{Entry: e.Entry, Seats: e.Seats}
+		}
+		n.rememberEndedLocked(sh, v, now)
+		n.metrics.waitEnded(e.Reason)
+	}
+	for _, t := range out.Turns {
+		if err := sh.rules.Offer(seatIDs(t.Seats), ar.UserID(t.User)); err != nil {
+			sh.stale = true
+			return nil, fmt.Errorf("show %s: offering seats to %s: %w", sh.id, t.User, err)
+		}
+		change.Put = append(change.Put, entryRow(t.Entry, &t))
+		change.Events = append(change.Events, persistence.WaitEvent{UserID: string(t.User), Kind: "WAIT_TURN", SeatIDs: t.Seats, At: now})
+		n.metrics.waitTurn(t.OfferedAt.Sub(t.JoinedAt))
+	}
+	if out.AsideChanged {
+		aside := sh.wait.rules.Aside()
+		if err := sh.rules.Offer(seatIDs(aside), ""); err != nil {
+			sh.stale = true
+			return nil, fmt.Errorf("show %s: setting seats aside: %w", sh.id, err)
+		}
+		change.SetAside, change.Aside = true, aside
+	}
+	sh.rules.Unoffer(seatIDs(out.Returned))
+	sh.wait.notifyLocked()
+	return change, nil
+}
+
+func (n *Node) enqueueWaitLocked(sh *show, change *persistence.WaitlistChange, now time.Time) (*persistence.Pending, error) {
+	p, err := n.store.Enqueue(persistence.Mutation{
+		Kind:     persistence.Waitlist,
+		Epoch:    sh.epoch,
+		ShowID:   string(sh.id),
+		At:       now,
+		Waitlist: change,
+	})
+	if err != nil {
+		return nil, err
+	}
+	sh.wait.writes++
+	return p, nil
+}
+
+// settleWait waits for a waitlist write queued by enqueueWaitLocked. A
+// write that failed leaves memory ahead of the database: the show is marked
+// stale (or dropped, if it moved), and reloaded before its next change.
+func (n *Node) settleWait(sh *show, p *persistence.Pending) error {
+	werr := p.Wait()
+	sh.mu.Lock()
+	sh.wait.writes--
+	unload := false
+	if werr != nil {
+		werr, unload = failedLocked(sh, werr)
+		sh.stale = sh.stale || !sh.dropped
+	}
+	sh.mu.Unlock()
+	if unload {
+		n.unload(sh, werr.Error())
+	}
+	return werr
+}
+
+// rememberEndedLocked keeps an ended entry for endedRetention, at most
+// maxEnded of them.
+func (n *Node) rememberEndedLocked(sh *show, v WaitView, now time.Time) {
+	e := sh.wait.ended
+	e.Delete(v.Entry.User)
+	e.Put(v.Entry.User, endedView{WaitView: v, at: now})
+	for {
+		_, old, ok := e.Front()
+		if !ok || (e.Len() <= maxEnded && now.Sub(old.at) < endedRetention) {
+			return
+		}
+		e.PopFront()
+	}
+}
+
+// freedLocked gives seats that came free to the waitlist; see
+// applyWaitLocked.
+func (n *Node) freedLocked(sh *show, seats []ar.SeatID, now time.Time) (*persistence.Pending, error) {
+	if sh.wait.rules.Len() == 0 {
+		return nil, nil
+	}
+	return n.applyWaitLocked(sh, sh.wait.rules.Free(seatStrings(seats), now), now, "")
+}
+
+// soldOutLocked ends the waiting entries the show can no longer serve,
+// after a booking; see applyWaitLocked.
+func (n *Node) waitSoldOutLocked(sh *show, now time.Time) (*persistence.Pending, error) {
+	available, held, _, offered := sh.rules.Counts()
+	return n.applyWaitLocked(sh, sh.wait.rules.SoldOut(available+held+offered, now), now, "")
+}
+
+// restoreWaitlist rebuilds a show's waitlist from its rows, after its
+// reservations: offered and set-aside seats that are not available (a
+// later hold took them) are left out, with a warning.
+func (n *Node) restoreWaitlist(sh *show, snap persistence.Snapshot) error {
+	w := sh.wait.rules
+	keep := func(seats []string) []string {
+		var out []string
+		for _, s := range seats {
+			if st, ok := sh.rules.SeatStatus(ar.SeatID(s)); ok && st == ar.SeatAvailable {
+				out = append(out, s)
+			} else {
+				n.cfg.Logger.Warn("waitlist seat not available on replay; left out", "show", sh.id, "seat", s)
+			}
+		}
+		return out
+	}
+	for _, row := range snap.Waiting {
+		e := wu.Entry{User: wu.UserID(row.UserID), Seq: row.Seq, SeatsWanted: row.SeatsWanted, JoinedAt: row.JoinedAt.UTC(), Deadline: row.Deadline.UTC()}
+		if len(row.OfferSeats) == 0 {
+			if err := w.RestoreEntry(e); err != nil {
+				return err
+			}
+			continue
+		}
+		t := wu.Turn{Entry: e, Seats: keep(row.OfferSeats), OfferedAt: row.OfferedAt.UTC(), Deadline: row.OfferDeadline.UTC()}
+		if len(t.Seats) == 0 {
+			continue // a hold took them all: the turn was taken
+		}
+		if err := w.RestoreTurn(t); err != nil {
+			return err
+		}
+		if err := sh.rules.Offer(seatIDs(t.Seats), ar.UserID(t.User)); err != nil {
+			return err
+		}
+	}
+	aside := keep(snap.Aside)
+	if err := w.RestoreAside(aside); err != nil {
+		return err
+	}
+	if err := sh.rules.Offer(seatIDs(aside), ""); err != nil {
+		return err
+	}
+	return nil
+}
+
+// lapseWaitlists ends the turns and waits that are due, on every show
+// given, waits for their writes, and updates the waitlist gauges. The
+// expiry loop calls it.
+func (n *Node) lapseWaitlists(shows []*show, now time.Time) {
+	type pending struct {
+		sh *show
+		p  *persistence.Pending
+	}
+	var ps []pending
+	longest, total := 0, 0
+	for _, sh := range shows {
+		sh.mu.Lock()
+		if sh.dropped || sh.wait.rules.Len() == 0 {
+			sh.mu.Unlock()
+			continue
+		}
+		longest, total = max(longest, sh.wait.rules.Len()), total+sh.wait.rules.Len()
+		if sh.stale {
+			sh.mu.Unlock()
+			continue
+		}
+		p, err := n.applyWaitLocked(sh, sh.wait.rules.Lapse(now), now, "")
+		sh.mu.Unlock()
+		if err != nil {
+			n.cfg.Logger.Warn("waitlist lapse not written; show reloads", "show", sh.id, "err", err)
+		}
+		if p != nil {
+			ps = append(ps, pending{sh, p})
+		}
+	}
+	n.metrics.waiting.Set(float64(total))
+	n.metrics.longestWaitlist.Set(float64(longest))
+	for _, p := range ps {
+		if err := n.settleWait(p.sh, p.p); err != nil {
+			n.cfg.Logger.Warn("waitlist write failed; show reloads", "show", p.sh.id, "err", err)
+		}
+	}
+}
+
+// entryRow is the persisted row of a waiting entry, or of a turn.
+func entryRow(e wu.Entry, t *wu.Turn) persistence.WaitEntry {
+	row := persistence.WaitEntry{
+		UserID:      string(e.User),
+		Seq:         e.Seq,
+		SeatsWanted: e.SeatsWanted,
+		JoinedAt:    e.JoinedAt,
+		Deadline:    e.Deadline,
+	}
+	if t != nil {
+		row.OfferSeats, row.OfferedAt, row.OfferDeadline = t.Seats, t.OfferedAt, t.Deadline
+	}
+	return row
+}
+
+func seatIDs(seats []string) []ar.SeatID {
+	out := make([]ar.SeatID, len(seats))
+	for i, s := range seats {
+		out[i] = ar.SeatID(s)
+	}
+	return out
+}

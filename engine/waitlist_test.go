@@ -1,0 +1,123 @@
+package engine_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+	tc "github.com/boxoffice/boxoffice/internal/testcluster"
+)
+
+// poll asks for user's entry, answered at once.
+func pollEntry(t testing.TB, n *tc.Node, show, user string) *pb.WaitlistEntry {
+	t.Helper()
+	r, err := n.Waitlist.PollWaitlist(tc.Ctx(context.Background()), &pb.PollWaitlistRequest{ShowId: show, UserId: user})
+	if err != nil {
+		t.Fatalf("poll %s: %v", user, err)
+	}
+	return r.GetEntry()
+}
+
+func join(t testing.TB, n *tc.Node, show, user string, wanted int32) *pb.WaitlistEntry {
+	t.Helper()
+	r, err := n.Waitlist.JoinWaitlist(tc.Ctx(context.Background()), &pb.JoinWaitlistRequest{ShowId: show, UserId: user, SeatsWanted: wanted})
+	if err != nil {
+		t.Fatalf("join %s: %v", user, err)
+	}
+	return r.GetEntry()
+}
+
+func hold(t testing.TB, n *tc.Node, show, user string, seats ...string) (*pb.HoldSeatsResponse, error) {
+	t.Helper()
+	return n.Reservations.HoldSeats(tc.Ctx(context.Background()), &pb.HoldSeatsRequest{ShowId: show, UserId: user, SeatIds: seats})
+}
+
+// TestWaitlistTurnFlow walks one show through the waitlist's life: joins,
+// a release that gives the head its turn, a stranger refused the offered
+// seats, a partial take that passes the rest on, and a restart that keeps
+// the turn with its seats and deadline.
+func TestWaitlistTurnFlow(t *testing.T) {
+	n, url := newNode(t, tc.Options{})
+	db := openDB(t, url)
+	n.CreateShow(t, "wl", 1, 3, 0)
+	ctx := tc.Ctx(context.Background())
+
+	a, err := hold(t, n, "wl", "a", "A-1", "A-2", "A-3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = n.Waitlist.JoinWaitlist(ctx, &pb.JoinWaitlistRequest{ShowId: "wl", UserId: "b", SeatsWanted: 4})
+	wantAPIError(t, "join for more seats than the show has", err, codes.ResourceExhausted, "SOLD_OUT")
+	if e := join(t, n, "wl", "b", 2); e.GetState() != pb.WaitlistState_WAITLIST_STATE_WAITING || e.GetPosition() != 0 {
+		t.Fatalf("b joined: %v", e)
+	}
+	if e := join(t, n, "wl", "c", 2); e.GetPosition() != 1 {
+		t.Fatalf("c joined: %v", e)
+	}
+	again, err := n.Waitlist.JoinWaitlist(ctx, &pb.JoinWaitlistRequest{ShowId: "wl", UserId: "b", SeatsWanted: 1})
+	if err != nil || !again.GetExisted() || again.GetEntry().GetSeatsWanted() != 2 {
+		t.Fatalf("b joins again: %v %v", again, err)
+	}
+	before := pollEntry(t, n, "wl", "b")
+
+	if _, err := n.Reservations.ReleaseHold(ctx, &pb.ReleaseHoldRequest{HoldId: a.GetHoldId(), UserId: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	// A long poll from the version before the release answers the turn.
+	r, err := n.Waitlist.PollWaitlist(ctx, &pb.PollWaitlistRequest{ShowId: "wl", UserId: "b", SinceVersion: before.GetVersion(), Wait: durationpb.New(5 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	turn := r.GetEntry()
+	if turn.GetState() != pb.WaitlistState_WAITLIST_STATE_TURN || len(turn.GetTurn().GetSeatIds()) != 2 {
+		t.Fatalf("b after the release: %v", turn)
+	}
+	if c := pollEntry(t, n, "wl", "c"); c.GetState() != pb.WaitlistState_WAITLIST_STATE_WAITING || c.GetPosition() != 0 {
+		t.Fatalf("c after b's turn: %v", c)
+	}
+	sm := getSeatMap(t, n, "wl")
+	if sm.GetOffered() != 3 || sm.GetAvailable() != 0 || sm.GetWaiting() != 2 {
+		t.Fatalf("seat map: %d offered, %d available, %d waiting", sm.GetOffered(), sm.GetAvailable(), sm.GetWaiting())
+	}
+	checkSeatMapEqualsDB(t, n, db, "wl")
+
+	offered := turn.GetTurn().GetSeatIds()
+	_, err = hold(t, n, "wl", "c", offered[0])
+	wantAPIError(t, "c holds a seat offered to b", err, codes.AlreadyExists, "SEATS_TAKEN")
+	_, err = hold(t, n, "wl", "stranger", offered[1])
+	wantAPIError(t, "a stranger holds a seat offered to b", err, codes.AlreadyExists, "SEATS_TAKEN")
+
+	if _, err := hold(t, n, "wl", "b", offered[0]); err != nil {
+		t.Fatalf("b takes the turn: %v", err)
+	}
+	if b := pollEntry(t, n, "wl", "b"); b.GetState() != pb.WaitlistState_WAITLIST_STATE_DONE {
+		t.Fatalf("b after the take: %v", b)
+	}
+	cTurn := pollEntry(t, n, "wl", "c")
+	if cTurn.GetState() != pb.WaitlistState_WAITLIST_STATE_TURN || len(cTurn.GetTurn().GetSeatIds()) != 2 {
+		t.Fatalf("c after b took one seat: %v", cTurn)
+	}
+	checkSeatMapEqualsDB(t, n, db, "wl")
+
+	// A restart keeps c's turn, its seats and its deadline.
+	n.Stop()
+	n2 := tc.StartNode(t, url, tc.Options{})
+	got := pollEntry(t, n2, "wl", "c")
+	if got.GetState() != pb.WaitlistState_WAITLIST_STATE_TURN ||
+		!got.GetTurn().GetDeadline().AsTime().Equal(cTurn.GetTurn().GetDeadline().AsTime()) ||
+		len(got.GetTurn().GetSeatIds()) != 2 || got.GetSequence() != cTurn.GetSequence() {
+		t.Fatalf("c after a restart: %v, before %v", got, cTurn)
+	}
+	checkSeatMapEqualsDB(t, n2, db, "wl")
+	if _, err := hold(t, n2, "wl", "c", got.GetTurn().GetSeatIds()...); err != nil {
+		t.Fatalf("c takes the turn after the restart: %v", err)
+	}
+	checkSeatMapEqualsDB(t, n2, db, "wl")
+	if sm := getSeatMap(t, n2, "wl"); sm.GetWaiting() != 0 || sm.GetOffered() != 0 || sm.GetHeld() != 3 {
+		t.Fatalf("seat map at the end: %v", sm)
+	}
+}
