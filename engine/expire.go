@@ -137,8 +137,8 @@ func (n *Node) ExpireDue() int {
 	return expired
 }
 
-// EvictIdle evicts the loaded shows that have no live holds and no write in
-// flight and have not been used for IdleEvictAfter, and releases their
+// EvictIdle evicts the loaded shows that have no live holds, nobody on their
+// waitlist and no write in flight, and have not been used for IdleEvictAfter, and releases their
 // ownership in the database (best effort: a failed release is logged, and
 // the next owner takes the show by raising its epoch as usual). It returns
 // the number evicted. The expiry loop calls it every ExpiryInterval; tests

@@ -26,9 +26,9 @@ import (
 // blocks), never across database I/O. The shows map, the loads in flight and
 // the cache of unknown show IDs share the node's own lock.
 //
-// Memory: the expiry loop evicts a show that has no live holds and no write
-// in flight, is neither stale nor dropped, and has not been used for
-// IdleEvictAfter, and releases its ownership; a show also leaves memory when
+// Memory: the expiry loop evicts a show that has no live holds, nobody on
+// its waitlist and no write in flight, is neither stale nor dropped, and has
+// not been used for IdleEvictAfter, and releases its ownership; a show also leaves memory when
 // the node loses it. Unknown show IDs are remembered for NotFoundTTL, at
 // most NotFoundCacheSize of them.
 type Node struct {

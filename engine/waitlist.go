@@ -336,13 +336,13 @@ func (n *Node) rememberEndedLocked(sh *show, v WaitView, now time.Time) {
 // freedLocked gives seats that came free to the waitlist; see
 // applyWaitLocked.
 func (n *Node) freedLocked(sh *show, seats []ar.SeatID, now time.Time) (*persistence.Pending, error) {
-	if sh.wait.rules.Len() == 0 {
-		return nil, nil
+	if sh.wait.rules.Waiting() == 0 {
+		return nil, nil // they stay available to everyone
 	}
 	return n.applyWaitLocked(sh, sh.wait.rules.Free(seatStrings(seats), now), now, "")
 }
 
-// soldOutLocked ends the waiting entries the show can no longer serve,
+// waitSoldOutLocked ends the waiting entries the show can no longer serve,
 // after a booking; see applyWaitLocked.
 func (n *Node) waitSoldOutLocked(sh *show, now time.Time) (*persistence.Pending, error) {
 	available, held, _, offered := sh.rules.Counts()
