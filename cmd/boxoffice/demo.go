@@ -98,7 +98,7 @@ func demo(ctx context.Context, cfg demoConfig, out, logs io.Writer) error {
 	defer conn.Close()
 	sc := scenario{
 		catalog: pb.NewCatalogServiceClient(conn), res: pb.NewReservationServiceClient(conn),
-		admin: pb.NewAdminServiceClient(conn), p: p, quickTTL: cfg.QuickTTL,
+		admin: pb.NewAdminServiceClient(conn), wait: pb.NewWaitlistServiceClient(conn), p: p, quickTTL: cfg.QuickTTL,
 	}
 	arena, err := sc.run(ctx)
 	if err != nil {
@@ -120,6 +120,7 @@ type scenario struct {
 	catalog  pb.CatalogServiceClient
 	res      pb.ReservationServiceClient
 	admin    pb.AdminServiceClient
+	wait     pb.WaitlistServiceClient
 	p        func(string, ...any)
 	quickTTL time.Duration
 }
@@ -239,7 +240,7 @@ func (s *scenario) run(ctx context.Context) (string, error) {
 	}
 	p("   the confirm retried with the same idempotency key answers the same: %s", again.GetReservation().GetStatus())
 
-	p("\n== 4. carol holds three seats of a small show (holds last %s) and never pays", s.quickTTL)
+	p("\n== 4. a small show (holds last %s): carol holds three seats and never pays, erin books the other seven", s.quickTTL)
 	quick, err := s.createShow(ctx, "demo-quick", "Late-night comedy", 1, 10, s.quickTTL)
 	if err != nil {
 		return "", err
@@ -250,15 +251,31 @@ func (s *scenario) run(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	erin, err := s.res.HoldSeats(svc(ctx), &pb.HoldSeatsRequest{
+		ShowId: quick.GetShowId(), UserId: "erin", SeatIds: []string{"A-1", "A-2", "A-3", "A-7", "A-8", "A-9", "A-10"},
+	})
+	if err != nil {
+		return "", err
+	}
+	if _, err := s.res.ConfirmHold(svc(ctx), &pb.ConfirmHoldRequest{HoldId: erin.GetHoldId(), UserId: "erin", PaymentRef: "pay_demo_0002"}); err != nil {
+		return "", err
+	}
 	if err := s.printCounts(ctx, quick.GetShowId()); err != nil {
 		return "", err
 	}
-	p("   waiting for the hold to expire (its TTL, then 5 s of grace for a confirm already on its way)...")
+	turn, err := s.waitlist(ctx, quick.GetShowId())
+	if err != nil {
+		return "", err
+	}
+	p("   waiting for carol's hold to expire (its TTL, then 5 s of grace for a confirm already on its way)...")
 	began := time.Now()
 	if err := s.waitExpired(ctx, hold.GetHoldId()); err != nil {
 		return "", err
 	}
-	p("   after %.1f s hold %s is EXPIRED in PostgreSQL and its seats are offered again:", time.Since(began).Seconds(), hold.GetHoldId())
+	p("   after %.1f s hold %s is EXPIRED in PostgreSQL; its seats go to the waitlist first:", time.Since(began).Seconds(), hold.GetHoldId())
+	if err := turn(); err != nil {
+		return "", err
+	}
 	if err := s.printCounts(ctx, quick.GetShowId()); err != nil {
 		return "", err
 	}
@@ -283,10 +300,73 @@ func (s *scenario) run(ctx context.Context) (string, error) {
 	}
 	slices.SortFunc(events, func(a, b *pb.ReservationEvent) int { return cmp.Compare(a.GetEventId(), b.GetEventId()) })
 	for _, e := range events {
-		p("   audit #%d %-10s %-8s %s %-5s %v by %s (epoch %d)", e.GetEventId(), e.GetShowId(), e.GetKind(),
+		p("   audit #%-2d %-10s %-11s %s %-5s %v by %s (epoch %d)", e.GetEventId(), e.GetShowId(), e.GetKind(),
 			e.GetHoldId(), e.GetUserId(), e.GetSeatIds(), e.GetNodeId(), e.GetEpoch())
 	}
 	return arena.GetShowId(), nil
+}
+
+// waitlist has dave (2 seats) and frank (3 seats) join the show's waitlist,
+// and opens dave's watch stream. The function it returns waits for dave's
+// turn on that stream, has dave hold the offered seats, and shows where
+// frank stands.
+func (s *scenario) waitlist(ctx context.Context, show string) (func() error, error) {
+	p := s.p
+	if _, err := s.res.HoldSeats(svc(ctx), &pb.HoldSeatsRequest{ShowId: show, UserId: "dave", SeatIds: []string{"A-4"}}); err != nil {
+		p("   dave finds no seat free: %v", status.Convert(err).Message())
+	}
+	for _, j := range []struct {
+		user   string
+		wanted int32
+	}{{"dave", 2}, {"frank", 3}} {
+		r, err := s.wait.JoinWaitlist(svc(ctx), &pb.JoinWaitlistRequest{ShowId: show, UserId: j.user, SeatsWanted: j.wanted})
+		if err != nil {
+			return nil, err
+		}
+		e := r.GetEntry()
+		p("   %-5s joins the waitlist for %d seats: %s, %d ahead, times out at %s", j.user, j.wanted,
+			e.GetState(), e.GetPosition(), e.GetDeadline().AsTime().Local().Format(time.TimeOnly))
+	}
+	wctx, cancel := context.WithTimeout(ctx, s.quickTTL+30*time.Second)
+	stream, err := s.wait.WatchWaitlist(svc(wctx), &pb.WatchWaitlistRequest{ShowId: show, UserId: "dave"})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	return func() error {
+		defer cancel()
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				return fmt.Errorf("dave's waitlist stream: %w", err)
+			}
+			e := msg.GetEntry()
+			if e.GetState() != pb.WaitlistState_WAITLIST_STATE_TURN {
+				continue
+			}
+			seats := e.GetTurn().GetSeatIds()
+			p("   dave's stream: %s, seats %v offered to him alone until %s", e.GetState(), seats,
+				e.GetTurn().GetDeadline().AsTime().Local().Format(time.TimeOnly))
+			_, err = s.res.HoldSeats(svc(ctx), &pb.HoldSeatsRequest{ShowId: show, UserId: "frank", SeatIds: seats})
+			p("   frank tries dave's seats: %v", status.Convert(err).Message())
+			h, err := s.res.HoldSeats(svc(ctx), &pb.HoldSeatsRequest{ShowId: show, UserId: "dave", SeatIds: seats})
+			if err != nil {
+				return err
+			}
+			p("   dave HELD %v (hold %s)", h.GetSeatIds(), h.GetHoldId())
+			if msg, err = stream.Recv(); err != nil {
+				return fmt.Errorf("dave's waitlist stream: %w", err)
+			}
+			p("   dave's stream ends: %s", msg.GetEntry().GetState())
+			f, err := s.wait.PollWaitlist(svc(ctx), &pb.PollWaitlistRequest{ShowId: show, UserId: "frank"})
+			if err != nil {
+				return err
+			}
+			p("   frank: %s, %d ahead; the third seat is set aside for him until two more come free",
+				f.GetEntry().GetState(), f.GetEntry().GetPosition())
+			return nil
+		}
+	}, nil
 }
 
 func (s *scenario) printCounts(ctx context.Context, show string) error {
@@ -296,11 +376,11 @@ func (s *scenario) printCounts(ctx context.Context, show string) error {
 	}
 	var b strings.Builder
 	for _, st := range sm.GetStatuses() {
-		b.WriteByte(".HB"[max(0, min(2, int(st)-1))])
+		b.WriteByte(".HBO"[max(0, min(3, int(st)-1))])
 	}
 	p := s.p
-	p("   seat map %s v%d: %d available, %d held, %d booked   [%s]  (. free, H held, B booked)",
-		show, sm.GetVersion(), sm.GetAvailable(), sm.GetHeld(), sm.GetBooked(), b.String())
+	p("   seat map %s v%d: %d available, %d held, %d booked, %d offered, %d waiting   [%s]  (. free, H held, B booked, O offered to the waitlist)",
+		show, sm.GetVersion(), sm.GetAvailable(), sm.GetHeld(), sm.GetBooked(), sm.GetOffered(), sm.GetWaiting(), b.String())
 	return nil
 }
 
@@ -337,6 +417,8 @@ func printTryIt(out io.Writer, addr, httpAddr, show string) {
    bin/grpcurl -plaintext %[2]s -d '{"showId":"%[3]s","userId":"dave","seatIds":["B-7","B-8"]}' %[1]s boxoffice.v1.ReservationService/HoldSeats
    bin/grpcurl -plaintext %[2]s -d '{"holdId":"<hold id>","userId":"dave","paymentRef":"pay_123"}' %[1]s boxoffice.v1.ReservationService/ConfirmHold
    bin/grpcurl -plaintext %[2]s -d '{"userId":"dave"}' %[1]s boxoffice.v1.ReservationService/ListUserReservations
+   bin/grpcurl -plaintext %[2]s -d '{"showId":"<show>","userId":"gina","seatsWanted":2}' %[1]s boxoffice.v1.WaitlistService/JoinWaitlist
+   bin/grpcurl -plaintext %[2]s -d '{"showId":"<show>","userId":"gina"}' %[1]s boxoffice.v1.WaitlistService/WatchWaitlist
    bin/grpcurl -plaintext -H 'authorization: Bearer %[4]s' -d '{"showId":"%[3]s"}' %[1]s boxoffice.v1.AdminService/ListReservationEvents
    curl -s http://%[5]s/metrics | grep ^boxoffice_
 `, addr, auth, show, demoAdminToken, httpAddr)

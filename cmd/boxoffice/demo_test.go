@@ -75,9 +75,16 @@ func TestDemo(t *testing.T) {
 		"refused from memory, no database round trip: AlreadyExists SEATS_TAKEN",
 		"RESERVATION_STATUS_BOOKED, payment pay_demo_0001",
 		"is EXPIRED in PostgreSQL",
-		"10 available, 0 held, 0 booked",
+		"dave  joins the waitlist for 2 seats: WAITLIST_STATE_WAITING, 0 ahead",
+		"frank joins the waitlist for 3 seats: WAITLIST_STATE_WAITING, 1 ahead",
+		"dave's stream: WAITLIST_STATE_TURN, seats [A-4 A-5] offered to him alone",
+		"frank tries dave's seats: SEATS_TAKEN",
+		"dave's stream ends: WAITLIST_STATE_DONE",
+		"frank: WAITLIST_STATE_WAITING, 0 ahead",
+		"0 available, 2 held, 7 booked, 1 offered, 1 waiting",
+		"WAIT_TURN",
 		"carol's late confirm: HOLD_EXPIRED",
-		"EXPIRED  demo-quick",
+		"EXPIRED     demo-quick",
 		"grpcurl -plaintext",
 	} {
 		if !strings.Contains(story, want) {
@@ -94,7 +101,7 @@ func TestDemo(t *testing.T) {
 	defer conn.Close()
 	services := listServices(t, ctx, conn)
 	for _, want := range []string{
-		"boxoffice.v1.CatalogService", "boxoffice.v1.ReservationService", "boxoffice.v1.AdminService",
+		"boxoffice.v1.CatalogService", "boxoffice.v1.ReservationService", "boxoffice.v1.AdminService", "boxoffice.v1.WaitlistService",
 		"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
 	} {
 		if !slices.Contains(services, want) {
