@@ -42,8 +42,8 @@ type Config struct {
 	// MaxExpiriesPerTick bounds the expiries one show queues per tick, so an
 	// expiry wave does not crowd out holds. Zero means 2048.
 	MaxExpiriesPerTick int
-	// IdleEvictAfter is how long a loaded show with no live holds and no
-	// write in flight stays in memory after its last use; then it is evicted
+	// IdleEvictAfter is how long a loaded show with no live holds, nobody on
+	// its waitlist and no write in flight stays in memory after its last use; then it is evicted
 	// and its ownership released. Zero means 10 minutes.
 	IdleEvictAfter time.Duration
 	// IdempotencyRetention is how long an idempotency key is remembered; it

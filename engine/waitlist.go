@@ -120,10 +120,14 @@ func (sh *show) viewLocked(user wu.UserID) (WaitView, bool) {
 // JoinWaitlist puts user on the show's waitlist for wanted seats, and
 // answers after the join is durable. A user already on it gets that entry,
 // existed true. Refusals: wu.ErrSeatsWanted, wu.ErrUserLimit,
-// wu.ErrSeatsAvailable, wu.ErrSoldOut. If the write fails, the show is
-// reloaded from the database before its next change.
+// wu.ErrSeatsAvailable, wu.ErrSoldOut. If the write was not committed and
+// the user still waits, the join is undone in memory; whatever the failure,
+// the show is reloaded from the database before its next change.
 func (n *Node) JoinWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID, wanted int) (v WaitView, existed bool, err error) {
 	if err := validateUser(user); err != nil {
+		return WaitView{}, false, err
+	}
+	if err := validateShowID(id); err != nil {
 		return WaitView{}, false, err
 	}
 	if wanted < 1 || wanted > wu.MaxSeatsWanted {
@@ -162,6 +166,9 @@ func (n *Node) JoinWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID, w
 	err = n.settleWait(sh, p)
 	n.metrics.waitJoins(err)
 	if err != nil {
+		if !unknownOutcome(err) {
+			n.undoJoin(sh, wu.UserID(user), e.Seq)
+		}
 		return WaitView{}, false, err
 	}
 	sh.mu.Lock()
@@ -170,10 +177,30 @@ func (n *Node) JoinWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID, w
 	return v, false, nil
 }
 
+// undoJoin takes back, in memory, a join whose write was not committed, so
+// that reads do not show it while the show waits for its reload: if the user
+// still waits for the same entry and taking it off moves nothing else (it
+// has no turn, no seats were set aside for it).
+func (n *Node) undoJoin(sh *show, user wu.UserID, seq int64) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if pos, waiting := sh.wait.rules.Position(user); !waiting || (pos == 0 && len(sh.wait.rules.Aside()) > 0) {
+		return
+	}
+	if e, _ := sh.wait.rules.Get(user); e.Seq != seq {
+		return
+	}
+	sh.wait.rules.Leave(user, n.now()) //nolint:errcheck // it waits
+	sh.wait.notifyLocked()
+}
+
 // LeaveWaitlist takes user off the show's waitlist, durably; a turn's seats
 // go on to the next user. wu.ErrNotWaiting if user is not on it.
 func (n *Node) LeaveWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID) (WaitView, error) {
 	if err := validateUser(user); err != nil {
+		return WaitView{}, err
+	}
+	if err := validateShowID(id); err != nil {
 		return WaitView{}, err
 	}
 	sh, err := n.lockForChange(ctx, id)
