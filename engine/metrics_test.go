@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -124,5 +125,52 @@ func TestMetrics(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Errorf("%s: %s", path, resp.Status)
 		}
+	}
+}
+
+// TestWaitlistMetrics checks the waitlist's collectors: joins by result,
+// turns, ends by reason, the users waiting and the longest list (gauges
+// the expiry loop updates), and the wait from join to turn.
+func TestWaitlistMetrics(t *testing.T) {
+	n, _ := newNode(t, tc.Options{})
+	n.CreateShow(t, "wm", 1, 2, 0)
+	ctx := tc.Ctx(context.Background())
+	h, err := hold(t, n, "wm", "h", "A-1", "A-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	join(t, n, "wm", "w1", 1)
+	join(t, n, "wm", "w2", 1)
+	join(t, n, "wm", "w3", 2)
+	if _, err := n.Waitlist.JoinWaitlist(ctx, &pb.JoinWaitlistRequest{ShowId: "wm", UserId: "w4", SeatsWanted: 3}); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("join for 3 of 2 seats: %v", err)
+	}
+	if _, err := n.Waitlist.LeaveWaitlist(ctx, &pb.LeaveWaitlistRequest{ShowId: "wm", UserId: "w3"}); err != nil {
+		t.Fatal(err)
+	}
+	pollUntil(t, 5*time.Second, "the gauges count 2 waiting users", func() bool {
+		v, _ := sample(scrape(t, n), "boxoffice_waitlist_users")
+		l, _ := sample(scrape(t, n), "boxoffice_waitlist_longest")
+		return v == 2 && l == 2
+	})
+	if _, err := n.Reservations.ReleaseHold(ctx, &pb.ReleaseHoldRequest{HoldId: h.GetHoldId(), UserId: "h"}); err != nil {
+		t.Fatal(err)
+	}
+	m := scrape(t, n)
+	for _, c := range []struct {
+		labels []string
+		want   float64
+	}{
+		{[]string{`event="join"`, `result="ok"`}, 3},
+		{[]string{`event="join"`, `result="sold_out"`}, 1},
+		{[]string{`event="left"`}, 1},
+		{[]string{`event="turn"`}, 2},
+	} {
+		if v, _ := sample(m, "boxoffice_waitlist_events_total", c.labels...); v != c.want {
+			t.Errorf("boxoffice_waitlist_events_total%v = %v, want %v", c.labels, v, c.want)
+		}
+	}
+	if v, _ := sample(m, "boxoffice_waitlist_wait_seconds_count"); v != 2 {
+		t.Errorf("boxoffice_waitlist_wait_seconds_count = %v, want 2", v)
 	}
 }

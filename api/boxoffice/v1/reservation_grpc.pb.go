@@ -36,8 +36,11 @@ const (
 type ReservationServiceClient interface {
 	// GetSeatMap returns the status of every seat of a show, compactly.
 	GetSeatMap(ctx context.Context, in *GetSeatMapRequest, opts ...grpc.CallOption) (*GetSeatMapResponse, error)
-	// HoldSeats holds 1-10 seats for a user, all or nothing.
-	// AlreadyExists (reason SEATS_TAKEN) names the seats that are taken.
+	// HoldSeats holds 1-10 seats for a user, all or nothing. Each seat must be
+	// available, or offered to this user by the waitlist (a hold with seats of
+	// the user's turn takes the turn). AlreadyExists (reason SEATS_TAKEN) names
+	// the seats that are taken: held, booked, or held back for another waiting
+	// user.
 	HoldSeats(ctx context.Context, in *HoldSeatsRequest, opts ...grpc.CallOption) (*HoldSeatsResponse, error)
 	// ConfirmHold books a held reservation. Idempotent for the same payment_ref.
 	ConfirmHold(ctx context.Context, in *ConfirmHoldRequest, opts ...grpc.CallOption) (*ConfirmHoldResponse, error)
@@ -126,8 +129,11 @@ func (c *reservationServiceClient) ListUserReservations(ctx context.Context, in 
 type ReservationServiceServer interface {
 	// GetSeatMap returns the status of every seat of a show, compactly.
 	GetSeatMap(context.Context, *GetSeatMapRequest) (*GetSeatMapResponse, error)
-	// HoldSeats holds 1-10 seats for a user, all or nothing.
-	// AlreadyExists (reason SEATS_TAKEN) names the seats that are taken.
+	// HoldSeats holds 1-10 seats for a user, all or nothing. Each seat must be
+	// available, or offered to this user by the waitlist (a hold with seats of
+	// the user's turn takes the turn). AlreadyExists (reason SEATS_TAKEN) names
+	// the seats that are taken: held, booked, or held back for another waiting
+	// user.
 	HoldSeats(context.Context, *HoldSeatsRequest) (*HoldSeatsResponse, error)
 	// ConfirmHold books a held reservation. Idempotent for the same payment_ref.
 	ConfirmHold(context.Context, *ConfirmHoldRequest) (*ConfirmHoldResponse, error)
