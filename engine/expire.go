@@ -24,15 +24,17 @@ func (n *Node) expiryLoop() {
 }
 
 type expiring struct {
-	sh   *show
-	r    ar.Reservation
-	p    *persistence.Pending
-	done chan struct{}
+	sh       *show
+	r        ar.Reservation
+	p        *persistence.Pending
+	done     chan struct{}
+	handOver bool // the expiry's write hands the seats to the waitlist
 }
 
 // ExpireDue expires every loaded show's holds whose expiry plus grace has
 // passed, durably: each is written first and its seats are offered again
-// (to the waitlist first) only after the commit. A hold with a change in
+// only after the commit, to the waitlist first (the hand-over commits with
+// the expiry). A hold with a change in
 // flight is left for a later round. Then it ends the waitlist turns and
 // waits that are due. It returns the number of holds expired. The expiry
 // loop calls it every ExpiryInterval; tests call it directly.
@@ -61,7 +63,7 @@ func (n *Node) ExpireDue() int {
 			due = due[:n.cfg.MaxExpiriesPerTick]
 		}
 		for _, r := range due {
-			p, err := n.store.Enqueue(persistence.Mutation{
+			m := persistence.Mutation{
 				Kind:          persistence.Expire,
 				Epoch:         sh.epoch,
 				ShowID:        string(sh.id),
@@ -69,36 +71,32 @@ func (n *Node) ExpireDue() int {
 				UserID:        string(r.User),
 				SeatIDs:       seatStrings(r.Seats),
 				At:            now,
-			})
+				Waitlist:      n.handOverLocked(sh, r.Seats, now),
+			}
+			p, err := n.store.Enqueue(m)
 			if err != nil {
-				break // overloaded: the rest wait for the next round
+				sh.stale = sh.stale || m.Waitlist != nil // the waitlist went ahead
+				break                                    // overloaded: the rest wait for the next round
 			}
 			done := make(chan struct{})
 			sh.busy[r.ID] = done
-			batch = append(batch, expiring{sh: sh, r: r, p: p, done: done})
+			batch = append(batch, expiring{sh: sh, r: r, p: p, done: done, handOver: m.Waitlist != nil})
 		}
 		sh.mu.Unlock()
 	}
 
 	expired := 0
-	type handOver struct {
-		sh *show
-		p  *persistence.Pending
-	}
-	var handOvers []handOver
 	for _, e := range batch {
 		werr := e.p.Wait()
 		e.sh.mu.Lock()
 		var err error
 		unload := false
 		if werr == nil {
-			var r ar.Reservation
-			if r, err = e.sh.rules.Expire(e.r.ID, now); err == nil {
-				if wp, _ := n.freedLocked(e.sh, r.Seats, n.now()); wp != nil {
-					handOvers = append(handOvers, handOver{e.sh, wp})
-				}
+			if _, err = e.sh.rules.Expire(e.r.ID, now); err == nil && e.handOver {
+				e.sh.handedOverLocked(e.r.Seats)
 			}
 		} else {
+			e.sh.stale = e.sh.stale || e.handOver
 			werr, unload = failedLocked(e.sh, werr)
 		}
 		delete(e.sh.busy, e.r.ID)
@@ -116,11 +114,6 @@ func (n *Node) ExpireDue() int {
 			n.drop(e.sh, "expiry committed but not applicable in memory: "+err.Error())
 		default:
 			expired++
-		}
-	}
-	for _, h := range handOvers {
-		if err := n.settleWait(h.sh, h.p); err != nil {
-			n.cfg.Logger.Warn("freed seats not handed to the waitlist durably; show reloads", "show", h.sh.id, "err", err)
 		}
 	}
 	n.lapseWaitlists(shows, n.now())

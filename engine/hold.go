@@ -115,11 +115,7 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 	}
 	if sh.wait.rules.Len() > 0 {
 		if out, took := sh.wait.rules.Take(wu.UserID(req.User), m.SeatIDs, r.CreatedAt); took {
-			if m.Waitlist, err = n.waitChangeLocked(sh, out, r.CreatedAt, id); err != nil {
-				sh.mu.Unlock() // stale: the next change reloads the show
-				n.metrics.holds(err)
-				return ar.Reservation{}, err
-			}
+			m.Waitlist = n.waitChangeLocked(sh, out, r.CreatedAt, id, false)
 		}
 	}
 	if req.IdempotencyKey != "" {

@@ -10,7 +10,8 @@ import (
 )
 
 // Release ends a hold at its user's request. The seats are offered again
-// (to the waitlist first) only after the release is durable; if its outcome
+// only after the release is durable, to the waitlist first (the hand-over
+// commits with the release); if its outcome
 // is unknown, the hold stays held in memory and the show is reloaded before
 // its next change.
 // Releasing a hold that the same user already released answers it again.
@@ -59,7 +60,7 @@ func (n *Node) Release(ctx context.Context, id ar.HoldID, user ar.UserID) (ar.Re
 		return ar.Reservation{}, err
 	}
 	now := n.now()
-	p, err := n.store.Enqueue(persistence.Mutation{
+	m := persistence.Mutation{
 		Kind:          persistence.Release,
 		Epoch:         sh.epoch,
 		ShowID:        string(sh.id),
@@ -67,8 +68,11 @@ func (n *Node) Release(ctx context.Context, id ar.HoldID, user ar.UserID) (ar.Re
 		UserID:        string(user),
 		SeatIDs:       seatStrings(r.Seats),
 		At:            now,
-	})
+		Waitlist:      n.handOverLocked(sh, r.Seats, now),
+	}
+	p, err := n.store.Enqueue(m)
 	if err != nil {
+		sh.stale = sh.stale || m.Waitlist != nil // the waitlist went ahead
 		sh.mu.Unlock()
 		return ar.Reservation{}, err
 	}
@@ -80,12 +84,12 @@ func (n *Node) Release(ctx context.Context, id ar.HoldID, user ar.UserID) (ar.Re
 
 	sh.mu.Lock()
 	unload := false
-	var wp *persistence.Pending
 	if werr == nil {
-		if r, err = sh.rules.Release(id, user, now); err == nil {
-			wp, _ = n.freedLocked(sh, r.Seats, n.now())
+		if r, err = sh.rules.Release(id, user, now); err == nil && m.Waitlist != nil {
+			sh.handedOverLocked(r.Seats)
 		}
 	} else {
+		sh.stale = sh.stale || m.Waitlist != nil
 		werr, unload = failedLocked(sh, werr)
 	}
 	delete(sh.busy, id)
@@ -93,9 +97,6 @@ func (n *Node) Release(ctx context.Context, id ar.HoldID, user ar.UserID) (ar.Re
 	sh.mu.Unlock()
 	if unload {
 		n.unload(sh, werr.Error())
-	}
-	if wp != nil {
-		n.settleWait(sh, wp) //nolint:errcheck // the release stands; a failed hand-over reloads the show
 	}
 	n.metrics.releases(werr)
 	if werr != nil {

@@ -102,6 +102,11 @@ func (sh *show) viewLocked(user wu.UserID) (WaitView, bool) {
 	v := WaitView{Show: sh.id, Version: w.version}
 	if t, ok := w.rules.Turn(user); ok {
 		v.Entry, v.State, v.Turn = t.Entry, WaitTurn, &t
+		if !sh.offeredLocked(t) {
+			// Its seats come from a release or expiry still committing:
+			// the turn shows once they can be held.
+			v.State, v.Turn = WaitWaiting, nil
+		}
 		return v, true
 	}
 	if e, ok := w.rules.Get(user); ok {
@@ -115,6 +120,16 @@ func (sh *show) viewLocked(user wu.UserID) (WaitView, bool) {
 		return ended.WaitView, true
 	}
 	return WaitView{}, false
+}
+
+// offeredLocked reports whether every seat of turn t is offered to its user.
+func (sh *show) offeredLocked(t wu.Turn) bool {
+	for _, s := range t.Seats {
+		if to, ok := sh.rules.OfferedTo(ar.SeatID(s)); !ok || to != ar.UserID(t.User) {
+			return false
+		}
+	}
+	return true
 }
 
 // JoinWaitlist puts user on the show's waitlist for wanted seats, and
@@ -259,10 +274,7 @@ func (n *Node) applyWaitLocked(sh *show, out wu.Outcome, now time.Time, took ar.
 	if out.Empty() {
 		return nil, nil
 	}
-	change, err := n.waitChangeLocked(sh, out, now, took)
-	if err != nil {
-		return nil, err
-	}
+	change := n.waitChangeLocked(sh, out, now, took, false)
 	p, err := n.enqueueWaitLocked(sh, change, now)
 	if err != nil {
 		sh.stale = true
@@ -271,9 +283,11 @@ func (n *Node) applyWaitLocked(sh *show, out wu.Outcome, now time.Time, took ar.
 	return p, nil
 }
 
-// waitChangeLocked applies out to sh's seats and views, and returns the
-// rows and events that make it durable.
-func (n *Node) waitChangeLocked(sh *show, out wu.Outcome, now time.Time, took ar.HoldID) (*persistence.WaitlistChange, error) {
+// waitChangeLocked applies out to sh's seats (see syncSeatsLocked) and
+// views, and returns the rows and events that make it durable. It wakes the
+// watchers unless quiet: a hand-over of seats whose release or expiry is
+// still committing wakes them once that applies.
+func (n *Node) waitChangeLocked(sh *show, out wu.Outcome, now time.Time, took ar.HoldID, quiet bool) *persistence.WaitlistChange {
 	change := &persistence.WaitlistChange{}
 	for _, e := range out.Ended {
 		change.Delete = append(change.Delete, string(e.User))
@@ -289,26 +303,44 @@ func (n *Node) waitChangeLocked(sh *show, out wu.Outcome, now time.Time, took ar
 		n.rememberEndedLocked(sh, v, now)
 		n.metrics.waitEnded(e.Reason)
 	}
+	var touched []string
 	for _, t := range out.Turns {
-		if err := sh.rules.Offer(seatIDs(t.Seats), ar.UserID(t.User)); err != nil {
-			sh.stale = true
-			return nil, fmt.Errorf("show %s: offering seats to %s: %w", sh.id, t.User, err)
-		}
 		change.Put = append(change.Put, entryRow(t.Entry, &t))
 		change.Events = append(change.Events, persistence.WaitEvent{UserID: string(t.User), Kind: "WAIT_TURN", SeatIDs: t.Seats, At: now})
 		n.metrics.waitTurn(t.OfferedAt.Sub(t.JoinedAt))
+		touched = append(touched, t.Seats...)
 	}
 	if out.AsideChanged {
 		aside := sh.wait.rules.Aside()
-		if err := sh.rules.Offer(seatIDs(aside), ""); err != nil {
-			sh.stale = true
-			return nil, fmt.Errorf("show %s: setting seats aside: %w", sh.id, err)
-		}
 		change.SetAside, change.Aside = true, aside
+		touched = append(touched, aside...)
 	}
-	sh.rules.Unoffer(seatIDs(out.Returned))
-	sh.wait.notifyLocked()
-	return change, nil
+	touched = append(touched, out.Returned...)
+	sh.syncSeatsLocked(touched)
+	if !quiet {
+		sh.wait.notifyLocked()
+	}
+	return change
+}
+
+// syncSeatsLocked sets each of seats that is available or offered to what
+// the waitlist says: offered to the user whose turn has it, set aside, or
+// available to everyone. Held and booked seats are left alone: seats handed
+// to the waitlist while their release or expiry commits are synced when it
+// applies.
+func (sh *show) syncSeatsLocked(seats []string) {
+	for _, s := range seats {
+		id := ar.SeatID(s)
+		st, ok := sh.rules.SeatStatus(id)
+		if !ok || (st != ar.SeatAvailable && st != ar.SeatOffered) {
+			continue
+		}
+		if to, mine := sh.wait.rules.Holder(s); mine {
+			sh.rules.Offer([]ar.SeatID{id}, ar.UserID(to)) //nolint:errcheck // available or offered
+		} else if st == ar.SeatOffered {
+			sh.rules.Unoffer([]ar.SeatID{id})
+		}
+	}
 }
 
 func (n *Node) enqueueWaitLocked(sh *show, change *persistence.WaitlistChange, now time.Time) (*persistence.Pending, error) {
@@ -360,13 +392,29 @@ func (n *Node) rememberEndedLocked(sh *show, v WaitView, now time.Time) {
 	}
 }
 
-// freedLocked gives seats that came free to the waitlist; see
-// applyWaitLocked.
-func (n *Node) freedLocked(sh *show, seats []ar.SeatID, now time.Time) (*persistence.Pending, error) {
+// handOverLocked gives the seats of a hold being released or expired to
+// the waitlist, and returns the change for the release's or expiry's own
+// write, so that both commit together (nil when nobody waits). Memory's
+// seats stay held until that write commits; then appliedLocked offers them.
+// If the write fails, the waitlist is ahead of the database and the show is
+// marked stale.
+func (n *Node) handOverLocked(sh *show, seats []ar.SeatID, now time.Time) *persistence.WaitlistChange {
 	if sh.wait.rules.Waiting() == 0 {
-		return nil, nil // they stay available to everyone
+		return nil // they will be available to everyone
 	}
-	return n.applyWaitLocked(sh, sh.wait.rules.Free(seatStrings(seats), now), now, "")
+	out := sh.wait.rules.Free(seatStrings(seats), now)
+	if out.Empty() {
+		return nil
+	}
+	return n.waitChangeLocked(sh, out, now, "", true)
+}
+
+// handedOverLocked applies, once a release or expiry that carried a
+// hand-over committed and freed seats in memory, the waitlist's claim on
+// them, and wakes the watchers.
+func (sh *show) handedOverLocked(seats []ar.SeatID) {
+	sh.syncSeatsLocked(seatStrings(seats))
+	sh.wait.notifyLocked()
 }
 
 // waitSoldOutLocked ends the waiting entries the show can no longer serve,
@@ -442,7 +490,13 @@ func (n *Node) lapseWaitlists(shows []*show, now time.Time) {
 			sh.mu.Unlock()
 			continue
 		}
-		p, err := n.applyWaitLocked(sh, sh.wait.rules.Lapse(now), now, "")
+		out := sh.wait.rules.Lapse(now)
+		// Also the sold-out sweep, for a booking whose own sweep was lost
+		// (a crash after it committed); it costs nothing while 10 or more
+		// seats could come free.
+		available, held, _, offered := sh.rules.Counts()
+		merge(&out, sh.wait.rules.SoldOut(available+held+offered, now))
+		p, err := n.applyWaitLocked(sh, out, now, "")
 		sh.mu.Unlock()
 		if err != nil {
 			n.cfg.Logger.Warn("waitlist lapse not written; show reloads", "show", sh.id, "err", err)
@@ -458,6 +512,14 @@ func (n *Node) lapseWaitlists(shows []*show, now time.Time) {
 			n.cfg.Logger.Warn("waitlist write failed; show reloads", "show", p.sh.id, "err", err)
 		}
 	}
+}
+
+// merge appends outcome b, which came after a, to a.
+func merge(a *wu.Outcome, b wu.Outcome) {
+	a.Turns = append(a.Turns, b.Turns...)
+	a.Ended = append(a.Ended, b.Ended...)
+	a.Returned = append(a.Returned, b.Returned...)
+	a.AsideChanged = a.AsideChanged || b.AsideChanged
 }
 
 // entryRow is the persisted row of a waiting entry, or of a turn.

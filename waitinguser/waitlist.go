@@ -188,6 +188,14 @@ func (w *Waitlist) Turn(user UserID) (Turn, bool) {
 	return t, ok
 }
 
+// Holder returns whom the waitlist holds seat for: the user whose turn
+// offers it, or "" when it is set aside for the head; false if the seat is
+// not the waitlist's.
+func (w *Waitlist) Holder(seat string) (UserID, bool) {
+	u, ok := w.seats[seat]
+	return u, ok
+}
+
 // Position returns how many users wait ahead of user, in O(log n); false
 // if user is not waiting (a user holding a turn is not).
 func (w *Waitlist) Position(user UserID) (int, bool) { return w.q.Position(user) }
