@@ -36,7 +36,9 @@ type HoldRequest struct {
 // available ones); a hold with any of the offer's seats takes the turn, in
 // the same transaction, and the offer's other seats go on to the next
 // waiting user. If such a write fails, memory keeps the hold and the show is
-// reloaded before its next change.
+// reloaded before its next change. A hold of seats of the user's turn
+// that are still being freed (the release or expiry that gave the turn is
+// committing) waits for that commit.
 func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error) {
 	if err := validateUser(req.User); err != nil {
 		return ar.Reservation{}, err
@@ -59,6 +61,12 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 	for {
 		if sh.dropped || sh.stale {
 			if sh, err = n.relockForChange(ctx, sh); err != nil {
+				return ar.Reservation{}, err
+			}
+			continue
+		}
+		if ch := sh.turnCommittingLocked(req.User, req.Seats); ch != nil {
+			if err := waitUnlocked(ctx, &sh.mu, ch); err != nil {
 				return ar.Reservation{}, err
 			}
 			continue

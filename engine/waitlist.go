@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
@@ -130,6 +131,31 @@ func (sh *show) offeredLocked(t wu.Turn) bool {
 		}
 	}
 	return true
+}
+
+// turnCommittingLocked returns the in-flight write's channel (see
+// show.busy) of a release or expiry that frees a seat of user's turn which
+// seats asks for, or nil: the turn was given as the write was queued, and
+// the seat is offered once it commits.
+func (sh *show) turnCommittingLocked(user ar.UserID, seats []ar.SeatID) <-chan struct{} {
+	if sh.wait.rules.Len() == 0 {
+		return nil
+	}
+	t, ok := sh.wait.rules.Turn(wu.UserID(user))
+	if !ok {
+		return nil
+	}
+	for _, s := range seats {
+		if st, _ := sh.rules.SeatStatus(s); st != ar.SeatHeld || !slices.Contains(t.Seats, string(s)) {
+			continue
+		}
+		for id, ch := range sh.busy {
+			if r, ok := sh.rules.Reservation(id); ok && slices.Contains(r.Seats, s) {
+				return ch
+			}
+		}
+	}
+	return nil
 }
 
 // JoinWaitlist puts user on the show's waitlist for wanted seats, and

@@ -121,3 +121,54 @@ func TestWaitlistTurnFlow(t *testing.T) {
 		t.Fatalf("seat map at the end: %v", sm)
 	}
 }
+
+// TestWaitlistTakeWaitsForCommittingRelease: a release that gives a turn is
+// held at its commit (the show's ownership row is locked). Meanwhile the
+// turn is not shown (its seat cannot be held yet), and a hold of the seat by
+// the turn's user waits for the commit instead of being refused; once the
+// release commits, the turn shows and the hold takes it.
+func TestWaitlistTakeWaitsForCommittingRelease(t *testing.T) {
+	n, url := newNode(t, tc.Options{})
+	db := openDB(t, url)
+	n.CreateShow(t, "wlc", 1, 1, 0)
+	ctx := tc.Ctx(context.Background())
+	h, err := hold(t, n, "wlc", "h", "A-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	join(t, n, "wlc", "w", 1)
+
+	lock := lockOwnerRow(t, db, "wlc")
+	released := make(chan error, 1)
+	go func() {
+		_, err := n.Reservations.ReleaseHold(ctx, &pb.ReleaseHoldRequest{HoldId: h.GetHoldId(), UserId: "h"})
+		released <- err
+	}()
+	pollUntil(t, 10*time.Second, "the release to reach the writer", func() bool { return lockWaiters(t, db) > 0 })
+	if e := pollEntry(t, n, "wlc", "w"); e.GetState() != pb.WaitlistState_WAITLIST_STATE_WAITING {
+		t.Fatalf("w while the release commits: %v", e)
+	}
+	took := make(chan error, 1)
+	go func() {
+		_, err := hold(t, n, "wlc", "w", "A-1")
+		took <- err
+	}()
+	select {
+	case err := <-took:
+		t.Fatalf("w's hold answered while the release was committing: %v", err)
+	case <-time.After(200 * time.Millisecond): // it must still be waiting; the commit is blocked
+	}
+	if err := lock.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-released; err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	if err := <-took; err != nil {
+		t.Fatalf("w's hold after the release committed: %v", err)
+	}
+	if e := pollEntry(t, n, "wlc", "w"); e.GetState() != pb.WaitlistState_WAITLIST_STATE_DONE {
+		t.Fatalf("w after the take: %v", e)
+	}
+	checkSeatMapEqualsDB(t, n, db, "wlc")
+}
