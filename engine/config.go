@@ -46,6 +46,10 @@ type Config struct {
 	// its waitlist and no write in flight stays in memory after its last use; then it is evicted
 	// and its ownership released. Zero means 10 minutes.
 	IdleEvictAfter time.Duration
+	// MaxWaitlist bounds the users on one show's waitlist (waiting or
+	// holding a turn); a join beyond it is refused with ErrWaitlistFull.
+	// Zero means 200,000.
+	MaxWaitlist int
 	// IdempotencyRetention is how long an idempotency key is remembered; it
 	// should equal the store's. Zero means 24 hours.
 	IdempotencyRetention time.Duration
@@ -84,6 +88,7 @@ func DefaultConfig() Config {
 		MaxConcurrentLoads:   4,
 		MaxPendingLoads:      1024,
 		LoadTimeout:          10 * time.Second,
+		MaxWaitlist:          200_000,
 		Logger:               slog.Default(),
 	}
 }
@@ -94,7 +99,8 @@ func (c *Config) Validate() error {
 		return errors.New("engine: NodeID is required")
 	}
 	if c.ExpiryInterval < 0 || c.MaxExpiriesPerTick < 0 || c.IdleEvictAfter < 0 || c.IdempotencyRetention < 0 ||
-		c.NotFoundTTL < 0 || c.NotFoundCacheSize < 0 || c.MaxConcurrentLoads < 0 || c.MaxPendingLoads < 0 || c.LoadTimeout < 0 {
+		c.NotFoundTTL < 0 || c.NotFoundCacheSize < 0 || c.MaxConcurrentLoads < 0 || c.MaxPendingLoads < 0 || c.LoadTimeout < 0 ||
+		c.MaxWaitlist < 0 {
 		return errors.New("engine: a negative duration or limit in Config")
 	}
 	return nil
@@ -118,6 +124,7 @@ func (c *Config) setDefaults() {
 	setDefault(&c.MaxConcurrentLoads, d.MaxConcurrentLoads)
 	setDefault(&c.MaxPendingLoads, d.MaxPendingLoads)
 	setDefault(&c.LoadTimeout, d.LoadTimeout)
+	setDefault(&c.MaxWaitlist, d.MaxWaitlist)
 	if c.Logger == nil {
 		c.Logger = d.Logger
 	}

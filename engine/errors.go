@@ -22,6 +22,8 @@ var (
 	// ErrShuttingDown: the node is draining before it stops; it takes no
 	// new changes.
 	ErrShuttingDown = errors.New("node shutting down")
+	// ErrWaitlistFull: the show's waitlist has Config.MaxWaitlist users.
+	ErrWaitlistFull = errors.New("waitlist full")
 	// ErrOverloaded: too many shows are waiting to be loaded; retry later.
 	ErrOverloaded = errors.New("overloaded")
 )

@@ -148,6 +148,8 @@ func (m *metrics) waitJoins(err error) {
 		r = "sold_out"
 	case errors.Is(err, wu.ErrUserLimit):
 		r = "user_limit"
+	case errors.Is(err, ErrWaitlistFull):
+		r = "full"
 	case err != nil:
 		r = result(err)
 	}

@@ -31,6 +31,7 @@ var errorTable = []struct {
 	{wu.ErrUserLimit, codes.ResourceExhausted, "USER_SEAT_LIMIT"},
 	{wu.ErrSeatsAvailable, codes.FailedPrecondition, "SEATS_AVAILABLE"},
 	{wu.ErrNotWaiting, codes.NotFound, "NOT_WAITING"},
+	{ErrWaitlistFull, codes.ResourceExhausted, "WAITLIST_FULL"},
 	{ar.ErrSeatTaken, codes.AlreadyExists, "SEATS_TAKEN"},
 	{ar.ErrSeatCount, codes.InvalidArgument, "INVALID_SEAT_COUNT"},
 	{ar.ErrDuplicateSeat, codes.InvalidArgument, "DUPLICATE_SEAT"},

@@ -161,7 +161,8 @@ func (sh *show) turnCommittingLocked(user ar.UserID, seats []ar.SeatID) <-chan s
 // JoinWaitlist puts user on the show's waitlist for wanted seats, and
 // answers after the join is durable. A user already on it gets that entry,
 // existed true. Refusals: wu.ErrSeatsWanted, wu.ErrUserLimit,
-// wu.ErrSeatsAvailable, wu.ErrSoldOut. If the write was not committed and
+// wu.ErrSeatsAvailable, wu.ErrSoldOut, and ErrWaitlistFull when
+// Config.MaxWaitlist users are on it. If the write was not committed and
 // the user still waits, the join is undone in memory; whatever the failure,
 // the show is reloaded from the database before its next change.
 func (n *Node) JoinWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID, wanted int) (v WaitView, existed bool, err error) {
@@ -183,6 +184,10 @@ func (n *Node) JoinWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID, w
 	available, held, _, offered := sh.rules.Counts()
 	seats := wu.Seats{Available: available, Held: held, Offered: offered, User: sh.rules.UserSeats(user)}
 	e, existed, err := sh.wait.rules.Join(wu.UserID(user), wanted, now, seats)
+	if err == nil && !existed && sh.wait.rules.Len() > n.cfg.MaxWaitlist {
+		sh.wait.rules.Leave(wu.UserID(user), now) //nolint:errcheck // just joined, at the tail: nothing else moves
+		err = fmt.Errorf("%w: %d users", ErrWaitlistFull, n.cfg.MaxWaitlist)
+	}
 	if err != nil || existed {
 		v, _ = sh.viewLocked(wu.UserID(user))
 		sh.mu.Unlock()

@@ -6,9 +6,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+	"github.com/boxoffice/boxoffice/engine"
 	tc "github.com/boxoffice/boxoffice/internal/testcluster"
 )
 
@@ -171,4 +173,37 @@ func TestWaitlistTakeWaitsForCommittingRelease(t *testing.T) {
 		t.Fatalf("w after the take: %v", e)
 	}
 	checkSeatMapEqualsDB(t, n, db, "wlc")
+}
+
+// TestWaitlistFull: a show's waitlist takes at most MaxWaitlist users; the
+// next join is refused with WAITLIST_FULL and changes nothing, and a place
+// that frees up can be taken again.
+func TestWaitlistFull(t *testing.T) {
+	n, url := newNode(t, tc.Options{Engine: func(c *engine.Config) { c.MaxWaitlist = 2 }})
+	db := openDB(t, url)
+	n.CreateShow(t, "wlf", 1, 2, 0)
+	ctx := tc.Ctx(context.Background())
+	if _, err := hold(t, n, "wlf", "h", "A-1", "A-2"); err != nil {
+		t.Fatal(err)
+	}
+	join(t, n, "wlf", "w1", 1)
+	join(t, n, "wlf", "w2", 1)
+	_, err := n.Waitlist.JoinWaitlist(ctx, &pb.JoinWaitlistRequest{ShowId: "wlf", UserId: "w3", SeatsWanted: 1})
+	wantAPIError(t, "a third join", err, codes.ResourceExhausted, "WAITLIST_FULL")
+	var rows int
+	if err := db.QueryRow(context.Background(), `SELECT count(*) FROM waitlist_entries WHERE show_id = 'wlf'`).Scan(&rows); err != nil || rows != 2 {
+		t.Fatalf("waitlist rows after the refused join: %d, %v", rows, err)
+	}
+	if _, err := n.Waitlist.PollWaitlist(ctx, &pb.PollWaitlistRequest{ShowId: "wlf", UserId: "w3"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("poll of the refused user: %v", err)
+	}
+	if sm := getSeatMap(t, n, "wlf"); sm.GetWaiting() != 2 {
+		t.Fatalf("waiting after the refused join: %d", sm.GetWaiting())
+	}
+	if _, err := n.Waitlist.LeaveWaitlist(ctx, &pb.LeaveWaitlistRequest{ShowId: "wlf", UserId: "w1"}); err != nil {
+		t.Fatal(err)
+	}
+	if e := join(t, n, "wlf", "w3", 1); e.GetPosition() != 1 {
+		t.Fatalf("w3 after a place freed up: %v", e)
+	}
 }

@@ -227,22 +227,22 @@ func TestParseServeLimits(t *testing.T) {
 			t.Fatal(err)
 		}
 		if c.IdempotencyRetention != d.IdempotencyRetention || c.IdleEvict != d.IdleEvictAfter ||
-			c.NotFoundTTL != d.NotFoundTTL || c.MaxConcurrentLoads != d.MaxConcurrentLoads {
+			c.NotFoundTTL != d.NotFoundTTL || c.MaxConcurrentLoads != d.MaxConcurrentLoads || c.MaxWaitlist != d.MaxWaitlist {
 			t.Errorf("defaults: %+v", c)
 		}
 		t.Setenv("BOXOFFICE_IDLE_EVICT", "3m")
-		c, err = parse(t, "--idempotency-retention", "48h", "--not-found-ttl", "1s", "--max-concurrent-loads", "2")
+		c, err = parse(t, "--idempotency-retention", "48h", "--not-found-ttl", "1s", "--max-concurrent-loads", "2", "--max-waitlist", "5")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.IdempotencyRetention != 48*time.Hour || c.IdleEvict != 3*time.Minute || c.NotFoundTTL != time.Second || c.MaxConcurrentLoads != 2 {
+		if c.IdempotencyRetention != 48*time.Hour || c.IdleEvict != 3*time.Minute || c.NotFoundTTL != time.Second || c.MaxConcurrentLoads != 2 || c.MaxWaitlist != 5 {
 			t.Errorf("flags and environment: %+v", c)
 		}
 	})
 	for _, args := range [][]string{
 		{"--grpc-max-streams", "0"}, {"--grpc-max-streams", "4294967296"}, {"--grpc-max-recv-bytes", "0"},
 		{"--grpc-max-conns", "-1"}, {"--health-interval", "0s"}, {"--grpc-keepalive-time", "-1s"},
-		{"--idempotency-retention", "0s"}, {"--idle-evict", "-1m"}, {"--not-found-ttl", "0s"}, {"--max-concurrent-loads", "0"},
+		{"--idempotency-retention", "0s"}, {"--idle-evict", "-1m"}, {"--not-found-ttl", "0s"}, {"--max-concurrent-loads", "0"}, {"--max-waitlist", "0"},
 	} {
 		t.Run(strings.Join(args, "="), func(t *testing.T) {
 			if _, err := parse(t, args...); err == nil {

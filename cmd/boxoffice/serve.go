@@ -48,6 +48,7 @@ type serveConfig struct {
 	IdleEvict            time.Duration
 	NotFoundTTL          time.Duration
 	MaxConcurrentLoads   int
+	MaxWaitlist          int
 }
 
 // parseServe reads flags, each defaulting to its BOXOFFICE_* environment
@@ -115,6 +116,8 @@ func parseServe(args []string) (serveConfig, error) {
 		"how long an unknown show ID is answered NotFound from memory [BOXOFFICE_NOT_FOUND_TTL]")
 	fs.IntVar(&c.MaxConcurrentLoads, "max-concurrent-loads", envInt("max-concurrent-loads", "MAX_CONCURRENT_LOADS", ed.MaxConcurrentLoads),
 		"most shows loading from the database at once [BOXOFFICE_MAX_CONCURRENT_LOADS]")
+	fs.IntVar(&c.MaxWaitlist, "max-waitlist", envInt("max-waitlist", "MAX_WAITLIST", ed.MaxWaitlist),
+		"most users on one show's waitlist; more are refused WAITLIST_FULL [BOXOFFICE_MAX_WAITLIST]")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -151,8 +154,8 @@ func parseServe(args []string) (serveConfig, error) {
 		return c, errors.New("serve: --grpc-max-recv-bytes and --grpc-max-conns must be positive")
 	case c.GRPCKeepaliveMinTime <= 0 || c.GRPCKeepaliveTime <= 0 || c.GRPCKeepaliveTimeout <= 0 || c.HealthInterval <= 0:
 		return c, errors.New("serve: --grpc-keepalive-min-time, --grpc-keepalive-time, --grpc-keepalive-timeout and --health-interval must be positive")
-	case c.IdempotencyRetention <= 0 || c.IdleEvict <= 0 || c.NotFoundTTL <= 0 || c.MaxConcurrentLoads < 1:
-		return c, errors.New("serve: --idempotency-retention, --idle-evict, --not-found-ttl and --max-concurrent-loads must be positive")
+	case c.IdempotencyRetention <= 0 || c.IdleEvict <= 0 || c.NotFoundTTL <= 0 || c.MaxConcurrentLoads < 1 || c.MaxWaitlist < 1:
+		return c, errors.New("serve: --idempotency-retention, --idle-evict, --not-found-ttl, --max-concurrent-loads and --max-waitlist must be positive")
 	}
 	c.GRPCMaxStreams = uint32(maxStreams)
 	return c, nil
@@ -260,7 +263,7 @@ func startNode(ctx context.Context, cfg serveConfig, log *slog.Logger) (*node, e
 	eng, err = engine.New(engine.Config{
 		NodeID: cfg.NodeID, Logger: log, Registerer: reg,
 		IdempotencyRetention: cfg.IdempotencyRetention, IdleEvictAfter: cfg.IdleEvict,
-		NotFoundTTL: cfg.NotFoundTTL, MaxConcurrentLoads: cfg.MaxConcurrentLoads,
+		NotFoundTTL: cfg.NotFoundTTL, MaxConcurrentLoads: cfg.MaxConcurrentLoads, MaxWaitlist: cfg.MaxWaitlist,
 	}, store)
 	if err != nil {
 		store.Close(context.Background())
