@@ -32,8 +32,25 @@ func (c SystemClock) Now() time.Time {
 
 // Config configures a Node.
 type Config struct {
-	// NodeID names this node. Required.
+	// NodeID names this node. Required; with a Ring, it must be the ring's
+	// name for this node.
 	NodeID string
+	// Ring names every show's owner; nil means this node is alone and owns
+	// every show.
+	Ring Ring
+	// LeaseRenewInterval is how often the leases of the loaded shows are
+	// renewed: several times per the store's lease. Zero means 500 ms.
+	LeaseRenewInterval time.Duration
+	// LeaseSlack is added to another node's remaining lease before a take
+	// is tried again. Zero means 20 ms.
+	LeaseSlack time.Duration
+	// AcquireWait bounds how long a load waits for another node's lease on
+	// the show to run out. Zero means 3 s (twice the store's default lease).
+	AcquireWait time.Duration
+	// HandOffTimeout bounds how long a show handed off waits for its writes
+	// in flight before its lease is released. Zero means 6 s (the store's
+	// commit timeout and a margin).
+	HandOffTimeout time.Duration
 	// Clock gives the time of every decision. Nil means SystemClock.
 	Clock Clock
 	// ExpiryInterval is how often due holds are looked for; a hold expires
@@ -89,6 +106,10 @@ func DefaultConfig() Config {
 		MaxPendingLoads:      1024,
 		LoadTimeout:          10 * time.Second,
 		MaxWaitlist:          200_000,
+		LeaseRenewInterval:   500 * time.Millisecond,
+		LeaseSlack:           20 * time.Millisecond,
+		HandOffTimeout:       6 * time.Second,
+		AcquireWait:          3 * time.Second,
 		Logger:               slog.Default(),
 	}
 }
@@ -100,7 +121,7 @@ func (c *Config) Validate() error {
 	}
 	if c.ExpiryInterval < 0 || c.MaxExpiriesPerTick < 0 || c.IdleEvictAfter < 0 || c.IdempotencyRetention < 0 ||
 		c.NotFoundTTL < 0 || c.NotFoundCacheSize < 0 || c.MaxConcurrentLoads < 0 || c.MaxPendingLoads < 0 || c.LoadTimeout < 0 ||
-		c.MaxWaitlist < 0 {
+		c.MaxWaitlist < 0 || c.LeaseRenewInterval < 0 || c.LeaseSlack < 0 || c.HandOffTimeout < 0 || c.AcquireWait < 0 {
 		return errors.New("engine: a negative duration or limit in Config")
 	}
 	return nil
@@ -125,6 +146,10 @@ func (c *Config) setDefaults() {
 	setDefault(&c.MaxPendingLoads, d.MaxPendingLoads)
 	setDefault(&c.LoadTimeout, d.LoadTimeout)
 	setDefault(&c.MaxWaitlist, d.MaxWaitlist)
+	setDefault(&c.LeaseRenewInterval, d.LeaseRenewInterval)
+	setDefault(&c.LeaseSlack, d.LeaseSlack)
+	setDefault(&c.HandOffTimeout, d.HandOffTimeout)
+	setDefault(&c.AcquireWait, d.AcquireWait)
 	if c.Logger == nil {
 		c.Logger = d.Logger
 	}

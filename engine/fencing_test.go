@@ -16,15 +16,21 @@ import (
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
 	tc "github.com/boxoffice/boxoffice/internal/testcluster"
+	"github.com/boxoffice/boxoffice/persistence"
 )
 
-// twoNodes starts nodes "node-a" and "node-b" on one fresh database.
+// twoNodes starts nodes "node-a" and "node-b" on one fresh database, with
+// leases of 1 ms: either may take a show from the other at any moment, as
+// if the other had lost its lease (a partition, a starved process), so
+// these tests exercise the epoch fencing, which is what keeps writes safe
+// whatever the leases do.
 func twoNodes(t *testing.T) (a, b *tc.Node, db *pgxpool.Pool) {
 	t.Helper()
 	url := pgclustertest.Shared(t)
 	tc.Migrate(t, url)
-	a = tc.StartNode(t, url, tc.Options{NodeID: "node-a"})
-	b = tc.StartNode(t, url, tc.Options{NodeID: "node-b"})
+	short := persistence.Config{LeaseDuration: time.Millisecond}
+	a = tc.StartNode(t, url, tc.Options{NodeID: "node-a", Store: short})
+	b = tc.StartNode(t, url, tc.Options{NodeID: "node-b", Store: short})
 	return a, b, openDB(t, url)
 }
 

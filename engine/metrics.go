@@ -27,6 +27,12 @@ type metrics struct {
 	showsLoaded prometheus.Gauge
 	evictions   prometheus.Counter
 
+	forwarded   prometheus.Counter
+	ownerships  *prometheus.CounterVec
+	ringChanges prometheus.Counter
+	fenced      prometheus.Counter
+	loadTime    prometheus.Histogram
+
 	waiting         prometheus.Gauge
 	longestWaitlist prometheus.Gauge
 	waitOps         *prometheus.CounterVec
@@ -70,6 +76,23 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "boxoffice_shows_evicted_total", Help: "Idle shows evicted from memory.",
 		}),
+		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "boxoffice_forwarded_calls_total", Help: "Calls for shows owned by another node, forwarded to it.",
+		}),
+		ownerships: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "boxoffice_ownership_events_total",
+			Help: "Show ownership: takes, releases (hand-offs), losses (found taken by another node), failed renewals.",
+		}, []string{"event"}),
+		ringChanges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "boxoffice_ring_changes_total", Help: "Changes of the ring's member set seen by this node.",
+		}),
+		fenced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "boxoffice_fenced_writes_total", Help: "Writes refused because the show's ownership epoch moved (another node owns it).",
+		}),
+		loadTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "boxoffice_show_replay_seconds", Help: "Time to take a show and replay it from the database.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
 		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "boxoffice_waitlist_users", Help: "Users on the waitlists of this node's shows, waiting or holding a turn.",
 		}),
@@ -88,7 +111,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		latency:  make(map[string]prometheus.Observer),
 	}
 	for _, c := range []prometheus.Collector{m.rpcRequests, m.rpcLatency, m.ops, m.batchSize, m.commitTime, m.batchErrors, m.failedMuts, m.showsLoaded, m.evictions,
-		m.waiting, m.longestWaitlist, m.waitOps, m.waitToTurn} {
+		m.waiting, m.longestWaitlist, m.waitOps, m.waitToTurn,
+		m.forwarded, m.ownerships, m.ringChanges, m.fenced, m.loadTime} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -104,6 +128,7 @@ func (n *Node) ObserveBatch(b persistence.BatchStats) {
 		n.metrics.batchErrors.Inc()
 	}
 	n.metrics.failedMuts.Add(float64(b.Failed))
+	n.metrics.fenced.Add(float64(b.Fenced))
 }
 
 func (m *metrics) counter(vec *prometheus.CounterVec, name, a, b string) prometheus.Counter {
@@ -138,6 +163,10 @@ func (m *metrics) holds(err error)    { m.op("hold", err) }
 func (m *metrics) confirms(err error) { m.op("confirm", err) }
 func (m *metrics) releases(err error) { m.op("release", err) }
 func (m *metrics) expiries(err error) { m.op("expire", err) }
+
+func (m *metrics) ownership(event string) {
+	m.ownerships.WithLabelValues(event).Inc() // rare: no cached child needed
+}
 
 func (m *metrics) waitJoins(err error) {
 	r := "ok"

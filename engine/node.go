@@ -78,10 +78,16 @@ func New(cfg Config, store Store) (*Node, error) {
 	return n, nil
 }
 
-// Start starts the expiry loop, which also evicts idle shows.
+// Start starts the expiry loop (which also evicts idle shows), the lease
+// renewals and, with a ring, the hand-off of shows the ring moves away.
 func (n *Node) Start() {
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.expiryLoop()
+	go n.renewLoop()
+	if n.cfg.Ring != nil {
+		n.wg.Add(1)
+		go n.ringLoop()
+	}
 }
 
 // Drain makes the node refuse new changes (holds, confirms, releases) with
@@ -410,6 +416,7 @@ func (n *Node) loadNow(ctx context.Context, id ar.ShowID) error {
 		old.mu.Unlock()
 	}
 	n.metrics.showsLoaded.Set(float64(loaded))
+	n.metrics.loadTime.Observe(time.Since(start).Seconds())
 	n.cfg.Logger.Info("show loaded", "show", id, "epoch", sh.epoch, "live", live, "took", time.Since(start))
 	return nil
 }
@@ -428,7 +435,7 @@ func (n *Node) usable(id ar.ShowID) bool {
 }
 
 func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {
-	epoch, err := n.store.AcquireShow(ctx, string(id))
+	epoch, err := n.acquire(ctx, id)
 	if errors.Is(err, persistence.ErrNotFound) {
 		return nil, fmt.Errorf("show %s: %w", id, ErrShowNotFound)
 	}

@@ -77,6 +77,10 @@ func toStatus(err error) error {
 		}
 	}
 	info := &errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain}
+	var moved *MovedError
+	if errors.As(err, &moved) && moved.Owner.GRPCAddr != "" {
+		info.Metadata = map[string]string{"owner": moved.Owner.Name, "owner_addr": moved.Owner.GRPCAddr}
+	}
 	var taken *ar.SeatsTakenError
 	if errors.As(err, &taken) {
 		ids := make([]string, len(taken.Seats))

@@ -47,6 +47,11 @@ const healthPingTimeout = 2 * time.Second
 type ServerConfig struct {
 	// GRPCAddr and HTTPAddr are listen addresses; port 0 picks a free port.
 	GRPCAddr, HTTPAddr string
+	// GRPCListener, if set, is the gRPC listener instead of one on
+	// GRPCAddr: a cluster node binds it first, to put its address in the
+	// ring before the server starts. Start takes it over (Shutdown closes
+	// it).
+	GRPCListener net.Listener
 	// PprofAddr, if not empty, serves net/http/pprof under /debug/pprof/
 	// there, on its own HTTP server; empty serves no profiles. Its host
 	// must be a loopback IP (127.0.0.0/8, ::1) or "localhost": NewServer
@@ -144,6 +149,7 @@ type Server struct {
 	health *health.Server
 	http   *http.Server
 	pprof  *http.Server // nil unless cfg.PprofAddr is set
+	fwd    *forwarder   // sends calls for shows owned elsewhere to their owner
 
 	grpcLis, httpLis, pprofLis net.Listener
 	services                   []string        // health service names: "" and the API's services; set by Start
@@ -161,10 +167,10 @@ func NewServer(n *Node, cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, node: n, health: health.NewServer()}
+	s := &Server{cfg: cfg, node: n, health: health.NewServer(), fwd: newForwarder(n.cfg.Ring)}
 	s.life, s.endLife = context.WithCancel(context.Background())
 	s.grpc = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(s.observe, s.authUnary), grpc.StreamInterceptor(s.authStream),
+		grpc.ChainUnaryInterceptor(s.observe, s.authUnary, s.routeUnary), grpc.ChainStreamInterceptor(s.authStream, s.routeStream),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
@@ -185,6 +191,10 @@ func NewServer(n *Node, cfg ServerConfig) (*Server, error) {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
+		if j, ok := n.cfg.Ring.(interface{ Joined() bool }); ok && !j.Joined() {
+			http.Error(w, "not joined to the cluster yet", http.StatusServiceUnavailable)
+			return
+		}
 		if err := n.store.Ping(ctx); err != nil {
 			http.Error(w, "database: "+err.Error(), http.StatusServiceUnavailable)
 			return
@@ -221,9 +231,11 @@ func (s *Server) Start() (err error) {
 			}
 		}
 	}()
-	lis, err := net.Listen("tcp", s.cfg.GRPCAddr)
-	if err != nil {
-		return fmt.Errorf("grpc listen: %w", err)
+	lis := s.cfg.GRPCListener
+	if lis == nil {
+		if lis, err = net.Listen("tcp", s.cfg.GRPCAddr); err != nil {
+			return fmt.Errorf("grpc listen: %w", err)
+		}
 	}
 	s.grpcLis = &limitListener{Listener: lis, slots: make(chan struct{}, s.cfg.MaxConns)}
 	if s.httpLis, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
@@ -342,8 +354,26 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			}
 		}
 		s.wg.Wait()
+		s.fwd.close()
 	})
 	return err
+}
+
+// Kill stops serving at once, as a crash would: open calls and connections
+// are cut, nothing is drained. For tests of failures; Shutdown is the
+// graceful stop.
+func (s *Server) Kill() {
+	s.stopOnce.Do(func() {
+		s.health.Shutdown()
+		s.endLife()
+		s.grpc.Stop()
+		s.http.Close()
+		if s.pprof != nil {
+			s.pprof.Close()
+		}
+		s.wg.Wait()
+		s.fwd.close()
+	})
 }
 
 // limitListener accepts at most cap(slots) open connections. A connection

@@ -17,6 +17,9 @@ type Store interface {
 	// ReleaseShows gives up this node's ownership of shows it no longer
 	// serves.
 	ReleaseShows(ctx context.Context, shows []persistence.Ownership) error
+	// RenewLeases renews the leases of shows this node owns, and returns
+	// those it no longer owns.
+	RenewLeases(ctx context.Context, shows []persistence.Ownership) (lost []persistence.Ownership, err error)
 	// Enqueue queues a mutation without blocking; Pending.Wait gives its
 	// outcome — committed, not committed, or unknown — within the store's
 	// CommitTimeout.

@@ -3,6 +3,7 @@ package persistence
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -32,6 +33,9 @@ var (
 	// the data (a seat already claimed, a reservation not in the expected
 	// state, a constraint). Nothing was written.
 	ErrConflict = errors.New("write conflicts with the database")
+	// ErrLeased: AcquireShow found the show leased to another node; a
+	// *LeasedError says which and for how long. Nothing was changed.
+	ErrLeased = errors.New("show leased to another node")
 	// ErrNotFound: no such show or reservation.
 	ErrNotFound = errors.New("not found")
 	// ErrExists: a show with that ID exists.
@@ -39,6 +43,30 @@ var (
 	// ErrClosed: the store is closed.
 	ErrClosed = errors.New("store closed")
 )
+
+// LeasedError is AcquireShow's refusal of a show whose lease another node
+// holds. It matches ErrLeased with errors.Is. The fields are read from the
+// database just after the refused take, so by the time the caller sees them
+// the lease may have been renewed, released or taken over. (When the row
+// changed between each of AcquireShow's takes and reads, the last read is
+// reported as it was: Remaining is then zero and Owner may be empty or this
+// node. Retrying is right in every case.)
+type LeasedError struct {
+	// Owner is the node holding the lease.
+	Owner string
+	// Epoch is the show's epoch in the owner's hands.
+	Epoch int64
+	// Remaining is how long the lease had still to run, by the database's
+	// clock; zero if it ran out between the take and the read.
+	Remaining time.Duration
+}
+
+func (e *LeasedError) Error() string {
+	return fmt.Sprintf("%v: %s at epoch %d, for %v more", ErrLeased, e.Owner, e.Epoch, e.Remaining)
+}
+
+// Unwrap makes errors.Is(err, ErrLeased) hold.
+func (e *LeasedError) Unwrap() error { return ErrLeased }
 
 // failure is what a database error means for the statement or transaction
 // that got it.

@@ -1,7 +1,7 @@
 // Package persistence keeps boxoffice's authoritative state in PostgreSQL:
 // the schema and its migrations, the group-commit writer through which a
-// node makes every change durable, show ownership with fencing epochs,
-// loading a show for replay, and the history and audit queries.
+// node makes every change durable, show ownership with fencing epochs and
+// leases, loading a show for replay, and the history and audit queries.
 package persistence
 
 import (
@@ -40,6 +40,12 @@ type Config struct {
 	CommitTimeout time.Duration
 	// QueryTimeout bounds reads and ownership changes. Zero means 5 s.
 	QueryTimeout time.Duration
+	// LeaseDuration is how long a take (AcquireShow) or a renewal
+	// (RenewLeases) keeps a show this node's, by the database's clock: until
+	// then another node's AcquireShow fails with ErrLeased. Renew several
+	// times per lease. It is also how long the shows of a node that died
+	// without releasing them wait for a new owner. Zero means 1.5 s.
+	LeaseDuration time.Duration
 	// IdempotencyRetention is how long an idempotency record serves
 	// retries, judged by the database's clock from the record's CreatedAt:
 	// LoadShow returns only records younger than it, the writer lets a
@@ -72,6 +78,9 @@ type BatchStats struct {
 	// failed batch, the culprits of a batch committed in parts, and the
 	// mutations of shows whose epoch had moved on (ErrNotOwner).
 	Failed int
+	// Fenced counts, among Failed, the mutations of shows whose epoch had
+	// moved on.
+	Fenced int
 	// Transactions counts the transactions tried: 1, plus those of the
 	// parts of a refused batch.
 	Transactions int
@@ -92,6 +101,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.QueryTimeout == 0 {
 		c.QueryTimeout = 5 * time.Second
+	}
+	if c.LeaseDuration == 0 {
+		c.LeaseDuration = 1500 * time.Millisecond
 	}
 	if c.IdempotencyRetention == 0 {
 		c.IdempotencyRetention = 24 * time.Hour
@@ -128,7 +140,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, errors.New("persistence: no node ID")
 	}
 	if cfg.MaxConns < 0 || cfg.QueueSize < 0 || cfg.MaxBatch < 0 || cfg.CommitTimeout < 0 || cfg.QueryTimeout < 0 ||
-		cfg.IdempotencyRetention < 0 || cfg.PruneInterval < 0 || cfg.PruneBatch < 0 {
+		cfg.LeaseDuration < 0 || cfg.IdempotencyRetention < 0 || cfg.PruneInterval < 0 || cfg.PruneBatch < 0 {
 		return nil, errors.New("persistence: a negative size or duration in Config")
 	}
 	cfg.setDefaults()
@@ -333,36 +345,6 @@ func (s *Store) GetShow(ctx context.Context, id string) (Show, error) {
 		return Show{}, fmt.Errorf("show %s: %w", id, classify(err))
 	}
 	return sh, nil
-}
-
-// AcquireShow makes this node the show's owner by raising its epoch, and
-// returns the new epoch. From its commit on, writes carrying an older epoch
-// for the show fail with ErrNotOwner. ErrNotFound if there is no such show.
-func (s *Store) AcquireShow(ctx context.Context, showID string) (int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
-	defer cancel()
-	var epoch int64
-	err := s.pool.QueryRow(ctx, `
-		INSERT INTO show_owners (show_id, owner_node, epoch)
-		SELECT show_id, $2, 1 FROM shows WHERE show_id = $1
-		ON CONFLICT (show_id) DO UPDATE
-		SET owner_node = EXCLUDED.owner_node, epoch = show_owners.epoch + 1, updated_at = now()
-		RETURNING epoch`, showID, s.cfg.NodeID).Scan(&epoch)
-	if err != nil {
-		return 0, fmt.Errorf("acquire show %s: %w", showID, classify(err))
-	}
-	return epoch, nil
-}
-
-// Owner returns the show's owner node and epoch.
-func (s *Store) Owner(ctx context.Context, showID string) (node string, epoch int64, err error) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
-	defer cancel()
-	err = s.pool.QueryRow(ctx, `SELECT owner_node, epoch FROM show_owners WHERE show_id = $1`, showID).Scan(&node, &epoch)
-	if err != nil {
-		return "", 0, fmt.Errorf("owner of %s: %w", showID, classify(err))
-	}
-	return node, epoch, nil
 }
 
 // LoadShow reads everything needed to rebuild a show, in one repeatable-read

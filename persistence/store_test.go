@@ -104,6 +104,9 @@ func TestCreateShowGetShow(t *testing.T) {
 	})
 }
 
+// TestAcquireShow: each take raises the epoch by one, whether the same node
+// reloads the show or another takes it after a release. (Leases:
+// ownership_test.go.)
 func TestAcquireShow(t *testing.T) {
 	ctx := context.Background()
 	url := newDB(t)
@@ -112,13 +115,20 @@ func TestAcquireShow(t *testing.T) {
 	if _, err := s1.CreateShow(ctx, testShow("s")); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s1.Owner(ctx, "s"); !errors.Is(err, persistence.ErrNotFound) {
+	if _, err := s1.Owner(ctx, "s"); !errors.Is(err, persistence.ErrNotFound) {
 		t.Fatalf("Owner before any acquire: %v, want ErrNotFound", err)
 	}
+	var prev *persistence.Store
+	var prevEpoch int64
 	for i, c := range []struct {
 		s    *persistence.Store
 		node string
 	}{{s1, "node-1"}, {s1, "node-1"}, {s2, "node-2"}, {s1, "node-1"}} {
+		if prev != nil && prev != c.s {
+			if err := prev.ReleaseShows(ctx, []persistence.Ownership{{ShowID: "s", Epoch: prevEpoch}}); err != nil {
+				t.Fatal(err)
+			}
+		}
 		epoch, err := c.s.AcquireShow(ctx, "s")
 		if err != nil {
 			t.Fatal(err)
@@ -126,10 +136,11 @@ func TestAcquireShow(t *testing.T) {
 		if epoch != int64(i+1) {
 			t.Fatalf("acquire %d by %s: epoch %d, want %d", i+1, c.node, epoch, i+1)
 		}
-		node, e, err := s1.Owner(ctx, "s")
-		if err != nil || node != c.node || e != epoch {
-			t.Fatalf("Owner = %s, %d, %v; want %s, %d", node, e, err, c.node, epoch)
+		o, err := s1.Owner(ctx, "s")
+		if err != nil || o.ShowID != "s" || o.Node != c.node || o.Epoch != epoch {
+			t.Fatalf("Owner = %+v, %v; want %s, %d", o, err, c.node, epoch)
 		}
+		prev, prevEpoch = c.s, epoch
 	}
 	if _, err := s1.AcquireShow(ctx, "nosuch"); !errors.Is(err, persistence.ErrNotFound) {
 		t.Fatalf("AcquireShow of an unknown show: %v, want ErrNotFound", err)

@@ -252,13 +252,16 @@ func (w *writer) commit(batch []*Pending) {
 		fill(errs, batchErr)
 	}
 	if obs := w.s.cfg.Observer; obs != nil {
-		failed := 0
+		failed, fenced := 0, 0
 		for _, e := range errs {
 			if e != nil {
 				failed++
 			}
+			if errors.Is(e, ErrNotOwner) {
+				fenced++
+			}
 		}
-		obs(BatchStats{Mutations: len(batch), Duration: time.Since(start), Err: batchErr, Failed: failed, Transactions: txs})
+		obs(BatchStats{Mutations: len(batch), Duration: time.Since(start), Err: batchErr, Failed: failed, Fenced: fenced, Transactions: txs})
 	}
 	for i, p := range batch {
 		p.finish(errs[i])
@@ -344,7 +347,9 @@ func (w *writer) tryTx(ctx context.Context, batch []*Pending, errs []error) (atC
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
 
-	// Fencing: lock the batch's ownership rows (FOR SHARE) so a takeover,
+	// Fencing: lock the batch's ownership rows (FOR SHARE, in show order, as
+	// lease renewals and releases lock them, so that neither can deadlock
+	// with a batch) so a takeover,
 	// which updates them, waits for this transaction; then leave out the
 	// mutations whose epoch is no longer the show's.
 	shows := make([]string, 0, 8)
@@ -356,7 +361,7 @@ func (w *writer) tryTx(ctx context.Context, batch []*Pending, errs []error) (atC
 		}
 	}
 	epochs := make(map[string]int64, len(shows))
-	rows, _ := tx.Query(ctx, `SELECT show_id, epoch FROM show_owners WHERE show_id = ANY($1) FOR SHARE`, shows)
+	rows, _ := tx.Query(ctx, `SELECT show_id, epoch FROM show_owners WHERE show_id = ANY($1) ORDER BY show_id FOR SHARE`, shows)
 	var id string
 	var epoch int64
 	if _, err := pgx.ForEachRow(rows, []any{&id, &epoch}, func() error {

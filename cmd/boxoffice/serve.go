@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"maps"
 	"math"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/boxoffice/boxoffice/engine"
 	"github.com/boxoffice/boxoffice/persistence"
+	"github.com/boxoffice/boxoffice/ring"
 )
 
 // serveConfig is everything `serve` needs, from flags and environment.
@@ -49,6 +52,13 @@ type serveConfig struct {
 	NotFoundTTL          time.Duration
 	MaxConcurrentLoads   int
 	MaxWaitlist          int
+
+	// GossipAddr, if set, makes the node a cluster member gossiping on this
+	// address (host:port, an IP); Join are members to join; GossipKey the
+	// gossip encryption key (raw bytes).
+	GossipAddr string
+	Join       []string
+	GossipKey  []byte
 }
 
 // parseServe reads flags, each defaulting to its BOXOFFICE_* environment
@@ -67,7 +77,7 @@ func parseServe(args []string) (serveConfig, error) {
 	}
 	host, _ := os.Hostname()
 	var c serveConfig
-	var tokenFile, adminTokenFile, databaseURLFile string
+	var tokenFile, adminTokenFile, databaseURLFile, join, gossipKey, gossipKeyFile string
 	var maxStreams uint64
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	// envErrs holds, by flag name, environment values that do not parse;
@@ -118,6 +128,11 @@ func parseServe(args []string) (serveConfig, error) {
 		"most shows loading from the database at once [BOXOFFICE_MAX_CONCURRENT_LOADS]")
 	fs.IntVar(&c.MaxWaitlist, "max-waitlist", envInt("max-waitlist", "MAX_WAITLIST", ed.MaxWaitlist),
 		"most users on one show's waitlist; more are refused WAITLIST_FULL [BOXOFFICE_MAX_WAITLIST]")
+	fs.StringVar(&c.GossipAddr, "gossip-addr", env("GOSSIP_ADDR", ""),
+		"join a cluster: gossip on this IP:port (e.g. 127.0.0.1:7946); empty: the node is alone and owns every show [BOXOFFICE_GOSSIP_ADDR]")
+	fs.StringVar(&join, "join", env("JOIN", ""), "comma-separated gossip addresses of cluster members to join; empty: start a cluster [BOXOFFICE_JOIN]")
+	fs.StringVar(&gossipKey, "gossip-key", env("GOSSIP_KEY", ""), "base64 key (16, 24 or 32 bytes) that encrypts gossip; every member needs the same [BOXOFFICE_GOSSIP_KEY]")
+	fs.StringVar(&gossipKeyFile, "gossip-key-file", env("GOSSIP_KEY_FILE", ""), "file holding the gossip key, instead of --gossip-key [BOXOFFICE_GOSSIP_KEY_FILE]")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -139,7 +154,22 @@ func parseServe(args []string) (serveConfig, error) {
 	if c.DatabaseURL, err = secretFromFile("database-url", c.DatabaseURL, databaseURLFile); err != nil {
 		return c, fmt.Errorf("serve: %w", err)
 	}
+	if gossipKey, err = secretFromFile("gossip-key", gossipKey, gossipKeyFile); err != nil {
+		return c, fmt.Errorf("serve: %w", err)
+	}
+	if gossipKey != "" {
+		if c.GossipKey, err = base64.StdEncoding.DecodeString(gossipKey); err != nil {
+			return c, fmt.Errorf("serve: --gossip-key: %w", err)
+		}
+	}
+	for _, a := range strings.Split(join, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			c.Join = append(c.Join, a)
+		}
+	}
 	switch {
+	case c.GossipAddr == "" && (len(c.Join) > 0 || c.GossipKey != nil):
+		return c, errors.New("serve: --join and --gossip-key need --gossip-addr")
 	case c.DatabaseURL == "":
 		return c, errors.New("serve: --database-url, --database-url-file or BOXOFFICE_DATABASE_URL(_FILE) is required")
 	case c.NodeID == "":
@@ -226,9 +256,10 @@ func runServe(ctx context.Context, args []string) error {
 	return nd.shutdown(cfg.DrainTime)
 }
 
-// node is a running node: store, engine and servers.
+// node is a running node: store, ring (nil when alone), engine and servers.
 type node struct {
 	store  *persistence.Store
+	ring   *ring.Ring
 	engine *engine.Node
 	server *engine.Server
 	log    *slog.Logger
@@ -260,18 +291,51 @@ func startNode(ctx context.Context, cfg serveConfig, log *slog.Logger) (*node, e
 	if err != nil {
 		return nil, err
 	}
-	eng, err = engine.New(engine.Config{
+	ecfg := engine.Config{
 		NodeID: cfg.NodeID, Logger: log, Registerer: reg,
 		IdempotencyRetention: cfg.IdempotencyRetention, IdleEvictAfter: cfg.IdleEvict,
 		NotFoundTTL: cfg.NotFoundTTL, MaxConcurrentLoads: cfg.MaxConcurrentLoads, MaxWaitlist: cfg.MaxWaitlist,
-	}, store)
+		LeaseRenewInterval: store.LeaseDuration() / 3,
+	}
+	// A cluster member binds its gRPC port first, to put the address in the
+	// ring before it serves.
+	var lis net.Listener
+	var rg *ring.Ring
+	if cfg.GossipAddr != "" {
+		host, port, err := net.SplitHostPort(cfg.GossipAddr)
+		p, perr := strconv.Atoi(port)
+		if err != nil || perr != nil {
+			store.Close(context.Background())
+			return nil, fmt.Errorf("--gossip-addr %q: want IP:port", cfg.GossipAddr)
+		}
+		if lis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+			store.Close(context.Background())
+			return nil, fmt.Errorf("grpc listen: %w", err)
+		}
+		rg, err = ring.New(ring.Config{
+			Name: cfg.NodeID, BindAddr: host, BindPort: p, GRPCAddr: lis.Addr().String(),
+			Join: cfg.Join, SecretKey: cfg.GossipKey, Logger: log,
+		})
+		if err != nil {
+			lis.Close()
+			store.Close(context.Background())
+			return nil, err
+		}
+		ecfg.Ring = rg
+		log.Info("cluster member", "gossip", rg.GossipAddr(), "members", len(rg.Members()))
+	}
+	eng, err = engine.New(ecfg, store)
 	if err != nil {
+		if rg != nil {
+			rg.Shutdown()
+			lis.Close()
+		}
 		store.Close(context.Background())
 		return nil, err
 	}
 	eng.Start()
 	srv, err := engine.NewServer(eng, engine.ServerConfig{
-		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, PprofAddr: cfg.PprofAddr,
+		GRPCAddr: cfg.GRPCAddr, GRPCListener: lis, HTTPAddr: cfg.HTTPAddr, PprofAddr: cfg.PprofAddr,
 		Token: cfg.Token, AdminToken: cfg.AdminToken, Insecure: cfg.Insecure,
 		Gatherer: reg, Logger: log,
 		MaxConcurrentStreams: cfg.GRPCMaxStreams, MaxRecvMsgSize: cfg.GRPCMaxRecvBytes, MaxConns: cfg.GRPCMaxConns,
@@ -282,6 +346,9 @@ func startNode(ctx context.Context, cfg serveConfig, log *slog.Logger) (*node, e
 		err = srv.Start()
 	}
 	if err != nil {
+		if rg != nil {
+			rg.Shutdown()
+		}
 		eng.Shutdown(context.Background())
 		store.Close(context.Background())
 		return nil, err
@@ -290,18 +357,24 @@ func startNode(ctx context.Context, cfg serveConfig, log *slog.Logger) (*node, e
 		log.Info("serving profiles", "pprof", srv.PprofAddr())
 	}
 	log.Info("serving", "node", cfg.NodeID, "grpc", srv.GRPCAddr(), "http", srv.HTTPAddr())
-	return &node{store: store, engine: eng, server: srv, log: log}, nil
+	return &node{store: store, ring: rg, engine: eng, server: srv, log: log}, nil
 }
 
-// shutdown drains the node (new changes are answered SHUTTING_DOWN while
-// those in flight finish), stops taking requests, lets in-flight ones
-// finish, stops the engine, and flushes the writer: what was acknowledged
-// is committed.
+// shutdown leaves the cluster (the other members take over this node's
+// shows, waiting for their leases), drains the node (new changes are
+// answered SHUTTING_DOWN while those in flight finish), stops taking
+// requests, lets in-flight ones finish, releases the shows' leases so the
+// new owners take them at once, stops the engine, and flushes the writer:
+// what was acknowledged is committed.
 func (nd *node) shutdown(drain time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	var errs []error
+	if nd.ring != nil {
+		errs = append(errs, nd.ring.Leave(2*time.Second))
+	}
 	errs = append(errs, nd.server.Shutdown(ctx))
+	nd.engine.ReleaseAll(ctx)
 	errs = append(errs, nd.engine.Shutdown(ctx))
 	errs = append(errs, nd.store.Close(ctx))
 	err := errors.Join(errs...)

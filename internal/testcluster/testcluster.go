@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ import (
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 	"github.com/boxoffice/boxoffice/engine"
 	"github.com/boxoffice/boxoffice/persistence"
+	"github.com/boxoffice/boxoffice/ring"
 )
 
 // Tokens the test nodes accept.
@@ -68,6 +70,19 @@ type Options struct {
 	Engine func(*engine.Config)
 	// Quiet discards the node's logs instead of sending them to t.Log.
 	Quiet bool
+	// Cluster, if set, makes the node a member of a ring (gossip on a free
+	// loopback port) joining the members at Cluster.Join; nil: the node is
+	// alone and owns every show.
+	Cluster *ClusterOptions
+}
+
+// ClusterOptions make a test node a ring member.
+type ClusterOptions struct {
+	// Join are gossip addresses of members (Node.Ring.GossipAddr()).
+	Join []string
+	// Ring, if set, adjusts the ring's Config after the fields above are
+	// filled in (a transport that can be cut, detection settings).
+	Ring func(*ring.Config)
 }
 
 // Node is a running in-process node with a connected client.
@@ -77,6 +92,8 @@ type Node struct {
 	Server   *engine.Server
 	Registry *prometheus.Registry
 	Conn     *grpc.ClientConn
+	// Ring is the node's ring member; nil for a node alone.
+	Ring *ring.Ring
 
 	Catalog      pb.CatalogServiceClient
 	Reservations pb.ReservationServiceClient
@@ -123,6 +140,20 @@ func StartNode(t testing.TB, url string, opts Options) *Node {
 		NodeID: opts.NodeID, Clock: opts.Clock, ExpiryInterval: opts.ExpiryInterval,
 		Logger: log, Registerer: n.Registry,
 	}
+	var lis net.Listener
+	if opts.Cluster != nil {
+		if lis, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatalf("listen: %v", err)
+		}
+		rc := ring.Config{Name: opts.NodeID, GRPCAddr: lis.Addr().String(), Join: opts.Cluster.Join, Logger: log}
+		if opts.Cluster.Ring != nil {
+			opts.Cluster.Ring(&rc)
+		}
+		if n.Ring, err = ring.New(rc); err != nil {
+			t.Fatalf("ring: %v", err)
+		}
+		ecfg.Ring = n.Ring
+	}
 	if opts.Engine != nil {
 		opts.Engine(&ecfg)
 	}
@@ -132,7 +163,7 @@ func StartNode(t testing.TB, url string, opts Options) *Node {
 	}
 	n.Engine.Start()
 	n.Server, err = engine.NewServer(n.Engine, engine.ServerConfig{
-		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", GRPCListener: lis,
 		Token: Token, AdminToken: AdminToken, Gatherer: n.Registry, Logger: log,
 		HealthInterval: opts.HealthInterval,
 	})
@@ -154,15 +185,41 @@ func StartNode(t testing.TB, url string, opts Options) *Node {
 	return n
 }
 
-// Stop shuts the node down as serve does on SIGTERM. It is idempotent.
+// Stop shuts the node down as serve does on SIGTERM: it leaves the ring,
+// drains, releases its shows' leases and flushes the writer. It is
+// idempotent.
 func (n *Node) Stop() {
 	n.stopOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		if n.Ring != nil {
+			n.Ring.Leave(time.Second)
+		}
 		n.Conn.Close()
 		n.Server.Shutdown(ctx)
+		n.Engine.ReleaseAll(ctx)
 		n.Engine.Shutdown(ctx)
 		n.Store.Close(ctx)
+	})
+}
+
+// Crash stops the node as a crash looks to the others: it stops gossiping
+// without leaving, drops its connections, and releases nothing (the next
+// owners wait out the leases). Writes in flight may or may not commit. It
+// is idempotent, and Stop after it does nothing.
+func (n *Node) Crash() {
+	n.stopOnce.Do(func() {
+		if n.Ring != nil {
+			n.Ring.Shutdown()
+		}
+		n.Conn.Close()
+		n.Server.Kill()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		n.Engine.Shutdown(ctx)
+		gone, stop := context.WithCancel(context.Background())
+		stop() // no time to flush: the write in flight is cut off, queued ones fail
+		n.Store.Close(gone)
 	})
 }
 

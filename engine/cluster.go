@@ -1,0 +1,206 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	ar "github.com/boxoffice/boxoffice/activereservation"
+	"github.com/boxoffice/boxoffice/persistence"
+	"github.com/boxoffice/boxoffice/ring"
+)
+
+// Ring names every show's owner node. *ring.Ring implements it. A node
+// whose Config.Ring is nil is alone: it owns every show.
+type Ring interface {
+	Owner(showID string) ring.Member
+	Self() ring.Member
+	// Changes receives after the member set changed.
+	Changes() <-chan struct{}
+}
+
+// ownerOf returns the show's owner by the ring, and whether it is this
+// node.
+func (n *Node) ownerOf(id ar.ShowID) (ring.Member, bool) {
+	if n.cfg.Ring == nil {
+		return ring.Member{Name: n.cfg.NodeID}, true
+	}
+	o := n.cfg.Ring.Owner(string(id))
+	return o, o.Name == n.cfg.Ring.Self().Name
+}
+
+// acquire takes the show's ownership in the database, for a load: only when
+// the ring names this node, and, while another node's lease on it runs
+// (it is handing the show off, or died), after waiting that lease out —
+// within ctx and at most AcquireWait: a lease renewed all that time means
+// that node still serves the show (the nodes disagree about the ring), and
+// the caller is told SHOW_MOVED.
+func (n *Node) acquire(ctx context.Context, id ar.ShowID) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.AcquireWait)
+	defer cancel()
+	for {
+		owner, mine := n.ownerOf(id)
+		if !mine {
+			return 0, &MovedError{Show: id, Owner: owner, Why: "the ring names another node"}
+		}
+		epoch, err := n.store.AcquireShow(ctx, string(id))
+		var leased *persistence.LeasedError
+		if !errors.As(err, &leased) {
+			if err == nil {
+				n.metrics.ownership("take")
+			}
+			return epoch, err
+		}
+		wait := max(leased.Remaining, time.Millisecond) + n.cfg.LeaseSlack
+		n.cfg.Logger.Debug("show leased by another node; waiting it out", "show", id, "owner", leased.Owner, "wait", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return 0, &MovedError{Show: id, Owner: ring.Member{Name: leased.Owner}, Why: fmt.Sprintf("still leased by %s", leased.Owner)}
+		}
+	}
+}
+
+// renewLoop renews the leases of every loaded show several times a lease,
+// and drops at once a show whose renewal finds it taken by another node.
+func (n *Node) renewLoop() {
+	defer n.wg.Done()
+	t := time.NewTicker(n.cfg.LeaseRenewInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.quit:
+			return
+		case <-t.C:
+			n.RenewLeases()
+		}
+	}
+}
+
+// RenewLeases renews the leases of the loaded shows in one statement and
+// drops the shows it finds lost. It returns how many were lost. The renewal
+// loop calls it; tests call it directly.
+func (n *Node) RenewLeases() int {
+	n.mu.RLock()
+	owned := make([]persistence.Ownership, 0, len(n.shows))
+	byID := make(map[string]*show, len(n.shows))
+	for _, sh := range n.shows {
+		owned = append(owned, persistence.Ownership{ShowID: string(sh.id), Epoch: sh.epoch})
+		byID[string(sh.id)] = sh
+	}
+	n.mu.RUnlock()
+	if len(owned) == 0 {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LeaseRenewInterval*2)
+	defer cancel()
+	lost, err := n.store.RenewLeases(ctx, owned)
+	if err != nil {
+		n.metrics.ownership("renew_failed")
+		n.cfg.Logger.Warn("lease renewal failed", "shows", len(owned), "err", err)
+		return 0
+	}
+	for _, o := range lost {
+		if sh := byID[o.ShowID]; sh != nil {
+			n.metrics.ownership("lost")
+			n.drop(sh, "lease lost: another node took the show")
+		}
+	}
+	return len(lost)
+}
+
+// ringLoop hands off the loaded shows that the ring gives to another node
+// whenever the ring changes.
+func (n *Node) ringLoop() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.quit:
+			return
+		case <-n.cfg.Ring.Changes():
+			n.metrics.ringChanges.Inc()
+			n.HandOffMoved()
+		}
+	}
+}
+
+// HandOffMoved hands off every loaded show whose owner by the ring is now
+// another node: it stops taking changes for it, waits (within the commit
+// timeout) for its writes in flight, and releases its lease so that the
+// new owner takes it at once. It returns the number handed off.
+func (n *Node) HandOffMoved() int {
+	n.mu.RLock()
+	var moved []*show
+	for id, sh := range n.shows {
+		if _, mine := n.ownerOf(id); !mine {
+			moved = append(moved, sh)
+		}
+	}
+	n.mu.RUnlock()
+	if len(moved) == 0 {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.HandOffTimeout)
+	defer cancel()
+	n.handOff(ctx, moved, "the ring gives it to another node")
+	return len(moved)
+}
+
+// handOff stops serving shows and releases their leases once their writes
+// in flight are answered (or ctx ends: then the next owner waits out the
+// lease, as after a crash).
+func (n *Node) handOff(ctx context.Context, shows []*show, why string) {
+	for _, sh := range shows {
+		n.drop(sh, "handed off: "+why)
+	}
+	released := make([]persistence.Ownership, 0, len(shows))
+	for _, sh := range shows {
+		if err := n.settled(ctx, sh); err != nil {
+			n.cfg.Logger.Warn("hand-off: writes still in flight; the lease will run out instead", "show", sh.id, "err", err)
+			continue
+		}
+		released = append(released, persistence.Ownership{ShowID: string(sh.id), Epoch: sh.epoch})
+	}
+	if err := n.store.ReleaseShows(ctx, released); err != nil {
+		n.cfg.Logger.Warn("hand-off: releasing leases", "shows", len(released), "err", err)
+		return
+	}
+	for range released {
+		n.metrics.ownership("release")
+	}
+}
+
+// settled waits until sh has no write in flight, polling, within ctx.
+func (n *Node) settled(ctx context.Context, sh *show) error {
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for {
+		sh.mu.Lock()
+		idle := len(sh.busy) == 0 && sh.wait.writes == 0
+		sh.mu.Unlock()
+		if idle {
+			return nil
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// ReleaseAll hands off every loaded show, for a graceful stop: after Drain
+// (no change in flight) and before the store closes. It returns once their
+// leases are released, or ctx ends.
+func (n *Node) ReleaseAll(ctx context.Context) {
+	n.mu.RLock()
+	shows := make([]*show, 0, len(n.shows))
+	for _, sh := range n.shows {
+		shows = append(shows, sh)
+	}
+	n.mu.RUnlock()
+	n.handOff(ctx, shows, "the node stops")
+}

@@ -1,0 +1,132 @@
+package engine_test
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	ar "github.com/boxoffice/boxoffice/activereservation"
+	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
+	tc "github.com/boxoffice/boxoffice/internal/testcluster"
+)
+
+// startCluster starts n nodes "c0", "c1", ... on one fresh database, each
+// joining the first's gossip address, and waits until every ring has them
+// all.
+func startCluster(t *testing.T, n int) ([]*tc.Node, string) {
+	t.Helper()
+	url := pgclustertest.Shared(t)
+	tc.Migrate(t, url)
+	nodes := []*tc.Node{tc.StartNode(t, url, tc.Options{NodeID: "c0", Cluster: &tc.ClusterOptions{}})}
+	for i := 1; i < n; i++ {
+		nodes = append(nodes, tc.StartNode(t, url, tc.Options{
+			NodeID: fmt.Sprintf("c%d", i), Cluster: &tc.ClusterOptions{Join: []string{nodes[0].Ring.GossipAddr()}},
+		}))
+	}
+	waitMembers(t, nodes, n)
+	return nodes, url
+}
+
+// waitMembers waits until every node's ring has want members.
+func waitMembers(t *testing.T, nodes []*tc.Node, want int) {
+	t.Helper()
+	pollUntil(t, 10*time.Second, fmt.Sprintf("every ring to have %d members", want), func() bool {
+		for _, n := range nodes {
+			if len(n.Ring.Members()) != want {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestClusterRoutesToOwner: three nodes agree on every show's owner, a call
+// to any node reaches the owner (which alone loads the show and owns it in
+// PostgreSQL), and when a node stops gracefully its shows move to the
+// others with every acknowledged hold kept.
+func TestClusterRoutesToOwner(t *testing.T) {
+	nodes, url := startCluster(t, 3)
+	db := openDB(t, url)
+	const shows = 24
+	ids := make([]string, shows)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("cs%d", i)
+		nodes[i%3].CreateShow(t, ids[i], 2, 10, 0)
+	}
+	for _, id := range ids {
+		o := nodes[0].Ring.Owner(id).Name
+		for _, n := range nodes[1:] {
+			if got := n.Ring.Owner(id).Name; got != o {
+				t.Fatalf("show %s: owner %s by c0, %s by %s", id, o, got, n.Ring.Self().Name)
+			}
+		}
+	}
+	held := map[string]string{} // hold ID → show
+	for i, id := range ids {
+		for k, n := range nodes { // each node takes a hold: two of three are forwarded
+			h, err := hold(t, n, id, fmt.Sprintf("u%d-%d", i, k), tc.SeatID(0, k+1))
+			if err != nil {
+				t.Fatalf("hold on %s through %s: %v", id, n.Ring.Self().Name, err)
+			}
+			held[h.GetHoldId()] = id
+		}
+	}
+	for _, id := range ids {
+		owner, _ := dbOwner(t, db, id)
+		if want := nodes[0].Ring.Owner(id).Name; owner != want {
+			t.Errorf("show %s: PostgreSQL names %s, the ring %s", id, owner, want)
+		}
+	}
+	for _, n := range nodes {
+		for _, id := range n.Engine.LoadedShows() {
+			if o := n.Ring.Owner(string(id)).Name; o != n.Ring.Self().Name {
+				t.Errorf("%s has show %s loaded, owned by %s", n.Ring.Self().Name, id, o)
+			}
+		}
+	}
+
+	// c2 stops: its shows move to c0 and c1, which take them at once (c2
+	// released the leases) and replay its holds.
+	var moved []string
+	for _, id := range ids {
+		if nodes[0].Ring.Owner(id).Name == "c2" {
+			moved = append(moved, id)
+		}
+	}
+	if len(moved) == 0 {
+		t.Fatal("c2 owns none of the shows: the test shows nothing")
+	}
+	start := time.Now()
+	nodes[2].Stop()
+	waitMembers(t, nodes[:2], 2)
+	for _, id := range moved {
+		pollUntil(t, 5*time.Second, "a hold on a moved show", func() bool {
+			_, err := hold(t, nodes[0], id, "after-"+id, tc.SeatID(1, 1))
+			if err != nil && apiErrorOf(err).Reason != "SHOW_MOVED" {
+				t.Fatalf("hold on moved show %s: %v", id, err)
+			}
+			return err == nil
+		})
+	}
+	t.Logf("%d shows moved; all served again %s after the stop began", len(moved), time.Since(start).Round(time.Millisecond))
+	for hold, id := range held {
+		if r, ok := dbReservationOf(t, db, id, hold); !ok || r.Status != "HELD" {
+			t.Errorf("hold %s of %s: %+v, %v", hold, id, r, ok)
+		}
+	}
+	for _, id := range moved {
+		owner, _ := dbOwner(t, db, id)
+		if want := nodes[0].Ring.Owner(id).Name; owner != want || owner == "c2" {
+			t.Errorf("moved show %s: PostgreSQL names %s, the ring %s", id, owner, want)
+		}
+		n := nodes[0]
+		if n.Ring.Owner(id).Name == "c1" {
+			n = nodes[1]
+		}
+		if !slices.Contains(n.Engine.LoadedShows(), ar.ShowID(id)) {
+			t.Errorf("moved show %s is not loaded on its new owner", id)
+		}
+		checkSeatMapEqualsDB(t, n, db, id)
+	}
+}

@@ -1,0 +1,303 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+
+	ar "github.com/boxoffice/boxoffice/activereservation"
+	"github.com/boxoffice/boxoffice/ring"
+)
+
+// forwardedKey marks a call one node forwarded to another. A forwarded call
+// is served where it lands or answered SHOW_MOVED: never forwarded again,
+// so rings that disagree cannot bounce a call around.
+const forwardedKey = "x-boxoffice-forwarded-by"
+
+// MovedError is ErrMoved naming the show's owner as this node sees it, so
+// the caller can go there (the answer's ErrorInfo carries it as metadata
+// "owner" and "owner_addr").
+type MovedError struct {
+	Show  ar.ShowID
+	Owner ring.Member
+	Why   string
+}
+
+func (e *MovedError) Error() string {
+	return fmt.Sprintf("%v: show %s is owned by %s at %s: %s", ErrMoved, e.Show, e.Owner.Name, e.Owner.GRPCAddr, e.Why)
+}
+
+// Unwrap makes errors.Is(err, ErrMoved) hold.
+func (e *MovedError) Unwrap() error { return ErrMoved }
+
+// routed are the services whose calls name a show (or a hold, which names
+// its show) and are served by the show's owner. The catalog and admin
+// services read and write the database and are served where they land.
+var routed = []string{"/boxoffice.v1.ReservationService/", "/boxoffice.v1.WaitlistService/"}
+
+// forwarder sends calls for shows owned elsewhere to their owner, over one
+// client connection per owner address.
+type forwarder struct {
+	ring Ring
+	mu   sync.Mutex
+	// conns are the connections to other nodes by gRPC address; a node's
+	// connection stays open while the process runs (a cluster has few).
+	conns map[string]*grpc.ClientConn
+	// types caches the message types of methods.
+	types sync.Map // [method, input] → protoreflect.MessageType
+}
+
+func newForwarder(r Ring) *forwarder {
+	return &forwarder{ring: r, conns: make(map[string]*grpc.ClientConn)}
+}
+
+func (f *forwarder) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for addr, c := range f.conns {
+		c.Close()
+		delete(f.conns, addr)
+	}
+}
+
+func (f *forwarder) conn(addr string) (*grpc.ClientConn, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c, ok := f.conns[addr]; ok {
+		return c, nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	f.conns[addr] = c
+	return c, nil
+}
+
+// showOf returns the show a routed request names: its show_id, or the show
+// of its hold_id. False for requests that name neither (a user's
+// reservations), which are served where they land.
+func showOf(req any) (ar.ShowID, bool) {
+	if r, ok := req.(interface{ GetShowId() string }); ok && r.GetShowId() != "" {
+		return ar.ShowID(r.GetShowId()), true
+	}
+	if r, ok := req.(interface{ GetHoldId() string }); ok {
+		if id, err := showOfHold(ar.HoldID(r.GetHoldId())); err == nil {
+			return id, true
+		}
+	}
+	return "", false
+}
+
+func isRouted(method string) bool {
+	for _, p := range routed {
+		if strings.HasPrefix(method, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// owner returns the owner of show when it is another node; false when this
+// node serves it (it owns it, or there is no ring).
+func (f *forwarder) owner(show ar.ShowID) (ring.Member, bool) {
+	if f == nil || f.ring == nil {
+		return ring.Member{}, false
+	}
+	o := f.ring.Owner(string(show))
+	return o, o.Name != f.ring.Self().Name
+}
+
+// outgoing returns ctx with the caller's metadata (its token among it) for
+// the owner, marked as forwarded. The deadline goes with ctx.
+func (f *forwarder) outgoing(ctx context.Context) context.Context {
+	in, _ := metadata.FromIncomingContext(ctx)
+	out := metadata.MD{}
+	for k, v := range in {
+		if strings.HasPrefix(k, ":") || strings.HasPrefix(k, "grpc-") || k == "content-type" || k == "user-agent" || k == "te" {
+			continue
+		}
+		out[k] = v
+	}
+	out.Set(forwardedKey, f.ring.Self().Name)
+	return metadata.NewOutgoingContext(ctx, out)
+}
+
+func forwardedCall(ctx context.Context) bool {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return len(md.Get(forwardedKey)) > 0
+}
+
+// reply returns a new, empty reply message of a method, and request a new
+// request message.
+func (f *forwarder) reply(method string) (proto.Message, error)   { return f.message(method, false) }
+func (f *forwarder) request(method string) (proto.Message, error) { return f.message(method, true) }
+
+func (f *forwarder) message(method string, input bool) (proto.Message, error) {
+	key := [2]any{method, input}
+	if mt, ok := f.types.Load(key); ok {
+		return mt.(protoreflect.MessageType).New().Interface(), nil
+	}
+	svc, name, _ := strings.Cut(strings.TrimPrefix(method, "/"), "/")
+	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(svc))
+	if err != nil {
+		return nil, err
+	}
+	sd, ok := d.(protoreflect.ServiceDescriptor)
+	if !ok || sd.Methods().ByName(protoreflect.Name(name)) == nil {
+		return nil, fmt.Errorf("method %q not found", method)
+	}
+	md := sd.Methods().ByName(protoreflect.Name(name))
+	msg := md.Output()
+	if input {
+		msg = md.Input()
+	}
+	mt, err := protoregistry.GlobalTypes.FindMessageByName(msg.FullName())
+	if err != nil {
+		return nil, err
+	}
+	f.types.Store(key, mt)
+	return mt.New().Interface(), nil
+}
+
+// unreachable turns a failure to reach the owner into SHOW_MOVED naming it:
+// an answer without the engine's ErrorInfo came from the transport, not
+// from the owner. The owner's own answers pass through as they are.
+func unreachable(err error, show ar.ShowID, owner ring.Member) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return toStatus(&MovedError{Show: show, Owner: owner, Why: err.Error()})
+	}
+	if st.Code() != codes.Unavailable {
+		return err
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+			return err
+		}
+	}
+	return toStatus(&MovedError{Show: show, Owner: owner, Why: "owner unreachable: " + st.Message()})
+}
+
+// routeUnary serves a call for a show owned elsewhere by forwarding it to
+// the owner, one hop, with the caller's deadline and metadata.
+func (s *Server) routeUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if !isRouted(info.FullMethod) {
+		return h(ctx, req)
+	}
+	show, ok := showOf(req)
+	if !ok {
+		return h(ctx, req)
+	}
+	owner, elsewhere := s.fwd.owner(show)
+	if !elsewhere {
+		return h(ctx, req)
+	}
+	if forwardedCall(ctx) {
+		return nil, toStatus(&MovedError{Show: show, Owner: owner, Why: "forwarded here, but this node does not own it (the ring is changing)"})
+	}
+	conn, err := s.fwd.conn(owner.GRPCAddr)
+	if err != nil {
+		return nil, toStatus(&MovedError{Show: show, Owner: owner, Why: err.Error()})
+	}
+	out, err := s.fwd.reply(info.FullMethod)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	s.node.metrics.forwarded.Inc()
+	if err := conn.Invoke(s.fwd.outgoing(ctx), info.FullMethod, req, out); err != nil {
+		return nil, unreachable(err, show, owner)
+	}
+	return out, nil
+}
+
+// routeStream serves a server-streaming call (WatchWaitlist) for a show
+// owned elsewhere by relaying the owner's stream: it reads the request to
+// learn the show, then either serves it here or opens the same call on the
+// owner and copies its messages back until it ends.
+func (s *Server) routeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if !isRouted(info.FullMethod) || !info.IsServerStream || info.IsClientStream || s.fwd == nil || s.fwd.ring == nil {
+		return h(srv, ss)
+	}
+	req, err := s.fwd.request(info.FullMethod)
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	if err := ss.RecvMsg(req); err != nil {
+		return err
+	}
+	local := &readStream{ServerStream: ss, first: req}
+	show, ok := showOf(req)
+	if !ok {
+		return h(srv, local)
+	}
+	owner, elsewhere := s.fwd.owner(show)
+	if !elsewhere {
+		return h(srv, local)
+	}
+	ctx := ss.Context()
+	if forwardedCall(ctx) {
+		return toStatus(&MovedError{Show: show, Owner: owner, Why: "forwarded here, but this node does not own it (the ring is changing)"})
+	}
+	conn, err := s.fwd.conn(owner.GRPCAddr)
+	if err != nil {
+		return toStatus(&MovedError{Show: show, Owner: owner, Why: err.Error()})
+	}
+	s.node.metrics.forwarded.Inc()
+	cs, err := conn.NewStream(s.fwd.outgoing(ctx), &grpc.StreamDesc{ServerStreams: true}, info.FullMethod)
+	if err != nil {
+		return unreachable(err, show, owner)
+	}
+	if err := cs.SendMsg(req); err != nil {
+		return unreachable(err, show, owner)
+	}
+	if err := cs.CloseSend(); err != nil {
+		return unreachable(err, show, owner)
+	}
+	for {
+		msg, err := s.fwd.reply(info.FullMethod)
+		if err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+		if err := cs.RecvMsg(msg); errors.Is(err, io.EOF) {
+			return nil
+		} else if err != nil {
+			return unreachable(err, show, owner)
+		}
+		if err := ss.SendMsg(msg); err != nil {
+			return err
+		}
+	}
+}
+
+// readStream is a server stream whose first request was already read.
+type readStream struct {
+	grpc.ServerStream
+	first proto.Message
+}
+
+func (r *readStream) RecvMsg(m any) error {
+	if r.first == nil {
+		return r.ServerStream.RecvMsg(m)
+	}
+	dst, ok := m.(proto.Message)
+	if !ok {
+		return status.Error(codes.Internal, "not a protobuf message")
+	}
+	proto.Merge(dst, r.first)
+	r.first = nil
+	return nil
+}

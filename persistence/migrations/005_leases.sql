@@ -1,0 +1,34 @@
+-- Leases on show ownership. A node owns a show through its show_owners row
+-- (owner_node, epoch); lease_until adds how long that row keeps naming it,
+-- by the database's clock, so the nodes' clocks do not matter.
+--
+-- Takes (AcquireShow): a node takes a show by raising its epoch and setting
+-- owner_node to itself and lease_until to the database's time plus its
+-- lease duration, only when the row is absent (epoch 1), released
+-- (owner_node ''), its lease has run out (lease_until <= the database's
+-- time), or it already names the node. Otherwise the take fails and the
+-- node learns who holds the lease and for how long.
+--
+-- Renewals (RenewLeases): the owner moves lease_until forward for every show
+-- it still holds at its epoch, in one statement, several times per lease.
+-- A renewal never changes the epoch or the owner.
+--
+-- Releases (ReleaseShows): owner_node '' and lease_until '-infinity', so the
+-- next owner takes the show at once. After a crash the next owner waits out
+-- the lease instead.
+--
+-- The lease is not what makes writes safe: every write transaction locks
+-- the row FOR SHARE and checks its epoch, and a take raises the epoch. The
+-- lease keeps two nodes that disagree about who should own a show from
+-- taking it back and forth.
+--
+-- '-infinity' (a constant default: no table rewrite) makes every existing
+-- row's lease already run out, so the first take after this migration
+-- succeeds as before. A node of an older version ignores leases and takes
+-- as it always did; the epoch still fences it.
+ALTER TABLE show_owners ADD COLUMN lease_until timestamptz NOT NULL DEFAULT '-infinity';
+
+-- Every renewal writes a new version of each row it renews. No index covers
+-- lease_until, so these can be heap-only updates when the page has room;
+-- half-empty pages leave that room. (It applies to pages filled from now on.)
+ALTER TABLE show_owners SET (fillfactor = 50);
