@@ -78,6 +78,9 @@ func New(cfg Config, store Store) (*Node, error) {
 	return n, nil
 }
 
+// NodeID returns the node's name.
+func (n *Node) NodeID() string { return n.cfg.NodeID }
+
 // Start starts the expiry loop (which also evicts idle shows), the lease
 // renewals and, with a ring, the hand-off of shows the ring moves away.
 func (n *Node) Start() {

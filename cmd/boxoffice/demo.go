@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -33,11 +35,17 @@ const (
 	demoAdminToken = "demo-admin-token"
 )
 
+// demoNodes is the size of the demo's cluster.
+const demoNodes = 3
+
 // demoConfig is what `demo` takes from its flags.
 type demoConfig struct {
-	Dir        string        // PostgreSQL's directory; empty: a temporary one
-	GRPCAddr   string        // the node's gRPC address
-	HTTPAddr   string        // the node's metrics and health address
+	Dir string // PostgreSQL's directory; empty: a temporary one
+	// GRPCAddr and HTTPAddr are the first node's addresses; the others
+	// listen on the ports after them (7072/7073, 7074/7075), or on free
+	// ports when the port is 0.
+	GRPCAddr   string
+	HTTPAddr   string
 	QuickTTL   time.Duration // hold TTL of the show where a hold expires
 	ExitAfter  bool          // stop after the scenario instead of serving
 	ShowSuffix string        // appended to the show IDs (set when Dir is reused)
@@ -75,21 +83,41 @@ func demo(ctx context.Context, cfg demoConfig, out, logs io.Writer) error {
 	p("   PostgreSQL %s, data in %s", pg.URL(), pg.Dir())
 
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	nd, err := startNode(ctx, serveConfig{
-		DatabaseURL: pg.URL(), Migrate: true, GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr,
-		NodeID: "demo-node", Token: demoToken, AdminToken: demoAdminToken,
-	}, log)
-	if err != nil {
-		return fmt.Errorf("demo: %w", err)
-	}
-	stopped := false
+	var nodes []*node
 	defer func() {
-		if !stopped {
-			nd.shutdown(10 * time.Second)
+		for _, nd := range nodes {
+			if nd != nil {
+				nd.shutdown(10 * time.Second)
+			}
 		}
 	}()
-	addr := nd.server.GRPCAddr()
-	p("== node demo-node serving gRPC on %s, metrics and health on http://%s", addr, nd.server.HTTPAddr())
+	for i := range demoNodes {
+		grpcAddr, err := nextPort(cfg.GRPCAddr, 2*i)
+		if err != nil {
+			return err
+		}
+		httpAddr, err := nextPort(cfg.HTTPAddr, 2*i)
+		if err != nil {
+			return err
+		}
+		sc := serveConfig{
+			DatabaseURL: pg.URL(), Migrate: i == 0, GRPCAddr: grpcAddr, HTTPAddr: httpAddr,
+			NodeID: fmt.Sprintf("demo-node-%d", i+1), Token: demoToken, AdminToken: demoAdminToken,
+			GossipAddr: "127.0.0.1:0",
+		}
+		if i > 0 {
+			sc.Join = []string{nodes[0].ring.GossipAddr()}
+		}
+		nd, err := startNode(ctx, sc, log)
+		if err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+		nodes = append(nodes, nd)
+		p("== node %s serving gRPC on %s, metrics and health on http://%s, gossip on %s",
+			sc.NodeID, nd.server.GRPCAddr(), nd.server.HTTPAddr(), nd.ring.GossipAddr())
+	}
+	p("   a cluster of %d nodes sharing one PostgreSQL; every show has one owner, and any node forwards to it", demoNodes)
+	addr := nodes[0].server.GRPCAddr()
 
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -104,15 +132,106 @@ func demo(ctx context.Context, cfg demoConfig, out, logs io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("demo scenario: %w", err)
 	}
-	printTryIt(out, addr, nd.server.HTTPAddr(), arena)
-	if cfg.ExitAfter {
-		stopped = true
-		return nd.shutdown(10 * time.Second)
+	if err := sc.move(ctx, nodes); err != nil {
+		return fmt.Errorf("demo scenario: %w", err)
 	}
-	p("\n== serving until Ctrl-C")
-	<-ctx.Done()
-	stopped = true
-	return nd.shutdown(10 * time.Second)
+	printTryIt(out, addr, nodes[0].server.HTTPAddr(), arena)
+	if !cfg.ExitAfter {
+		p("\n== serving until Ctrl-C")
+		<-ctx.Done()
+	}
+	var errs []error
+	for i, nd := range nodes {
+		if nd != nil {
+			errs = append(errs, nd.shutdown(10*time.Second))
+			nodes[i] = nil
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// nextPort returns addr with its port plus k, or addr itself when its port
+// is 0 (a free port).
+func nextPort(addr string, k int) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("demo: address %q: %w", addr, err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		return "", fmt.Errorf("demo: address %q: %w", addr, err)
+	}
+	if n == 0 {
+		return addr, nil
+	}
+	return net.JoinHostPort(host, strconv.Itoa(n+k)), nil
+}
+
+// move shows the cluster at work: a hold through a node that does not own
+// the show is forwarded to its owner; then the owner stops, and the show,
+// with its hold and its waiting user, is served by another node.
+func (s *scenario) move(ctx context.Context, nodes []*node) error {
+	p := s.p
+	first := nodes[0].engine.NodeID()
+	var show *pb.Show
+	var owner int
+	for i := 0; show == nil; i++ {
+		id := fmt.Sprintf("demo-move-%d", i)
+		o := nodes[0].ring.Owner(id).Name
+		if o == first {
+			continue // the scenario talks to the first node: move a show it does not own
+		}
+		sh, err := s.createShow(ctx, id, "Open-air cinema", 1, 4, 5*time.Minute)
+		if err != nil {
+			return err
+		}
+		show = sh
+		for k, nd := range nodes {
+			if nd.engine.NodeID() == o {
+				owner = k
+			}
+		}
+	}
+	id, ownerName := show.GetShowId(), nodes[owner].engine.NodeID()
+	p("\n== 6. show %s is owned by %s; the web tier calls %s, which forwards to the owner", id, ownerName, first)
+	h, err := s.res.HoldSeats(svc(ctx), &pb.HoldSeatsRequest{ShowId: id, UserId: "gina", SeatIds: []string{"A-1", "A-2", "A-3", "A-4"}})
+	if err != nil {
+		return err
+	}
+	p("   gina HELD %v through %s (hold %s)", h.GetSeatIds(), first, h.GetHoldId())
+	j, err := s.wait.JoinWaitlist(svc(ctx), &pb.JoinWaitlistRequest{ShowId: id, UserId: "hugo", SeatsWanted: 2})
+	if err != nil {
+		return err
+	}
+	p("   hugo joins its waitlist: %s, sequence %d", j.GetEntry().GetState(), j.GetEntry().GetSequence())
+
+	p("\n== 7. %s stops (SIGTERM): it leaves the cluster, finishes its writes, releases its shows", ownerName)
+	began := time.Now()
+	if err := nodes[owner].shutdown(10 * time.Second); err != nil {
+		return err
+	}
+	nodes[owner] = nil
+	var r *pb.GetReservationResponse
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err = s.res.GetReservation(svc(ctx), &pb.GetReservationRequest{HoldId: h.GetHoldId()})
+		if err == nil || time.Now().After(deadline) || status.Code(err) != codes.Unavailable {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		return err
+	}
+	newOwner := nodes[0].ring.Owner(id).Name
+	p("   %.0f ms later %s serves %s: gina's hold is %s %v, replayed from PostgreSQL",
+		float64(time.Since(began).Microseconds())/1000, newOwner, id, r.GetReservation().GetStatus(), r.GetReservation().GetSeatIds())
+	w, err := s.wait.PollWaitlist(svc(ctx), &pb.PollWaitlistRequest{ShowId: id, UserId: "hugo"})
+	if err != nil {
+		return err
+	}
+	p("   hugo is still %s, sequence %d, %d ahead", w.GetEntry().GetState(), w.GetEntry().GetSequence(), w.GetEntry().GetPosition())
+	return nil
 }
 
 // scenario is the demo's script, run as a web tier would: over gRPC.

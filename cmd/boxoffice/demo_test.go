@@ -85,6 +85,12 @@ func TestDemo(t *testing.T) {
 		"WAIT_TURN",
 		"carol's late confirm: HOLD_EXPIRED",
 		"EXPIRED     demo-quick",
+		"a cluster of 3 nodes sharing one PostgreSQL",
+		"which forwards to the owner",
+		"gina HELD [A-1 A-2 A-3 A-4] through demo-node-1",
+		"stops (SIGTERM): it leaves the cluster",
+		"gina's hold is RESERVATION_STATUS_HELD [A-1 A-2 A-3 A-4], replayed from PostgreSQL",
+		"hugo is still WAITLIST_STATE_WAITING, sequence 1, 0 ahead",
 		"grpcurl -plaintext",
 	} {
 		if !strings.Contains(story, want) {
