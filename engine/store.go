@@ -27,6 +27,7 @@ type Store interface {
 	GetReservation(ctx context.Context, showID, id string) (persistence.Reservation, error)
 	ListUserReservations(ctx context.Context, userID, showID string, after *persistence.ReservationCursor, limit int) ([]persistence.Reservation, error)
 	ListEvents(ctx context.Context, f persistence.EventFilter) ([]persistence.Event, error)
+	ListOwnerships(ctx context.Context, node string) ([]persistence.OwnerInfo, error)
 	Ping(ctx context.Context) error
 }
 

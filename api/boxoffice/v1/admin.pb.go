@@ -9,6 +9,7 @@ package boxofficev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -21,6 +22,71 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// State of a member as the answering node's gossip has it.
+type MemberState int32
+
+const (
+	// Not known to this version of the API; never answered by it.
+	MemberState_MEMBER_STATE_UNSPECIFIED MemberState = 0
+	// Alive: in the ring, owning partitions.
+	MemberState_MEMBER_STATE_ALIVE MemberState = 1
+	// Suspected of having failed, still in the ring until declared dead.
+	// Reserved: the gossip library in use (memberlist v0.7) does not report
+	// suspicion, so a suspect member is answered ALIVE.
+	MemberState_MEMBER_STATE_SUSPECT MemberState = 2
+	// Declared dead by failure detection (a crash or a network partition);
+	// out of the ring. Listed for a while, then forgotten.
+	MemberState_MEMBER_STATE_DEAD MemberState = 3
+	// Left gracefully (a stop); out of the ring. Listed for a while, then
+	// forgotten.
+	MemberState_MEMBER_STATE_LEFT MemberState = 4
+)
+
+// Enum value maps for MemberState.
+var (
+	MemberState_name = map[int32]string{
+		0: "MEMBER_STATE_UNSPECIFIED",
+		1: "MEMBER_STATE_ALIVE",
+		2: "MEMBER_STATE_SUSPECT",
+		3: "MEMBER_STATE_DEAD",
+		4: "MEMBER_STATE_LEFT",
+	}
+	MemberState_value = map[string]int32{
+		"MEMBER_STATE_UNSPECIFIED": 0,
+		"MEMBER_STATE_ALIVE":       1,
+		"MEMBER_STATE_SUSPECT":     2,
+		"MEMBER_STATE_DEAD":        3,
+		"MEMBER_STATE_LEFT":        4,
+	}
+)
+
+func (x MemberState) Enum() *MemberState {
+	p := new(MemberState)
+	*p = x
+	return p
+}
+
+func (x MemberState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MemberState) Descriptor() protoreflect.EnumDescriptor {
+	return file_boxoffice_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (MemberState) Type() protoreflect.EnumType {
+	return &file_boxoffice_v1_admin_proto_enumTypes[0]
+}
+
+func (x MemberState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MemberState.Descriptor instead.
+func (MemberState) EnumDescriptor() ([]byte, []int) {
+	return file_boxoffice_v1_admin_proto_rawDescGZIP(), []int{0}
+}
 
 type ListReservationEventsRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -270,11 +336,411 @@ func (x *ListReservationEventsResponse) GetNextPageToken() string {
 	return ""
 }
 
+type ClusterStatusRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Answer only for the node called (its ring and its own entry in nodes)
+	// without asking the other members. A node sets it when it asks the
+	// others, so that they do not ask again.
+	LocalOnly     bool `protobuf:"varint,1,opt,name=local_only,json=localOnly,proto3" json:"local_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterStatusRequest) Reset() {
+	*x = ClusterStatusRequest{}
+	mi := &file_boxoffice_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterStatusRequest) ProtoMessage() {}
+
+func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
+func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ClusterStatusRequest) GetLocalOnly() bool {
+	if x != nil {
+		return x.LocalOnly
+	}
+	return false
+}
+
+// One member of the cluster as the answering node sees it.
+type ClusterMember struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique node name (serve's --node-id).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Its gRPC address, from its gossip metadata; for a node without a ring,
+	// the address the call reached.
+	GrpcAddr string `protobuf:"bytes,2,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	// Its gossip address (host:port); empty for a node without a ring.
+	GossipAddr string `protobuf:"bytes,3,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
+	// Its state.
+	State MemberState `protobuf:"varint,4,opt,name=state,proto3,enum=boxoffice.v1.MemberState" json:"state,omitempty"`
+	// Partitions of the answering node's ring that it owns; 0 when it is out
+	// of the ring and for a node without a ring (which owns every show).
+	Partitions    int32 `protobuf:"varint,5,opt,name=partitions,proto3" json:"partitions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterMember) Reset() {
+	*x = ClusterMember{}
+	mi := &file_boxoffice_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterMember) ProtoMessage() {}
+
+func (x *ClusterMember) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterMember.ProtoReflect.Descriptor instead.
+func (*ClusterMember) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ClusterMember) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ClusterMember) GetGrpcAddr() string {
+	if x != nil {
+		return x.GrpcAddr
+	}
+	return ""
+}
+
+func (x *ClusterMember) GetGossipAddr() string {
+	if x != nil {
+		return x.GossipAddr
+	}
+	return ""
+}
+
+func (x *ClusterMember) GetState() MemberState {
+	if x != nil {
+		return x.State
+	}
+	return MemberState_MEMBER_STATE_UNSPECIFIED
+}
+
+func (x *ClusterMember) GetPartitions() int32 {
+	if x != nil {
+		return x.Partitions
+	}
+	return 0
+}
+
+// One ownership row of PostgreSQL: a show a node owns, or owned until its
+// lease ran out.
+type OwnedShow struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The show.
+	ShowId string `protobuf:"bytes,1,opt,name=show_id,json=showId,proto3" json:"show_id,omitempty"`
+	// The ownership epoch: raised by every take of the show, from 1.
+	Epoch int64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// How long the lease had still to run when it was read, by the
+	// database's clock; zero when it has run out (the node stopped renewing
+	// it: it crashed, or lost the database).
+	LeaseRemaining *durationpb.Duration `protobuf:"bytes,3,opt,name=lease_remaining,json=leaseRemaining,proto3" json:"lease_remaining,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *OwnedShow) Reset() {
+	*x = OwnedShow{}
+	mi := &file_boxoffice_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OwnedShow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OwnedShow) ProtoMessage() {}
+
+func (x *OwnedShow) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OwnedShow.ProtoReflect.Descriptor instead.
+func (*OwnedShow) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *OwnedShow) GetShowId() string {
+	if x != nil {
+		return x.ShowId
+	}
+	return ""
+}
+
+func (x *OwnedShow) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *OwnedShow) GetLeaseRemaining() *durationpb.Duration {
+	if x != nil {
+		return x.LeaseRemaining
+	}
+	return nil
+}
+
+// One node's shows: what it has in memory and what PostgreSQL says it owns.
+type NodeStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The address it was asked at (its member's grpc_addr).
+	GrpcAddr string `protobuf:"bytes,2,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	// Shows loaded in its memory, by show ID, at most 1,000 of them (see
+	// loaded_total). Empty when the node could not be asked (see error).
+	LoadedShows []string `protobuf:"bytes,3,rep,name=loaded_shows,json=loadedShows,proto3" json:"loaded_shows,omitempty"`
+	// Number of shows loaded, including those not listed.
+	LoadedTotal int32 `protobuf:"varint,4,opt,name=loaded_total,json=loadedTotal,proto3" json:"loaded_total,omitempty"`
+	// Ownership rows naming the node, by show ID, at most 1,000 of them (see
+	// owned_total).
+	OwnedShows []*OwnedShow `protobuf:"bytes,5,rep,name=owned_shows,json=ownedShows,proto3" json:"owned_shows,omitempty"`
+	// Number of ownership rows naming the node, including those not listed;
+	// PostgreSQL is read for at most 10,000, so this is a lower bound when it
+	// is 10,000.
+	OwnedTotal int32 `protobuf:"varint,6,opt,name=owned_total,json=ownedTotal,proto3" json:"owned_total,omitempty"`
+	// Whether loaded_shows or owned_shows lists fewer than its total.
+	Truncated bool `protobuf:"varint,7,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	// Why part of this entry is missing, empty when nothing is: the node is
+	// out of the ring or did not answer (then loaded_shows is empty and
+	// owned_shows was read by the answering node), or its ownership rows
+	// could not be read.
+	Error         string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeStatus) Reset() {
+	*x = NodeStatus{}
+	mi := &file_boxoffice_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeStatus) ProtoMessage() {}
+
+func (x *NodeStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
+func (*NodeStatus) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *NodeStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetGrpcAddr() string {
+	if x != nil {
+		return x.GrpcAddr
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetLoadedShows() []string {
+	if x != nil {
+		return x.LoadedShows
+	}
+	return nil
+}
+
+func (x *NodeStatus) GetLoadedTotal() int32 {
+	if x != nil {
+		return x.LoadedTotal
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetOwnedShows() []*OwnedShow {
+	if x != nil {
+		return x.OwnedShows
+	}
+	return nil
+}
+
+func (x *NodeStatus) GetOwnedTotal() int32 {
+	if x != nil {
+		return x.OwnedTotal
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
+func (x *NodeStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type ClusterStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name of the node that answered.
+	Self string `protobuf:"bytes,1,opt,name=self,proto3" json:"self,omitempty"`
+	// Version of that node's ring: it increases with every rebuild on that
+	// node; versions of different nodes are not comparable. 0 for a node
+	// without a ring.
+	RingVersion uint64 `protobuf:"varint,2,opt,name=ring_version,json=ringVersion,proto3" json:"ring_version,omitempty"`
+	// Number of partitions of the ring (the sum of the members'
+	// partitions); 0 for a node without a ring.
+	PartitionCount int32 `protobuf:"varint,3,opt,name=partition_count,json=partitionCount,proto3" json:"partition_count,omitempty"`
+	// Every member the answering node knows, in any state, by name; it is
+	// always among them.
+	Members []*ClusterMember `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
+	// One entry per member, by name (only the answering node's when
+	// local_only).
+	Nodes         []*NodeStatus `protobuf:"bytes,5,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterStatusResponse) Reset() {
+	*x = ClusterStatusResponse{}
+	mi := &file_boxoffice_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterStatusResponse) ProtoMessage() {}
+
+func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
+func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ClusterStatusResponse) GetSelf() string {
+	if x != nil {
+		return x.Self
+	}
+	return ""
+}
+
+func (x *ClusterStatusResponse) GetRingVersion() uint64 {
+	if x != nil {
+		return x.RingVersion
+	}
+	return 0
+}
+
+func (x *ClusterStatusResponse) GetPartitionCount() int32 {
+	if x != nil {
+		return x.PartitionCount
+	}
+	return 0
+}
+
+func (x *ClusterStatusResponse) GetMembers() []*ClusterMember {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *ClusterStatusResponse) GetNodes() []*NodeStatus {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 var File_boxoffice_v1_admin_proto protoreflect.FileDescriptor
 
 const file_boxoffice_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x18boxoffice/v1/admin.proto\x12\fboxoffice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x01\n" +
+	"\x18boxoffice/v1/admin.proto\x12\fboxoffice.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x01\n" +
 	"\x1cListReservationEventsRequest\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x17\n" +
 	"\ahold_id\x18\x02 \x01(\tR\x06holdId\x12\x17\n" +
@@ -297,9 +763,50 @@ const file_boxoffice_v1_admin_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\x7f\n" +
 	"\x1dListReservationEventsResponse\x126\n" +
 	"\x06events\x18\x01 \x03(\v2\x1e.boxoffice.v1.ReservationEventR\x06events\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x80\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"5\n" +
+	"\x14ClusterStatusRequest\x12\x1d\n" +
+	"\n" +
+	"local_only\x18\x01 \x01(\bR\tlocalOnly\"\xb2\x01\n" +
+	"\rClusterMember\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12\x1f\n" +
+	"\vgossip_addr\x18\x03 \x01(\tR\n" +
+	"gossipAddr\x12/\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x19.boxoffice.v1.MemberStateR\x05state\x12\x1e\n" +
+	"\n" +
+	"partitions\x18\x05 \x01(\x05R\n" +
+	"partitions\"~\n" +
+	"\tOwnedShow\x12\x17\n" +
+	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12B\n" +
+	"\x0flease_remaining\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0eleaseRemaining\"\x92\x02\n" +
+	"\n" +
+	"NodeStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12!\n" +
+	"\floaded_shows\x18\x03 \x03(\tR\vloadedShows\x12!\n" +
+	"\floaded_total\x18\x04 \x01(\x05R\vloadedTotal\x128\n" +
+	"\vowned_shows\x18\x05 \x03(\v2\x17.boxoffice.v1.OwnedShowR\n" +
+	"ownedShows\x12\x1f\n" +
+	"\vowned_total\x18\x06 \x01(\x05R\n" +
+	"ownedTotal\x12\x1c\n" +
+	"\ttruncated\x18\a \x01(\bR\ttruncated\x12\x14\n" +
+	"\x05error\x18\b \x01(\tR\x05error\"\xde\x01\n" +
+	"\x15ClusterStatusResponse\x12\x12\n" +
+	"\x04self\x18\x01 \x01(\tR\x04self\x12!\n" +
+	"\fring_version\x18\x02 \x01(\x04R\vringVersion\x12'\n" +
+	"\x0fpartition_count\x18\x03 \x01(\x05R\x0epartitionCount\x125\n" +
+	"\amembers\x18\x04 \x03(\v2\x1b.boxoffice.v1.ClusterMemberR\amembers\x12.\n" +
+	"\x05nodes\x18\x05 \x03(\v2\x18.boxoffice.v1.NodeStatusR\x05nodes*\x8b\x01\n" +
+	"\vMemberState\x12\x1c\n" +
+	"\x18MEMBER_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12MEMBER_STATE_ALIVE\x10\x01\x12\x18\n" +
+	"\x14MEMBER_STATE_SUSPECT\x10\x02\x12\x15\n" +
+	"\x11MEMBER_STATE_DEAD\x10\x03\x12\x15\n" +
+	"\x11MEMBER_STATE_LEFT\x10\x042\xda\x01\n" +
 	"\fAdminService\x12p\n" +
-	"\x15ListReservationEvents\x12*.boxoffice.v1.ListReservationEventsRequest\x1a+.boxoffice.v1.ListReservationEventsResponseB=Z;github.com/boxoffice/boxoffice/api/boxoffice/v1;boxofficev1b\x06proto3"
+	"\x15ListReservationEvents\x12*.boxoffice.v1.ListReservationEventsRequest\x1a+.boxoffice.v1.ListReservationEventsResponse\x12X\n" +
+	"\rClusterStatus\x12\".boxoffice.v1.ClusterStatusRequest\x1a#.boxoffice.v1.ClusterStatusResponseB=Z;github.com/boxoffice/boxoffice/api/boxoffice/v1;boxofficev1b\x06proto3"
 
 var (
 	file_boxoffice_v1_admin_proto_rawDescOnce sync.Once
@@ -313,23 +820,38 @@ func file_boxoffice_v1_admin_proto_rawDescGZIP() []byte {
 	return file_boxoffice_v1_admin_proto_rawDescData
 }
 
-var file_boxoffice_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_boxoffice_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_boxoffice_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_boxoffice_v1_admin_proto_goTypes = []any{
-	(*ListReservationEventsRequest)(nil),  // 0: boxoffice.v1.ListReservationEventsRequest
-	(*ReservationEvent)(nil),              // 1: boxoffice.v1.ReservationEvent
-	(*ListReservationEventsResponse)(nil), // 2: boxoffice.v1.ListReservationEventsResponse
-	(*timestamppb.Timestamp)(nil),         // 3: google.protobuf.Timestamp
+	(MemberState)(0),                      // 0: boxoffice.v1.MemberState
+	(*ListReservationEventsRequest)(nil),  // 1: boxoffice.v1.ListReservationEventsRequest
+	(*ReservationEvent)(nil),              // 2: boxoffice.v1.ReservationEvent
+	(*ListReservationEventsResponse)(nil), // 3: boxoffice.v1.ListReservationEventsResponse
+	(*ClusterStatusRequest)(nil),          // 4: boxoffice.v1.ClusterStatusRequest
+	(*ClusterMember)(nil),                 // 5: boxoffice.v1.ClusterMember
+	(*OwnedShow)(nil),                     // 6: boxoffice.v1.OwnedShow
+	(*NodeStatus)(nil),                    // 7: boxoffice.v1.NodeStatus
+	(*ClusterStatusResponse)(nil),         // 8: boxoffice.v1.ClusterStatusResponse
+	(*timestamppb.Timestamp)(nil),         // 9: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 10: google.protobuf.Duration
 }
 var file_boxoffice_v1_admin_proto_depIdxs = []int32{
-	3, // 0: boxoffice.v1.ReservationEvent.at:type_name -> google.protobuf.Timestamp
-	1, // 1: boxoffice.v1.ListReservationEventsResponse.events:type_name -> boxoffice.v1.ReservationEvent
-	0, // 2: boxoffice.v1.AdminService.ListReservationEvents:input_type -> boxoffice.v1.ListReservationEventsRequest
-	2, // 3: boxoffice.v1.AdminService.ListReservationEvents:output_type -> boxoffice.v1.ListReservationEventsResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	9,  // 0: boxoffice.v1.ReservationEvent.at:type_name -> google.protobuf.Timestamp
+	2,  // 1: boxoffice.v1.ListReservationEventsResponse.events:type_name -> boxoffice.v1.ReservationEvent
+	0,  // 2: boxoffice.v1.ClusterMember.state:type_name -> boxoffice.v1.MemberState
+	10, // 3: boxoffice.v1.OwnedShow.lease_remaining:type_name -> google.protobuf.Duration
+	6,  // 4: boxoffice.v1.NodeStatus.owned_shows:type_name -> boxoffice.v1.OwnedShow
+	5,  // 5: boxoffice.v1.ClusterStatusResponse.members:type_name -> boxoffice.v1.ClusterMember
+	7,  // 6: boxoffice.v1.ClusterStatusResponse.nodes:type_name -> boxoffice.v1.NodeStatus
+	1,  // 7: boxoffice.v1.AdminService.ListReservationEvents:input_type -> boxoffice.v1.ListReservationEventsRequest
+	4,  // 8: boxoffice.v1.AdminService.ClusterStatus:input_type -> boxoffice.v1.ClusterStatusRequest
+	3,  // 9: boxoffice.v1.AdminService.ListReservationEvents:output_type -> boxoffice.v1.ListReservationEventsResponse
+	8,  // 10: boxoffice.v1.AdminService.ClusterStatus:output_type -> boxoffice.v1.ClusterStatusResponse
+	9,  // [9:11] is the sub-list for method output_type
+	7,  // [7:9] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_boxoffice_v1_admin_proto_init() }
@@ -342,13 +864,14 @@ func file_boxoffice_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_boxoffice_v1_admin_proto_rawDesc), len(file_boxoffice_v1_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   3,
+			NumEnums:      1,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_boxoffice_v1_admin_proto_goTypes,
 		DependencyIndexes: file_boxoffice_v1_admin_proto_depIdxs,
+		EnumInfos:         file_boxoffice_v1_admin_proto_enumTypes,
 		MessageInfos:      file_boxoffice_v1_admin_proto_msgTypes,
 	}.Build()
 	File_boxoffice_v1_admin_proto = out.File

@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	AdminService_ListReservationEvents_FullMethodName = "/boxoffice.v1.AdminService/ListReservationEvents"
+	AdminService_ClusterStatus_FullMethodName         = "/boxoffice.v1.AdminService/ClusterStatus"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -31,6 +32,15 @@ type AdminServiceClient interface {
 	// ListReservationEvents reads the audit log, newest first, filtered by
 	// show, reservation or user (at least one).
 	ListReservationEvents(ctx context.Context, in *ListReservationEventsRequest, opts ...grpc.CallOption) (*ListReservationEventsResponse, error)
+	// ClusterStatus answers the cluster as the node called sees it: its ring
+	// (members, their states and partitions) and, per member, the shows it
+	// has loaded and the ownership rows naming it in PostgreSQL. Unless
+	// local_only, the node asks every other live member for its own part,
+	// each within about 2 seconds; a member that does not answer is listed
+	// with an error (and the ownership rows the called node reads for it),
+	// and the call still answers. A node without a ring answers for itself
+	// as the only member.
+	ClusterStatus(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error)
 }
 
 type adminServiceClient struct {
@@ -51,6 +61,16 @@ func (c *adminServiceClient) ListReservationEvents(ctx context.Context, in *List
 	return out, nil
 }
 
+func (c *adminServiceClient) ClusterStatus(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ClusterStatusResponse)
+	err := c.cc.Invoke(ctx, AdminService_ClusterStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -60,6 +80,15 @@ type AdminServiceServer interface {
 	// ListReservationEvents reads the audit log, newest first, filtered by
 	// show, reservation or user (at least one).
 	ListReservationEvents(context.Context, *ListReservationEventsRequest) (*ListReservationEventsResponse, error)
+	// ClusterStatus answers the cluster as the node called sees it: its ring
+	// (members, their states and partitions) and, per member, the shows it
+	// has loaded and the ownership rows naming it in PostgreSQL. Unless
+	// local_only, the node asks every other live member for its own part,
+	// each within about 2 seconds; a member that does not answer is listed
+	// with an error (and the ownership rows the called node reads for it),
+	// and the call still answers. A node without a ring answers for itself
+	// as the only member.
+	ClusterStatus(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -72,6 +101,9 @@ type UnimplementedAdminServiceServer struct{}
 
 func (UnimplementedAdminServiceServer) ListReservationEvents(context.Context, *ListReservationEventsRequest) (*ListReservationEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListReservationEvents not implemented")
+}
+func (UnimplementedAdminServiceServer) ClusterStatus(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ClusterStatus not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -112,6 +144,24 @@ func _AdminService_ListReservationEvents_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ClusterStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ClusterStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ClusterStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ClusterStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ClusterStatus(ctx, req.(*ClusterStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -122,6 +172,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListReservationEvents",
 			Handler:    _AdminService_ListReservationEvents_Handler,
+		},
+		{
+			MethodName: "ClusterStatus",
+			Handler:    _AdminService_ClusterStatus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
