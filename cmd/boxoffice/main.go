@@ -4,6 +4,7 @@
 //	boxoffice migrate  apply database migrations and exit
 //	boxoffice demo     start a private PostgreSQL and a node, run a scripted scenario, keep serving
 //	boxoffice bench    load-test a target (the engine or a baseline design) and verify the result
+//	boxoffice status   print the cluster as a node sees it: members, ring, shows loaded and owned
 package main
 
 import (
@@ -31,6 +32,8 @@ func main() {
 		err = runDemo(ctx, args)
 	case "bench":
 		err = runBench(ctx, args)
+	case "status":
+		err = runStatus(ctx, args)
 	case "help", "-h", "--help":
 		usage()
 		return
@@ -53,5 +56,6 @@ commands:
   migrate  apply database migrations and exit
   demo     start a private PostgreSQL and a node, run a short scenario, keep serving
   bench    load-test a target and verify it ('bench compare' runs several in turn; 'bench -h')
+  status   print the cluster as a node sees it: members, ring, shows loaded and owned ('status -h')
 `)
 }

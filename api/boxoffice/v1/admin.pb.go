@@ -542,7 +542,7 @@ type NodeStatus struct {
 	// The address it was asked at (its member's grpc_addr).
 	GrpcAddr string `protobuf:"bytes,2,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
 	// Shows loaded in its memory, by show ID, at most 1,000 of them (see
-	// loaded_total). Empty when the node could not be asked (see error).
+	// loaded_total). Empty unless reached.
 	LoadedShows []string `protobuf:"bytes,3,rep,name=loaded_shows,json=loadedShows,proto3" json:"loaded_shows,omitempty"`
 	// Number of shows loaded, including those not listed.
 	LoadedTotal int32 `protobuf:"varint,4,opt,name=loaded_total,json=loadedTotal,proto3" json:"loaded_total,omitempty"`
@@ -559,7 +559,11 @@ type NodeStatus struct {
 	// out of the ring or did not answer (then loaded_shows is empty and
 	// owned_shows was read by the answering node), or its ownership rows
 	// could not be read.
-	Error         string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	// Whether the node itself answered for this entry, so that its loaded
+	// shows are known; false for a member out of the ring or that did not
+	// answer.
+	Reached       bool `protobuf:"varint,9,opt,name=reached,proto3" json:"reached,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -648,6 +652,13 @@ func (x *NodeStatus) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *NodeStatus) GetReached() bool {
+	if x != nil {
+		return x.Reached
+	}
+	return false
 }
 
 type ClusterStatusResponse struct {
@@ -779,7 +790,7 @@ const file_boxoffice_v1_admin_proto_rawDesc = "" +
 	"\tOwnedShow\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12B\n" +
-	"\x0flease_remaining\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0eleaseRemaining\"\x92\x02\n" +
+	"\x0flease_remaining\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0eleaseRemaining\"\xac\x02\n" +
 	"\n" +
 	"NodeStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
@@ -791,7 +802,8 @@ const file_boxoffice_v1_admin_proto_rawDesc = "" +
 	"\vowned_total\x18\x06 \x01(\x05R\n" +
 	"ownedTotal\x12\x1c\n" +
 	"\ttruncated\x18\a \x01(\bR\ttruncated\x12\x14\n" +
-	"\x05error\x18\b \x01(\tR\x05error\"\xde\x01\n" +
+	"\x05error\x18\b \x01(\tR\x05error\x12\x18\n" +
+	"\areached\x18\t \x01(\bR\areached\"\xde\x01\n" +
 	"\x15ClusterStatusResponse\x12\x12\n" +
 	"\x04self\x18\x01 \x01(\tR\x04self\x12!\n" +
 	"\fring_version\x18\x02 \x01(\x04R\vringVersion\x12'\n" +
