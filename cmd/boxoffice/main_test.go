@@ -130,6 +130,12 @@ type serveOptions struct {
 	// given to the child as BOXOFFICE_TOKEN_FILE, --admin-token-file and
 	// --database-url-file: no secret is on its command line.
 	SecretsDir string
+
+	// Gossip makes the child a cluster member (--gossip-addr) gossiping on
+	// a free loopback port, serveProcess.GossipAddr; Join are the gossip
+	// addresses of members it joins (--join; empty: it starts a cluster).
+	Gossip bool
+	Join   []string
 }
 
 // serveProcess is `boxoffice serve` running as a child process on free
@@ -137,6 +143,7 @@ type serveOptions struct {
 // Output and Exited.
 type serveProcess struct {
 	GRPCAddr, HTTPAddr string
+	GossipAddr         string // empty unless serveOptions.Gossip
 
 	cmd     *exec.Cmd
 	out     *childOutput
@@ -209,6 +216,13 @@ func launchServe(t testing.TB, bin string, opts serveOptions) *serveProcess {
 	}
 	if opts.Migrate {
 		args = append(args, "--migrate")
+	}
+	if opts.Gossip {
+		p.GossipAddr = freeLoopbackAddr(t) // TCP-free a moment ago; memberlist binds TCP and UDP: a clash is retried as above
+		args = append(args, "--gossip-addr", p.GossipAddr)
+		if len(opts.Join) > 0 {
+			args = append(args, "--join", strings.Join(opts.Join, ","))
+		}
 	}
 	// exec.Command, not CommandContext: the test decides when and how the
 	// child dies (kill -9 or at cleanup), not a context ending.
