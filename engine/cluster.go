@@ -30,15 +30,34 @@ func (n *Node) ownerOf(id ar.ShowID) (ring.Member, bool) {
 	return o, o.Name == n.cfg.Ring.Self().Name
 }
 
+// member returns the ring member named name, with its addresses when the
+// ring has it.
+func (n *Node) member(name string) ring.Member {
+	if r, ok := n.cfg.Ring.(interface{ Members() []ring.Member }); ok {
+		for _, m := range r.Members() {
+			if m.Name == name {
+				return m
+			}
+		}
+	}
+	return ring.Member{Name: name}
+}
+
+// leasePoll bounds how long a load waits between two attempts to take a
+// show another node holds a lease on.
+const leasePoll = 50 * time.Millisecond
+
 // acquire takes the show's ownership in the database, for a load: only when
 // the ring names this node, and, while another node's lease on it runs
-// (it is handing the show off, or died), after waiting that lease out —
-// within ctx and at most AcquireWait: a lease renewed all that time means
-// that node still serves the show (the nodes disagree about the ring), and
-// the caller is told SHOW_MOVED.
+// (it is handing the show off, or died), once that lease is released or
+// runs out, asking again every leasePoll — within ctx and at most
+// AcquireWait: a lease renewed all that time means that node still serves
+// the show (the nodes disagree about the ring), and the caller is told
+// SHOW_MOVED naming it.
 func (n *Node) acquire(ctx context.Context, id ar.ShowID) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.AcquireWait)
 	defer cancel()
+	var held *persistence.LeasedError // the last refusal
 	for {
 		owner, mine := n.ownerOf(id)
 		if !mine {
@@ -50,16 +69,25 @@ func (n *Node) acquire(ctx context.Context, id ar.ShowID) (int64, error) {
 			if err == nil {
 				n.metrics.ownership("take")
 			}
+			if err != nil && held != nil && ctx.Err() != nil {
+				// The wait ran out while asking again: the database is
+				// not at fault; the lease was still running.
+				return 0, &MovedError{Show: id, Owner: n.member(held.Owner), Why: fmt.Sprintf("still leased by %s", held.Owner)}
+			}
 			return epoch, err
 		}
-		wait := max(leased.Remaining, time.Millisecond) + n.cfg.LeaseSlack
+		held = leased
+		// Ask again at least every leasePoll: a node handing the show off
+		// (a graceful stop, a rebalance) releases its lease long before
+		// it would run out.
+		wait := min(max(leased.Remaining, time.Millisecond)+n.cfg.LeaseSlack, leasePoll)
 		n.cfg.Logger.Debug("show leased by another node; waiting it out", "show", id, "owner", leased.Owner, "wait", wait)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return 0, &MovedError{Show: id, Owner: ring.Member{Name: leased.Owner}, Why: fmt.Sprintf("still leased by %s", leased.Owner)}
+			return 0, &MovedError{Show: id, Owner: n.member(leased.Owner), Why: fmt.Sprintf("still leased by %s", leased.Owner)}
 		}
 	}
 }

@@ -46,8 +46,11 @@ const (
 	// Leave and Shutdown may wait for a reconnect attempt in flight.
 	tcpTimeout = time.Second
 	// pushPullInterval is memberlist's periodic full-state exchange, the
-	// backstop for lost gossip (LAN default 30 s).
-	pushPullInterval = 10 * time.Second
+	// backstop for lost gossip (LAN default 30 s). Gossip was seen to miss a
+	// join now and then on a loaded 2-core machine, leaving one node's ring
+	// behind until the next exchange; with clusters of a handful of nodes an
+	// exchange every 2 s costs next to nothing.
+	pushPullInterval = 2 * time.Second
 )
 
 // Ring is this node's membership and its view of show ownership. Create it
