@@ -121,6 +121,7 @@ func (n *Node) RenewLeases() int {
 	}
 	n.mu.RUnlock()
 	if len(owned) == 0 {
+		n.metrics.showsOwned.Set(0)
 		return 0
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LeaseRenewInterval*2)
@@ -131,6 +132,7 @@ func (n *Node) RenewLeases() int {
 		n.cfg.Logger.Warn("lease renewal failed", "shows", len(owned), "err", err)
 		return 0
 	}
+	n.metrics.showsOwned.Set(float64(len(owned) - len(lost)))
 	for _, o := range lost {
 		if sh := byID[o.ShowID]; sh != nil {
 			n.metrics.ownership("lost")
@@ -144,14 +146,22 @@ func (n *Node) RenewLeases() int {
 // whenever the ring changes.
 func (n *Node) ringLoop() {
 	defer n.wg.Done()
+	n.countMembers()
 	for {
 		select {
 		case <-n.quit:
 			return
 		case <-n.cfg.Ring.Changes():
 			n.metrics.ringChanges.Inc()
+			n.countMembers()
 			n.HandOffMoved()
 		}
+	}
+}
+
+func (n *Node) countMembers() {
+	if r, ok := n.cfg.Ring.(interface{ Members() []ring.Member }); ok {
+		n.metrics.members.Set(float64(len(r.Members())))
 	}
 }
 

@@ -130,3 +130,28 @@ func TestClusterRoutesToOwner(t *testing.T) {
 		checkSeatMapEqualsDB(t, n, db, id)
 	}
 }
+
+// TestClusterMetrics: the ring's members, forwarded calls, ownership takes
+// and the shows owned are counted.
+func TestClusterMetrics(t *testing.T) {
+	nodes, _ := startCluster(t, 2)
+	var show string
+	for i := 0; show == ""; i++ {
+		if id := fmt.Sprintf("cm%d", i); nodes[0].Ring.Owner(id).Name == "c0" {
+			show = id
+		}
+	}
+	nodes[0].CreateShow(t, show, 1, 10, 0)
+	if _, err := hold(t, nodes[1], show, "u", "A-1"); err != nil { // through c1: forwarded to c0
+		t.Fatal(err)
+	}
+	pollUntil(t, 5*time.Second, "the gauges and counters", func() bool {
+		m0, m1 := scrape(t, nodes[0]), scrape(t, nodes[1])
+		members0, _ := sample(m0, "boxoffice_ring_members")
+		members1, _ := sample(m1, "boxoffice_ring_members")
+		fwd, _ := sample(m1, "boxoffice_forwarded_calls_total")
+		takes, _ := sample(m0, "boxoffice_ownership_events_total", `event="take"`)
+		owned, _ := sample(m0, "boxoffice_shows_owned")
+		return members0 == 2 && members1 == 2 && fwd == 1 && takes == 1 && owned == 1
+	})
+}

@@ -28,6 +28,8 @@ type metrics struct {
 	evictions   prometheus.Counter
 
 	forwarded   prometheus.Counter
+	members     prometheus.Gauge
+	showsOwned  prometheus.Gauge
 	ownerships  *prometheus.CounterVec
 	ringChanges prometheus.Counter
 	fenced      prometheus.Counter
@@ -83,6 +85,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "boxoffice_ownership_events_total",
 			Help: "Show ownership: takes, releases (hand-offs), losses (found taken by another node), failed renewals.",
 		}, []string{"event"}),
+		members: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "boxoffice_ring_members", Help: "Members in this node's ring (1 for a node alone).",
+		}),
+		showsOwned: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "boxoffice_shows_owned", Help: "Shows whose lease this node renewed last time.",
+		}),
 		ringChanges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "boxoffice_ring_changes_total", Help: "Changes of the ring's member set seen by this node.",
 		}),
@@ -112,7 +120,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{m.rpcRequests, m.rpcLatency, m.ops, m.batchSize, m.commitTime, m.batchErrors, m.failedMuts, m.showsLoaded, m.evictions,
 		m.waiting, m.longestWaitlist, m.waitOps, m.waitToTurn,
-		m.forwarded, m.ownerships, m.ringChanges, m.fenced, m.loadTime} {
+		m.forwarded, m.ownerships, m.ringChanges, m.fenced, m.loadTime, m.members, m.showsOwned} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -87,6 +87,7 @@ func (n *Node) Start() {
 	n.wg.Add(2)
 	go n.expiryLoop()
 	go n.renewLoop()
+	n.metrics.members.Set(1)
 	if n.cfg.Ring != nil {
 		n.wg.Add(1)
 		go n.ringLoop()
