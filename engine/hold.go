@@ -39,6 +39,12 @@ type HoldRequest struct {
 // reloaded before its next change. A hold of seats of the user's turn
 // that are still being freed (the release or expiry that gave the turn is
 // committing) waits for that commit.
+//
+// A hold asking for a seat that another hold took but has not committed yet
+// waits for that commit before it is decided: a refusal is never based on a
+// hold that may still fail, or be lost with a crashed owner, so holds,
+// confirms and releases are linearizable. (Seat-map reads are not: they
+// show holds whose commit is in flight.)
 func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error) {
 	if err := validateUser(req.User); err != nil {
 		return ar.Reservation{}, err
@@ -61,6 +67,12 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 	for {
 		if sh.dropped || sh.stale {
 			if sh, err = n.relockForChange(ctx, sh); err != nil {
+				return ar.Reservation{}, err
+			}
+			continue
+		}
+		if ch := sh.pendingLocked(req.Seats); ch != nil {
+			if err := waitUnlocked(ctx, &sh.mu, ch); err != nil {
 				return ar.Reservation{}, err
 			}
 			continue
@@ -142,6 +154,9 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 	}
 	done := make(chan struct{})
 	sh.busy[id] = done
+	for _, s := range r.Seats {
+		sh.pending[s] = done
+	}
 	if req.IdempotencyKey != "" {
 		n.rememberLocked(sh, req.IdempotencyKey, idemEntry{fingerprint: fp, hold: id, at: r.CreatedAt})
 	}
@@ -151,6 +166,11 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 
 	sh.mu.Lock()
 	delete(sh.busy, id)
+	for _, s := range r.Seats {
+		if sh.pending[s] == done {
+			delete(sh.pending, s)
+		}
+	}
 	close(done)
 	unload := false
 	if werr != nil {
@@ -189,6 +209,20 @@ func soldOutLocked(rules *ar.Show, seats []ar.SeatID) bool {
 	}
 	available, held, _, offered := rules.Counts()
 	return available == 0 && held == 0 && offered == 0
+}
+
+// pendingLocked returns the busy channel of an in-flight hold that took one
+// of seats, or nil.
+func (sh *show) pendingLocked(seats []ar.SeatID) <-chan struct{} {
+	if len(sh.pending) == 0 {
+		return nil
+	}
+	for _, s := range seats {
+		if ch, ok := sh.pending[s]; ok {
+			return ch
+		}
+	}
+	return nil
 }
 
 // waitUnlocked waits for ch with mu unlocked, and returns with mu locked,

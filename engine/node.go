@@ -150,6 +150,10 @@ type show struct {
 	// busy has a channel for each hold with a write in flight, closed when
 	// the write's outcome is applied. Other changes to the hold wait for it.
 	busy map[ar.HoldID]chan struct{}
+	// pending maps each seat of a new hold whose write is in flight to
+	// that hold's busy channel: a hold asking for the seat waits for the
+	// outcome instead of being refused on a hold that may never commit.
+	pending map[ar.SeatID]chan struct{}
 	// idem maps idempotency keys to the requests they answered, oldest
 	// first; keys older than the retention are forgotten as new ones come.
 	idem *ordmap.Map[string, idemEntry]
@@ -475,7 +479,9 @@ func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {
 		rules: rules,
 		wait:  newWaitlist(wu.WaitlistConfig{MaxWait: snap.Show.MaxWait, OfferWindow: snap.Show.OfferWindow}, uint64(epoch)<<32),
 		busy:  make(map[ar.HoldID]chan struct{}),
-		idem:  ordmap.New[string, idemEntry](len(snap.Idempotency)),
+
+		pending: make(map[ar.SeatID]chan struct{}),
+		idem:    ordmap.New[string, idemEntry](len(snap.Idempotency)),
 	}
 	if err := n.restoreWaitlist(sh, snap); err != nil {
 		return nil, fmt.Errorf("replay show %s waitlist: %w", id, err)

@@ -201,3 +201,52 @@ func TestHoldRace(t *testing.T) {
 		t.Errorf("seat map has %d held seats, successes hold %d", sm.GetHeld(), len(holder))
 	}
 }
+
+// TestHoldWaitsForUncommittedHold: a hold asking for a seat that another
+// hold took but has not committed is not refused on it. While u1's hold of
+// A-1 waits at its commit (the ownership row is locked), u2's hold of A-1
+// is not answered; u1's write then fails before COMMIT (its connection is
+// terminated), memory takes u1's hold back, and u2 gets the seat — the
+// only answer a history in which u1's hold never happened allows.
+func TestHoldWaitsForUncommittedHold(t *testing.T) {
+	n, url := newNode(t, tc.Options{})
+	db := openDB(t, url)
+	n.CreateShow(t, "pend", 1, 4, 0)
+	getSeatMap(t, n, "pend")
+	lock := lockOwnerRow(t, db, "pend")
+
+	first := make(chan error, 1)
+	go func() {
+		_, err := hold(t, n, "pend", "u1", "A-1")
+		first <- err
+	}()
+	pollUntil(t, 10*time.Second, "u1's hold to reach the writer", func() bool { return lockWaiters(t, db) > 0 })
+	second := make(chan error, 1)
+	go func() {
+		_, err := hold(t, n, "pend", "u2", "A-1")
+		second <- err
+	}()
+	select {
+	case err := <-second:
+		t.Fatalf("u2's hold answered while u1's was uncommitted: %v", err)
+	case <-time.After(200 * time.Millisecond): // it must still wait: u1's commit is blocked
+	}
+	// u1's transaction dies waiting for the lock, before COMMIT.
+	if _, err := db.Exec(context.Background(), `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = current_database() AND wait_event_type = 'Lock'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-first; apiErrorOf(err).Code != codes.Unavailable {
+		t.Fatalf("u1's hold: %v, want Unavailable", err)
+	}
+	if err := lock.Rollback(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; err != nil {
+		t.Fatalf("u2's hold after u1's failed: %v", err)
+	}
+	if claims := dbClaims(t, db, "pend"); len(claims) != 1 {
+		t.Errorf("claims: %v", claims)
+	}
+	checkSeatMapEqualsDB(t, n, db, "pend")
+}
