@@ -9,6 +9,7 @@ package boxofficev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -22,6 +23,585 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type WatchSeatMapRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ShowId string                 `protobuf:"bytes,1,opt,name=show_id,json=showId,proto3" json:"show_id,omitempty"`
+	// The version of a seat map the caller already has (0: none). If it is
+	// still current, the stream starts with changes instead of a snapshot.
+	SinceVersion  uint64 `protobuf:"varint,2,opt,name=since_version,json=sinceVersion,proto3" json:"since_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchSeatMapRequest) Reset() {
+	*x = WatchSeatMapRequest{}
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchSeatMapRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchSeatMapRequest) ProtoMessage() {}
+
+func (x *WatchSeatMapRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchSeatMapRequest.ProtoReflect.Descriptor instead.
+func (*WatchSeatMapRequest) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *WatchSeatMapRequest) GetShowId() string {
+	if x != nil {
+		return x.ShowId
+	}
+	return ""
+}
+
+func (x *WatchSeatMapRequest) GetSinceVersion() uint64 {
+	if x != nil {
+		return x.SinceVersion
+	}
+	return 0
+}
+
+type WatchSeatMapResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ShowId string                 `protobuf:"bytes,1,opt,name=show_id,json=showId,proto3" json:"show_id,omitempty"`
+	// The seat map's version after this message.
+	Version uint64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// When set, the whole map at version: one SeatStatus byte per seat in
+	// layout order. Sent first, and again whenever the watcher fell behind;
+	// changes then come on top of it.
+	Snapshot []byte `protobuf:"bytes,3,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	// Otherwise, the seats that changed since the previous message's version:
+	// seat_indexes (positions in layout order) and, at the same positions of
+	// statuses, their new SeatStatus bytes.
+	SeatIndexes []uint32 `protobuf:"varint,4,rep,packed,name=seat_indexes,json=seatIndexes,proto3" json:"seat_indexes,omitempty"`
+	Statuses    []byte   `protobuf:"bytes,5,opt,name=statuses,proto3" json:"statuses,omitempty"`
+	// The counts at version, as in GetSeatMapResponse.
+	Available     int32 `protobuf:"varint,6,opt,name=available,proto3" json:"available,omitempty"`
+	Held          int32 `protobuf:"varint,7,opt,name=held,proto3" json:"held,omitempty"`
+	Booked        int32 `protobuf:"varint,8,opt,name=booked,proto3" json:"booked,omitempty"`
+	Offered       int32 `protobuf:"varint,9,opt,name=offered,proto3" json:"offered,omitempty"`
+	Waiting       int32 `protobuf:"varint,10,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchSeatMapResponse) Reset() {
+	*x = WatchSeatMapResponse{}
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchSeatMapResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchSeatMapResponse) ProtoMessage() {}
+
+func (x *WatchSeatMapResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchSeatMapResponse.ProtoReflect.Descriptor instead.
+func (*WatchSeatMapResponse) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *WatchSeatMapResponse) GetShowId() string {
+	if x != nil {
+		return x.ShowId
+	}
+	return ""
+}
+
+func (x *WatchSeatMapResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *WatchSeatMapResponse) GetSnapshot() []byte {
+	if x != nil {
+		return x.Snapshot
+	}
+	return nil
+}
+
+func (x *WatchSeatMapResponse) GetSeatIndexes() []uint32 {
+	if x != nil {
+		return x.SeatIndexes
+	}
+	return nil
+}
+
+func (x *WatchSeatMapResponse) GetStatuses() []byte {
+	if x != nil {
+		return x.Statuses
+	}
+	return nil
+}
+
+func (x *WatchSeatMapResponse) GetAvailable() int32 {
+	if x != nil {
+		return x.Available
+	}
+	return 0
+}
+
+func (x *WatchSeatMapResponse) GetHeld() int32 {
+	if x != nil {
+		return x.Held
+	}
+	return 0
+}
+
+func (x *WatchSeatMapResponse) GetBooked() int32 {
+	if x != nil {
+		return x.Booked
+	}
+	return 0
+}
+
+func (x *WatchSeatMapResponse) GetOffered() int32 {
+	if x != nil {
+		return x.Offered
+	}
+	return 0
+}
+
+func (x *WatchSeatMapResponse) GetWaiting() int32 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+type PipelineRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Calls         []*PipelineCall        `protobuf:"bytes,1,rep,name=calls,proto3" json:"calls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineRequest) Reset() {
+	*x = PipelineRequest{}
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineRequest) ProtoMessage() {}
+
+func (x *PipelineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineRequest.ProtoReflect.Descriptor instead.
+func (*PipelineRequest) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PipelineRequest) GetCalls() []*PipelineCall {
+	if x != nil {
+		return x.Calls
+	}
+	return nil
+}
+
+// One call of a pipeline batch.
+type PipelineCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the caller; its answer carries it. Unique among the stream's
+	// calls in flight.
+	CallId uint64 `protobuf:"varint,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	// How long the call may take, from its arrival; unset: the stream's
+	// deadline.
+	Timeout *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Types that are valid to be assigned to Call:
+	//
+	//	*PipelineCall_Hold
+	//	*PipelineCall_Confirm
+	//	*PipelineCall_Release
+	Call          isPipelineCall_Call `protobuf_oneof:"call"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineCall) Reset() {
+	*x = PipelineCall{}
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineCall) ProtoMessage() {}
+
+func (x *PipelineCall) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineCall.ProtoReflect.Descriptor instead.
+func (*PipelineCall) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PipelineCall) GetCallId() uint64 {
+	if x != nil {
+		return x.CallId
+	}
+	return 0
+}
+
+func (x *PipelineCall) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *PipelineCall) GetCall() isPipelineCall_Call {
+	if x != nil {
+		return x.Call
+	}
+	return nil
+}
+
+func (x *PipelineCall) GetHold() *HoldSeatsRequest {
+	if x != nil {
+		if x, ok := x.Call.(*PipelineCall_Hold); ok {
+			return x.Hold
+		}
+	}
+	return nil
+}
+
+func (x *PipelineCall) GetConfirm() *ConfirmHoldRequest {
+	if x != nil {
+		if x, ok := x.Call.(*PipelineCall_Confirm); ok {
+			return x.Confirm
+		}
+	}
+	return nil
+}
+
+func (x *PipelineCall) GetRelease() *ReleaseHoldRequest {
+	if x != nil {
+		if x, ok := x.Call.(*PipelineCall_Release); ok {
+			return x.Release
+		}
+	}
+	return nil
+}
+
+type isPipelineCall_Call interface {
+	isPipelineCall_Call()
+}
+
+type PipelineCall_Hold struct {
+	Hold *HoldSeatsRequest `protobuf:"bytes,3,opt,name=hold,proto3,oneof"`
+}
+
+type PipelineCall_Confirm struct {
+	Confirm *ConfirmHoldRequest `protobuf:"bytes,4,opt,name=confirm,proto3,oneof"`
+}
+
+type PipelineCall_Release struct {
+	Release *ReleaseHoldRequest `protobuf:"bytes,5,opt,name=release,proto3,oneof"`
+}
+
+func (*PipelineCall_Hold) isPipelineCall_Call() {}
+
+func (*PipelineCall_Confirm) isPipelineCall_Call() {}
+
+func (*PipelineCall_Release) isPipelineCall_Call() {}
+
+type PipelineResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*PipelineResult      `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineResponse) Reset() {
+	*x = PipelineResponse{}
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineResponse) ProtoMessage() {}
+
+func (x *PipelineResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineResponse.ProtoReflect.Descriptor instead.
+func (*PipelineResponse) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PipelineResponse) GetResults() []*PipelineResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// The answer to one pipeline call: what the unary RPC would answer.
+type PipelineResult struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	CallId uint64                 `protobuf:"varint,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*PipelineResult_Hold
+	//	*PipelineResult_Confirm
+	//	*PipelineResult_Release
+	//	*PipelineResult_Error
+	Result        isPipelineResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineResult) Reset() {
+	*x = PipelineResult{}
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineResult) ProtoMessage() {}
+
+func (x *PipelineResult) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineResult.ProtoReflect.Descriptor instead.
+func (*PipelineResult) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *PipelineResult) GetCallId() uint64 {
+	if x != nil {
+		return x.CallId
+	}
+	return 0
+}
+
+func (x *PipelineResult) GetResult() isPipelineResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *PipelineResult) GetHold() *HoldSeatsResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PipelineResult_Hold); ok {
+			return x.Hold
+		}
+	}
+	return nil
+}
+
+func (x *PipelineResult) GetConfirm() *ConfirmHoldResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PipelineResult_Confirm); ok {
+			return x.Confirm
+		}
+	}
+	return nil
+}
+
+func (x *PipelineResult) GetRelease() *ReleaseHoldResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PipelineResult_Release); ok {
+			return x.Release
+		}
+	}
+	return nil
+}
+
+func (x *PipelineResult) GetError() *CallError {
+	if x != nil {
+		if x, ok := x.Result.(*PipelineResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isPipelineResult_Result interface {
+	isPipelineResult_Result()
+}
+
+type PipelineResult_Hold struct {
+	Hold *HoldSeatsResponse `protobuf:"bytes,2,opt,name=hold,proto3,oneof"`
+}
+
+type PipelineResult_Confirm struct {
+	Confirm *ConfirmHoldResponse `protobuf:"bytes,3,opt,name=confirm,proto3,oneof"`
+}
+
+type PipelineResult_Release struct {
+	Release *ReleaseHoldResponse `protobuf:"bytes,4,opt,name=release,proto3,oneof"`
+}
+
+type PipelineResult_Error struct {
+	Error *CallError `protobuf:"bytes,5,opt,name=error,proto3,oneof"`
+}
+
+func (*PipelineResult_Hold) isPipelineResult_Result() {}
+
+func (*PipelineResult_Confirm) isPipelineResult_Result() {}
+
+func (*PipelineResult_Release) isPipelineResult_Result() {}
+
+func (*PipelineResult_Error) isPipelineResult_Result() {}
+
+// A call's refusal or failure: the gRPC code, reason and message the unary
+// RPC would answer, with its ErrorInfo metadata (e.g. "seats").
+type CallError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A google.rpc.Code value.
+	Code          int32             `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Reason        string            `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Message       string            `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	Metadata      map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallError) Reset() {
+	*x = CallError{}
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallError) ProtoMessage() {}
+
+func (x *CallError) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallError.ProtoReflect.Descriptor instead.
+func (*CallError) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *CallError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *CallError) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *CallError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *CallError) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
 type GetSeatMapRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	ShowId string                 `protobuf:"bytes,1,opt,name=show_id,json=showId,proto3" json:"show_id,omitempty"`
@@ -34,7 +614,7 @@ type GetSeatMapRequest struct {
 
 func (x *GetSeatMapRequest) Reset() {
 	*x = GetSeatMapRequest{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[0]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +626,7 @@ func (x *GetSeatMapRequest) String() string {
 func (*GetSeatMapRequest) ProtoMessage() {}
 
 func (x *GetSeatMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[0]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +639,7 @@ func (x *GetSeatMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSeatMapRequest.ProtoReflect.Descriptor instead.
 func (*GetSeatMapRequest) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{0}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetSeatMapRequest) GetShowId() string {
@@ -99,7 +679,7 @@ type GetSeatMapResponse struct {
 
 func (x *GetSeatMapResponse) Reset() {
 	*x = GetSeatMapResponse{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[1]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -111,7 +691,7 @@ func (x *GetSeatMapResponse) String() string {
 func (*GetSeatMapResponse) ProtoMessage() {}
 
 func (x *GetSeatMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[1]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -124,7 +704,7 @@ func (x *GetSeatMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSeatMapResponse.ProtoReflect.Descriptor instead.
 func (*GetSeatMapResponse) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{1}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetSeatMapResponse) GetShowId() string {
@@ -206,7 +786,7 @@ type HoldSeatsRequest struct {
 
 func (x *HoldSeatsRequest) Reset() {
 	*x = HoldSeatsRequest{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[2]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -218,7 +798,7 @@ func (x *HoldSeatsRequest) String() string {
 func (*HoldSeatsRequest) ProtoMessage() {}
 
 func (x *HoldSeatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[2]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -231,7 +811,7 @@ func (x *HoldSeatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldSeatsRequest.ProtoReflect.Descriptor instead.
 func (*HoldSeatsRequest) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{2}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *HoldSeatsRequest) GetShowId() string {
@@ -278,7 +858,7 @@ type HoldSeatsResponse struct {
 
 func (x *HoldSeatsResponse) Reset() {
 	*x = HoldSeatsResponse{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[3]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -290,7 +870,7 @@ func (x *HoldSeatsResponse) String() string {
 func (*HoldSeatsResponse) ProtoMessage() {}
 
 func (x *HoldSeatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[3]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -303,7 +883,7 @@ func (x *HoldSeatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldSeatsResponse.ProtoReflect.Descriptor instead.
 func (*HoldSeatsResponse) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{3}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HoldSeatsResponse) GetHoldId() string {
@@ -362,7 +942,7 @@ type ConfirmHoldRequest struct {
 
 func (x *ConfirmHoldRequest) Reset() {
 	*x = ConfirmHoldRequest{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[4]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -374,7 +954,7 @@ func (x *ConfirmHoldRequest) String() string {
 func (*ConfirmHoldRequest) ProtoMessage() {}
 
 func (x *ConfirmHoldRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[4]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -387,7 +967,7 @@ func (x *ConfirmHoldRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmHoldRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmHoldRequest) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{4}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ConfirmHoldRequest) GetHoldId() string {
@@ -427,7 +1007,7 @@ type ConfirmHoldResponse struct {
 
 func (x *ConfirmHoldResponse) Reset() {
 	*x = ConfirmHoldResponse{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[5]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +1019,7 @@ func (x *ConfirmHoldResponse) String() string {
 func (*ConfirmHoldResponse) ProtoMessage() {}
 
 func (x *ConfirmHoldResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[5]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +1032,7 @@ func (x *ConfirmHoldResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmHoldResponse.ProtoReflect.Descriptor instead.
 func (*ConfirmHoldResponse) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{5}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ConfirmHoldResponse) GetReservation() *Reservation {
@@ -472,7 +1052,7 @@ type ReleaseHoldRequest struct {
 
 func (x *ReleaseHoldRequest) Reset() {
 	*x = ReleaseHoldRequest{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[6]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -484,7 +1064,7 @@ func (x *ReleaseHoldRequest) String() string {
 func (*ReleaseHoldRequest) ProtoMessage() {}
 
 func (x *ReleaseHoldRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[6]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -497,7 +1077,7 @@ func (x *ReleaseHoldRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseHoldRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseHoldRequest) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{6}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReleaseHoldRequest) GetHoldId() string {
@@ -523,7 +1103,7 @@ type ReleaseHoldResponse struct {
 
 func (x *ReleaseHoldResponse) Reset() {
 	*x = ReleaseHoldResponse{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[7]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +1115,7 @@ func (x *ReleaseHoldResponse) String() string {
 func (*ReleaseHoldResponse) ProtoMessage() {}
 
 func (x *ReleaseHoldResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[7]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +1128,7 @@ func (x *ReleaseHoldResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseHoldResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseHoldResponse) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{7}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReleaseHoldResponse) GetReservation() *Reservation {
@@ -567,7 +1147,7 @@ type GetReservationRequest struct {
 
 func (x *GetReservationRequest) Reset() {
 	*x = GetReservationRequest{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[8]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -579,7 +1159,7 @@ func (x *GetReservationRequest) String() string {
 func (*GetReservationRequest) ProtoMessage() {}
 
 func (x *GetReservationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[8]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -592,7 +1172,7 @@ func (x *GetReservationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReservationRequest.ProtoReflect.Descriptor instead.
 func (*GetReservationRequest) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{8}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetReservationRequest) GetHoldId() string {
@@ -611,7 +1191,7 @@ type GetReservationResponse struct {
 
 func (x *GetReservationResponse) Reset() {
 	*x = GetReservationResponse{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[9]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -623,7 +1203,7 @@ func (x *GetReservationResponse) String() string {
 func (*GetReservationResponse) ProtoMessage() {}
 
 func (x *GetReservationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[9]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -636,7 +1216,7 @@ func (x *GetReservationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReservationResponse.ProtoReflect.Descriptor instead.
 func (*GetReservationResponse) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{9}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetReservationResponse) GetReservation() *Reservation {
@@ -661,7 +1241,7 @@ type ListUserReservationsRequest struct {
 
 func (x *ListUserReservationsRequest) Reset() {
 	*x = ListUserReservationsRequest{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[10]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +1253,7 @@ func (x *ListUserReservationsRequest) String() string {
 func (*ListUserReservationsRequest) ProtoMessage() {}
 
 func (x *ListUserReservationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[10]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +1266,7 @@ func (x *ListUserReservationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUserReservationsRequest.ProtoReflect.Descriptor instead.
 func (*ListUserReservationsRequest) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{10}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListUserReservationsRequest) GetUserId() string {
@@ -728,7 +1308,7 @@ type ListUserReservationsResponse struct {
 
 func (x *ListUserReservationsResponse) Reset() {
 	*x = ListUserReservationsResponse{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[11]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -740,7 +1320,7 @@ func (x *ListUserReservationsResponse) String() string {
 func (*ListUserReservationsResponse) ProtoMessage() {}
 
 func (x *ListUserReservationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[11]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -753,7 +1333,7 @@ func (x *ListUserReservationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUserReservationsResponse.ProtoReflect.Descriptor instead.
 func (*ListUserReservationsResponse) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{11}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListUserReservationsResponse) GetReservations() []*Reservation {
@@ -774,7 +1354,48 @@ var File_boxoffice_v1_reservation_proto protoreflect.FileDescriptor
 
 const file_boxoffice_v1_reservation_proto_rawDesc = "" +
 	"\n" +
-	"\x1eboxoffice/v1/reservation.proto\x12\fboxoffice.v1\x1a\x18boxoffice/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n" +
+	"\x1eboxoffice/v1/reservation.proto\x12\fboxoffice.v1\x1a\x18boxoffice/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n" +
+	"\x13WatchSeatMapRequest\x12\x17\n" +
+	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12#\n" +
+	"\rsince_version\x18\x02 \x01(\x04R\fsinceVersion\"\xa2\x02\n" +
+	"\x14WatchSeatMapResponse\x12\x17\n" +
+	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x1a\n" +
+	"\bsnapshot\x18\x03 \x01(\fR\bsnapshot\x12!\n" +
+	"\fseat_indexes\x18\x04 \x03(\rR\vseatIndexes\x12\x1a\n" +
+	"\bstatuses\x18\x05 \x01(\fR\bstatuses\x12\x1c\n" +
+	"\tavailable\x18\x06 \x01(\x05R\tavailable\x12\x12\n" +
+	"\x04held\x18\a \x01(\x05R\x04held\x12\x16\n" +
+	"\x06booked\x18\b \x01(\x05R\x06booked\x12\x18\n" +
+	"\aoffered\x18\t \x01(\x05R\aoffered\x12\x18\n" +
+	"\awaiting\x18\n" +
+	" \x01(\x05R\awaiting\"C\n" +
+	"\x0fPipelineRequest\x120\n" +
+	"\x05calls\x18\x01 \x03(\v2\x1a.boxoffice.v1.PipelineCallR\x05calls\"\x96\x02\n" +
+	"\fPipelineCall\x12\x17\n" +
+	"\acall_id\x18\x01 \x01(\x04R\x06callId\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x124\n" +
+	"\x04hold\x18\x03 \x01(\v2\x1e.boxoffice.v1.HoldSeatsRequestH\x00R\x04hold\x12<\n" +
+	"\aconfirm\x18\x04 \x01(\v2 .boxoffice.v1.ConfirmHoldRequestH\x00R\aconfirm\x12<\n" +
+	"\arelease\x18\x05 \x01(\v2 .boxoffice.v1.ReleaseHoldRequestH\x00R\areleaseB\x06\n" +
+	"\x04call\"J\n" +
+	"\x10PipelineResponse\x126\n" +
+	"\aresults\x18\x01 \x03(\v2\x1c.boxoffice.v1.PipelineResultR\aresults\"\x99\x02\n" +
+	"\x0ePipelineResult\x12\x17\n" +
+	"\acall_id\x18\x01 \x01(\x04R\x06callId\x125\n" +
+	"\x04hold\x18\x02 \x01(\v2\x1f.boxoffice.v1.HoldSeatsResponseH\x00R\x04hold\x12=\n" +
+	"\aconfirm\x18\x03 \x01(\v2!.boxoffice.v1.ConfirmHoldResponseH\x00R\aconfirm\x12=\n" +
+	"\arelease\x18\x04 \x01(\v2!.boxoffice.v1.ReleaseHoldResponseH\x00R\arelease\x12/\n" +
+	"\x05error\x18\x05 \x01(\v2\x17.boxoffice.v1.CallErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"\xd1\x01\n" +
+	"\tCallError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12A\n" +
+	"\bmetadata\x18\x04 \x03(\v2%.boxoffice.v1.CallError.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
 	"\x11GetSeatMapRequest\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12%\n" +
 	"\x0einclude_layout\x18\x02 \x01(\bR\rincludeLayout\"\x88\x02\n" +
@@ -826,7 +1447,7 @@ const file_boxoffice_v1_reservation_proto_rawDesc = "" +
 	"page_token\x18\x04 \x01(\tR\tpageToken\"\x85\x01\n" +
 	"\x1cListUserReservationsResponse\x12=\n" +
 	"\freservations\x18\x01 \x03(\v2\x19.boxoffice.v1.ReservationR\freservations\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xa7\x04\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xcf\x05\n" +
 	"\x12ReservationService\x12O\n" +
 	"\n" +
 	"GetSeatMap\x12\x1f.boxoffice.v1.GetSeatMapRequest\x1a .boxoffice.v1.GetSeatMapResponse\x12L\n" +
@@ -834,7 +1455,9 @@ const file_boxoffice_v1_reservation_proto_rawDesc = "" +
 	"\vConfirmHold\x12 .boxoffice.v1.ConfirmHoldRequest\x1a!.boxoffice.v1.ConfirmHoldResponse\x12R\n" +
 	"\vReleaseHold\x12 .boxoffice.v1.ReleaseHoldRequest\x1a!.boxoffice.v1.ReleaseHoldResponse\x12[\n" +
 	"\x0eGetReservation\x12#.boxoffice.v1.GetReservationRequest\x1a$.boxoffice.v1.GetReservationResponse\x12m\n" +
-	"\x14ListUserReservations\x12).boxoffice.v1.ListUserReservationsRequest\x1a*.boxoffice.v1.ListUserReservationsResponseB=Z;github.com/boxoffice/boxoffice/api/boxoffice/v1;boxofficev1b\x06proto3"
+	"\x14ListUserReservations\x12).boxoffice.v1.ListUserReservationsRequest\x1a*.boxoffice.v1.ListUserReservationsResponse\x12W\n" +
+	"\fWatchSeatMap\x12!.boxoffice.v1.WatchSeatMapRequest\x1a\".boxoffice.v1.WatchSeatMapResponse0\x01\x12M\n" +
+	"\bPipeline\x12\x1d.boxoffice.v1.PipelineRequest\x1a\x1e.boxoffice.v1.PipelineResponse(\x010\x01B=Z;github.com/boxoffice/boxoffice/api/boxoffice/v1;boxofficev1b\x06proto3"
 
 var (
 	file_boxoffice_v1_reservation_proto_rawDescOnce sync.Once
@@ -848,50 +1471,74 @@ func file_boxoffice_v1_reservation_proto_rawDescGZIP() []byte {
 	return file_boxoffice_v1_reservation_proto_rawDescData
 }
 
-var file_boxoffice_v1_reservation_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_boxoffice_v1_reservation_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_boxoffice_v1_reservation_proto_goTypes = []any{
-	(*GetSeatMapRequest)(nil),            // 0: boxoffice.v1.GetSeatMapRequest
-	(*GetSeatMapResponse)(nil),           // 1: boxoffice.v1.GetSeatMapResponse
-	(*HoldSeatsRequest)(nil),             // 2: boxoffice.v1.HoldSeatsRequest
-	(*HoldSeatsResponse)(nil),            // 3: boxoffice.v1.HoldSeatsResponse
-	(*ConfirmHoldRequest)(nil),           // 4: boxoffice.v1.ConfirmHoldRequest
-	(*ConfirmHoldResponse)(nil),          // 5: boxoffice.v1.ConfirmHoldResponse
-	(*ReleaseHoldRequest)(nil),           // 6: boxoffice.v1.ReleaseHoldRequest
-	(*ReleaseHoldResponse)(nil),          // 7: boxoffice.v1.ReleaseHoldResponse
-	(*GetReservationRequest)(nil),        // 8: boxoffice.v1.GetReservationRequest
-	(*GetReservationResponse)(nil),       // 9: boxoffice.v1.GetReservationResponse
-	(*ListUserReservationsRequest)(nil),  // 10: boxoffice.v1.ListUserReservationsRequest
-	(*ListUserReservationsResponse)(nil), // 11: boxoffice.v1.ListUserReservationsResponse
-	(*Row)(nil),                          // 12: boxoffice.v1.Row
-	(*timestamppb.Timestamp)(nil),        // 13: google.protobuf.Timestamp
-	(ReservationStatus)(0),               // 14: boxoffice.v1.ReservationStatus
-	(*Reservation)(nil),                  // 15: boxoffice.v1.Reservation
+	(*WatchSeatMapRequest)(nil),          // 0: boxoffice.v1.WatchSeatMapRequest
+	(*WatchSeatMapResponse)(nil),         // 1: boxoffice.v1.WatchSeatMapResponse
+	(*PipelineRequest)(nil),              // 2: boxoffice.v1.PipelineRequest
+	(*PipelineCall)(nil),                 // 3: boxoffice.v1.PipelineCall
+	(*PipelineResponse)(nil),             // 4: boxoffice.v1.PipelineResponse
+	(*PipelineResult)(nil),               // 5: boxoffice.v1.PipelineResult
+	(*CallError)(nil),                    // 6: boxoffice.v1.CallError
+	(*GetSeatMapRequest)(nil),            // 7: boxoffice.v1.GetSeatMapRequest
+	(*GetSeatMapResponse)(nil),           // 8: boxoffice.v1.GetSeatMapResponse
+	(*HoldSeatsRequest)(nil),             // 9: boxoffice.v1.HoldSeatsRequest
+	(*HoldSeatsResponse)(nil),            // 10: boxoffice.v1.HoldSeatsResponse
+	(*ConfirmHoldRequest)(nil),           // 11: boxoffice.v1.ConfirmHoldRequest
+	(*ConfirmHoldResponse)(nil),          // 12: boxoffice.v1.ConfirmHoldResponse
+	(*ReleaseHoldRequest)(nil),           // 13: boxoffice.v1.ReleaseHoldRequest
+	(*ReleaseHoldResponse)(nil),          // 14: boxoffice.v1.ReleaseHoldResponse
+	(*GetReservationRequest)(nil),        // 15: boxoffice.v1.GetReservationRequest
+	(*GetReservationResponse)(nil),       // 16: boxoffice.v1.GetReservationResponse
+	(*ListUserReservationsRequest)(nil),  // 17: boxoffice.v1.ListUserReservationsRequest
+	(*ListUserReservationsResponse)(nil), // 18: boxoffice.v1.ListUserReservationsResponse
+	nil,                                  // 19: boxoffice.v1.CallError.MetadataEntry
+	(*durationpb.Duration)(nil),          // 20: google.protobuf.Duration
+	(*Row)(nil),                          // 21: boxoffice.v1.Row
+	(*timestamppb.Timestamp)(nil),        // 22: google.protobuf.Timestamp
+	(ReservationStatus)(0),               // 23: boxoffice.v1.ReservationStatus
+	(*Reservation)(nil),                  // 24: boxoffice.v1.Reservation
 }
 var file_boxoffice_v1_reservation_proto_depIdxs = []int32{
-	12, // 0: boxoffice.v1.GetSeatMapResponse.rows:type_name -> boxoffice.v1.Row
-	13, // 1: boxoffice.v1.HoldSeatsResponse.expires_at:type_name -> google.protobuf.Timestamp
-	14, // 2: boxoffice.v1.HoldSeatsResponse.status:type_name -> boxoffice.v1.ReservationStatus
-	15, // 3: boxoffice.v1.ConfirmHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
-	15, // 4: boxoffice.v1.ReleaseHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
-	15, // 5: boxoffice.v1.GetReservationResponse.reservation:type_name -> boxoffice.v1.Reservation
-	15, // 6: boxoffice.v1.ListUserReservationsResponse.reservations:type_name -> boxoffice.v1.Reservation
-	0,  // 7: boxoffice.v1.ReservationService.GetSeatMap:input_type -> boxoffice.v1.GetSeatMapRequest
-	2,  // 8: boxoffice.v1.ReservationService.HoldSeats:input_type -> boxoffice.v1.HoldSeatsRequest
-	4,  // 9: boxoffice.v1.ReservationService.ConfirmHold:input_type -> boxoffice.v1.ConfirmHoldRequest
-	6,  // 10: boxoffice.v1.ReservationService.ReleaseHold:input_type -> boxoffice.v1.ReleaseHoldRequest
-	8,  // 11: boxoffice.v1.ReservationService.GetReservation:input_type -> boxoffice.v1.GetReservationRequest
-	10, // 12: boxoffice.v1.ReservationService.ListUserReservations:input_type -> boxoffice.v1.ListUserReservationsRequest
-	1,  // 13: boxoffice.v1.ReservationService.GetSeatMap:output_type -> boxoffice.v1.GetSeatMapResponse
-	3,  // 14: boxoffice.v1.ReservationService.HoldSeats:output_type -> boxoffice.v1.HoldSeatsResponse
-	5,  // 15: boxoffice.v1.ReservationService.ConfirmHold:output_type -> boxoffice.v1.ConfirmHoldResponse
-	7,  // 16: boxoffice.v1.ReservationService.ReleaseHold:output_type -> boxoffice.v1.ReleaseHoldResponse
-	9,  // 17: boxoffice.v1.ReservationService.GetReservation:output_type -> boxoffice.v1.GetReservationResponse
-	11, // 18: boxoffice.v1.ReservationService.ListUserReservations:output_type -> boxoffice.v1.ListUserReservationsResponse
-	13, // [13:19] is the sub-list for method output_type
-	7,  // [7:13] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	3,  // 0: boxoffice.v1.PipelineRequest.calls:type_name -> boxoffice.v1.PipelineCall
+	20, // 1: boxoffice.v1.PipelineCall.timeout:type_name -> google.protobuf.Duration
+	9,  // 2: boxoffice.v1.PipelineCall.hold:type_name -> boxoffice.v1.HoldSeatsRequest
+	11, // 3: boxoffice.v1.PipelineCall.confirm:type_name -> boxoffice.v1.ConfirmHoldRequest
+	13, // 4: boxoffice.v1.PipelineCall.release:type_name -> boxoffice.v1.ReleaseHoldRequest
+	5,  // 5: boxoffice.v1.PipelineResponse.results:type_name -> boxoffice.v1.PipelineResult
+	10, // 6: boxoffice.v1.PipelineResult.hold:type_name -> boxoffice.v1.HoldSeatsResponse
+	12, // 7: boxoffice.v1.PipelineResult.confirm:type_name -> boxoffice.v1.ConfirmHoldResponse
+	14, // 8: boxoffice.v1.PipelineResult.release:type_name -> boxoffice.v1.ReleaseHoldResponse
+	6,  // 9: boxoffice.v1.PipelineResult.error:type_name -> boxoffice.v1.CallError
+	19, // 10: boxoffice.v1.CallError.metadata:type_name -> boxoffice.v1.CallError.MetadataEntry
+	21, // 11: boxoffice.v1.GetSeatMapResponse.rows:type_name -> boxoffice.v1.Row
+	22, // 12: boxoffice.v1.HoldSeatsResponse.expires_at:type_name -> google.protobuf.Timestamp
+	23, // 13: boxoffice.v1.HoldSeatsResponse.status:type_name -> boxoffice.v1.ReservationStatus
+	24, // 14: boxoffice.v1.ConfirmHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
+	24, // 15: boxoffice.v1.ReleaseHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
+	24, // 16: boxoffice.v1.GetReservationResponse.reservation:type_name -> boxoffice.v1.Reservation
+	24, // 17: boxoffice.v1.ListUserReservationsResponse.reservations:type_name -> boxoffice.v1.Reservation
+	7,  // 18: boxoffice.v1.ReservationService.GetSeatMap:input_type -> boxoffice.v1.GetSeatMapRequest
+	9,  // 19: boxoffice.v1.ReservationService.HoldSeats:input_type -> boxoffice.v1.HoldSeatsRequest
+	11, // 20: boxoffice.v1.ReservationService.ConfirmHold:input_type -> boxoffice.v1.ConfirmHoldRequest
+	13, // 21: boxoffice.v1.ReservationService.ReleaseHold:input_type -> boxoffice.v1.ReleaseHoldRequest
+	15, // 22: boxoffice.v1.ReservationService.GetReservation:input_type -> boxoffice.v1.GetReservationRequest
+	17, // 23: boxoffice.v1.ReservationService.ListUserReservations:input_type -> boxoffice.v1.ListUserReservationsRequest
+	0,  // 24: boxoffice.v1.ReservationService.WatchSeatMap:input_type -> boxoffice.v1.WatchSeatMapRequest
+	2,  // 25: boxoffice.v1.ReservationService.Pipeline:input_type -> boxoffice.v1.PipelineRequest
+	8,  // 26: boxoffice.v1.ReservationService.GetSeatMap:output_type -> boxoffice.v1.GetSeatMapResponse
+	10, // 27: boxoffice.v1.ReservationService.HoldSeats:output_type -> boxoffice.v1.HoldSeatsResponse
+	12, // 28: boxoffice.v1.ReservationService.ConfirmHold:output_type -> boxoffice.v1.ConfirmHoldResponse
+	14, // 29: boxoffice.v1.ReservationService.ReleaseHold:output_type -> boxoffice.v1.ReleaseHoldResponse
+	16, // 30: boxoffice.v1.ReservationService.GetReservation:output_type -> boxoffice.v1.GetReservationResponse
+	18, // 31: boxoffice.v1.ReservationService.ListUserReservations:output_type -> boxoffice.v1.ListUserReservationsResponse
+	1,  // 32: boxoffice.v1.ReservationService.WatchSeatMap:output_type -> boxoffice.v1.WatchSeatMapResponse
+	4,  // 33: boxoffice.v1.ReservationService.Pipeline:output_type -> boxoffice.v1.PipelineResponse
+	26, // [26:34] is the sub-list for method output_type
+	18, // [18:26] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_boxoffice_v1_reservation_proto_init() }
@@ -900,13 +1547,24 @@ func file_boxoffice_v1_reservation_proto_init() {
 		return
 	}
 	file_boxoffice_v1_types_proto_init()
+	file_boxoffice_v1_reservation_proto_msgTypes[3].OneofWrappers = []any{
+		(*PipelineCall_Hold)(nil),
+		(*PipelineCall_Confirm)(nil),
+		(*PipelineCall_Release)(nil),
+	}
+	file_boxoffice_v1_reservation_proto_msgTypes[5].OneofWrappers = []any{
+		(*PipelineResult_Hold)(nil),
+		(*PipelineResult_Confirm)(nil),
+		(*PipelineResult_Release)(nil),
+		(*PipelineResult_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_boxoffice_v1_reservation_proto_rawDesc), len(file_boxoffice_v1_reservation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

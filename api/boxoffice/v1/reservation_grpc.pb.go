@@ -25,6 +25,8 @@ const (
 	ReservationService_ReleaseHold_FullMethodName          = "/boxoffice.v1.ReservationService/ReleaseHold"
 	ReservationService_GetReservation_FullMethodName       = "/boxoffice.v1.ReservationService/GetReservation"
 	ReservationService_ListUserReservations_FullMethodName = "/boxoffice.v1.ReservationService/ListUserReservations"
+	ReservationService_WatchSeatMap_FullMethodName         = "/boxoffice.v1.ReservationService/WatchSeatMap"
+	ReservationService_Pipeline_FullMethodName             = "/boxoffice.v1.ReservationService/Pipeline"
 )
 
 // ReservationServiceClient is the client API for ReservationService service.
@@ -50,6 +52,18 @@ type ReservationServiceClient interface {
 	GetReservation(ctx context.Context, in *GetReservationRequest, opts ...grpc.CallOption) (*GetReservationResponse, error)
 	// ListUserReservations returns a user's reservations, newest first, paged.
 	ListUserReservations(ctx context.Context, in *ListUserReservationsRequest, opts ...grpc.CallOption) (*ListUserReservationsResponse, error)
+	// WatchSeatMap streams a show's seat map: a snapshot (unless since_version
+	// is the current version), then the seat changes as they happen, several
+	// coalesced into one message. A watcher that falls behind gets a fresh
+	// snapshot instead of an ever longer backlog.
+	WatchSeatMap(ctx context.Context, in *WatchSeatMapRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchSeatMapResponse], error)
+	// Pipeline carries many hold, confirm and release calls over one stream:
+	// each request message is a batch of calls with caller-chosen call IDs,
+	// and each call is answered once, as its change commits (refusals at
+	// once), in any order, several answers per message. Every rule, error and
+	// idempotency behaviour is that of the unary RPCs. Beyond the stream's
+	// bound on calls in flight, a call is answered OVERLOADED at once.
+	Pipeline(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PipelineRequest, PipelineResponse], error)
 }
 
 type reservationServiceClient struct {
@@ -120,6 +134,38 @@ func (c *reservationServiceClient) ListUserReservations(ctx context.Context, in 
 	return out, nil
 }
 
+func (c *reservationServiceClient) WatchSeatMap(ctx context.Context, in *WatchSeatMapRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchSeatMapResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ReservationService_ServiceDesc.Streams[0], ReservationService_WatchSeatMap_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchSeatMapRequest, WatchSeatMapResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ReservationService_WatchSeatMapClient = grpc.ServerStreamingClient[WatchSeatMapResponse]
+
+func (c *reservationServiceClient) Pipeline(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PipelineRequest, PipelineResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ReservationService_ServiceDesc.Streams[1], ReservationService_Pipeline_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PipelineRequest, PipelineResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ReservationService_PipelineClient = grpc.BidiStreamingClient[PipelineRequest, PipelineResponse]
+
 // ReservationServiceServer is the server API for ReservationService service.
 // All implementations must embed UnimplementedReservationServiceServer
 // for forward compatibility.
@@ -143,6 +189,18 @@ type ReservationServiceServer interface {
 	GetReservation(context.Context, *GetReservationRequest) (*GetReservationResponse, error)
 	// ListUserReservations returns a user's reservations, newest first, paged.
 	ListUserReservations(context.Context, *ListUserReservationsRequest) (*ListUserReservationsResponse, error)
+	// WatchSeatMap streams a show's seat map: a snapshot (unless since_version
+	// is the current version), then the seat changes as they happen, several
+	// coalesced into one message. A watcher that falls behind gets a fresh
+	// snapshot instead of an ever longer backlog.
+	WatchSeatMap(*WatchSeatMapRequest, grpc.ServerStreamingServer[WatchSeatMapResponse]) error
+	// Pipeline carries many hold, confirm and release calls over one stream:
+	// each request message is a batch of calls with caller-chosen call IDs,
+	// and each call is answered once, as its change commits (refusals at
+	// once), in any order, several answers per message. Every rule, error and
+	// idempotency behaviour is that of the unary RPCs. Beyond the stream's
+	// bound on calls in flight, a call is answered OVERLOADED at once.
+	Pipeline(grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]) error
 	mustEmbedUnimplementedReservationServiceServer()
 }
 
@@ -170,6 +228,12 @@ func (UnimplementedReservationServiceServer) GetReservation(context.Context, *Ge
 }
 func (UnimplementedReservationServiceServer) ListUserReservations(context.Context, *ListUserReservationsRequest) (*ListUserReservationsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListUserReservations not implemented")
+}
+func (UnimplementedReservationServiceServer) WatchSeatMap(*WatchSeatMapRequest, grpc.ServerStreamingServer[WatchSeatMapResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchSeatMap not implemented")
+}
+func (UnimplementedReservationServiceServer) Pipeline(grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]) error {
+	return status.Error(codes.Unimplemented, "method Pipeline not implemented")
 }
 func (UnimplementedReservationServiceServer) mustEmbedUnimplementedReservationServiceServer() {}
 func (UnimplementedReservationServiceServer) testEmbeddedByValue()                            {}
@@ -300,6 +364,24 @@ func _ReservationService_ListUserReservations_Handler(srv interface{}, ctx conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReservationService_WatchSeatMap_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchSeatMapRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ReservationServiceServer).WatchSeatMap(m, &grpc.GenericServerStream[WatchSeatMapRequest, WatchSeatMapResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ReservationService_WatchSeatMapServer = grpc.ServerStreamingServer[WatchSeatMapResponse]
+
+func _ReservationService_Pipeline_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ReservationServiceServer).Pipeline(&grpc.GenericServerStream[PipelineRequest, PipelineResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ReservationService_PipelineServer = grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]
+
 // ReservationService_ServiceDesc is the grpc.ServiceDesc for ReservationService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -332,6 +414,18 @@ var ReservationService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _ReservationService_ListUserReservations_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchSeatMap",
+			Handler:       _ReservationService_WatchSeatMap_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Pipeline",
+			Handler:       _ReservationService_Pipeline_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "boxoffice/v1/reservation.proto",
 }
