@@ -1,7 +1,10 @@
 // Package engine is a boxoffice node: it loads shows from the database,
 // serves them from memory, makes every change durable through the store's
-// group-commit writer before answering, expires holds on time, and serves
-// it all over gRPC.
+// group-commit writer before answering, expires holds on time, keeps each
+// show's waitlist, and serves it all over gRPC. In a cluster (Config.Ring)
+// it loads only the shows the ring gives it, under a lease, hands them off
+// when the ring moves them, and forwards calls for the others to their
+// owners.
 package engine
 
 import (
