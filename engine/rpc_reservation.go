@@ -15,10 +15,19 @@ import (
 )
 
 // reservationServer is the wire side of ReservationService: it decodes,
-// calls the node, and maps errors.
+// calls the node, and maps errors. Its streams (Pipeline) end when life
+// does (at Shutdown, after the node drained), so that they never hold a
+// graceful stop.
 type reservationServer struct {
 	pb.UnimplementedReservationServiceServer
-	n *Node
+	n    *Node
+	life context.Context
+	// pipelineMax is the most calls in flight on one Pipeline stream
+	// (ServerConfig.PipelineMaxInFlight); 0 means
+	// DefaultPipelineMaxInFlight.
+	pipelineMax int
+	// watch serves WatchSeatMap: its watchers and their publishers (watch.go).
+	watch *seatMapHub
 }
 
 func (s *reservationServer) GetSeatMap(ctx context.Context, req *pb.GetSeatMapRequest) (*pb.GetSeatMapResponse, error) {
@@ -45,7 +54,23 @@ func (s *reservationServer) GetSeatMap(ctx context.Context, req *pb.GetSeatMapRe
 	return out, nil
 }
 
+// HoldSeats, ConfirmHold and ReleaseHold, unary or pipelined, go through
+// holdSeats, confirmHold and releaseHold: one decoding, one engine call and
+// one mapping of errors (to a gRPC status, by toStatus) behind both.
+
 func (s *reservationServer) HoldSeats(ctx context.Context, req *pb.HoldSeatsRequest) (*pb.HoldSeatsResponse, error) {
+	return holdSeats(ctx, s.n, req)
+}
+
+func (s *reservationServer) ConfirmHold(ctx context.Context, req *pb.ConfirmHoldRequest) (*pb.ConfirmHoldResponse, error) {
+	return confirmHold(ctx, s.n, req)
+}
+
+func (s *reservationServer) ReleaseHold(ctx context.Context, req *pb.ReleaseHoldRequest) (*pb.ReleaseHoldResponse, error) {
+	return releaseHold(ctx, s.n, req)
+}
+
+func holdSeats(ctx context.Context, n *Node, req *pb.HoldSeatsRequest) (*pb.HoldSeatsResponse, error) {
 	seats := make([]ar.SeatID, len(req.GetSeatIds()))
 	for i, id := range req.GetSeatIds() {
 		seats[i] = ar.SeatID(id)
@@ -54,7 +79,7 @@ func (s *reservationServer) HoldSeats(ctx context.Context, req *pb.HoldSeatsRequ
 	if err := validateShowID(showID); err != nil {
 		return nil, toStatus(err)
 	}
-	r, err := s.n.Hold(ctx, HoldRequest{
+	r, err := n.Hold(ctx, HoldRequest{
 		Show:           showID,
 		User:           ar.UserID(req.GetUserId()),
 		Seats:          seats,
@@ -73,8 +98,8 @@ func (s *reservationServer) HoldSeats(ctx context.Context, req *pb.HoldSeatsRequ
 	}, nil
 }
 
-func (s *reservationServer) ConfirmHold(ctx context.Context, req *pb.ConfirmHoldRequest) (*pb.ConfirmHoldResponse, error) {
-	r, err := s.n.Confirm(ctx, ConfirmRequest{
+func confirmHold(ctx context.Context, n *Node, req *pb.ConfirmHoldRequest) (*pb.ConfirmHoldResponse, error) {
+	r, err := n.Confirm(ctx, ConfirmRequest{
 		Hold:           ar.HoldID(req.GetHoldId()),
 		User:           ar.UserID(req.GetUserId()),
 		PaymentRef:     req.GetPaymentRef(),
@@ -86,8 +111,8 @@ func (s *reservationServer) ConfirmHold(ctx context.Context, req *pb.ConfirmHold
 	return &pb.ConfirmHoldResponse{Reservation: reservationToPB(r)}, nil
 }
 
-func (s *reservationServer) ReleaseHold(ctx context.Context, req *pb.ReleaseHoldRequest) (*pb.ReleaseHoldResponse, error) {
-	r, err := s.n.Release(ctx, ar.HoldID(req.GetHoldId()), ar.UserID(req.GetUserId()))
+func releaseHold(ctx context.Context, n *Node, req *pb.ReleaseHoldRequest) (*pb.ReleaseHoldResponse, error) {
+	r, err := n.Release(ctx, ar.HoldID(req.GetHoldId()), ar.UserID(req.GetUserId()))
 	if err != nil {
 		return nil, toStatus(err)
 	}

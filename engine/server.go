@@ -37,6 +37,7 @@ const (
 	DefaultKeepaliveTime        = 2 * time.Minute
 	DefaultKeepaliveTimeout     = 20 * time.Second
 	DefaultHealthInterval       = time.Second
+	DefaultPipelineMaxInFlight  = 4096
 )
 
 // healthPingTimeout bounds one ping of the store by the health checker,
@@ -91,6 +92,11 @@ type ServerConfig struct {
 	// HealthInterval is how often the gRPC health service's status is
 	// refreshed from a ping of the database; 0 means DefaultHealthInterval.
 	HealthInterval time.Duration
+	// PipelineMaxInFlight is the most calls one Pipeline stream may have
+	// in flight (taken and not yet answered); a call beyond it is answered
+	// ResourceExhausted OVERLOADED at once. 0 means
+	// DefaultPipelineMaxInFlight.
+	PipelineMaxInFlight int
 }
 
 // withDefaults returns c with zero fields set to their defaults, or an
@@ -105,7 +111,7 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 		}
 	}
 	if c.MaxRecvMsgSize < 0 || c.MaxConns < 0 || c.KeepaliveMinTime < 0 || c.KeepaliveTime < 0 ||
-		c.KeepaliveTimeout < 0 || c.HealthInterval < 0 {
+		c.KeepaliveTimeout < 0 || c.HealthInterval < 0 || c.PipelineMaxInFlight < 0 {
 		return c, errors.New("server: negative limit, size or interval")
 	}
 	if c.Logger == nil {
@@ -118,6 +124,7 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	setDefault(&c.KeepaliveTime, DefaultKeepaliveTime)
 	setDefault(&c.KeepaliveTimeout, DefaultKeepaliveTimeout)
 	setDefault(&c.HealthInterval, DefaultHealthInterval)
+	setDefault(&c.PipelineMaxInFlight, DefaultPipelineMaxInFlight)
 	return c, nil
 }
 
@@ -177,7 +184,7 @@ func NewServer(n *Node, cfg ServerConfig) (*Server, error) {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
 	)
 	pb.RegisterCatalogServiceServer(s.grpc, catalogServer{n: n})
-	pb.RegisterReservationServiceServer(s.grpc, &reservationServer{n: n})
+	pb.RegisterReservationServiceServer(s.grpc, &reservationServer{n: n, life: s.life, pipelineMax: cfg.PipelineMaxInFlight, watch: newSeatMapHub(n, s.life)})
 	pb.RegisterAdminServiceServer(s.grpc, adminServer{n: n})
 	pb.RegisterWaitlistServiceServer(s.grpc, waitlistServer{n: n, life: s.life})
 	healthpb.RegisterHealthServer(s.grpc, s.health)

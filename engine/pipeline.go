@@ -1,0 +1,361 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+)
+
+// pipelineMaxResults is the most results one PipelineResponse carries.
+const pipelineMaxResults = 1024
+
+// Pipeline serves batches of hold, confirm and release calls on one stream.
+//
+// The receive loop reads the request messages and takes their calls. A call
+// with call_id 0 or the call_id of a call in flight on the stream, with no
+// call or a bad timeout (InvalidArgument), beyond the stream's bound on
+// calls in flight (ResourceExhausted OVERLOADED), or whose timeout is
+// already over (DeadlineExceeded) is refused at once: it waits for no call
+// in flight, only, as every answer does, for room among the answers the
+// sender has not taken yet (when the client reads slower than it sends).
+// Every other call runs on a goroutine of its own under the stream's
+// context bounded by its timeout, through holdSeats, confirmHold or
+// releaseHold: the unary RPCs' code, so every rule, error and idempotency
+// behaviour is theirs. A call is in flight from when it is taken until the
+// sender takes its answer.
+//
+// One sender goroutine batches naturally: it waits for the first answer,
+// takes whatever other answers are ready without waiting (at most
+// pipelineMaxResults), and sends them in one message. There is no timer, so
+// an idle stream adds no latency, and answers come out in the order the
+// calls complete.
+//
+// The stream ends:
+//   - when the client closes its side: every call taken is answered, then
+//     the stream ends OK;
+//   - when the client goes away (the stream's context ends): the calls in
+//     flight run to their outcome, as unary calls whose client went away do
+//     (committed or not: a retry with the idempotency key tells), and their
+//     answers are dropped;
+//   - at Shutdown, once the node drained: the stream takes no more calls,
+//     answers the ones it took, and ends Unavailable SHUTTING_DOWN. A call
+//     the client sent that got no answer was not run (unless the client
+//     went away meanwhile, as above).
+//
+// The handler returns only after every call it took has ended. Its receive
+// loop may outlive it by moments (blocked in Recv, it ends when the stream
+// does, as the handler's return ends it), but takes no call after it.
+func (s *reservationServer) Pipeline(stream pb.ReservationService_PipelineServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	bound := s.pipelineMax
+	if bound <= 0 {
+		bound = DefaultPipelineMaxInFlight
+	}
+	p := &pipeline{
+		n:        s.n,
+		stream:   stream,
+		ctx:      ctx,
+		bound:    bound,
+		inFlight: make(map[uint64]struct{}),
+		results:  make(chan answer, bound),
+		finish:   make(chan struct{}),
+	}
+	received := make(chan error, 1)
+	go func() { received <- p.receive() }()
+	sent := make(chan error, 1)
+	go func() { sent <- p.send() }()
+
+	life := s.life
+	if life == nil {
+		life = context.Background()
+	}
+	var err error
+	senderDone := false
+	select {
+	case err = <-received:
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+	case err = <-sent:
+		// The stream is broken: no answer can go out any more.
+		senderDone = true
+		cancel()
+	case <-life.Done():
+		err = toStatus(fmt.Errorf("pipeline: %w", ErrShuttingDown))
+	}
+	p.close()
+	p.calls.Wait()
+	close(p.finish)
+	if !senderDone {
+		if serr := <-sent; serr != nil && err == nil {
+			err = serr
+		}
+	}
+	return err
+}
+
+// pipeline is one Pipeline stream. The receive loop takes calls, a
+// goroutine per call runs it, and the sender sends the answers; they meet
+// in results and, under mu, in inFlight.
+type pipeline struct {
+	n      *Node
+	stream pb.ReservationService_PipelineServer
+	ctx    context.Context // the stream's; also ends when the sender fails
+	bound  int             // the most calls in flight
+
+	mu       sync.Mutex          // guards inFlight and closed
+	inFlight map[uint64]struct{} // call IDs of the calls in flight; at most bound
+	closed   bool                // no more calls are taken
+
+	// calls counts the goroutines running calls. Add happens under mu
+	// while !closed, so none happens once Wait may have begun.
+	calls sync.WaitGroup
+	// results are the answers for the sender. Its capacity is bound, so a
+	// call's answer waits for room only behind refusals the sender has not
+	// sent yet; every send also gives up when ctx ends, so no goroutine
+	// blocks forever once the client is gone.
+	results chan answer
+	// finish is closed once every call taken has put its answer in results
+	// (or dropped it): the sender sends what is left and returns.
+	finish chan struct{}
+}
+
+// answer is a result for the sender; taken marks the answer of a call that
+// is in flight (not a refusal), whose call ID the sender frees.
+type answer struct {
+	res   *pb.PipelineResult
+	taken bool
+}
+
+// receive reads request messages and takes their calls until Recv fails
+// (io.EOF once the client closed its side).
+func (p *pipeline) receive() error {
+	for {
+		req, err := p.stream.Recv()
+		if err != nil {
+			return err
+		}
+		p.take(req.GetCalls())
+	}
+}
+
+// takenCall is a call taken to run, with its context.
+type takenCall struct {
+	call   *pb.PipelineCall
+	ctx    context.Context
+	cancel context.CancelFunc // nil when ctx is the stream's
+}
+
+// take refuses or starts each of calls. A message's calls are decided in
+// one critical section, so the first of two calls with the same ID in one
+// message is the one that runs, and a message with more calls than room
+// gets the excess refused whatever the calls taken do meanwhile.
+func (p *pipeline) take(calls []*pb.PipelineCall) {
+	type refusal struct {
+		call *pb.PipelineCall
+		err  error
+	}
+	var refused []refusal
+	run := make([]takenCall, 0, len(calls))
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	for _, c := range calls {
+		tc, err := p.admitLocked(c)
+		if err != nil {
+			refused = append(refused, refusal{c, err})
+			continue
+		}
+		p.inFlight[c.GetCallId()] = struct{}{}
+		p.calls.Add(1)
+		run = append(run, tc)
+	}
+	p.mu.Unlock()
+	for _, tc := range run {
+		go p.run(tc)
+	}
+	for _, r := range refused {
+		p.n.metrics.rpc(pipelineMethod(r.call), status.Code(r.err).String(), 0)
+		p.answer(answer{res: errorResult(r.call.GetCallId(), r.err)})
+	}
+}
+
+// admitLocked checks c and returns it with its context, or the error (a
+// gRPC status) that refuses it. p.mu must be held.
+func (p *pipeline) admitLocked(c *pb.PipelineCall) (takenCall, error) {
+	id := c.GetCallId()
+	switch {
+	case id == 0:
+		return takenCall{}, toStatus(fmt.Errorf("%w: call_id must not be 0", ErrInvalid))
+	case c.GetCall() == nil:
+		return takenCall{}, toStatus(fmt.Errorf("%w: call %d has no hold, confirm or release", ErrInvalid, id))
+	}
+	if _, dup := p.inFlight[id]; dup {
+		return takenCall{}, toStatus(fmt.Errorf("%w: call_id %d is already in flight on this stream", ErrInvalid, id))
+	}
+	var timeout time.Duration
+	if d := c.GetTimeout(); d != nil {
+		if d.CheckValid() != nil || d.AsDuration() < 0 {
+			return takenCall{}, toStatus(fmt.Errorf("%w: call %d: timeout must be a valid duration, not negative", ErrInvalid, id))
+		}
+		timeout = d.AsDuration()
+		if timeout == 0 {
+			return takenCall{}, toStatus(fmt.Errorf("call %d: %w", id, context.DeadlineExceeded))
+		}
+	}
+	if len(p.inFlight) >= p.bound {
+		return takenCall{}, toStatus(fmt.Errorf("%w: %d calls in flight on this pipeline stream", ErrOverloaded, p.bound))
+	}
+	tc := takenCall{call: c, ctx: p.ctx}
+	if c.GetTimeout() != nil {
+		tc.ctx, tc.cancel = context.WithTimeout(p.ctx, timeout)
+		if err := tc.ctx.Err(); err != nil {
+			tc.cancel()
+			return takenCall{}, toStatus(fmt.Errorf("call %d: %w", id, err))
+		}
+	}
+	return tc, nil
+}
+
+// run runs a taken call and hands its answer to the sender.
+func (p *pipeline) run(tc takenCall) {
+	defer p.calls.Done()
+	start := time.Now()
+	res := &pb.PipelineResult{CallId: tc.call.GetCallId()}
+	var err error
+	switch c := tc.call.GetCall().(type) {
+	case *pb.PipelineCall_Hold:
+		var r *pb.HoldSeatsResponse
+		if r, err = holdSeats(tc.ctx, p.n, c.Hold); err == nil {
+			res.Result = &pb.PipelineResult_Hold{Hold: r}
+		}
+	case *pb.PipelineCall_Confirm:
+		var r *pb.ConfirmHoldResponse
+		if r, err = confirmHold(tc.ctx, p.n, c.Confirm); err == nil {
+			res.Result = &pb.PipelineResult_Confirm{Confirm: r}
+		}
+	case *pb.PipelineCall_Release:
+		var r *pb.ReleaseHoldResponse
+		if r, err = releaseHold(tc.ctx, p.n, c.Release); err == nil {
+			res.Result = &pb.PipelineResult_Release{Release: r}
+		}
+	default: // admitLocked lets no other call through
+		err = status.Error(codes.Internal, "INTERNAL: unknown pipeline call")
+	}
+	if tc.cancel != nil {
+		tc.cancel()
+	}
+	if err != nil {
+		res.Result = &pb.PipelineResult_Error{Error: callError(err)}
+	}
+	p.n.metrics.rpc(pipelineMethod(tc.call), status.Code(err).String(), time.Since(start))
+	p.answer(answer{res: res, taken: true})
+}
+
+// answer hands a to the sender, or drops it once the stream's context
+// ended.
+func (p *pipeline) answer(a answer) {
+	select {
+	case p.results <- a:
+	case <-p.ctx.Done():
+	}
+}
+
+// close makes the receive loop take no more calls.
+func (p *pipeline) close() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+}
+
+// send sends answers, as many as are ready per message, until finish is
+// closed and no answer is left (nil), the stream's context ends, or a Send
+// fails.
+func (p *pipeline) send() error {
+	for {
+		batch := make([]*pb.PipelineResult, 0, 8)
+		var freed []uint64
+		add := func(a answer) {
+			batch = append(batch, a.res)
+			if a.taken {
+				freed = append(freed, a.res.GetCallId())
+			}
+		}
+		select {
+		case a := <-p.results:
+			add(a)
+		case <-p.finish:
+		case <-p.ctx.Done():
+			return p.ctx.Err()
+		}
+	ready:
+		for len(batch) < pipelineMaxResults {
+			select {
+			case a := <-p.results:
+				add(a)
+			default:
+				break ready
+			}
+		}
+		if len(batch) == 0 { // finished, and every answer is sent
+			return nil
+		}
+		if len(freed) > 0 {
+			// Freed before the send: the client learns of the answer, and
+			// may reuse the ID, only after it.
+			p.mu.Lock()
+			for _, id := range freed {
+				delete(p.inFlight, id)
+			}
+			p.mu.Unlock()
+		}
+		if err := p.stream.Send(&pb.PipelineResponse{Results: batch}); err != nil {
+			return err
+		}
+	}
+}
+
+// errorResult is the answer to call id that err (a gRPC status) refused.
+func errorResult(id uint64, err error) *pb.PipelineResult {
+	return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Error{Error: callError(err)}}
+}
+
+// callError is a gRPC status (from toStatus) as a pipeline answer carries
+// it: the code, the message, and the reason and metadata of its ErrorInfo.
+func callError(err error) *pb.CallError {
+	st := status.Convert(err)
+	e := &pb.CallError{Code: int32(st.Code()), Message: st.Message()}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+			e.Reason, e.Metadata = info.GetReason(), info.GetMetadata()
+			break
+		}
+	}
+	return e
+}
+
+// pipelineMethod names a pipeline call in the RPC metrics:
+// "Pipeline.HoldSeats" and so on; "Pipeline" for a call with none.
+func pipelineMethod(c *pb.PipelineCall) string {
+	switch c.GetCall().(type) {
+	case *pb.PipelineCall_Hold:
+		return "Pipeline.HoldSeats"
+	case *pb.PipelineCall_Confirm:
+		return "Pipeline.ConfirmHold"
+	case *pb.PipelineCall_Release:
+		return "Pipeline.ReleaseHold"
+	}
+	return "Pipeline"
+}

@@ -1,0 +1,458 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	ar "github.com/boxoffice/boxoffice/activereservation"
+	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+)
+
+// WatchSeatMap fans one show's seat changes out to many streams. Each
+// loaded show with watchers has one publisher: a goroutine that looks at
+// the show's seat-map version every watchInterval and, when it moved,
+// diffs the statuses against the ones it last published and encodes the
+// difference once, as one batch in a ring of the last watchRing batches.
+// Every watcher of the show sends the same encoded batches, so a thousand
+// watchers cost one diff and one encoding per batch, not a thousand.
+//
+// A watcher that falls more than watchRing batches behind (its client
+// reads too slowly) skips what it missed and gets a snapshot instead, so
+// the memory a show's watchers hold is the ring's, whatever the clients do.
+//
+// Rejected: a bounded channel per watcher. It costs the publisher a send
+// per watcher per batch and a watcher's backlog per watcher; the shared
+// ring costs one append per batch, and closing one channel wakes them all.
+
+const (
+	// watchInterval is how often a publisher looks for a change: the
+	// longest a change waits before its watchers are sent it, and the
+	// coalescing window of a batch.
+	watchInterval = 5 * time.Millisecond
+	// watchRing is how many batches a publisher keeps for watchers that
+	// are behind; one further behind gets a snapshot.
+	watchRing = 64
+	// maxSeatMapWatchers is the most WatchSeatMap streams a node serves at
+	// once; one beyond is refused OVERLOADED.
+	maxSeatMapWatchers = 100_000
+)
+
+// WatchSeatMap sends the show's seat map (unless since_version is its
+// current version), then each batch of changes, in order, until the client
+// cancels (CANCELED), the server shuts down (Unavailable SHUTTING_DOWN) or
+// the show cannot be served here any more (its error, as GetSeatMap would
+// answer it: SHOW_MOVED to another owner, ...). Versions strictly
+// increase; a batch applied to the map of the previous message gives the
+// map at its version. When the show is reloaded (ownership lost and taken
+// back, memory found stale), the stream goes on from the reloaded show with
+// a snapshot. An unknown or invalid show is refused as GetSeatMap refuses
+// it.
+//
+// The response headers are sent once the watch is in place (with the
+// snapshot, or at once when there is none), so a client that waits for
+// them misses no change made after; a node that relays the stream to the
+// show's owner sends them with the first message instead. The counts are
+// those at the message's version, except waiting, which is read when the
+// message is made: a waitlist change that moves no seat sends nothing.
+//
+// At Shutdown a stream ends at once unless it is blocked in a send because
+// its client stopped reading (the flow-control windows are full): that one
+// ends when the server cuts the connections, as Shutdown's context ends.
+func (s *reservationServer) WatchSeatMap(req *pb.WatchSeatMapRequest, stream pb.ReservationService_WatchSeatMapServer) error {
+	id := ar.ShowID(req.GetShowId())
+	if err := validateShowID(id); err != nil {
+		return toStatus(err)
+	}
+	if err := s.watch.join(); err != nil {
+		return toStatus(err)
+	}
+	defer s.watch.leave()
+	ctx := stream.Context()
+	since := req.GetSinceVersion()
+	for {
+		sh, err := s.watch.find(ctx, id)
+		if err != nil {
+			return toStatus(err)
+		}
+		p := s.watch.subscribe(sh)
+		var ended bool
+		since, ended, err = p.serve(ctx, stream, since)
+		if ended {
+			s.watch.forget(p)
+		}
+		s.watch.unsubscribe(p)
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// seatMapHub is a node's WatchSeatMap side: its watchers and, for each
+// show object that has watchers, their publisher.
+//
+// Memory: at most max watchers; a publisher lives while it has watchers
+// and its show is not dropped, and keeps watchRing batches.
+type seatMapHub struct {
+	n    *Node
+	life context.Context // ends at Shutdown: the streams end, then their publishers
+	max  int
+
+	watching   prometheus.Gauge
+	publishing prometheus.Gauge
+	lagged     prometheus.Counter
+
+	mu       sync.Mutex // guards watchers, pubs and every publisher's watchers
+	watchers int
+	pubs     map[*show]*seatMapPublisher
+}
+
+// newSeatMapHub returns the WatchSeatMap side of n, whose streams end when
+// life does. Its collectors register on n's Registerer; where another hub
+// of n registered them (a second server for one node), it shares them.
+func newSeatMapHub(n *Node, life context.Context) *seatMapHub {
+	h := &seatMapHub{
+		n: n, life: life, max: maxSeatMapWatchers,
+		pubs: make(map[*show]*seatMapPublisher),
+		watching: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "boxoffice_seatmap_watchers", Help: "Open WatchSeatMap streams.",
+		}),
+		publishing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "boxoffice_seatmap_publishers", Help: "Shows whose seat map is being published to watchers (one publisher each).",
+		}),
+		lagged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "boxoffice_seatmap_watch_lagged_total",
+			Help: "Times a WatchSeatMap stream fell too far behind and was sent a snapshot instead of the changes it missed.",
+		}),
+	}
+	h.watching = registerWatchMetric(n, h.watching)
+	h.publishing = registerWatchMetric(n, h.publishing)
+	h.lagged = registerWatchMetric(n, h.lagged)
+	return h
+}
+
+// registerWatchMetric registers c on n's Registerer and returns it, or the collector
+// registered before it under its name. A collector it cannot register is
+// still counted, just not served.
+func registerWatchMetric[C prometheus.Collector](n *Node, c C) C {
+	err := n.cfg.Registerer.Register(c)
+	var dup prometheus.AlreadyRegisteredError
+	switch {
+	case errors.As(err, &dup):
+		if old, ok := dup.ExistingCollector.(C); ok {
+			return old
+		}
+		fallthrough
+	case err != nil:
+		n.cfg.Logger.Warn("seat-map watch metrics not served", "err", err)
+	}
+	return c
+}
+
+// join counts a new watcher: ErrOverloaded when max are watching.
+func (h *seatMapHub) join() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.watchers >= h.max {
+		return fmt.Errorf("%w: %d seat-map watchers", ErrOverloaded, h.watchers)
+	}
+	h.watchers++
+	h.watching.Inc()
+	return nil
+}
+
+func (h *seatMapHub) leave() {
+	h.mu.Lock()
+	h.watchers--
+	h.watching.Dec()
+	h.mu.Unlock()
+}
+
+// find returns the show to watch, loading it if needed as GetSeatMap does.
+// A show found dropped (it is being reloaded or left memory) is reloaded,
+// as a change would reload it: its watchers follow its successor.
+func (h *seatMapHub) find(ctx context.Context, id ar.ShowID) (*show, error) {
+	sh, err := h.n.show(ctx, id, false)
+	if err != nil {
+		return nil, err
+	}
+	sh.mu.Lock()
+	dropped := sh.dropped
+	sh.mu.Unlock()
+	if dropped {
+		return h.n.show(ctx, id, true)
+	}
+	return sh, nil
+}
+
+// subscribe adds a watcher to sh's publisher, starting one if sh has none.
+func (h *seatMapHub) subscribe(sh *show) *seatMapPublisher {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	p := h.pubs[sh]
+	if p == nil {
+		p = &seatMapPublisher{hub: h, sh: sh, stop: make(chan struct{}), changed: make(chan struct{})}
+		h.pubs[sh] = p
+		h.publishing.Inc()
+		go p.run()
+	}
+	p.watchers++
+	return p
+}
+
+// unsubscribe removes a watcher of p; the last one stops p.
+func (h *seatMapHub) unsubscribe(p *seatMapPublisher) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	p.watchers--
+	if p.watchers == 0 {
+		h.removeLocked(p)
+	}
+}
+
+// forget removes p, whose show was dropped, so that no watcher joins it.
+func (h *seatMapHub) forget(p *seatMapPublisher) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.removeLocked(p)
+}
+
+// removeLocked removes p from the publishers and stops it, once. h.mu must
+// be held.
+func (h *seatMapHub) removeLocked(p *seatMapPublisher) {
+	if h.pubs[p.sh] != p {
+		return
+	}
+	delete(h.pubs, p.sh)
+	h.publishing.Dec()
+	close(p.stop)
+}
+
+// seatMapPublisher publishes one show object's seat map to its watchers.
+//
+// Exactness: batch k is the difference between the statuses published at
+// k-1 and at k, and a snapshot is always of the last published state (at
+// batch seq), so a watcher that starts from a snapshot or from a version
+// equal to it and then applies batches seq+1, seq+2, ... has the map at
+// each batch's version. A watcher's first poll publishes what changed up
+// to then, so it starts from the show's current version.
+//
+// Concurrency: its goroutine (run) and its watchers share it under mu;
+// mu is taken before sh.mu, never after, and no I/O happens under either.
+type seatMapPublisher struct {
+	hub      *seatMapHub
+	sh       *show
+	stop     chan struct{} // closed when the hub removes it
+	watchers int           // guarded by hub.mu
+
+	mu    sync.Mutex // guards everything below
+	ended bool       // the show was dropped: the watchers move on to its successor
+	// seq counts the batches published; batch s is at ring[s%watchRing].
+	seq  uint64
+	ring [watchRing]watchMsg
+	// state is the seat map as last published (Statuses nil until the
+	// first poll), with the waitlist's length then.
+	state   ar.SeatMap
+	waiting int
+	// snap is the encoded snapshot of state; zero until a watcher needs it.
+	snap watchMsg
+	// changed is closed at the next batch, or when ended is set.
+	changed chan struct{}
+}
+
+// watchMsg is an encoded message and the version it brings a map to.
+type watchMsg struct {
+	version uint64
+	wire    *pb.WatchSeatMapResponse
+}
+
+// run polls the show every watchInterval until the hub stops the
+// publisher (its last watcher left), the show is dropped, or the server
+// shuts down. A watched show counts as used, so it is not evicted as idle.
+// No WaitGroup tracks it: it ends as its last watcher leaves (a stream,
+// which the server's stop waits for) or as life ends, and touches nothing
+// but memory.
+func (p *seatMapPublisher) run() {
+	t := time.NewTicker(watchInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-p.stop:
+			return
+		case <-p.hub.life.Done():
+			return
+		}
+		p.mu.Lock()
+		p.pollLocked()
+		ended := p.ended
+		p.mu.Unlock()
+		if ended {
+			p.hub.forget(p)
+			return
+		}
+		p.hub.n.touch(p.sh)
+	}
+}
+
+// pollLocked publishes the show's changes since the last poll as a batch,
+// or ends the publisher if the show was dropped. p.mu must be held.
+func (p *seatMapPublisher) pollLocked() {
+	if p.ended {
+		return
+	}
+	sh := p.sh
+	sh.mu.Lock()
+	dropped := sh.dropped
+	moved := !dropped && (p.state.Statuses == nil || sh.rules.Version() != p.state.Version)
+	var sm ar.SeatMap
+	var waiting int
+	if moved {
+		sm = sh.rules.SharedSeatMap() // immutable: later changes copy
+		waiting = sh.wait.rules.Len()
+	}
+	sh.mu.Unlock()
+	if dropped {
+		p.ended = true
+		close(p.changed)
+		return
+	}
+	if !moved {
+		return
+	}
+	if p.state.Statuses != nil {
+		m := watchMessage(sh.id, sm, waiting)
+		m.SeatIndexes, m.Statuses = diffStatuses(p.state.Statuses, sm.Statuses)
+		p.seq++
+		p.ring[p.seq%watchRing] = watchMsg{version: sm.Version, wire: preEncoded(m)}
+		close(p.changed)
+		p.changed = make(chan struct{})
+	}
+	p.state, p.waiting, p.snap = sm, waiting, watchMsg{}
+}
+
+// snapshotLocked returns the encoded snapshot of the last published state,
+// encoding it on first use. p.mu must be held.
+func (p *seatMapPublisher) snapshotLocked() watchMsg {
+	if p.snap.wire == nil {
+		m := watchMessage(p.sh.id, p.state, p.waiting)
+		m.Snapshot = p.state.Statuses
+		p.snap = watchMsg{version: p.state.Version, wire: preEncoded(m)}
+	}
+	return p.snap
+}
+
+// serve streams p's show to a watcher whose map is at version since (0 or
+// another show's version: none) until the stream or the server ends (the
+// error to return) or the show is dropped (ended; the watcher moves on to
+// its successor). It returns the version the watcher's map is at.
+func (p *seatMapPublisher) serve(ctx context.Context, stream pb.ReservationService_WatchSeatMapServer, since uint64) (uint64, bool, error) {
+	out := make([]watchMsg, 0, 8)
+	p.mu.Lock()
+	p.pollLocked()
+	if p.ended {
+		p.mu.Unlock()
+		return since, true, nil
+	}
+	if since != p.state.Version {
+		out = append(out, p.snapshotLocked())
+	}
+	next, wake := p.seq+1, p.changed
+	p.mu.Unlock()
+	if len(out) == 0 {
+		// The watch is in place: tell a client that sent a current
+		// since_version, which has no message to wait for. (Headers go
+		// once; after a reload they went long ago.)
+		_ = stream.SendHeader(nil)
+	}
+	for {
+		for i, m := range out {
+			if err := stream.Send(m.wire); err != nil {
+				return since, false, err
+			}
+			since = m.version
+			out[i] = watchMsg{}
+		}
+		out = out[:0]
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return since, false, toStatus(ctx.Err())
+		case <-p.hub.life.Done():
+			return since, false, toStatus(fmt.Errorf("watch: %w", ErrShuttingDown))
+		}
+		p.mu.Lock()
+		if p.ended {
+			p.mu.Unlock()
+			return since, true, nil
+		}
+		if behind := p.seq + 1 - next; behind > watchRing {
+			out = append(out, p.snapshotLocked())
+			p.hub.lagged.Inc()
+		} else {
+			for s := next; s <= p.seq; s++ {
+				out = append(out, p.ring[s%watchRing])
+			}
+		}
+		next, wake = p.seq+1, p.changed
+		p.mu.Unlock()
+	}
+}
+
+// watchMessage returns a message with sm's version and counts.
+func watchMessage(id ar.ShowID, sm ar.SeatMap, waiting int) *pb.WatchSeatMapResponse {
+	return &pb.WatchSeatMapResponse{
+		ShowId:    string(id),
+		Version:   sm.Version,
+		Available: int32(sm.Available),
+		Held:      int32(sm.Held),
+		Booked:    int32(sm.Booked),
+		Offered:   int32(sm.Offered),
+		Waiting:   int32(waiting),
+	}
+}
+
+// diffStatuses returns the positions where cur differs from old (of the
+// same length) and cur's bytes there. Equal 64-byte chunks are skipped with
+// one comparison each, so a 15,000-seat map with a few changes costs about
+// a microsecond.
+func diffStatuses(old, cur []byte) ([]uint32, []byte) {
+	const chunk = 64
+	var idx []uint32
+	var st []byte
+	for i := 0; i < len(cur); i += chunk {
+		j := min(i+chunk, len(cur))
+		if bytes.Equal(old[i:j], cur[i:j]) {
+			continue
+		}
+		for k := i; k < j; k++ {
+			if old[k] != cur[k] {
+				idx = append(idx, uint32(k))
+				st = append(st, cur[k])
+			}
+		}
+	}
+	return idx, st
+}
+
+// preEncoded returns a message whose encoding is m's, encoded once: it
+// carries m's wire bytes as unknown fields, which marshaling copies as
+// they are. Any number of streams may send it at once (marshaling only
+// reads a message; its cached size is stored atomically), and each
+// stream's compression still applies. If m cannot be encoded, it returns m,
+// and sending it fails as sending m would.
+func preEncoded(m *pb.WatchSeatMapResponse) *pb.WatchSeatMapResponse {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return m
+	}
+	out := &pb.WatchSeatMapResponse{}
+	out.ProtoReflect().SetUnknown(b)
+	return out
+}
