@@ -268,6 +268,11 @@ func (s *Server) routeStream(srv any, ss grpc.ServerStream, info *grpc.StreamSer
 		return toStatus(&MovedError{Show: show, Owner: owner, Why: err.Error()})
 	}
 	s.node.metrics.forwarded.Inc()
+	// The relay ends when this node shuts down, as a stream served here
+	// does, so that it never holds up the graceful stop.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.life, cancel)()
 	cs, err := conn.NewStream(s.fwd.outgoing(ctx), &grpc.StreamDesc{ServerStreams: true}, info.FullMethod)
 	if err != nil {
 		return unreachable(err, show, owner)
@@ -286,6 +291,9 @@ func (s *Server) routeStream(srv any, ss grpc.ServerStream, info *grpc.StreamSer
 		if err := cs.RecvMsg(msg); errors.Is(err, io.EOF) {
 			return nil
 		} else if err != nil {
+			if s.life.Err() != nil {
+				return toStatus(fmt.Errorf("relay: %w", ErrShuttingDown))
+			}
 			return unreachable(err, show, owner)
 		}
 		if err := ss.SendMsg(msg); err != nil {

@@ -1018,3 +1018,39 @@ func TestForwardToRecordingOwner(t *testing.T) {
 		}
 	})
 }
+
+// TestForwardRelayEndsAtShutdown: a relayed WatchWaitlist ends with
+// SHUTTING_DOWN when the relaying node shuts down, and its Shutdown does not
+// wait for the owner's stream, which goes on.
+func TestForwardRelayEndsAtShutdown(t *testing.T) {
+	nodes, _ := startCluster(t, 2)
+	owner, other := nodes[1], nodes[0]
+	show := fwdShowOwnedBy(t, nodes, "c1", "fs")
+	other.CreateShow(t, show, 1, 1, 0)
+	if _, err := hold(t, owner, show, "h", "A-1"); err != nil {
+		t.Fatal(err)
+	}
+	join(t, owner, show, "w", 1)
+	ctx := fwdCtx(t, 20*time.Second)
+	relayed, err := other.Waitlist.WatchWaitlist(ctx, &pb.WatchWaitlistRequest{ShowId: show, UserId: "w"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := relayed.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := other.Server.Shutdown(sctx); err != nil {
+		t.Fatalf("shutdown of the relaying node: %v (after %v)", err, time.Since(start))
+	}
+	_, err = relayed.Recv()
+	wantAPIError(t, "the relayed stream at shutdown", err, codes.Unavailable, "SHUTTING_DOWN")
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("shutdown took %v with a relayed stream open", d)
+	}
+	if e := pollEntry(t, owner, show, "w"); e.GetState() != pb.WaitlistState_WAITLIST_STATE_WAITING {
+		t.Errorf("w at the owner after the relay ended: %v", e)
+	}
+}
