@@ -17,6 +17,7 @@ var (
 	ErrSeatsAvailable = errors.New("seats are available")
 	// ErrSoldOut: the show can never free as many seats as wanted.
 	ErrSoldOut = errors.New("sold out")
-	// ErrCorrupt: persisted entries contradict each other (a user twice).
+	// ErrCorrupt: persisted rows contradict each other: a user twice, a seat
+	// in two places, join order not increasing.
 	ErrCorrupt = errors.New("inconsistent waitlist rows")
 )
