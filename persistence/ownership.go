@@ -147,14 +147,7 @@ func (s *Store) RenewLeases(ctx context.Context, shows []Ownership) (lost []Owne
 	ids, epochs := ownershipColumns(shows)
 	// The rows are locked in show ID order, as ReleaseShows locks them, so
 	// a renewal and a release of overlapping shows cannot deadlock.
-	rows, _ := s.pool.Query(ctx, `
-		WITH mine AS (
-			SELECT o.show_id FROM show_owners o
-			JOIN unnest($1::text[], $2::bigint[]) AS u(show_id, epoch) ON o.show_id = u.show_id AND o.epoch = u.epoch
-			WHERE o.owner_node = $3
-			ORDER BY o.show_id
-			FOR NO KEY UPDATE OF o
-		)
+	rows, _ := s.pool.Query(ctx, mineInOrder+`
 		UPDATE show_owners o SET lease_until = clock_timestamp() + $4::interval
 		FROM mine WHERE o.show_id = mine.show_id
 		RETURNING o.show_id, o.epoch`, ids, epochs, s.cfg.NodeID, s.cfg.LeaseDuration)
@@ -174,6 +167,19 @@ func (s *Store) RenewLeases(ctx context.Context, shows []Ownership) (lost []Owne
 	return lost, nil
 }
 
+// mineInOrder selects, as "mine", the ownership rows of the shows and
+// epochs $1, $2 that still name the node $3, locked in show ID order:
+// renewals and releases lock them alike (and the writer in the same order),
+// so none of them can deadlock with another.
+const mineInOrder = `
+		WITH mine AS (
+			SELECT o.show_id FROM show_owners o
+			JOIN unnest($1::text[], $2::bigint[]) AS u(show_id, epoch) ON o.show_id = u.show_id AND o.epoch = u.epoch
+			WHERE o.owner_node = $3
+			ORDER BY o.show_id
+			FOR NO KEY UPDATE OF o
+		)`
+
 // ReleaseShows gives up this node's ownership of shows, in one statement:
 // each row still naming this node at the given epoch is marked released (no
 // owner, the lease ended), so the next AcquireShow of any node takes it at
@@ -185,14 +191,7 @@ func (s *Store) ReleaseShows(ctx context.Context, shows []Ownership) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
 	defer cancel()
 	ids, epochs := ownershipColumns(shows)
-	_, err := s.pool.Exec(ctx, `
-		WITH mine AS (
-			SELECT o.show_id FROM show_owners o
-			JOIN unnest($1::text[], $2::bigint[]) AS u(show_id, epoch) ON o.show_id = u.show_id AND o.epoch = u.epoch
-			WHERE o.owner_node = $3
-			ORDER BY o.show_id
-			FOR NO KEY UPDATE OF o
-		)
+	_, err := s.pool.Exec(ctx, mineInOrder+`
 		UPDATE show_owners o SET owner_node = '', lease_until = '-infinity', updated_at = now()
 		FROM mine WHERE o.show_id = mine.show_id`, ids, epochs, s.cfg.NodeID)
 	if err != nil {
