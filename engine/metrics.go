@@ -28,6 +28,9 @@ type metrics struct {
 	evictions   prometheus.Counter
 
 	forwarded   prometheus.Counter
+	// pipeRecv and pipeSent count Pipeline messages: batches of calls
+	// received, batches of answers sent.
+	pipeRecv, pipeSent prometheus.Counter
 	members     prometheus.Gauge
 	showsOwned  prometheus.Gauge
 	ownerships  *prometheus.CounterVec
@@ -118,7 +121,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		children: make(map[[3]string]prometheus.Counter),
 		latency:  make(map[string]prometheus.Observer),
 	}
-	for _, c := range []prometheus.Collector{m.rpcRequests, m.rpcLatency, m.ops, m.batchSize, m.commitTime, m.batchErrors, m.failedMuts, m.showsLoaded, m.evictions,
+	pipeMsgs := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "boxoffice_pipeline_messages_total",
+		Help: "Pipeline stream messages: received (each a batch of calls) and sent (each a batch of answers). The Pipeline.* RPC counts over these are the calls per message.",
+	}, []string{"direction"})
+	m.pipeRecv, m.pipeSent = pipeMsgs.WithLabelValues("received"), pipeMsgs.WithLabelValues("sent")
+	for _, c := range []prometheus.Collector{pipeMsgs, m.rpcRequests, m.rpcLatency, m.ops, m.batchSize, m.commitTime, m.batchErrors, m.failedMuts, m.showsLoaded, m.evictions,
 		m.waiting, m.longestWaitlist, m.waitOps, m.waitToTurn,
 		m.forwarded, m.ownerships, m.ringChanges, m.fenced, m.loadTime, m.members, m.showsOwned} {
 		if err := reg.Register(c); err != nil {

@@ -145,6 +145,7 @@ func (p *pipeline) receive() error {
 		if err != nil {
 			return err
 		}
+		p.n.metrics.pipeRecv.Inc()
 		p.take(req.GetCalls())
 	}
 }
@@ -324,6 +325,7 @@ func (p *pipeline) send() error {
 		if err := p.stream.Send(&pb.PipelineResponse{Results: batch}); err != nil {
 			return err
 		}
+		p.n.metrics.pipeSent.Inc()
 	}
 }
 

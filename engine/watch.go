@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
@@ -260,6 +261,8 @@ type seatMapPublisher struct {
 	// first poll), with the waitlist's length then.
 	state   ar.SeatMap
 	waiting int
+	// published is when state was published (the node's clock).
+	published time.Time
 	// snap is the encoded snapshot of state; zero until a watcher needs it.
 	snap watchMsg
 	// changed is closed at the next batch, or when ended is set.
@@ -326,22 +329,23 @@ func (p *seatMapPublisher) pollLocked() {
 	if !moved {
 		return
 	}
+	now := p.hub.n.now()
 	if p.state.Statuses != nil {
-		m := watchMessage(sh.id, sm, waiting)
+		m := watchMessage(sh.id, sm, waiting, now)
 		m.SeatIndexes, m.Statuses = diffStatuses(p.state.Statuses, sm.Statuses)
 		p.seq++
 		p.ring[p.seq%watchRing] = watchMsg{version: sm.Version, wire: preEncoded(m)}
 		close(p.changed)
 		p.changed = make(chan struct{})
 	}
-	p.state, p.waiting, p.snap = sm, waiting, watchMsg{}
+	p.state, p.waiting, p.published, p.snap = sm, waiting, now, watchMsg{}
 }
 
 // snapshotLocked returns the encoded snapshot of the last published state,
 // encoding it on first use. p.mu must be held.
 func (p *seatMapPublisher) snapshotLocked() watchMsg {
 	if p.snap.wire == nil {
-		m := watchMessage(p.sh.id, p.state, p.waiting)
+		m := watchMessage(p.sh.id, p.state, p.waiting, p.published)
 		m.Snapshot = p.state.Statuses
 		p.snap = watchMsg{version: p.state.Version, wire: preEncoded(m)}
 	}
@@ -405,16 +409,18 @@ func (p *seatMapPublisher) serve(ctx context.Context, stream pb.ReservationServi
 	}
 }
 
-// watchMessage returns a message with sm's version and counts.
-func watchMessage(id ar.ShowID, sm ar.SeatMap, waiting int) *pb.WatchSeatMapResponse {
+// watchMessage returns a message with sm's version and counts, published
+// at the given time.
+func watchMessage(id ar.ShowID, sm ar.SeatMap, waiting int, published time.Time) *pb.WatchSeatMapResponse {
 	return &pb.WatchSeatMapResponse{
-		ShowId:    string(id),
-		Version:   sm.Version,
-		Available: int32(sm.Available),
-		Held:      int32(sm.Held),
-		Booked:    int32(sm.Booked),
-		Offered:   int32(sm.Offered),
-		Waiting:   int32(waiting),
+		PublishedAt: timestamppb.New(published),
+		ShowId:      string(id),
+		Version:     sm.Version,
+		Available:   int32(sm.Available),
+		Held:        int32(sm.Held),
+		Booked:      int32(sm.Booked),
+		Offered:     int32(sm.Offered),
+		Waiting:     int32(waiting),
 	}
 }
 

@@ -120,3 +120,11 @@ func sameMembers(a, b []Member) bool {
 }
 
 func byName(a, b Member) int { return strings.Compare(a.Name, b.Name) }
+
+// PartitionCount returns the number of partitions of the ring.
+func (v *View) PartitionCount() int { return len(v.owners) }
+
+// PartitionOwners returns, for every partition, the index in Members of its
+// owner: the ring's whole routing table, for clients that compute owners
+// themselves (Partition tells a show's partition).
+func (v *View) PartitionOwners() []int32 { return slices.Clone(v.owners) }

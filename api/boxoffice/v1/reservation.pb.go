@@ -23,6 +23,167 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type GetRingRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRingRequest) Reset() {
+	*x = GetRingRequest{}
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRingRequest) ProtoMessage() {}
+
+func (x *GetRingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRingRequest.ProtoReflect.Descriptor instead.
+func (*GetRingRequest) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{0}
+}
+
+type GetRingResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name of the node that answered.
+	Self string `protobuf:"bytes,1,opt,name=self,proto3" json:"self,omitempty"`
+	// Version of that node's ring; it increases with every change of the
+	// ring on that node (versions of different nodes are not comparable).
+	Version uint64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// The members of the ring, sorted by name.
+	Members []*RingMember `protobuf:"bytes,3,rep,name=members,proto3" json:"members,omitempty"`
+	// partition_owners[p] is the index in members of partition p's owner.
+	PartitionOwners []uint32 `protobuf:"varint,4,rep,packed,name=partition_owners,json=partitionOwners,proto3" json:"partition_owners,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GetRingResponse) Reset() {
+	*x = GetRingResponse{}
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRingResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRingResponse) ProtoMessage() {}
+
+func (x *GetRingResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRingResponse.ProtoReflect.Descriptor instead.
+func (*GetRingResponse) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GetRingResponse) GetSelf() string {
+	if x != nil {
+		return x.Self
+	}
+	return ""
+}
+
+func (x *GetRingResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *GetRingResponse) GetMembers() []*RingMember {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *GetRingResponse) GetPartitionOwners() []uint32 {
+	if x != nil {
+		return x.PartitionOwners
+	}
+	return nil
+}
+
+type RingMember struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	GrpcAddr      string                 `protobuf:"bytes,2,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RingMember) Reset() {
+	*x = RingMember{}
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RingMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RingMember) ProtoMessage() {}
+
+func (x *RingMember) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RingMember.ProtoReflect.Descriptor instead.
+func (*RingMember) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RingMember) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RingMember) GetGrpcAddr() string {
+	if x != nil {
+		return x.GrpcAddr
+	}
+	return ""
+}
+
 type WatchSeatMapRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	ShowId string                 `protobuf:"bytes,1,opt,name=show_id,json=showId,proto3" json:"show_id,omitempty"`
@@ -35,7 +196,7 @@ type WatchSeatMapRequest struct {
 
 func (x *WatchSeatMapRequest) Reset() {
 	*x = WatchSeatMapRequest{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[0]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -47,7 +208,7 @@ func (x *WatchSeatMapRequest) String() string {
 func (*WatchSeatMapRequest) ProtoMessage() {}
 
 func (x *WatchSeatMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[0]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -60,7 +221,7 @@ func (x *WatchSeatMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSeatMapRequest.ProtoReflect.Descriptor instead.
 func (*WatchSeatMapRequest) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{0}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *WatchSeatMapRequest) GetShowId() string {
@@ -92,18 +253,23 @@ type WatchSeatMapResponse struct {
 	SeatIndexes []uint32 `protobuf:"varint,4,rep,packed,name=seat_indexes,json=seatIndexes,proto3" json:"seat_indexes,omitempty"`
 	Statuses    []byte   `protobuf:"bytes,5,opt,name=statuses,proto3" json:"statuses,omitempty"`
 	// The counts at version, as in GetSeatMapResponse.
-	Available     int32 `protobuf:"varint,6,opt,name=available,proto3" json:"available,omitempty"`
-	Held          int32 `protobuf:"varint,7,opt,name=held,proto3" json:"held,omitempty"`
-	Booked        int32 `protobuf:"varint,8,opt,name=booked,proto3" json:"booked,omitempty"`
-	Offered       int32 `protobuf:"varint,9,opt,name=offered,proto3" json:"offered,omitempty"`
-	Waiting       int32 `protobuf:"varint,10,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	Available int32 `protobuf:"varint,6,opt,name=available,proto3" json:"available,omitempty"`
+	Held      int32 `protobuf:"varint,7,opt,name=held,proto3" json:"held,omitempty"`
+	Booked    int32 `protobuf:"varint,8,opt,name=booked,proto3" json:"booked,omitempty"`
+	Offered   int32 `protobuf:"varint,9,opt,name=offered,proto3" json:"offered,omitempty"`
+	Waiting   int32 `protobuf:"varint,10,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	// When the engine published this version to its watchers (the node's
+	// clock). A change waits at most a few milliseconds to be published, so
+	// the time from published_at to a message's arrival is a replica's lag
+	// but for those milliseconds.
+	PublishedAt   *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=published_at,json=publishedAt,proto3" json:"published_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchSeatMapResponse) Reset() {
 	*x = WatchSeatMapResponse{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[1]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -115,7 +281,7 @@ func (x *WatchSeatMapResponse) String() string {
 func (*WatchSeatMapResponse) ProtoMessage() {}
 
 func (x *WatchSeatMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[1]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -128,7 +294,7 @@ func (x *WatchSeatMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSeatMapResponse.ProtoReflect.Descriptor instead.
 func (*WatchSeatMapResponse) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{1}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *WatchSeatMapResponse) GetShowId() string {
@@ -201,6 +367,13 @@ func (x *WatchSeatMapResponse) GetWaiting() int32 {
 	return 0
 }
 
+func (x *WatchSeatMapResponse) GetPublishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PublishedAt
+	}
+	return nil
+}
+
 type PipelineRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Calls         []*PipelineCall        `protobuf:"bytes,1,rep,name=calls,proto3" json:"calls,omitempty"`
@@ -210,7 +383,7 @@ type PipelineRequest struct {
 
 func (x *PipelineRequest) Reset() {
 	*x = PipelineRequest{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[2]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -222,7 +395,7 @@ func (x *PipelineRequest) String() string {
 func (*PipelineRequest) ProtoMessage() {}
 
 func (x *PipelineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[2]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -235,7 +408,7 @@ func (x *PipelineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PipelineRequest.ProtoReflect.Descriptor instead.
 func (*PipelineRequest) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{2}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PipelineRequest) GetCalls() []*PipelineCall {
@@ -266,7 +439,7 @@ type PipelineCall struct {
 
 func (x *PipelineCall) Reset() {
 	*x = PipelineCall{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[3]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -278,7 +451,7 @@ func (x *PipelineCall) String() string {
 func (*PipelineCall) ProtoMessage() {}
 
 func (x *PipelineCall) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[3]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -291,7 +464,7 @@ func (x *PipelineCall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PipelineCall.ProtoReflect.Descriptor instead.
 func (*PipelineCall) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{3}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PipelineCall) GetCallId() uint64 {
@@ -373,7 +546,7 @@ type PipelineResponse struct {
 
 func (x *PipelineResponse) Reset() {
 	*x = PipelineResponse{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[4]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -385,7 +558,7 @@ func (x *PipelineResponse) String() string {
 func (*PipelineResponse) ProtoMessage() {}
 
 func (x *PipelineResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[4]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -398,7 +571,7 @@ func (x *PipelineResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PipelineResponse.ProtoReflect.Descriptor instead.
 func (*PipelineResponse) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{4}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PipelineResponse) GetResults() []*PipelineResult {
@@ -425,7 +598,7 @@ type PipelineResult struct {
 
 func (x *PipelineResult) Reset() {
 	*x = PipelineResult{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[5]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +610,7 @@ func (x *PipelineResult) String() string {
 func (*PipelineResult) ProtoMessage() {}
 
 func (x *PipelineResult) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[5]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +623,7 @@ func (x *PipelineResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PipelineResult.ProtoReflect.Descriptor instead.
 func (*PipelineResult) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{5}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PipelineResult) GetCallId() uint64 {
@@ -546,7 +719,7 @@ type CallError struct {
 
 func (x *CallError) Reset() {
 	*x = CallError{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[6]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +731,7 @@ func (x *CallError) String() string {
 func (*CallError) ProtoMessage() {}
 
 func (x *CallError) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[6]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +744,7 @@ func (x *CallError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallError.ProtoReflect.Descriptor instead.
 func (*CallError) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{6}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CallError) GetCode() int32 {
@@ -614,7 +787,7 @@ type GetSeatMapRequest struct {
 
 func (x *GetSeatMapRequest) Reset() {
 	*x = GetSeatMapRequest{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[7]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -626,7 +799,7 @@ func (x *GetSeatMapRequest) String() string {
 func (*GetSeatMapRequest) ProtoMessage() {}
 
 func (x *GetSeatMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[7]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -639,7 +812,7 @@ func (x *GetSeatMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSeatMapRequest.ProtoReflect.Descriptor instead.
 func (*GetSeatMapRequest) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{7}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetSeatMapRequest) GetShowId() string {
@@ -679,7 +852,7 @@ type GetSeatMapResponse struct {
 
 func (x *GetSeatMapResponse) Reset() {
 	*x = GetSeatMapResponse{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[8]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +864,7 @@ func (x *GetSeatMapResponse) String() string {
 func (*GetSeatMapResponse) ProtoMessage() {}
 
 func (x *GetSeatMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[8]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +877,7 @@ func (x *GetSeatMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSeatMapResponse.ProtoReflect.Descriptor instead.
 func (*GetSeatMapResponse) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{8}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetSeatMapResponse) GetShowId() string {
@@ -786,7 +959,7 @@ type HoldSeatsRequest struct {
 
 func (x *HoldSeatsRequest) Reset() {
 	*x = HoldSeatsRequest{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[9]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -798,7 +971,7 @@ func (x *HoldSeatsRequest) String() string {
 func (*HoldSeatsRequest) ProtoMessage() {}
 
 func (x *HoldSeatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[9]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -811,7 +984,7 @@ func (x *HoldSeatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldSeatsRequest.ProtoReflect.Descriptor instead.
 func (*HoldSeatsRequest) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{9}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *HoldSeatsRequest) GetShowId() string {
@@ -858,7 +1031,7 @@ type HoldSeatsResponse struct {
 
 func (x *HoldSeatsResponse) Reset() {
 	*x = HoldSeatsResponse{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[10]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +1043,7 @@ func (x *HoldSeatsResponse) String() string {
 func (*HoldSeatsResponse) ProtoMessage() {}
 
 func (x *HoldSeatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[10]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +1056,7 @@ func (x *HoldSeatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldSeatsResponse.ProtoReflect.Descriptor instead.
 func (*HoldSeatsResponse) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{10}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *HoldSeatsResponse) GetHoldId() string {
@@ -942,7 +1115,7 @@ type ConfirmHoldRequest struct {
 
 func (x *ConfirmHoldRequest) Reset() {
 	*x = ConfirmHoldRequest{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[11]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1127,7 @@ func (x *ConfirmHoldRequest) String() string {
 func (*ConfirmHoldRequest) ProtoMessage() {}
 
 func (x *ConfirmHoldRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[11]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1140,7 @@ func (x *ConfirmHoldRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmHoldRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmHoldRequest) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{11}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ConfirmHoldRequest) GetHoldId() string {
@@ -1007,7 +1180,7 @@ type ConfirmHoldResponse struct {
 
 func (x *ConfirmHoldResponse) Reset() {
 	*x = ConfirmHoldResponse{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[12]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1019,7 +1192,7 @@ func (x *ConfirmHoldResponse) String() string {
 func (*ConfirmHoldResponse) ProtoMessage() {}
 
 func (x *ConfirmHoldResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[12]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1032,7 +1205,7 @@ func (x *ConfirmHoldResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmHoldResponse.ProtoReflect.Descriptor instead.
 func (*ConfirmHoldResponse) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{12}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ConfirmHoldResponse) GetReservation() *Reservation {
@@ -1052,7 +1225,7 @@ type ReleaseHoldRequest struct {
 
 func (x *ReleaseHoldRequest) Reset() {
 	*x = ReleaseHoldRequest{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[13]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1237,7 @@ func (x *ReleaseHoldRequest) String() string {
 func (*ReleaseHoldRequest) ProtoMessage() {}
 
 func (x *ReleaseHoldRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[13]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1250,7 @@ func (x *ReleaseHoldRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseHoldRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseHoldRequest) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{13}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReleaseHoldRequest) GetHoldId() string {
@@ -1103,7 +1276,7 @@ type ReleaseHoldResponse struct {
 
 func (x *ReleaseHoldResponse) Reset() {
 	*x = ReleaseHoldResponse{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[14]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1115,7 +1288,7 @@ func (x *ReleaseHoldResponse) String() string {
 func (*ReleaseHoldResponse) ProtoMessage() {}
 
 func (x *ReleaseHoldResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[14]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1128,7 +1301,7 @@ func (x *ReleaseHoldResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseHoldResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseHoldResponse) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{14}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReleaseHoldResponse) GetReservation() *Reservation {
@@ -1147,7 +1320,7 @@ type GetReservationRequest struct {
 
 func (x *GetReservationRequest) Reset() {
 	*x = GetReservationRequest{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[15]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1159,7 +1332,7 @@ func (x *GetReservationRequest) String() string {
 func (*GetReservationRequest) ProtoMessage() {}
 
 func (x *GetReservationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[15]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1172,7 +1345,7 @@ func (x *GetReservationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReservationRequest.ProtoReflect.Descriptor instead.
 func (*GetReservationRequest) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{15}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetReservationRequest) GetHoldId() string {
@@ -1191,7 +1364,7 @@ type GetReservationResponse struct {
 
 func (x *GetReservationResponse) Reset() {
 	*x = GetReservationResponse{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[16]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1203,7 +1376,7 @@ func (x *GetReservationResponse) String() string {
 func (*GetReservationResponse) ProtoMessage() {}
 
 func (x *GetReservationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[16]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1216,7 +1389,7 @@ func (x *GetReservationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReservationResponse.ProtoReflect.Descriptor instead.
 func (*GetReservationResponse) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{16}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetReservationResponse) GetReservation() *Reservation {
@@ -1241,7 +1414,7 @@ type ListUserReservationsRequest struct {
 
 func (x *ListUserReservationsRequest) Reset() {
 	*x = ListUserReservationsRequest{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[17]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1253,7 +1426,7 @@ func (x *ListUserReservationsRequest) String() string {
 func (*ListUserReservationsRequest) ProtoMessage() {}
 
 func (x *ListUserReservationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[17]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1266,7 +1439,7 @@ func (x *ListUserReservationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUserReservationsRequest.ProtoReflect.Descriptor instead.
 func (*ListUserReservationsRequest) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{17}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListUserReservationsRequest) GetUserId() string {
@@ -1308,7 +1481,7 @@ type ListUserReservationsResponse struct {
 
 func (x *ListUserReservationsResponse) Reset() {
 	*x = ListUserReservationsResponse{}
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[18]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1320,7 +1493,7 @@ func (x *ListUserReservationsResponse) String() string {
 func (*ListUserReservationsResponse) ProtoMessage() {}
 
 func (x *ListUserReservationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_reservation_proto_msgTypes[18]
+	mi := &file_boxoffice_v1_reservation_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1333,7 +1506,7 @@ func (x *ListUserReservationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUserReservationsResponse.ProtoReflect.Descriptor instead.
 func (*ListUserReservationsResponse) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{18}
+	return file_boxoffice_v1_reservation_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListUserReservationsResponse) GetReservations() []*Reservation {
@@ -1354,10 +1527,20 @@ var File_boxoffice_v1_reservation_proto protoreflect.FileDescriptor
 
 const file_boxoffice_v1_reservation_proto_rawDesc = "" +
 	"\n" +
-	"\x1eboxoffice/v1/reservation.proto\x12\fboxoffice.v1\x1a\x18boxoffice/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n" +
+	"\x1eboxoffice/v1/reservation.proto\x12\fboxoffice.v1\x1a\x18boxoffice/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n" +
+	"\x0eGetRingRequest\"\x9e\x01\n" +
+	"\x0fGetRingResponse\x12\x12\n" +
+	"\x04self\x18\x01 \x01(\tR\x04self\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x122\n" +
+	"\amembers\x18\x03 \x03(\v2\x18.boxoffice.v1.RingMemberR\amembers\x12)\n" +
+	"\x10partition_owners\x18\x04 \x03(\rR\x0fpartitionOwners\"=\n" +
+	"\n" +
+	"RingMember\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\"S\n" +
 	"\x13WatchSeatMapRequest\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12#\n" +
-	"\rsince_version\x18\x02 \x01(\x04R\fsinceVersion\"\xa2\x02\n" +
+	"\rsince_version\x18\x02 \x01(\x04R\fsinceVersion\"\xe1\x02\n" +
 	"\x14WatchSeatMapResponse\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x1a\n" +
@@ -1369,7 +1552,8 @@ const file_boxoffice_v1_reservation_proto_rawDesc = "" +
 	"\x06booked\x18\b \x01(\x05R\x06booked\x12\x18\n" +
 	"\aoffered\x18\t \x01(\x05R\aoffered\x12\x18\n" +
 	"\awaiting\x18\n" +
-	" \x01(\x05R\awaiting\"C\n" +
+	" \x01(\x05R\awaiting\x12=\n" +
+	"\fpublished_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\vpublishedAt\"C\n" +
 	"\x0fPipelineRequest\x120\n" +
 	"\x05calls\x18\x01 \x03(\v2\x1a.boxoffice.v1.PipelineCallR\x05calls\"\x96\x02\n" +
 	"\fPipelineCall\x12\x17\n" +
@@ -1447,7 +1631,7 @@ const file_boxoffice_v1_reservation_proto_rawDesc = "" +
 	"page_token\x18\x04 \x01(\tR\tpageToken\"\x85\x01\n" +
 	"\x1cListUserReservationsResponse\x12=\n" +
 	"\freservations\x18\x01 \x03(\v2\x19.boxoffice.v1.ReservationR\freservations\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xcf\x05\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x97\x06\n" +
 	"\x12ReservationService\x12O\n" +
 	"\n" +
 	"GetSeatMap\x12\x1f.boxoffice.v1.GetSeatMapRequest\x1a .boxoffice.v1.GetSeatMapResponse\x12L\n" +
@@ -1457,7 +1641,8 @@ const file_boxoffice_v1_reservation_proto_rawDesc = "" +
 	"\x0eGetReservation\x12#.boxoffice.v1.GetReservationRequest\x1a$.boxoffice.v1.GetReservationResponse\x12m\n" +
 	"\x14ListUserReservations\x12).boxoffice.v1.ListUserReservationsRequest\x1a*.boxoffice.v1.ListUserReservationsResponse\x12W\n" +
 	"\fWatchSeatMap\x12!.boxoffice.v1.WatchSeatMapRequest\x1a\".boxoffice.v1.WatchSeatMapResponse0\x01\x12M\n" +
-	"\bPipeline\x12\x1d.boxoffice.v1.PipelineRequest\x1a\x1e.boxoffice.v1.PipelineResponse(\x010\x01B=Z;github.com/boxoffice/boxoffice/api/boxoffice/v1;boxofficev1b\x06proto3"
+	"\bPipeline\x12\x1d.boxoffice.v1.PipelineRequest\x1a\x1e.boxoffice.v1.PipelineResponse(\x010\x01\x12F\n" +
+	"\aGetRing\x12\x1c.boxoffice.v1.GetRingRequest\x1a\x1d.boxoffice.v1.GetRingResponseB=Z;github.com/boxoffice/boxoffice/api/boxoffice/v1;boxofficev1b\x06proto3"
 
 var (
 	file_boxoffice_v1_reservation_proto_rawDescOnce sync.Once
@@ -1471,74 +1656,81 @@ func file_boxoffice_v1_reservation_proto_rawDescGZIP() []byte {
 	return file_boxoffice_v1_reservation_proto_rawDescData
 }
 
-var file_boxoffice_v1_reservation_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_boxoffice_v1_reservation_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_boxoffice_v1_reservation_proto_goTypes = []any{
-	(*WatchSeatMapRequest)(nil),          // 0: boxoffice.v1.WatchSeatMapRequest
-	(*WatchSeatMapResponse)(nil),         // 1: boxoffice.v1.WatchSeatMapResponse
-	(*PipelineRequest)(nil),              // 2: boxoffice.v1.PipelineRequest
-	(*PipelineCall)(nil),                 // 3: boxoffice.v1.PipelineCall
-	(*PipelineResponse)(nil),             // 4: boxoffice.v1.PipelineResponse
-	(*PipelineResult)(nil),               // 5: boxoffice.v1.PipelineResult
-	(*CallError)(nil),                    // 6: boxoffice.v1.CallError
-	(*GetSeatMapRequest)(nil),            // 7: boxoffice.v1.GetSeatMapRequest
-	(*GetSeatMapResponse)(nil),           // 8: boxoffice.v1.GetSeatMapResponse
-	(*HoldSeatsRequest)(nil),             // 9: boxoffice.v1.HoldSeatsRequest
-	(*HoldSeatsResponse)(nil),            // 10: boxoffice.v1.HoldSeatsResponse
-	(*ConfirmHoldRequest)(nil),           // 11: boxoffice.v1.ConfirmHoldRequest
-	(*ConfirmHoldResponse)(nil),          // 12: boxoffice.v1.ConfirmHoldResponse
-	(*ReleaseHoldRequest)(nil),           // 13: boxoffice.v1.ReleaseHoldRequest
-	(*ReleaseHoldResponse)(nil),          // 14: boxoffice.v1.ReleaseHoldResponse
-	(*GetReservationRequest)(nil),        // 15: boxoffice.v1.GetReservationRequest
-	(*GetReservationResponse)(nil),       // 16: boxoffice.v1.GetReservationResponse
-	(*ListUserReservationsRequest)(nil),  // 17: boxoffice.v1.ListUserReservationsRequest
-	(*ListUserReservationsResponse)(nil), // 18: boxoffice.v1.ListUserReservationsResponse
-	nil,                                  // 19: boxoffice.v1.CallError.MetadataEntry
-	(*durationpb.Duration)(nil),          // 20: google.protobuf.Duration
-	(*Row)(nil),                          // 21: boxoffice.v1.Row
-	(*timestamppb.Timestamp)(nil),        // 22: google.protobuf.Timestamp
-	(ReservationStatus)(0),               // 23: boxoffice.v1.ReservationStatus
-	(*Reservation)(nil),                  // 24: boxoffice.v1.Reservation
+	(*GetRingRequest)(nil),               // 0: boxoffice.v1.GetRingRequest
+	(*GetRingResponse)(nil),              // 1: boxoffice.v1.GetRingResponse
+	(*RingMember)(nil),                   // 2: boxoffice.v1.RingMember
+	(*WatchSeatMapRequest)(nil),          // 3: boxoffice.v1.WatchSeatMapRequest
+	(*WatchSeatMapResponse)(nil),         // 4: boxoffice.v1.WatchSeatMapResponse
+	(*PipelineRequest)(nil),              // 5: boxoffice.v1.PipelineRequest
+	(*PipelineCall)(nil),                 // 6: boxoffice.v1.PipelineCall
+	(*PipelineResponse)(nil),             // 7: boxoffice.v1.PipelineResponse
+	(*PipelineResult)(nil),               // 8: boxoffice.v1.PipelineResult
+	(*CallError)(nil),                    // 9: boxoffice.v1.CallError
+	(*GetSeatMapRequest)(nil),            // 10: boxoffice.v1.GetSeatMapRequest
+	(*GetSeatMapResponse)(nil),           // 11: boxoffice.v1.GetSeatMapResponse
+	(*HoldSeatsRequest)(nil),             // 12: boxoffice.v1.HoldSeatsRequest
+	(*HoldSeatsResponse)(nil),            // 13: boxoffice.v1.HoldSeatsResponse
+	(*ConfirmHoldRequest)(nil),           // 14: boxoffice.v1.ConfirmHoldRequest
+	(*ConfirmHoldResponse)(nil),          // 15: boxoffice.v1.ConfirmHoldResponse
+	(*ReleaseHoldRequest)(nil),           // 16: boxoffice.v1.ReleaseHoldRequest
+	(*ReleaseHoldResponse)(nil),          // 17: boxoffice.v1.ReleaseHoldResponse
+	(*GetReservationRequest)(nil),        // 18: boxoffice.v1.GetReservationRequest
+	(*GetReservationResponse)(nil),       // 19: boxoffice.v1.GetReservationResponse
+	(*ListUserReservationsRequest)(nil),  // 20: boxoffice.v1.ListUserReservationsRequest
+	(*ListUserReservationsResponse)(nil), // 21: boxoffice.v1.ListUserReservationsResponse
+	nil,                                  // 22: boxoffice.v1.CallError.MetadataEntry
+	(*timestamppb.Timestamp)(nil),        // 23: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 24: google.protobuf.Duration
+	(*Row)(nil),                          // 25: boxoffice.v1.Row
+	(ReservationStatus)(0),               // 26: boxoffice.v1.ReservationStatus
+	(*Reservation)(nil),                  // 27: boxoffice.v1.Reservation
 }
 var file_boxoffice_v1_reservation_proto_depIdxs = []int32{
-	3,  // 0: boxoffice.v1.PipelineRequest.calls:type_name -> boxoffice.v1.PipelineCall
-	20, // 1: boxoffice.v1.PipelineCall.timeout:type_name -> google.protobuf.Duration
-	9,  // 2: boxoffice.v1.PipelineCall.hold:type_name -> boxoffice.v1.HoldSeatsRequest
-	11, // 3: boxoffice.v1.PipelineCall.confirm:type_name -> boxoffice.v1.ConfirmHoldRequest
-	13, // 4: boxoffice.v1.PipelineCall.release:type_name -> boxoffice.v1.ReleaseHoldRequest
-	5,  // 5: boxoffice.v1.PipelineResponse.results:type_name -> boxoffice.v1.PipelineResult
-	10, // 6: boxoffice.v1.PipelineResult.hold:type_name -> boxoffice.v1.HoldSeatsResponse
-	12, // 7: boxoffice.v1.PipelineResult.confirm:type_name -> boxoffice.v1.ConfirmHoldResponse
-	14, // 8: boxoffice.v1.PipelineResult.release:type_name -> boxoffice.v1.ReleaseHoldResponse
-	6,  // 9: boxoffice.v1.PipelineResult.error:type_name -> boxoffice.v1.CallError
-	19, // 10: boxoffice.v1.CallError.metadata:type_name -> boxoffice.v1.CallError.MetadataEntry
-	21, // 11: boxoffice.v1.GetSeatMapResponse.rows:type_name -> boxoffice.v1.Row
-	22, // 12: boxoffice.v1.HoldSeatsResponse.expires_at:type_name -> google.protobuf.Timestamp
-	23, // 13: boxoffice.v1.HoldSeatsResponse.status:type_name -> boxoffice.v1.ReservationStatus
-	24, // 14: boxoffice.v1.ConfirmHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
-	24, // 15: boxoffice.v1.ReleaseHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
-	24, // 16: boxoffice.v1.GetReservationResponse.reservation:type_name -> boxoffice.v1.Reservation
-	24, // 17: boxoffice.v1.ListUserReservationsResponse.reservations:type_name -> boxoffice.v1.Reservation
-	7,  // 18: boxoffice.v1.ReservationService.GetSeatMap:input_type -> boxoffice.v1.GetSeatMapRequest
-	9,  // 19: boxoffice.v1.ReservationService.HoldSeats:input_type -> boxoffice.v1.HoldSeatsRequest
-	11, // 20: boxoffice.v1.ReservationService.ConfirmHold:input_type -> boxoffice.v1.ConfirmHoldRequest
-	13, // 21: boxoffice.v1.ReservationService.ReleaseHold:input_type -> boxoffice.v1.ReleaseHoldRequest
-	15, // 22: boxoffice.v1.ReservationService.GetReservation:input_type -> boxoffice.v1.GetReservationRequest
-	17, // 23: boxoffice.v1.ReservationService.ListUserReservations:input_type -> boxoffice.v1.ListUserReservationsRequest
-	0,  // 24: boxoffice.v1.ReservationService.WatchSeatMap:input_type -> boxoffice.v1.WatchSeatMapRequest
-	2,  // 25: boxoffice.v1.ReservationService.Pipeline:input_type -> boxoffice.v1.PipelineRequest
-	8,  // 26: boxoffice.v1.ReservationService.GetSeatMap:output_type -> boxoffice.v1.GetSeatMapResponse
-	10, // 27: boxoffice.v1.ReservationService.HoldSeats:output_type -> boxoffice.v1.HoldSeatsResponse
-	12, // 28: boxoffice.v1.ReservationService.ConfirmHold:output_type -> boxoffice.v1.ConfirmHoldResponse
-	14, // 29: boxoffice.v1.ReservationService.ReleaseHold:output_type -> boxoffice.v1.ReleaseHoldResponse
-	16, // 30: boxoffice.v1.ReservationService.GetReservation:output_type -> boxoffice.v1.GetReservationResponse
-	18, // 31: boxoffice.v1.ReservationService.ListUserReservations:output_type -> boxoffice.v1.ListUserReservationsResponse
-	1,  // 32: boxoffice.v1.ReservationService.WatchSeatMap:output_type -> boxoffice.v1.WatchSeatMapResponse
-	4,  // 33: boxoffice.v1.ReservationService.Pipeline:output_type -> boxoffice.v1.PipelineResponse
-	26, // [26:34] is the sub-list for method output_type
-	18, // [18:26] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	2,  // 0: boxoffice.v1.GetRingResponse.members:type_name -> boxoffice.v1.RingMember
+	23, // 1: boxoffice.v1.WatchSeatMapResponse.published_at:type_name -> google.protobuf.Timestamp
+	6,  // 2: boxoffice.v1.PipelineRequest.calls:type_name -> boxoffice.v1.PipelineCall
+	24, // 3: boxoffice.v1.PipelineCall.timeout:type_name -> google.protobuf.Duration
+	12, // 4: boxoffice.v1.PipelineCall.hold:type_name -> boxoffice.v1.HoldSeatsRequest
+	14, // 5: boxoffice.v1.PipelineCall.confirm:type_name -> boxoffice.v1.ConfirmHoldRequest
+	16, // 6: boxoffice.v1.PipelineCall.release:type_name -> boxoffice.v1.ReleaseHoldRequest
+	8,  // 7: boxoffice.v1.PipelineResponse.results:type_name -> boxoffice.v1.PipelineResult
+	13, // 8: boxoffice.v1.PipelineResult.hold:type_name -> boxoffice.v1.HoldSeatsResponse
+	15, // 9: boxoffice.v1.PipelineResult.confirm:type_name -> boxoffice.v1.ConfirmHoldResponse
+	17, // 10: boxoffice.v1.PipelineResult.release:type_name -> boxoffice.v1.ReleaseHoldResponse
+	9,  // 11: boxoffice.v1.PipelineResult.error:type_name -> boxoffice.v1.CallError
+	22, // 12: boxoffice.v1.CallError.metadata:type_name -> boxoffice.v1.CallError.MetadataEntry
+	25, // 13: boxoffice.v1.GetSeatMapResponse.rows:type_name -> boxoffice.v1.Row
+	23, // 14: boxoffice.v1.HoldSeatsResponse.expires_at:type_name -> google.protobuf.Timestamp
+	26, // 15: boxoffice.v1.HoldSeatsResponse.status:type_name -> boxoffice.v1.ReservationStatus
+	27, // 16: boxoffice.v1.ConfirmHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
+	27, // 17: boxoffice.v1.ReleaseHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
+	27, // 18: boxoffice.v1.GetReservationResponse.reservation:type_name -> boxoffice.v1.Reservation
+	27, // 19: boxoffice.v1.ListUserReservationsResponse.reservations:type_name -> boxoffice.v1.Reservation
+	10, // 20: boxoffice.v1.ReservationService.GetSeatMap:input_type -> boxoffice.v1.GetSeatMapRequest
+	12, // 21: boxoffice.v1.ReservationService.HoldSeats:input_type -> boxoffice.v1.HoldSeatsRequest
+	14, // 22: boxoffice.v1.ReservationService.ConfirmHold:input_type -> boxoffice.v1.ConfirmHoldRequest
+	16, // 23: boxoffice.v1.ReservationService.ReleaseHold:input_type -> boxoffice.v1.ReleaseHoldRequest
+	18, // 24: boxoffice.v1.ReservationService.GetReservation:input_type -> boxoffice.v1.GetReservationRequest
+	20, // 25: boxoffice.v1.ReservationService.ListUserReservations:input_type -> boxoffice.v1.ListUserReservationsRequest
+	3,  // 26: boxoffice.v1.ReservationService.WatchSeatMap:input_type -> boxoffice.v1.WatchSeatMapRequest
+	5,  // 27: boxoffice.v1.ReservationService.Pipeline:input_type -> boxoffice.v1.PipelineRequest
+	0,  // 28: boxoffice.v1.ReservationService.GetRing:input_type -> boxoffice.v1.GetRingRequest
+	11, // 29: boxoffice.v1.ReservationService.GetSeatMap:output_type -> boxoffice.v1.GetSeatMapResponse
+	13, // 30: boxoffice.v1.ReservationService.HoldSeats:output_type -> boxoffice.v1.HoldSeatsResponse
+	15, // 31: boxoffice.v1.ReservationService.ConfirmHold:output_type -> boxoffice.v1.ConfirmHoldResponse
+	17, // 32: boxoffice.v1.ReservationService.ReleaseHold:output_type -> boxoffice.v1.ReleaseHoldResponse
+	19, // 33: boxoffice.v1.ReservationService.GetReservation:output_type -> boxoffice.v1.GetReservationResponse
+	21, // 34: boxoffice.v1.ReservationService.ListUserReservations:output_type -> boxoffice.v1.ListUserReservationsResponse
+	4,  // 35: boxoffice.v1.ReservationService.WatchSeatMap:output_type -> boxoffice.v1.WatchSeatMapResponse
+	7,  // 36: boxoffice.v1.ReservationService.Pipeline:output_type -> boxoffice.v1.PipelineResponse
+	1,  // 37: boxoffice.v1.ReservationService.GetRing:output_type -> boxoffice.v1.GetRingResponse
+	29, // [29:38] is the sub-list for method output_type
+	20, // [20:29] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_boxoffice_v1_reservation_proto_init() }
@@ -1547,12 +1739,12 @@ func file_boxoffice_v1_reservation_proto_init() {
 		return
 	}
 	file_boxoffice_v1_types_proto_init()
-	file_boxoffice_v1_reservation_proto_msgTypes[3].OneofWrappers = []any{
+	file_boxoffice_v1_reservation_proto_msgTypes[6].OneofWrappers = []any{
 		(*PipelineCall_Hold)(nil),
 		(*PipelineCall_Confirm)(nil),
 		(*PipelineCall_Release)(nil),
 	}
-	file_boxoffice_v1_reservation_proto_msgTypes[5].OneofWrappers = []any{
+	file_boxoffice_v1_reservation_proto_msgTypes[8].OneofWrappers = []any{
 		(*PipelineResult_Hold)(nil),
 		(*PipelineResult_Confirm)(nil),
 		(*PipelineResult_Release)(nil),
@@ -1564,7 +1756,7 @@ func file_boxoffice_v1_reservation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_boxoffice_v1_reservation_proto_rawDesc), len(file_boxoffice_v1_reservation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	ReservationService_ListUserReservations_FullMethodName = "/boxoffice.v1.ReservationService/ListUserReservations"
 	ReservationService_WatchSeatMap_FullMethodName         = "/boxoffice.v1.ReservationService/WatchSeatMap"
 	ReservationService_Pipeline_FullMethodName             = "/boxoffice.v1.ReservationService/Pipeline"
+	ReservationService_GetRing_FullMethodName              = "/boxoffice.v1.ReservationService/GetRing"
 )
 
 // ReservationServiceClient is the client API for ReservationService service.
@@ -64,6 +65,14 @@ type ReservationServiceClient interface {
 	// idempotency behaviour is that of the unary RPCs. Beyond the stream's
 	// bound on calls in flight, a call is answered OVERLOADED at once.
 	Pipeline(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PipelineRequest, PipelineResponse], error)
+	// GetRing answers which node owns which show, as the node called sees it,
+	// for clients that send each call to its show's owner (Pipeline calls are
+	// served where they land): the members of the ring with their gRPC
+	// addresses, and the owner of every partition. A show's partition is
+	// XXH64 (seed 0) of its show_id's bytes, modulo the number of partitions.
+	// A node that runs without a cluster answers no partitions: it owns every
+	// show.
+	GetRing(ctx context.Context, in *GetRingRequest, opts ...grpc.CallOption) (*GetRingResponse, error)
 }
 
 type reservationServiceClient struct {
@@ -166,6 +175,16 @@ func (c *reservationServiceClient) Pipeline(ctx context.Context, opts ...grpc.Ca
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ReservationService_PipelineClient = grpc.BidiStreamingClient[PipelineRequest, PipelineResponse]
 
+func (c *reservationServiceClient) GetRing(ctx context.Context, in *GetRingRequest, opts ...grpc.CallOption) (*GetRingResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRingResponse)
+	err := c.cc.Invoke(ctx, ReservationService_GetRing_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReservationServiceServer is the server API for ReservationService service.
 // All implementations must embed UnimplementedReservationServiceServer
 // for forward compatibility.
@@ -201,6 +220,14 @@ type ReservationServiceServer interface {
 	// idempotency behaviour is that of the unary RPCs. Beyond the stream's
 	// bound on calls in flight, a call is answered OVERLOADED at once.
 	Pipeline(grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]) error
+	// GetRing answers which node owns which show, as the node called sees it,
+	// for clients that send each call to its show's owner (Pipeline calls are
+	// served where they land): the members of the ring with their gRPC
+	// addresses, and the owner of every partition. A show's partition is
+	// XXH64 (seed 0) of its show_id's bytes, modulo the number of partitions.
+	// A node that runs without a cluster answers no partitions: it owns every
+	// show.
+	GetRing(context.Context, *GetRingRequest) (*GetRingResponse, error)
 	mustEmbedUnimplementedReservationServiceServer()
 }
 
@@ -234,6 +261,9 @@ func (UnimplementedReservationServiceServer) WatchSeatMap(*WatchSeatMapRequest, 
 }
 func (UnimplementedReservationServiceServer) Pipeline(grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]) error {
 	return status.Error(codes.Unimplemented, "method Pipeline not implemented")
+}
+func (UnimplementedReservationServiceServer) GetRing(context.Context, *GetRingRequest) (*GetRingResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRing not implemented")
 }
 func (UnimplementedReservationServiceServer) mustEmbedUnimplementedReservationServiceServer() {}
 func (UnimplementedReservationServiceServer) testEmbeddedByValue()                            {}
@@ -382,6 +412,24 @@ func _ReservationService_Pipeline_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ReservationService_PipelineServer = grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]
 
+func _ReservationService_GetRing_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRingRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReservationServiceServer).GetRing(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReservationService_GetRing_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReservationServiceServer).GetRing(ctx, req.(*GetRingRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ReservationService_ServiceDesc is the grpc.ServiceDesc for ReservationService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -412,6 +460,10 @@ var ReservationService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListUserReservations",
 			Handler:    _ReservationService_ListUserReservations_Handler,
+		},
+		{
+			MethodName: "GetRing",
+			Handler:    _ReservationService_GetRing_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,123 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+)
+
+// errorDomain is the ErrorInfo domain of the engine's errors.
+const errorDomain = "boxoffice.v1"
+
+// Reasons the client acts on.
+const (
+	reasonMoved      = "SHOW_MOVED"
+	reasonOverloaded = "OVERLOADED"
+)
+
+// callError is a pipeline call's error answer. It is a gRPC status to
+// status.FromError and status.Code (GRPCStatus), built only when asked:
+// most refusals are only looked at for their code and reason.
+type callError struct{ e *pb.CallError }
+
+func (e *callError) Error() string {
+	return fmt.Sprintf("rpc error: code = %s desc = %s", codes.Code(e.e.GetCode()), e.e.GetMessage())
+}
+
+// GRPCStatus returns the status the unary RPC would have answered: the
+// code, the message and the ErrorInfo.
+func (e *callError) GRPCStatus() *status.Status {
+	st := status.New(codes.Code(e.e.GetCode()), e.e.GetMessage())
+	if e.e.GetReason() == "" {
+		return st
+	}
+	with, err := st.WithDetails(&errdetails.ErrorInfo{Reason: e.e.GetReason(), Domain: errorDomain, Metadata: e.e.GetMetadata()})
+	if err != nil {
+		return st
+	}
+	return with
+}
+
+// Reason returns the reason of an error the engine answered (its
+// google.rpc.ErrorInfo reason, such as "SEATS_TAKEN" or "SOLD_OUT"), or ""
+// for an error without one.
+func Reason(err error) string {
+	reason, _ := info(err)
+	return reason
+}
+
+// Metadata returns the value of key in the ErrorInfo metadata of an error
+// the engine answered, e.g. "seats" for SEATS_TAKEN.
+func Metadata(err error, key string) string {
+	_, md := info(err)
+	return md[key]
+}
+
+// info returns the reason and metadata of err's ErrorInfo.
+func info(err error) (string, map[string]string) {
+	var ce *callError
+	if errors.As(err, &ce) {
+		return ce.e.GetReason(), ce.e.GetMetadata()
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return "", nil
+	}
+	for _, d := range st.Details() {
+		if i, ok := d.(*errdetails.ErrorInfo); ok {
+			return i.GetReason(), i.GetMetadata()
+		}
+	}
+	return "", nil
+}
+
+// retryable reports whether err says the call was not done, or may be
+// tried again safely: Unavailable (a move, a shutdown, an unknown outcome,
+// a lost connection) and OVERLOADED.
+func retryable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable:
+		return true
+	case codes.ResourceExhausted:
+		return Reason(err) == reasonOverloaded
+	}
+	return false
+}
+
+// movedTo returns the owner's address a SHOW_MOVED answer names, or "".
+func movedTo(err error) string {
+	if status.Code(err) != codes.Unavailable || Reason(err) != reasonMoved {
+		return ""
+	}
+	return Metadata(err, "owner_addr")
+}
+
+// ctxError is a context's end as a gRPC status.
+func ctxError(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	return status.Error(codes.Canceled, err.Error())
+}
+
+// showOfHold returns the show of a hold ID ("<show>:<random>"), or the ID
+// itself when it names none: the node it is routed to answers it
+// HOLD_NOT_FOUND, as the engine answers bad hold IDs.
+func showOfHold(id string) string {
+	if i := strings.LastIndexByte(id, ':'); i > 0 {
+		return id[:i]
+	}
+	return id
+}
+
+// newKey returns a fresh idempotency key (26 characters of base32, 128
+// bits).
+func newKey() string { return rand.Text() }
