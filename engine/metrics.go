@@ -27,16 +27,16 @@ type metrics struct {
 	showsLoaded prometheus.Gauge
 	evictions   prometheus.Counter
 
-	forwarded   prometheus.Counter
+	forwarded prometheus.Counter
 	// pipeRecv and pipeSent count Pipeline messages: batches of calls
 	// received, batches of answers sent.
 	pipeRecv, pipeSent prometheus.Counter
-	members     prometheus.Gauge
-	showsOwned  prometheus.Gauge
-	ownerships  *prometheus.CounterVec
-	ringChanges prometheus.Counter
-	fenced      prometheus.Counter
-	loadTime    prometheus.Histogram
+	members            prometheus.Gauge
+	showsOwned         prometheus.Gauge
+	ownerships         *prometheus.CounterVec
+	ringChanges        prometheus.Counter
+	fenced             prometheus.Counter
+	loadTime           prometheus.Histogram
 
 	waiting         prometheus.Gauge
 	longestWaitlist prometheus.Gauge
