@@ -5,14 +5,16 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
+	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -22,11 +24,13 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+	"github.com/boxoffice/boxoffice/client"
 )
 
 // BoxofficeConfig configures the boxoffice target.
 type BoxofficeConfig struct {
-	// Addr is the gRPC address of an engine node (required).
+	// Addr is the gRPC address of an engine node (required). Through the
+	// client, the others are learned from its ring.
 	Addr string
 	// Token is the service token sent with every call; AdminToken the one
 	// sent with CreateShow. If AdminToken is empty, Token is sent.
@@ -35,28 +39,39 @@ type BoxofficeConfig struct {
 	// DatabaseURL is the engine's PostgreSQL, read by Records and
 	// CheckStore for verification (required).
 	DatabaseURL string
-	// Conns is the number of gRPC connections, used round-robin. If 0, 4:
-	// one HTTP/2 connection serializes its frames through one writer on
+	// Conns is the number of gRPC connections per node. If 0, 4 with Unary
+	// (one HTTP/2 connection serializes its frames through one writer on
 	// each side, which a flash sale of thousands of users in flight
-	// saturates.
+	// saturates), the client's default otherwise.
 	Conns int
-	// NoIdempotencyKeys makes Hold send no idempotency key. By default each
-	// Hold sends a fresh random key, as a web tier does so that it can
-	// retry safely; the engine then records the key with the hold.
+	// Unary makes every call one unary RPC (HoldSeats, ConfirmHold,
+	// GetSeatMap) on one of Conns connections to Addr, taken in turn: the
+	// engine as it is called without the client. By default calls go
+	// through package client: holds and confirms coalesced on Pipeline
+	// streams to the show's owner, seat maps from a live replica.
+	Unary bool
+	// NoIdempotencyKeys makes Hold send no idempotency key (Unary only:
+	// the client gives every hold a key, so that it can retry it safely).
+	// By default each Hold sends a fresh random key, as a web tier does;
+	// the engine then records the key with the hold.
 	NoIdempotencyKeys bool
 }
 
-// defaultBoxofficeConns is BoxofficeConfig.Conns when it is 0.
+// defaultBoxofficeConns is BoxofficeConfig.Conns when it is 0 with Unary.
 const defaultBoxofficeConns = 4
 
-// Boxoffice is the engine as a bench target: every call is one RPC of its
-// gRPC API on one of a few client connections, taken in turn; Records reads
-// the engine's Postgres directly. Every acknowledged hold is durable.
+// Boxoffice is the engine as a bench target. By default it is a web tier
+// using package client: holds and confirms go through the pipeline of the
+// show's owner, and seat maps are read from the client's live replica
+// (whose lag ReplicaLag reports). With BoxofficeConfig.Unary every call is
+// one RPC of the gRPC API. Records reads the engine's Postgres directly.
+// Every acknowledged hold is durable either way.
 //
 // It is safe for concurrent use: its fields are set by NewBoxoffice and
-// only read afterwards, except next, which is atomic, and laidOut, a
-// sync.Map.
+// only read afterwards, except next, which is atomic, laidOut, a sync.Map,
+// and lag, which has its own lock.
 type Boxoffice struct {
+	cli      *client.Client // nil with Unary
 	conns    []*grpc.ClientConn
 	catalog  []pb.CatalogServiceClient
 	reserve  []pb.ReservationServiceClient
@@ -66,17 +81,28 @@ type Boxoffice struct {
 	adminMD  metadata.MD // the admin token
 	pool     *pgxpool.Pool
 	withKeys bool
+
+	lagMu sync.Mutex
+	lag   *hdrhistogram.Histogram // replica lag, µs
 }
 
 var (
-	_ Target        = (*Boxoffice)(nil)
-	_ HoldsDurabler = (*Boxoffice)(nil)
-	_ StoreChecker  = (*Boxoffice)(nil)
+	_ Target          = (*Boxoffice)(nil)
+	_ HoldsDurabler   = (*Boxoffice)(nil)
+	_ StoreChecker    = (*Boxoffice)(nil)
+	_ FreshSeatMapper = (*Boxoffice)(nil)
+	_ ReplicaLagger   = (*Boxoffice)(nil)
 )
 
-// NewBoxoffice opens cfg.Conns client connections to the node at cfg.Addr
-// (connected lazily, at the first call) and a small pool on
-// cfg.DatabaseURL, which it pings.
+// ReplicaLagger is implemented by targets whose seat maps come from a
+// replica: ReplicaLag returns the distribution of its lag (µs) so far.
+type ReplicaLagger interface {
+	ReplicaLag() *hdrhistogram.Histogram
+}
+
+// NewBoxoffice connects to the node at cfg.Addr — with the client, which
+// asks it for the ring, or with Unary, cfg.Conns connections connected
+// lazily — and opens a small pool on cfg.DatabaseURL, which it pings.
 func NewBoxoffice(ctx context.Context, cfg BoxofficeConfig) (*Boxoffice, error) {
 	if cfg.Addr == "" {
 		return nil, errors.New("bench: boxoffice: no gRPC address")
@@ -87,9 +113,6 @@ func NewBoxoffice(ctx context.Context, cfg BoxofficeConfig) (*Boxoffice, error) 
 	if cfg.Conns < 0 {
 		return nil, fmt.Errorf("bench: boxoffice: %d connections", cfg.Conns)
 	}
-	if cfg.Conns == 0 {
-		cfg.Conns = defaultBoxofficeConns
-	}
 	if cfg.AdminToken == "" {
 		cfg.AdminToken = cfg.Token
 	}
@@ -97,8 +120,15 @@ func NewBoxoffice(ctx context.Context, cfg BoxofficeConfig) (*Boxoffice, error) 
 		md:       metadata.Pairs("authorization", "Bearer "+cfg.Token),
 		adminMD:  metadata.Pairs("authorization", "Bearer "+cfg.AdminToken),
 		withKeys: !cfg.NoIdempotencyKeys,
+		lag:      hdrhistogram.New(1, maxLatencyUS, runDigits),
 	}
-	for range cfg.Conns {
+	conns := cfg.Conns
+	if !cfg.Unary {
+		conns = 1 // CreateShow and the layout check only
+	} else if conns == 0 {
+		conns = defaultBoxofficeConns
+	}
+	for range conns {
 		conn, err := grpc.NewClient(cfg.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			b.Close()
@@ -107,6 +137,17 @@ func NewBoxoffice(ctx context.Context, cfg BoxofficeConfig) (*Boxoffice, error) 
 		b.conns = append(b.conns, conn)
 		b.catalog = append(b.catalog, pb.NewCatalogServiceClient(conn))
 		b.reserve = append(b.reserve, pb.NewReservationServiceClient(conn))
+	}
+	if !cfg.Unary {
+		var err error
+		b.cli, err = client.New(ctx, client.Config{
+			Addrs: []string{cfg.Addr}, Token: cfg.Token, ConnsPerNode: cfg.Conns,
+			ReplicaLag: b.recordLag,
+		})
+		if err != nil {
+			b.Close()
+			return nil, fmt.Errorf("bench: boxoffice: %w", err)
+		}
 	}
 	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
@@ -137,6 +178,24 @@ func (b *Boxoffice) HoldsDurable() bool { return true }
 // pick returns the index of the connection for the next call.
 func (b *Boxoffice) pick() int { return int(b.next.Add(1) % uint32(len(b.conns))) }
 
+// recordLag records one replica lag (negative ones, from the two clocks,
+// as 0).
+func (b *Boxoffice) recordLag(_ string, lag time.Duration) {
+	us := min(max(lag.Microseconds(), 0), maxLatencyUS)
+	b.lagMu.Lock()
+	_ = b.lag.RecordValue(us) // cannot fail: clamped to the histogram's range
+	b.lagMu.Unlock()
+}
+
+// ReplicaLag returns a copy of the replica lag's distribution so far (µs):
+// for every seat-map message the client's replicas applied, the time from
+// the engine publishing it to its arrival. Empty with Unary.
+func (b *Boxoffice) ReplicaLag() *hdrhistogram.Histogram {
+	b.lagMu.Lock()
+	defer b.lagMu.Unlock()
+	return hdrhistogram.Import(b.lag.Export())
+}
+
 // CreateShow creates the show through CatalogService.CreateShow with the
 // admin token: its rows in one category, and its hold TTL (the engine's
 // default if zero).
@@ -160,14 +219,38 @@ func (b *Boxoffice) CreateShow(ctx context.Context, show ShowSpec) error {
 	return boxofficeError(err)
 }
 
-// SeatMap reads the show's seat map through GetSeatMap. The statuses are
-// in the engine's layout order, which must be ShowSpec.SeatIDs order: the
-// first read of a show asks for the layout too and fails if it is not the
-// show's; later reads, like a web tier's, leave the layout out.
+// SeatMap reads the show's seat map. The statuses are in the engine's
+// layout order, which must be ShowSpec.SeatIDs order: the first read of a
+// show asks GetSeatMap for the layout too and fails if it is not the
+// show's. Later reads, like a web tier's, come from the client's replica
+// (with Unary, from GetSeatMap without the layout); the statuses they
+// return are the replica's own and must not be modified.
 func (b *Boxoffice) SeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
+	if _, checked := b.laidOut.Load(show.ID); checked && b.cli != nil {
+		m, err := b.cli.SeatMap(ctx, show.ID)
+		if err != nil {
+			return SeatMap{}, boxofficeError(err)
+		}
+		return b.statuses(show, m.Statuses)
+	}
+	return b.FreshSeatMap(ctx, show)
+}
+
+// FreshSeatMap reads the show's seat map from its owner's memory with
+// GetSeatMap (the layout too on a show's first read, checked as SeatMap
+// says).
+func (b *Boxoffice) FreshSeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
 	_, checked := b.laidOut.Load(show.ID)
-	resp, err := b.reserve[b.pick()].GetSeatMap(metadata.NewOutgoingContext(ctx, b.md),
-		&pb.GetSeatMapRequest{ShowId: show.ID, IncludeLayout: !checked})
+	req := &pb.GetSeatMapRequest{ShowId: show.ID, IncludeLayout: !checked}
+	var (
+		resp *pb.GetSeatMapResponse
+		err  error
+	)
+	if b.cli != nil {
+		resp, err = b.cli.GetSeatMap(ctx, req)
+	} else {
+		resp, err = b.reserve[b.pick()].GetSeatMap(metadata.NewOutgoingContext(ctx, b.md), req)
+	}
 	if err != nil {
 		return SeatMap{}, boxofficeError(err)
 	}
@@ -177,15 +260,19 @@ func (b *Boxoffice) SeatMap(ctx context.Context, show ShowSpec) (SeatMap, error)
 		}
 		b.laidOut.Store(show.ID, struct{}{})
 	}
-	st := resp.GetStatuses()
+	return b.statuses(show, slices.Clone(resp.GetStatuses()))
+}
+
+// statuses returns st (one SeatStatus byte per seat) as a SeatMap, without
+// copying it: SeatStatus has byte's layout.
+func (b *Boxoffice) statuses(show ShowSpec, st []byte) (SeatMap, error) {
 	if len(st) != show.Capacity() {
 		return SeatMap{}, &Error{Outcome: Failed, Err: fmt.Errorf("boxoffice: seat map of show %s has %d statuses, want %d", show.ID, len(st), show.Capacity())}
 	}
-	sm := SeatMap{Statuses: make([]SeatStatus, len(st))}
-	for i, s := range st {
-		sm.Statuses[i] = SeatStatus(s)
+	if len(st) == 0 {
+		return SeatMap{}, nil
 	}
-	return sm, nil
+	return SeatMap{Statuses: unsafe.Slice((*SeatStatus)(unsafe.Pointer(&st[0])), len(st))}, nil
 }
 
 // sameLayout checks that the engine's rows are the show's, in order.
@@ -221,9 +308,16 @@ func NewIdempotencyKey() string { return rand.Text() }
 // retry with the key of an attempt whose answer was lost gets that
 // attempt's answer instead of a second hold.
 func (b *Boxoffice) HoldWithKey(ctx context.Context, show ShowSpec, user string, seats []string, key string) (Hold, error) {
-	resp, err := b.reserve[b.pick()].HoldSeats(metadata.NewOutgoingContext(ctx, b.md), &pb.HoldSeatsRequest{
-		ShowId: show.ID, UserId: user, SeatIds: seats, IdempotencyKey: key,
-	})
+	req := &pb.HoldSeatsRequest{ShowId: show.ID, UserId: user, SeatIds: seats, IdempotencyKey: key}
+	var (
+		resp *pb.HoldSeatsResponse
+		err  error
+	)
+	if b.cli != nil {
+		resp, err = b.cli.HoldSeats(ctx, req)
+	} else {
+		resp, err = b.reserve[b.pick()].HoldSeats(metadata.NewOutgoingContext(ctx, b.md), req)
+	}
 	if err != nil {
 		return Hold{}, boxofficeError(err)
 	}
@@ -234,9 +328,13 @@ func (b *Boxoffice) HoldWithKey(ctx context.Context, show ShowSpec, user string,
 // with the same payment reference with the booking, so a retry is safe
 // without an idempotency key.
 func (b *Boxoffice) Confirm(ctx context.Context, show ShowSpec, hold Hold, paymentRef string) error {
-	_, err := b.reserve[b.pick()].ConfirmHold(metadata.NewOutgoingContext(ctx, b.md), &pb.ConfirmHoldRequest{
-		HoldId: hold.ID, UserId: hold.User, PaymentRef: paymentRef,
-	})
+	req := &pb.ConfirmHoldRequest{HoldId: hold.ID, UserId: hold.User, PaymentRef: paymentRef}
+	var err error
+	if b.cli != nil {
+		_, err = b.cli.ConfirmHold(ctx, req)
+	} else {
+		_, err = b.reserve[b.pick()].ConfirmHold(metadata.NewOutgoingContext(ctx, b.md), req)
+	}
 	return boxofficeError(err)
 }
 
@@ -299,9 +397,13 @@ func (b *Boxoffice) CheckStore(ctx context.Context, show ShowSpec) ([]string, er
 	return out, nil
 }
 
-// Close closes the connections and the pool.
+// Close closes the client, the connections and the pool.
 func (b *Boxoffice) Close() error {
 	var err error
+	if b.cli != nil {
+		err = b.cli.Close()
+		b.cli = nil
+	}
 	for _, c := range b.conns {
 		err = errors.Join(err, c.Close())
 	}
@@ -329,23 +431,22 @@ func boxofficeError(err error) error {
 	if err == nil {
 		return nil
 	}
-	st, ok := status.FromError(err)
-	if !ok {
+	code := client.Code(err)
+	if code == codes.Unknown {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			return &Error{Outcome: Timeout, Err: err}
 		}
 		return &Error{Outcome: Failed, Err: err}
 	}
 	e := &Error{Outcome: Failed, Err: err}
-	switch st.Code() {
+	switch code {
 	case codes.AlreadyExists:
-		reason, seats := errorInfo(st)
-		if reason != reasonShowExists {
+		if reason, seats := errorInfo(err); reason != reasonShowExists {
 			e.Outcome, e.Seats = Taken, seats
 		}
 	case codes.ResourceExhausted:
 		e.Outcome = Limit
-		if reason, _ := errorInfo(st); reason == reasonOverloaded {
+		if reason, _ := errorInfo(err); reason == reasonOverloaded {
 			e.Outcome = Unavailable
 		}
 	case codes.FailedPrecondition:
@@ -358,18 +459,16 @@ func boxofficeError(err error) error {
 	return e
 }
 
-// errorInfo returns the reason of the status's ErrorInfo and the seats its
+// errorInfo returns the reason of err's ErrorInfo and the seats its
 // metadata "seats" lists (comma-separated). Without an ErrorInfo, the
 // reason is the message's prefix before ": ", as the engine writes it.
-func errorInfo(st *status.Status) (reason string, seats []string) {
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			if s := info.GetMetadata()["seats"]; s != "" {
-				seats = strings.Split(s, ",")
-			}
-			return info.GetReason(), seats
+func errorInfo(err error) (reason string, seats []string) {
+	if reason = client.Reason(err); reason != "" {
+		if s := client.Metadata(err, "seats"); s != "" {
+			seats = strings.Split(s, ",")
 		}
+		return reason, seats
 	}
-	reason, _, _ = strings.Cut(st.Message(), ": ")
+	reason, _, _ = strings.Cut(status.Convert(err).Message(), ": ")
 	return reason, nil
 }

@@ -22,14 +22,14 @@ import (
 
 // startBoxoffice starts a private Postgres and an engine node on it, and
 // returns a Boxoffice target connected to them and the database URL.
-func startBoxoffice(t *testing.T) (*Boxoffice, string) {
+func startBoxoffice(t *testing.T, unary bool) (*Boxoffice, string) {
 	t.Helper()
 	url := pgclustertest.Start(t).URL()
 	testcluster.Migrate(t, url)
 	n := testcluster.StartNode(t, url, testcluster.Options{Quiet: true})
 	b, err := NewBoxoffice(t.Context(), BoxofficeConfig{
 		Addr: n.Server.GRPCAddr(), Token: testcluster.Token, AdminToken: testcluster.AdminToken,
-		DatabaseURL: url, Conns: 2,
+		DatabaseURL: url, Conns: 2, Unary: unary,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -46,12 +46,28 @@ func wantOutcome(t *testing.T, what string, err error, want Outcome) {
 	}
 }
 
-// seatMapOf reads the show's seat map and returns the seats in each status.
+// seatMapOf reads the show's seat map from the engine's memory
+// (FreshSeatMap), waits until SeatMap (the client's replica) shows the
+// same, and returns the seats in each status.
 func seatMapOf(t *testing.T, b *Boxoffice, show ShowSpec) map[SeatStatus][]string {
 	t.Helper()
-	sm, err := b.SeatMap(t.Context(), show)
+	sm, err := b.FreshSeatMap(t.Context(), show)
 	if err != nil {
 		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		replica, err := b.SeatMap(t.Context(), show)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.Equal(replica.Statuses, sm.Statuses) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the replica's seat map %v is not GetSeatMap's %v after 5 s", replica.Statuses, sm.Statuses)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	ids := show.SeatIDs()
 	if len(sm.Statuses) != len(ids) {
@@ -64,8 +80,16 @@ func seatMapOf(t *testing.T, b *Boxoffice, show ShowSpec) map[SeatStatus][]strin
 	return out
 }
 
+// TestBoxofficeTarget runs the target's calls through the client and, with
+// Unary, as plain RPCs.
 func TestBoxofficeTarget(t *testing.T) {
-	b, _ := startBoxoffice(t)
+	for _, unary := range []bool{false, true} {
+		t.Run(fmt.Sprintf("unary=%v", unary), func(t *testing.T) { testBoxofficeTarget(t, unary) })
+	}
+}
+
+func testBoxofficeTarget(t *testing.T, unary bool) {
+	b, _ := startBoxoffice(t, unary)
 	ctx := t.Context()
 	show := ShowSpec{ID: "bo-rt", Rows: []RowSpec{{Label: "A", Seats: 10}, {Label: "B", Seats: 10}}, HoldTTL: time.Minute}
 	if b.Name() != "boxoffice" || !b.HoldsDurable() {
@@ -182,7 +206,7 @@ func TestBoxofficeTarget(t *testing.T) {
 // verification catches a double booking and a lost acknowledged hold
 // injected into the database".
 func TestBoxofficeVerifyCatchesInjectedFaults(t *testing.T) {
-	b, url := startBoxoffice(t)
+	b, url := startBoxoffice(t, false)
 	ctx := t.Context()
 	show := ShowSpec{ID: "bo-faults", Rows: []RowSpec{{Label: "A", Seats: 10}, {Label: "B", Seats: 10}, {Label: "C", Seats: 10}}, HoldTTL: 10 * time.Minute}
 	if err := b.CreateShow(ctx, show); err != nil {

@@ -402,7 +402,7 @@ func (c *Client) retry(ctx context.Context, showID string, try func(ctx context.
 		}
 		next = nil
 		err := try(ctx, n)
-		if status.Code(err) == codes.Canceled && ctx.Err() == nil && c.life.Err() == nil {
+		if Code(err) == codes.Canceled && ctx.Err() == nil && c.life.Err() == nil {
 			// A connection closed under the call (its node left the
 			// ring), not the caller giving up.
 			err = status.Errorf(codes.Unavailable, "client: %v", err)

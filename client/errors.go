@@ -46,6 +46,16 @@ func (e *callError) GRPCStatus() *status.Status {
 	return with
 }
 
+// Code returns the gRPC code of an error the client returned, as
+// status.Code does, without building the status of a pipeline answer.
+func Code(err error) codes.Code {
+	var ce *callError
+	if errors.As(err, &ce) {
+		return codes.Code(ce.e.GetCode())
+	}
+	return status.Code(err)
+}
+
 // Reason returns the reason of an error the engine answered (its
 // google.rpc.ErrorInfo reason, such as "SEATS_TAKEN" or "SOLD_OUT"), or ""
 // for an error without one.
@@ -83,7 +93,7 @@ func info(err error) (string, map[string]string) {
 // tried again safely: Unavailable (a move, a shutdown, an unknown outcome,
 // a lost connection) and OVERLOADED.
 func retryable(err error) bool {
-	switch status.Code(err) {
+	switch Code(err) {
 	case codes.Unavailable:
 		return true
 	case codes.ResourceExhausted:
@@ -94,7 +104,7 @@ func retryable(err error) bool {
 
 // movedTo returns the owner's address a SHOW_MOVED answer names, or "".
 func movedTo(err error) string {
-	if status.Code(err) != codes.Unavailable || Reason(err) != reasonMoved {
+	if Code(err) != codes.Unavailable || Reason(err) != reasonMoved {
 		return ""
 	}
 	return Metadata(err, "owner_addr")
