@@ -280,6 +280,14 @@ type Result struct {
 	// the users who come late only find the map full.
 	SaleHoldAttempts int64 `json:"sale_hold_attempts,omitempty"`
 	SaleHoldsOK      int64 `json:"sale_holds_ok,omitempty"`
+	// CPU is the processor time, in seconds, that processes used during
+	// the load (from the first user's start until the last user and the
+	// seat-map sampler were done; creating the shows and the verification
+	// are left out), by name: "client" is the bench process (see SelfCPU),
+	// the others are the run's RunConfig.CPU meters ("engine",
+	// "redis-server", "postgres"). CPUPerAttempt divides it by the hold
+	// attempts.
+	CPU map[string]float64 `json:"cpu_s,omitempty"`
 	// Verification is the check of the target's store after the run. The
 	// reports show it through its String and Verified methods when it has
 	// them (see Verdict); read back from JSON it is a map[string]any.
@@ -305,13 +313,37 @@ func (r *Result) Op(name string) (OpResult, bool) {
 
 // HoldRates returns hold attempts and granted holds per second: over the
 // on-sale (until every seat was held) when the run got that far, over the
-// whole run otherwise.
+// whole run otherwise. A hold-storm is always measured over the whole run:
+// each of its users makes one attempt whatever the seat map, so the
+// refusals after every seat is held are part of its load (as in
+// redis-benchmark, requests ÷ seconds).
 func (r *Result) HoldRates() (attempts, ok float64) {
-	if r.AllHeldAfter > 0 && r.SaleHoldAttempts > 0 {
+	if r.onSaleRates() {
 		return float64(r.SaleHoldAttempts) / r.AllHeldAfter, float64(r.SaleHoldsOK) / r.AllHeldAfter
 	}
 	hold, _ := r.Op(OpHold.String())
 	return hold.Throughput, hold.OKPerSecond
+}
+
+// onSaleRates reports whether HoldRates counts over the on-sale.
+func (r *Result) onSaleRates() bool {
+	return r.Scenario != "hold-storm" && r.AllHeldAfter > 0 && r.SaleHoldAttempts > 0
+}
+
+// CPUPerAttempt returns, for each process of Result.CPU, its processor time
+// in microseconds divided by the run's hold attempts (every call of the
+// run, seat maps and confirms included, is in the numerator). It returns
+// nil when there was no hold attempt or no CPU figure.
+func (r *Result) CPUPerAttempt() map[string]float64 {
+	hold, _ := r.Op(OpHold.String())
+	if hold.Count == 0 || len(r.CPU) == 0 {
+		return nil
+	}
+	m := make(map[string]float64, len(r.CPU))
+	for name, s := range r.CPU {
+		m[name] = s * 1e6 / float64(hold.Count)
+	}
+	return m
 }
 
 // OpResult is one op's figures over the whole run. Latencies are in

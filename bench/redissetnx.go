@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,16 +19,35 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// RedisSetNXConfig configures the redis-setnx baseline.
+// RedisClient names the Go client the Redis design runs on; each is its own
+// target.
+type RedisClient string
+
+// The Redis design's clients.
+const (
+	// GoRedis is github.com/redis/go-redis: each call takes a pooled
+	// connection for its round trip. Target "redis-setnx".
+	GoRedis RedisClient = "go-redis"
+	// Rueidis is github.com/redis/rueidis with its auto-pipelining:
+	// concurrent calls share a few connections, their commands written
+	// together. Target "redis-rueidis".
+	Rueidis RedisClient = "rueidis"
+)
+
+// RedisSetNXConfig configures the Redis baselines, redis-setnx and
+// redis-rueidis.
 type RedisSetNXConfig struct {
+	// Client is the Redis client. If empty, GoRedis (redis-setnx).
+	Client RedisClient
 	// RedisAddr is the Redis server's host:port (required).
 	RedisAddr string
 	// DatabaseURL is the PostgreSQL URL (required), where bookings go.
 	// The target creates its tables (rsn_shows, rsn_bookings,
 	// rsn_booked_seats) there if they are absent.
 	DatabaseURL string
-	// PoolSize is the Redis connection pool's size. If 0, go-redis's
-	// default: 10 per GOMAXPROCS.
+	// PoolSize is go-redis's connection pool's size. If 0, go-redis's
+	// default: 10 per GOMAXPROCS. Rueidis ignores it (it pipelines on
+	// its own few connections).
 	PoolSize int
 	// PGMaxConns is the Postgres pool's size. If 0, as
 	// PGStatusConfig.MaxConns.
@@ -55,11 +75,17 @@ type RedisSetNXConfig struct {
 // braces is a Redis Cluster hash tag: every key a script touches is in one
 // slot.
 //
+// The same design runs on two clients (RedisSetNXConfig.Client): go-redis,
+// the usual choice (target redis-setnx), and rueidis with auto-pipelining,
+// the fastest Go client (target redis-rueidis). Everything but the client
+// is shared: the scripts, the keys, the Postgres bookings, the records.
+//
 // It is safe for concurrent use: Redis runs each script atomically, and the
 // process keeps only caches: each show's seat keys (guarded by mu) and, if
 // configured, recent seat maps.
 type RedisSetNX struct {
-	rdb      *redis.Client
+	name     string
+	rc       redisConn
 	pool     *pgxpool.Pool
 	seatMaps *seatMapCache
 
@@ -102,12 +128,34 @@ CREATE TABLE IF NOT EXISTS rsn_booked_seats (
 // seats be held by someone else between the check and the write.
 const confirmWindow = 30 * time.Second
 
-var (
-	// rsnHoldScript claims every seat or none.
+// rsnScript is one of the design's Lua scripts, run by redisConn.eval.
+type rsnScript int
+
+// The design's scripts; their source is rsnScripts[script].
+const (
+	// rsnHold claims every seat or none.
 	// KEYS[1]: the hold's key; KEYS[2..]: the seats' keys.
 	// ARGV: seat value "holdID|user", TTL in ms, user, seats joined by ",".
 	// Returns 0, or the 1-based positions of the seats already taken.
-	rsnHoldScript = redis.NewScript(`
+	rsnHold rsnScript = iota
+	// rsnCheck checks that the hold is the user's, for these seats, and
+	// still holds every one; if so it keeps the keys for at least ARGV[4]
+	// ms more (confirmWindow) and returns 1, else 0.
+	// KEYS as rsnHold; ARGV: seat value, user, seats joined by ",",
+	// window in ms.
+	rsnCheck
+	// rsnBook marks the seats booked (no TTL) and drops the hold.
+	// KEYS as rsnHold; ARGV: "booked|holdID".
+	rsnBook
+	// rsnRelease frees the seats that still carry the hold, and the hold.
+	// KEYS as rsnHold; ARGV: seat value.
+	rsnRelease
+	numRsnScripts
+)
+
+// rsnScripts holds the source of each rsnScript.
+var rsnScripts = [numRsnScripts]string{
+	rsnHold: `
 local taken = {}
 for i = 2, #KEYS do
 	if redis.call('EXISTS', KEYS[i]) == 1 then taken[#taken + 1] = i - 1 end
@@ -118,14 +166,8 @@ for i = 2, #KEYS do
 end
 redis.call('HSET', KEYS[1], 'user', ARGV[3], 'seats', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 0`)
-
-	// rsnCheckScript checks that the hold is the user's, for these seats,
-	// and still holds every one; if so it keeps the keys for at least
-	// ARGV[4] ms more (confirmWindow) and returns 1, else 0.
-	// KEYS as rsnHoldScript; ARGV: seat value, user, seats joined by ",",
-	// window in ms.
-	rsnCheckScript = redis.NewScript(`
+return 0`,
+	rsnCheck: `
 if redis.call('HGET', KEYS[1], 'user') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'seats') ~= ARGV[3] then
 	return 0
 end
@@ -136,55 +178,94 @@ local window = tonumber(ARGV[4])
 for i = 1, #KEYS do
 	if redis.call('PTTL', KEYS[i]) < window then redis.call('PEXPIRE', KEYS[i], window) end
 end
-return 1`)
-
-	// rsnBookScript marks the seats booked (no TTL) and drops the hold.
-	// KEYS as rsnHoldScript; ARGV: "booked|holdID".
-	rsnBookScript = redis.NewScript(`
+return 1`,
+	rsnBook: `
 for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[1]) end
 redis.call('DEL', KEYS[1])
-return 1`)
-
-	// rsnReleaseScript frees the seats that still carry the hold, and the
-	// hold. KEYS as rsnHoldScript; ARGV: seat value.
-	rsnReleaseScript = redis.NewScript(`
+return 1`,
+	rsnRelease: `
 for i = 2, #KEYS do
 	if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
 end
 redis.call('DEL', KEYS[1])
-return 1`)
-)
+return 1`,
+}
 
-// NewRedisSetNX connects to Redis and Postgres and creates the target's
-// tables if they are absent.
+// redisConn is what the Redis design needs of a Redis client; goRedisConn
+// and rueidisConn implement it. Its methods are safe for concurrent use and
+// return errors classified as *Error (Timeout, Unavailable, Failed).
+type redisConn interface {
+	// eval runs one of the design's scripts: an integer reply is n, an
+	// array of integers list.
+	eval(ctx context.Context, s rsnScript, keys []string, args ...string) (n int64, list []int64, err error)
+	// seatStatuses reads the layout's seat keys with MGETs of
+	// rsnMGetChunk keys, pipelined, and classifies each value with
+	// rsnStatus, in layout order.
+	seatStatuses(ctx context.Context, l *rsnLayout) ([]SeatStatus, error)
+	// scan returns the keys that match the SCAN pattern (some may be
+	// listed twice).
+	scan(ctx context.Context, match string) ([]string, error)
+	// hgetall reads the hashes at keys, pipelined: an absent key gives an
+	// empty map.
+	hgetall(ctx context.Context, keys []string) ([]map[string]string, error)
+	ping(ctx context.Context) error
+	close() error
+}
+
+// rsnStatus is the status of a seat whose key has value v (present false:
+// no key): absent is available, "booked|..." booked, anything else held.
+func rsnStatus(v string, present bool) SeatStatus {
+	switch {
+	case !present:
+		return Available
+	case strings.HasPrefix(v, "booked|"):
+		return Booked
+	}
+	return Held
+}
+
+// NewRedisSetNX connects to Redis with the configured client and to
+// Postgres, and creates the target's tables if they are absent.
 func NewRedisSetNX(ctx context.Context, cfg RedisSetNXConfig) (*RedisSetNX, error) {
+	if cfg.Client == "" {
+		cfg.Client = GoRedis
+	}
+	name := map[RedisClient]string{GoRedis: "redis-setnx", Rueidis: "redis-rueidis"}[cfg.Client]
+	if name == "" {
+		return nil, fmt.Errorf("bench: unknown Redis client %q (have %s, %s)", cfg.Client, GoRedis, Rueidis)
+	}
 	if cfg.RedisAddr == "" {
-		return nil, errors.New("bench: redis-setnx: no Redis address")
+		return nil, fmt.Errorf("bench: %s: no Redis address", name)
 	}
 	pool, err := baselinePool(ctx, cfg.DatabaseURL, cfg.PGMaxConns)
 	if err != nil {
-		return nil, fmt.Errorf("bench: redis-setnx: %w", err)
+		return nil, fmt.Errorf("bench: %s: %w", name, err)
 	}
 	if err := baselineSchema(ctx, pool, "rsn_schema", redisSetNXSchema); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("bench: redis-setnx: %w", err)
+		return nil, fmt.Errorf("bench: %s: %w", name, err)
 	}
-	rdb := redis.NewClient(&redis.Options{
-		Addr:     cfg.RedisAddr,
-		PoolSize: cfg.PoolSize,
-		// Calls end at their context's deadline, as with Postgres.
-		ContextTimeoutEnabled: true,
-	})
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		rdb.Close()
+	var rc redisConn
+	switch cfg.Client {
+	case GoRedis:
+		rc = newGoRedisConn(cfg)
+	case Rueidis:
+		rc, err = newRueidisConn(cfg)
+	}
+	if err == nil {
+		if err = rc.ping(ctx); err != nil {
+			rc.close()
+		}
+	}
+	if err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("bench: redis-setnx: %w", err)
+		return nil, fmt.Errorf("bench: %s: %w", name, err)
 	}
-	return &RedisSetNX{rdb: rdb, pool: pool, layouts: map[string]*rsnLayout{}, seatMaps: newSeatMapCache(cfg.SeatMapMaxAge)}, nil
+	return &RedisSetNX{name: name, rc: rc, pool: pool, layouts: map[string]*rsnLayout{}, seatMaps: newSeatMapCache(cfg.SeatMapMaxAge)}, nil
 }
 
-// Name returns "redis-setnx".
-func (r *RedisSetNX) Name() string { return "redis-setnx" }
+// Name returns "redis-setnx" on go-redis, "redis-rueidis" on rueidis.
+func (r *RedisSetNX) Name() string { return r.name }
 
 // HoldsDurable returns false: holds live only in Redis, without
 // persistence.
@@ -197,11 +278,13 @@ func rsnSeatKey(show, seat string) string { return "seat:{" + show + "}:" + seat
 func rsnHoldKey(show, hold string) string { return "hold:{" + show + "}:" + hold }
 
 // rsnLayout is what the target keeps of a show's layout: its seat keys in
-// layout order, and the same keys as ready-made MGET commands of
-// rsnMGetChunk keys, so that a seat map converts no key per call.
+// layout order, in chunks of rsnMGetChunk keys (rueidis builds its MGETs
+// from them), and the same chunks as ready-made go-redis MGET commands, so
+// that a seat map converts no key per call.
 type rsnLayout struct {
-	keys []string
-	mget [][]any // "MGET", key, key, ...
+	keys   []string
+	chunks [][]string // keys, rsnMGetChunk at a time
+	mget   [][]any    // "MGET", key, key, ... for go-redis
 }
 
 // layout returns the show's layout, cached.
@@ -218,6 +301,7 @@ func (r *RedisSetNX) layout(show ShowSpec) *rsnLayout {
 		l.keys[i] = rsnSeatKey(show.ID, id)
 	}
 	for chunk := range slices.Chunk(l.keys, rsnMGetChunk) {
+		l.chunks = append(l.chunks, chunk)
 		cmd := make([]any, 0, len(chunk)+1)
 		cmd = append(cmd, "MGET")
 		for _, k := range chunk {
@@ -237,7 +321,7 @@ func (r *RedisSetNX) CreateShow(ctx context.Context, show ShowSpec) error {
 	_, err := r.pool.Exec(ctx, `INSERT INTO rsn_shows (show_id, seats, hold_ttl) VALUES ($1, $2, $3 * interval '1 microsecond')`,
 		show.ID, show.SeatIDs(), show.HoldTTL.Microseconds())
 	if pgErrCode(err) == "23505" { // unique_violation
-		return fmt.Errorf("bench: redis-setnx: show %s already exists", show.ID)
+		return fmt.Errorf("bench: %s: show %s already exists", r.name, show.ID)
 	}
 	if err != nil {
 		return baselinePGError(err)
@@ -263,35 +347,14 @@ func (r *RedisSetNX) FreshSeatMap(ctx context.Context, show ShowSpec) (SeatMap, 
 
 func (r *RedisSetNX) readSeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
 	l := r.layout(show)
-	pipe := r.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(l.mget))
-	for i, args := range l.mget {
-		cmds[i] = pipe.Do(ctx, args...)
+	st, err := r.rc.seatStatuses(ctx, l)
+	if err != nil {
+		return SeatMap{}, err
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return SeatMap{}, baselineRedisError(err)
+	if len(st) != len(l.keys) {
+		return SeatMap{}, &Error{Outcome: Failed, Err: fmt.Errorf("%s: MGET answered %d seats of %d", r.name, len(st), len(l.keys))}
 	}
-	sm := SeatMap{Statuses: make([]SeatStatus, 0, len(l.keys))}
-	for _, c := range cmds {
-		vals, err := c.Slice()
-		if err != nil {
-			return SeatMap{}, baselineRedisError(err)
-		}
-		for _, v := range vals {
-			switch s, _ := v.(string); {
-			case v == nil:
-				sm.Statuses = append(sm.Statuses, Available)
-			case strings.HasPrefix(s, "booked|"):
-				sm.Statuses = append(sm.Statuses, Booked)
-			default:
-				sm.Statuses = append(sm.Statuses, Held)
-			}
-		}
-	}
-	if len(sm.Statuses) != len(l.keys) {
-		return SeatMap{}, &Error{Outcome: Failed, Err: fmt.Errorf("redis-setnx: MGET answered %d seats of %d", len(sm.Statuses), len(l.keys))}
-	}
-	return sm, nil
+	return SeatMap{Statuses: st}, nil
 }
 
 // rsnScriptArgs returns the keys of a hold's script (the hold's, then its
@@ -314,30 +377,27 @@ func (r *RedisSetNX) Hold(ctx context.Context, show ShowSpec, user string, seats
 		return Hold{}, err
 	}
 	if show.HoldTTL < time.Millisecond {
-		return Hold{}, &Error{Outcome: Failed, Err: fmt.Errorf("redis-setnx: hold TTL %v is under a millisecond", show.HoldTTL)}
+		return Hold{}, &Error{Outcome: Failed, Err: fmt.Errorf("%s: hold TTL %v is under a millisecond", r.name, show.HoldTTL)}
 	}
 	id := rand.Text()
 	keys, value := rsnScriptArgs(show.ID, id, user, seats)
 	start := time.Now()
-	res, err := rsnHoldScript.Run(ctx, r.rdb, keys, value, show.HoldTTL.Milliseconds(), user, strings.Join(seats, ",")).Result()
-	if err != nil {
-		return Hold{}, baselineRedisError(err)
-	}
-	switch v := res.(type) {
-	case int64:
-		if v == 0 {
-			return Hold{ID: id, User: user, Seats: slices.Clone(seats), ExpiresAt: start.Add(show.HoldTTL)}, nil
-		}
-	case []any:
-		taken := make([]string, 0, len(v))
-		for _, x := range v {
-			if i, ok := x.(int64); ok && i >= 1 && int(i) <= len(seats) {
-				taken = append(taken, seats[i-1])
+	n, taken, err := r.rc.eval(ctx, rsnHold, keys, value, strconv.FormatInt(show.HoldTTL.Milliseconds(), 10), user, strings.Join(seats, ","))
+	switch {
+	case err != nil:
+		return Hold{}, err
+	case taken != nil:
+		names := make([]string, 0, len(taken))
+		for _, i := range taken {
+			if i >= 1 && int(i) <= len(seats) {
+				names = append(names, seats[i-1])
 			}
 		}
-		return Hold{}, &Error{Outcome: Taken, Seats: taken}
+		return Hold{}, &Error{Outcome: Taken, Seats: names}
+	case n == 0:
+		return Hold{ID: id, User: user, Seats: slices.Clone(seats), ExpiresAt: start.Add(show.HoldTTL)}, nil
 	}
-	return Hold{}, &Error{Outcome: Failed, Err: fmt.Errorf("redis-setnx: hold script answered %#v", res)}
+	return Hold{}, &Error{Outcome: Failed, Err: fmt.Errorf("%s: hold script answered %d", r.name, n)}
 }
 
 // Confirm checks in Redis that the hold is the user's and still holds
@@ -347,12 +407,12 @@ func (r *RedisSetNX) Hold(ctx context.Context, show ShowSpec, user string, seats
 // later hold of those seats fails at its confirm on Postgres's unique key).
 func (r *RedisSetNX) Confirm(ctx context.Context, show ShowSpec, hold Hold, paymentRef string) error {
 	keys, value := rsnScriptArgs(show.ID, hold.ID, hold.User, hold.Seats)
-	ok, err := rsnCheckScript.Run(ctx, r.rdb, keys, value, hold.User, strings.Join(hold.Seats, ","), confirmWindow.Milliseconds()).Int()
+	ok, _, err := r.rc.eval(ctx, rsnCheck, keys, value, hold.User, strings.Join(hold.Seats, ","), strconv.FormatInt(confirmWindow.Milliseconds(), 10))
 	if err != nil {
-		return baselineRedisError(err)
+		return err
 	}
 	if ok != 1 {
-		return &Error{Outcome: Ended, Err: fmt.Errorf("redis-setnx: hold %s of user %s is not live", hold.ID, hold.User)}
+		return &Error{Outcome: Ended, Err: fmt.Errorf("%s: hold %s of user %s is not live", r.name, hold.ID, hold.User)}
 	}
 	_, err = r.pool.Exec(ctx, `
 		WITH b AS (
@@ -366,7 +426,7 @@ func (r *RedisSetNX) Confirm(ctx context.Context, show ShowSpec, hold Hold, paym
 	if err != nil {
 		if pgErrCode(err) == "23505" { // a seat booked already: Redis lost it
 			r.release(ctx, keys, value)
-			return &Error{Outcome: Ended, Err: fmt.Errorf("redis-setnx: a seat of hold %s is booked already: %w", hold.ID, err)}
+			return &Error{Outcome: Ended, Err: fmt.Errorf("%s: a seat of hold %s is booked already: %w", r.name, hold.ID, err)}
 		}
 		return baselinePGError(err)
 	}
@@ -374,7 +434,7 @@ func (r *RedisSetNX) Confirm(ctx context.Context, show ShowSpec, hold Hold, paym
 	// if the caller's deadline is about to pass.
 	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_ = rsnBookScript.Run(mctx, r.rdb, keys, "booked|"+hold.ID).Err()
+	_, _, _ = r.rc.eval(mctx, rsnBook, keys, "booked|"+hold.ID)
 	return nil
 }
 
@@ -382,7 +442,7 @@ func (r *RedisSetNX) Confirm(ctx context.Context, show ShowSpec, hold Hold, paym
 func (r *RedisSetNX) release(ctx context.Context, keys []string, value string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_ = rsnReleaseScript.Run(ctx, r.rdb, keys, value).Err()
+	_, _, _ = r.rc.eval(ctx, rsnRelease, keys, value)
 }
 
 // Records returns the show's bookings from Postgres (booked) and its live
@@ -406,27 +466,18 @@ func (r *RedisSetNX) Records(ctx context.Context, show ShowSpec) ([]Record, erro
 	}
 
 	prefix := rsnHoldKey(show.ID, "")
-	iter := r.rdb.Scan(ctx, 0, redisGlobEscape(prefix)+"*", 1000).Iterator()
-	var keys []string
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-	}
-	if err := iter.Err(); err != nil {
-		return nil, baselineRedisError(err)
+	keys, err := r.rc.scan(ctx, redisGlobEscape(prefix)+"*")
+	if err != nil {
+		return nil, err
 	}
 	slices.Sort(keys) // SCAN may return a key twice
 	keys = slices.Compact(keys)
 	for chunk := range slices.Chunk(keys, rsnMGetChunk) {
-		pipe := r.rdb.Pipeline()
-		cmds := make([]*redis.MapStringStringCmd, len(chunk))
-		for i, k := range chunk {
-			cmds[i] = pipe.HGetAll(ctx, k)
+		hs, err := r.rc.hgetall(ctx, chunk)
+		if err != nil {
+			return nil, err
 		}
-		if _, err := pipe.Exec(ctx); err != nil {
-			return nil, baselineRedisError(err)
-		}
-		for i, c := range cmds {
-			h := c.Val()
+		for i, h := range hs {
 			id := strings.TrimPrefix(chunk[i], prefix)
 			if len(h) == 0 || booked[id] { // expired since the scan, or confirmed
 				continue
@@ -451,10 +502,112 @@ func redisGlobEscape(s string) string {
 
 // Close closes the Redis client and the Postgres pool.
 func (r *RedisSetNX) Close() error {
-	err := r.rdb.Close()
+	err := r.rc.close()
 	r.pool.Close()
 	return err
 }
+
+// goRedisConn is the design on go-redis (redis-setnx).
+type goRedisConn struct {
+	rdb     *redis.Client
+	scripts [numRsnScripts]*redis.Script
+}
+
+var _ redisConn = (*goRedisConn)(nil)
+
+func newGoRedisConn(cfg RedisSetNXConfig) *goRedisConn {
+	c := &goRedisConn{rdb: redis.NewClient(&redis.Options{
+		Addr:     cfg.RedisAddr,
+		PoolSize: cfg.PoolSize,
+		// Calls end at their context's deadline, as with Postgres.
+		ContextTimeoutEnabled: true,
+	})}
+	for i, src := range rsnScripts {
+		c.scripts[i] = redis.NewScript(src)
+	}
+	return c
+}
+
+func (c *goRedisConn) eval(ctx context.Context, s rsnScript, keys []string, args ...string) (int64, []int64, error) {
+	argv := make([]any, len(args))
+	for i, a := range args {
+		argv[i] = a
+	}
+	res, err := c.scripts[s].Run(ctx, c.rdb, keys, argv...).Result()
+	if err != nil {
+		return 0, nil, baselineRedisError(err)
+	}
+	switch v := res.(type) {
+	case int64:
+		return v, nil, nil
+	case []any:
+		list := make([]int64, 0, len(v))
+		for _, x := range v {
+			if i, ok := x.(int64); ok {
+				list = append(list, i)
+			}
+		}
+		return 0, list, nil
+	}
+	return 0, nil, &Error{Outcome: Failed, Err: fmt.Errorf("script answered %#v", res)}
+}
+
+func (c *goRedisConn) seatStatuses(ctx context.Context, l *rsnLayout) ([]SeatStatus, error) {
+	pipe := c.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(l.mget))
+	for i, args := range l.mget {
+		cmds[i] = pipe.Do(ctx, args...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, baselineRedisError(err)
+	}
+	st := make([]SeatStatus, 0, len(l.keys))
+	for _, cmd := range cmds {
+		vals, err := cmd.Slice()
+		if err != nil {
+			return nil, baselineRedisError(err)
+		}
+		for _, v := range vals {
+			s, _ := v.(string)
+			st = append(st, rsnStatus(s, v != nil))
+		}
+	}
+	return st, nil
+}
+
+func (c *goRedisConn) scan(ctx context.Context, match string) ([]string, error) {
+	iter := c.rdb.Scan(ctx, 0, match, 1000).Iterator()
+	var keys []string
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	if err := iter.Err(); err != nil {
+		return nil, baselineRedisError(err)
+	}
+	return keys, nil
+}
+
+func (c *goRedisConn) hgetall(ctx context.Context, keys []string) ([]map[string]string, error) {
+	pipe := c.rdb.Pipeline()
+	cmds := make([]*redis.MapStringStringCmd, len(keys))
+	for i, k := range keys {
+		cmds[i] = pipe.HGetAll(ctx, k)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, baselineRedisError(err)
+	}
+	hs := make([]map[string]string, len(cmds))
+	for i, cmd := range cmds {
+		hs[i] = cmd.Val()
+	}
+	return hs, nil
+}
+
+func (c *goRedisConn) ping(ctx context.Context) error {
+	return baselineRedisError(c.rdb.Ping(ctx).Err())
+}
+
+func (c *goRedisConn) close() error { return c.rdb.Close() }
 
 // baselineRedisError classifies an error of go-redis: nil stays nil, a
 // passed deadline is Timeout, no connection (refused, lost, pool timed out

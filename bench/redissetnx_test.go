@@ -45,25 +45,34 @@ func (w rsnTestLog) Write(p []byte) (int, error) {
 }
 
 // newTestRedisSetNX starts Redis and Postgres and returns a target on them
-// and a client of the Redis.
-func newTestRedisSetNX(tb testing.TB) (*RedisSetNX, *redis.Client) {
+// with the given client, a go-redis client of the Redis, and the server.
+func newTestRedisSetNX(tb testing.TB, client RedisClient) (*RedisSetNX, *redis.Client, *redisserver.Server) {
 	tb.Helper()
 	rs := startTestRedis(tb)
 	c := pgclustertest.Start(tb)
-	r, err := NewRedisSetNX(tb.Context(), RedisSetNXConfig{RedisAddr: rs.Addr(), DatabaseURL: c.URL()})
+	r, err := NewRedisSetNX(tb.Context(), RedisSetNXConfig{Client: client, RedisAddr: rs.Addr(), DatabaseURL: c.URL()})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { r.Close() })
 	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
 	tb.Cleanup(func() { rdb.Close() })
-	return r, rdb
+	return r, rdb, rs
 }
 
 func TestRedisSetNX(t *testing.T) {
-	r, rdb := newTestRedisSetNX(t)
+	r, rdb, rs := newTestRedisSetNX(t, GoRedis)
+	testRedisTarget(t, "redis-setnx", r, rdb, rs)
+}
+
+// testRedisTarget checks the Redis design on one client: the contract of
+// Target, then Redis losing its keys, then Redis down (last: it stops rs).
+func testRedisTarget(t *testing.T, name string, r *RedisSetNX, rdb *redis.Client, rs *redisserver.Server) {
 	if r.HoldsDurable() {
 		t.Error("HoldsDurable = true, want false")
+	}
+	if r.Name() != name {
+		t.Errorf("Name = %q, want %q", r.Name(), name)
 	}
 	testBaselineTarget(t, r, baselineHooks{
 		// Redis's clock: the keys are gone.
@@ -110,10 +119,48 @@ func TestRedisSetNX(t *testing.T) {
 			t.Errorf("records = %+v, want alice's booking only", recs)
 		}
 	})
+
+	t.Run("redis down", func(t *testing.T) {
+		// With Redis stopped, calls end as retryable (Unavailable, or
+		// Timeout if the client kept redialling until the deadline), not
+		// Failed, and by their deadline.
+		ctx := t.Context()
+		show := testShow("down", time.Minute)
+		if err := r.CreateShow(ctx, show); err != nil {
+			t.Fatal(err)
+		}
+		if err := rs.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			what string
+			call func(ctx context.Context) error
+		}{
+			{"Hold", func(ctx context.Context) error {
+				_, err := r.Hold(ctx, show, "alice", []string{"A-1"})
+				return err
+			}},
+			{"SeatMap", func(ctx context.Context) error {
+				_, err := r.FreshSeatMap(ctx, show)
+				return err
+			}},
+		} {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			start := time.Now()
+			err := c.call(cctx)
+			cancel()
+			if out := OutcomeOf(err); out != Unavailable && out != Timeout {
+				t.Errorf("%s with Redis stopped = %v, want unavailable or timeout", c.what, err)
+			}
+			if d := time.Since(start); d > 3*time.Second {
+				t.Errorf("%s with Redis stopped took %v, past its 2 s deadline", c.what, d)
+			}
+		}
+	})
 }
 
 func TestRedisSetNXRace(t *testing.T) {
-	r, _ := newTestRedisSetNX(t)
+	r, _, _ := newTestRedisSetNX(t, GoRedis)
 	testBaselineRace(t, r)
 }
 
@@ -124,11 +171,11 @@ func TestRedisGlobEscape(t *testing.T) {
 }
 
 func BenchmarkRedisSetNXHold(b *testing.B) {
-	r, _ := newTestRedisSetNX(b)
+	r, _, _ := newTestRedisSetNX(b, GoRedis)
 	benchmarkBaselineHold(b, r)
 }
 
 func BenchmarkRedisSetNXSeatMap(b *testing.B) {
-	r, _ := newTestRedisSetNX(b)
+	r, _, _ := newTestRedisSetNX(b, GoRedis)
 	benchmarkBaselineSeatMap(b, r)
 }

@@ -7,6 +7,7 @@ import (
 	"html/template"
 	"image/color"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -108,6 +109,33 @@ func fmtMS(v float64) string {
 	return strconv.FormatFloat(v, 'f', 0, 64)
 }
 
+// cpuNames orders the processes of a CPU map: client, engine, then the
+// rest by name.
+func cpuNames(m map[string]float64) []string {
+	rank := func(n string) int {
+		switch n {
+		case "client":
+			return 0
+		case "engine":
+			return 1
+		}
+		return 2
+	}
+	names := slices.Sorted(maps.Keys(m))
+	slices.SortStableFunc(names, func(a, b string) int { return rank(a) - rank(b) })
+	return names
+}
+
+// fmtCPUPerAttempt formats CPUPerAttempt: "client 9.10 µs, engine 25.0
+// µs"; "" when there is none.
+func fmtCPUPerAttempt(m map[string]float64) string {
+	var parts []string
+	for _, n := range cpuNames(m) {
+		parts = append(parts, n+" "+fmtMS(m[n])+" µs")
+	}
+	return strings.Join(parts, ", ")
+}
+
 // fmtRate formats a per-second rate.
 func fmtRate(v float64) string {
 	if v < 10 {
@@ -169,11 +197,17 @@ func WriteText(w io.Writer, r *Result) error {
 	}
 	line, _, _ := verdictOf(r.Verification)
 	fmt.Fprintf(&b, "all seats held after  %s\n", fmtSeconds(r.AllHeldAfter))
-	if r.AllHeldAfter > 0 && r.SaleHoldAttempts > 0 {
+	if r.onSaleRates() {
 		att, ok := r.HoldRates()
 		fmt.Fprintf(&b, "during the on-sale    %s hold attempts/s, %s granted/s\n", fmtRate(att), fmtRate(ok))
+	} else if hold, called := r.Op(OpHold.String()); called && r.Scenario == "hold-storm" {
+		fmt.Fprintf(&b, "over the whole run    %s hold attempts/s, %s granted/s\n", fmtRate(hold.Throughput), fmtRate(hold.OKPerSecond))
 	}
 	fmt.Fprintf(&b, "sold out after        %s\n", fmtSeconds(r.SoldOutAfter))
+	if cpu := r.CPUPerAttempt(); cpu != nil {
+		hold, _ := r.Op(OpHold.String())
+		fmt.Fprintf(&b, "CPU per hold attempt  %s (processor time during the load ÷ %d attempts)\n", fmtCPUPerAttempt(cpu), hold.Count)
+	}
 	fmt.Fprintf(&b, "verification          %s\n", line)
 	_, err := w.Write(b.Bytes())
 	return err
@@ -273,6 +307,9 @@ func WriteHTML(dir string, r *Result) (indexPath string, err error) {
 		[2]string{"all seats held after", fmtSeconds(r.AllHeldAfter)},
 		[2]string{"sold out after", fmtSeconds(r.SoldOutAfter)},
 	)
+	if cpu := r.CPUPerAttempt(); cpu != nil {
+		page.Run = append(page.Run, [2]string{"CPU per hold attempt", fmtCPUPerAttempt(cpu)})
+	}
 	keys := make([]string, 0, len(r.Config))
 	for k := range r.Config {
 		keys = append(keys, k)
@@ -593,10 +630,14 @@ type CompareRow struct {
 	SoldOut           int     // rounds that sold out
 	Verified          int     // rounds that verified
 	VerifyKnown       int     // rounds whose verification outcome is known
+	// CPUPerAttempt is, by process, the median over the rounds of its CPU
+	// microseconds per hold attempt (see Result.CPUPerAttempt); nil when
+	// no round measured CPU.
+	CPUPerAttempt map[string]float64
 	// Ratios compare this target with the reference, per metric name
 	// (see CompareMetrics), round by round. Each ratio says how many times
 	// better the reference did: reference ÷ target for rates, target ÷
-	// reference for latencies and the time until sold out.
+	// reference for latencies and the times until all held and sold out.
 	Ratios map[string]Ratio
 }
 
@@ -606,33 +647,82 @@ type Ratio struct {
 	N                int // rounds compared
 }
 
+// compareMetric is one figure a comparison sets side by side.
+type compareMetric struct {
+	name   string // in the text report and CompareRow.Ratios
+	key    string // in compare.json
+	higher bool   // a higher value is better (a rate), else lower is (a time)
+	// value reads the figure of a run; ok is false when the run has none
+	// (no hold called, never all held, never sold out).
+	value func(r *Result) (v float64, ok bool)
+}
+
+// compareMetrics are the metrics of a comparison, in display order.
+var compareMetrics = []compareMetric{
+	{"attempts/s", "hold_attempts_per_s", true, func(r *Result) (float64, bool) {
+		_, called := r.Op(OpHold.String())
+		att, _ := r.HoldRates()
+		return att, called
+	}},
+	{"ok holds/s", "holds_granted_per_s", true, func(r *Result) (float64, bool) {
+		_, called := r.Op(OpHold.String())
+		_, ok := r.HoldRates()
+		return ok, called
+	}},
+	{"p50", "hold_p50_ms", false, func(r *Result) (float64, bool) {
+		hold, called := r.Op(OpHold.String())
+		return hold.P50, called
+	}},
+	{"p99", "hold_p99_ms", false, func(r *Result) (float64, bool) {
+		hold, called := r.Op(OpHold.String())
+		return hold.P99, called
+	}},
+	{"all held", "all_held_s", false, func(r *Result) (float64, bool) { return r.AllHeldAfter, r.AllHeldAfter > 0 }},
+	{"sold out", "sold_out_s", false, func(r *Result) (float64, bool) { return r.SoldOutAfter, r.SoldOutAfter > 0 }},
+}
+
 // CompareMetrics returns the names of the metrics of CompareRow.Ratios, in
 // display order.
 func CompareMetrics() []string {
-	return []string{"attempts/s", "ok holds/s", "p50", "p99", "all held", "sold out"}
+	names := make([]string, len(compareMetrics))
+	for i, m := range compareMetrics {
+		names[i] = m.name
+	}
+	return names
 }
 
-// compareMetric reads one metric of a result; higher reports whether a higher
-// value is better. ok is false when the result has no such figure.
-func compareMetric(r *Result, name string) (v float64, higher, ok bool) {
-	hold, called := r.Op(OpHold.String())
-	switch name {
-	case "attempts/s":
-		att, _ := r.HoldRates()
-		return att, true, called
-	case "ok holds/s":
-		_, ok := r.HoldRates()
-		return ok, true, called
-	case "all held":
-		return r.AllHeldAfter, false, r.AllHeldAfter > 0
-	case "p50":
-		return hold.P50, false, called
-	case "p99":
-		return hold.P99, false, called
-	case "sold out":
-		return r.SoldOutAfter, false, r.SoldOutAfter > 0
+// values returns the metric of each run that has it, non-finite values
+// left out.
+func (m compareMetric) values(rs []*Result) []float64 {
+	var vs []float64
+	for _, r := range rs {
+		if v, ok := m.value(r); ok && !math.IsNaN(v) && !math.IsInf(v, 0) {
+			vs = append(vs, v)
+		}
 	}
-	return 0, false, false
+	return vs
+}
+
+// ratios compares target's runs with the reference's round by round (run
+// i of each: the same round, the same conditions): reference ÷ target for
+// a rate, target ÷ reference for a time, so that above 1 means the
+// reference did better. Rounds where either lacks the figure, or has it
+// at zero, are left out.
+func (m compareMetric) ratios(ref, target []*Result) []float64 {
+	var qs []float64
+	for i := range min(len(ref), len(target)) {
+		rv, ok1 := m.value(ref[i])
+		tv, ok2 := m.value(target[i])
+		if !ok1 || !ok2 || !(rv > 0) || !(tv > 0) || math.IsInf(rv, 0) || math.IsInf(tv, 0) {
+			continue
+		}
+		if m.higher {
+			qs = append(qs, rv/tv)
+		} else {
+			qs = append(qs, tv/rv)
+		}
+	}
+	return qs
 }
 
 // Rows computes each target's medians and ratios, in c.Targets order.
@@ -645,21 +735,7 @@ func (c Comparison) Rows() []CompareRow {
 	for _, t := range c.Targets {
 		rs := c.Results[t]
 		row := CompareRow{Target: t, Rounds: len(rs), Ratios: map[string]Ratio{}}
-		var att, ok, p50, p99, held, sold []float64
 		for _, r := range rs {
-			if hold, called := r.Op(OpHold.String()); called {
-				a, o := r.HoldRates()
-				att = append(att, a)
-				ok = append(ok, o)
-				p50 = append(p50, hold.P50)
-				p99 = append(p99, hold.P99)
-			}
-			if r.AllHeldAfter > 0 {
-				held = append(held, r.AllHeldAfter)
-			}
-			if r.SoldOutAfter > 0 {
-				sold = append(sold, r.SoldOutAfter)
-			}
 			if _, passed, known := verdictOf(r.Verification); known {
 				row.VerifyKnown++
 				if passed {
@@ -667,31 +743,132 @@ func (c Comparison) Rows() []CompareRow {
 				}
 			}
 		}
-		row.AttemptsPerSecond, row.HoldsPerSecond = medianOf(att), medianOf(ok)
-		row.P50, row.P99 = medianOf(p50), medianOf(p99)
-		row.SoldOutAfter, row.SoldOut = medianOf(sold), len(sold)
-		row.AllHeldAfter, row.AllHeld = medianOf(held), len(held)
-		for _, m := range CompareMetrics() {
-			var ratios []float64
-			for i := range min(len(rs), len(ref)) {
-				rv, higher, ok1 := compareMetric(ref[i], m)
-				tv, _, ok2 := compareMetric(rs[i], m)
-				if !ok1 || !ok2 || rv <= 0 || tv <= 0 {
-					continue
-				}
-				if higher {
-					ratios = append(ratios, rv/tv)
-				} else {
-					ratios = append(ratios, tv/rv)
-				}
+		median := make(map[string]float64, len(compareMetrics))
+		for _, m := range compareMetrics {
+			vs := m.values(rs)
+			median[m.name] = medianOf(vs)
+			switch m.name {
+			case "all held":
+				row.AllHeld = len(vs)
+			case "sold out":
+				row.SoldOut = len(vs)
 			}
-			if len(ratios) > 0 {
-				row.Ratios[m] = Ratio{Median: medianOf(ratios), Min: slices.Min(ratios), Max: slices.Max(ratios), N: len(ratios)}
+			if qs := m.ratios(ref, rs); len(qs) > 0 {
+				row.Ratios[m.name] = Ratio{Median: medianOf(qs), Min: slices.Min(qs), Max: slices.Max(qs), N: len(qs)}
 			}
 		}
+		row.AttemptsPerSecond, row.HoldsPerSecond = median["attempts/s"], median["ok holds/s"]
+		row.P50, row.P99 = median["p50"], median["p99"]
+		row.AllHeldAfter, row.SoldOutAfter = median["all held"], median["sold out"]
+		row.CPUPerAttempt = medianCPU(rs)
 		rows = append(rows, row)
 	}
 	return rows
+}
+
+// medianCPU returns the median over rs of each process's CPU per hold
+// attempt (see Result.CPUPerAttempt), over the runs that measured it; nil
+// if none did.
+func medianCPU(rs []*Result) map[string]float64 {
+	per := map[string][]float64{}
+	for _, r := range rs {
+		for name, us := range r.CPUPerAttempt() {
+			per[name] = append(per[name], us)
+		}
+	}
+	if len(per) == 0 {
+		return nil
+	}
+	m := make(map[string]float64, len(per))
+	for name, vs := range per {
+		m[name] = medianOf(vs)
+	}
+	return m
+}
+
+// CompareSummary is what `bench compare` writes to compare.json: per
+// target, the medians over the rounds and the per-round verdicts, and per
+// target other than the reference its ratios to the reference. Figures
+// a target never had (every seat never held, never sold out, no hold
+// called) are null, never 0 or NaN.
+type CompareSummary struct {
+	// Reference is the first target, which the ratios compare with.
+	Reference string `json:"reference"`
+	// Medians holds, by target and metric key (hold_attempts_per_s,
+	// holds_granted_per_s, hold_p50_ms, hold_p99_ms, all_held_s,
+	// sold_out_s), the median over the rounds that had the figure.
+	Medians map[string]map[string]*float64 `json:"medians"`
+	// Ratios holds, by target (the reference left out) and metric key,
+	// the median, min and max of the per-round ratios: reference ÷ target
+	// for rates, target ÷ reference for times, so above 1 means the
+	// reference did better.
+	Ratios map[string]map[string]CompareRatio `json:"ratios"`
+	// Verified holds, by target, each round's verification: true
+	// (verified), false (violations), null (unknown).
+	Verified map[string][]*bool `json:"verified"`
+}
+
+// CompareRatio is the spread of one metric's per-round ratios; all null
+// when no round had the figure for both targets.
+type CompareRatio struct {
+	Median *float64 `json:"median"`
+	Min    *float64 `json:"min"`
+	Max    *float64 `json:"max"`
+}
+
+// Summary computes the comparison's compare.json.
+func (c Comparison) Summary() CompareSummary {
+	s := CompareSummary{
+		Medians:  map[string]map[string]*float64{},
+		Ratios:   map[string]map[string]CompareRatio{},
+		Verified: map[string][]*bool{},
+	}
+	if len(c.Targets) == 0 {
+		return s
+	}
+	s.Reference = c.Targets[0]
+	ref := c.Results[s.Reference]
+	num := func(v float64) *float64 { return &v }
+	for i, t := range c.Targets {
+		rs := c.Results[t]
+		med := map[string]*float64{}
+		for _, m := range compareMetrics {
+			med[m.key] = nil
+			if vs := m.values(rs); len(vs) > 0 {
+				med[m.key] = num(medianOf(vs))
+			}
+		}
+		s.Medians[t] = med
+		verified := make([]*bool, len(rs))
+		for j, r := range rs {
+			if _, passed, known := verdictOf(r.Verification); known {
+				verified[j] = &passed
+			}
+		}
+		s.Verified[t] = verified
+		if i == 0 {
+			continue
+		}
+		ratios := map[string]CompareRatio{}
+		for _, m := range compareMetrics {
+			var q CompareRatio
+			if qs := m.ratios(ref, rs); len(qs) > 0 {
+				q = CompareRatio{Median: num(medianOf(qs)), Min: num(slices.Min(qs)), Max: num(slices.Max(qs))}
+			}
+			ratios[m.key] = q
+		}
+		s.Ratios[t] = ratios
+	}
+	return s
+}
+
+// WriteCompareJSON writes c's Summary to path as indented JSON.
+func WriteCompareJSON(path string, c Comparison) error {
+	b, err := json.MarshalIndent(c.Summary(), "", "  ")
+	if err != nil {
+		return fmt.Errorf("bench: encoding the comparison: %w", err)
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
 // medianOf returns the median of vs, 0 for none.
@@ -709,13 +886,14 @@ func medianOf(vs []float64) float64 {
 }
 
 // WriteCompareText writes the comparison: per target the medians over the
-// rounds of hold attempts/s, OK holds/s, hold p50/p99, the time until sold
-// out and the verifications; then each target's ratios to the first target
-// with their spread over the rounds.
+// rounds of hold attempts/s, OK holds/s, hold p50/p99, the times until all
+// held and sold out and the verifications; the CPU per hold attempt of the
+// processes measured; then each target's ratios to the first target with
+// their spread over the rounds.
 func WriteCompareText(w io.Writer, c Comparison) error {
 	rows := c.Rows()
 	var b bytes.Buffer
-	fmt.Fprintln(&b, "medians over rounds (holds; attempts/s and ok holds/s over the on-sale, until every seat was held):")
+	fmt.Fprintln(&b, "medians over rounds (holds; attempts/s and ok holds/s over the on-sale, until every seat was held, or over the whole run of a hold-storm):")
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "target\trounds\tattempts/s\tok holds/s\tp50 ms\tp99 ms\tall held after\tsold out after\tverification\t")
 	for _, r := range rows {
@@ -740,10 +918,24 @@ func WriteCompareText(w io.Writer, c Comparison) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if slices.ContainsFunc(rows, func(r CompareRow) bool { return r.CPUPerAttempt != nil }) {
+		fmt.Fprintln(&b, "\nCPU per hold attempt, median over rounds (processor time during the load ÷ hold attempts):")
+		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		for _, r := range rows {
+			cpu := fmtCPUPerAttempt(r.CPUPerAttempt)
+			if cpu == "" {
+				cpu = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\n", r.Target, cpu)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
 	if len(rows) > 1 {
 		refName := rows[0].Target
 		fmt.Fprintf(&b, "\nhow many times better %s did, median over rounds (min–max):\n", refName)
-		fmt.Fprintf(&b, "(rates: %s ÷ target; latencies and time until sold out: target ÷ %s)\n", refName, refName)
+		fmt.Fprintf(&b, "(rates: %s ÷ target; latencies and the times until all held and sold out: target ÷ %s)\n", refName, refName)
 		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "target\t"+strings.Join(CompareMetrics(), "\t")+"\t")
 		for _, r := range rows[1:] {

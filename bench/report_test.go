@@ -8,6 +8,7 @@ import (
 	"image/color"
 	"image/draw"
 	_ "image/png"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -465,4 +466,152 @@ type statusRecorder struct {
 func (w *statusRecorder) WriteHeader(status int) {
 	w.status = status
 	w.ResponseWriter.WriteHeader(status)
+}
+
+// TestCompareSummary checks compare.json: medians over rounds, per-round
+// ratios to the reference (reference ÷ target for rates, target ÷
+// reference for times) with their median, min and max, the reference left
+// out of the ratios, each round's verification, and null for what a
+// target never had.
+func TestCompareSummary(t *testing.T) {
+	mk := func(attempts, okHolds, p50, p99, allHeld float64, verified any) *Result {
+		return &Result{Scenario: "hold-storm", AllHeldAfter: allHeld, Verification: verified,
+			Ops: []OpResult{{Op: "hold", Count: 1, Throughput: attempts, OKPerSecond: okHolds, P50: p50, P99: p99}}}
+	}
+	ok := reportVerification{OK: true}
+	c := Comparison{
+		Targets: []string{"boxoffice", "redis-setnx", "pg-status"},
+		Results: map[string][]*Result{
+			"boxoffice": {
+				mk(100_000, 3000, 1, 10, 2, ok),
+				mk(120_000, 3600, 1.2, 12, 2.5, ok),
+				mk(110_000, 3300, 1.1, 11, 0, ok), // never all held
+			},
+			"redis-setnx": {
+				mk(50_000, 1500, 2, 20, 5, ok),                                              // 2×, 2.5×
+				mk(40_000, 1200, 3.6, 36, 5, reportVerification{Violations: []string{"x"}}), // 3×, 2×
+				mk(55_000, 1650, 2.2, 22, 6, nil),                                           // 2×; all held unknown for the reference
+			},
+			"pg-status": {
+				{Scenario: "hold-storm"}, // no hold called: nothing to compare
+			},
+		},
+	}
+	path := filepath.Join(t.TempDir(), "compare.json")
+	if err := WriteCompareJSON(path, c); err != nil {
+		t.Fatal(err)
+	}
+	raw := readFileT(t, path)
+	t.Log("\n" + string(raw))
+	var got map[string]any
+	if err := json.Unmarshal(raw, &got); err != nil {
+		t.Fatal(err)
+	}
+	if keys := slices.Sorted(maps.Keys(got)); !slices.Equal(keys, []string{"medians", "ratios", "reference", "verified"}) {
+		t.Fatalf("top-level keys %v", keys)
+	}
+	if got["reference"] != "boxoffice" {
+		t.Errorf("reference %v", got["reference"])
+	}
+	metricKeys := []string{"all_held_s", "hold_attempts_per_s", "hold_p50_ms", "hold_p99_ms", "holds_granted_per_s", "sold_out_s"}
+	medians := got["medians"].(map[string]any)
+	for _, target := range c.Targets {
+		m, _ := medians[target].(map[string]any)
+		if keys := slices.Sorted(maps.Keys(m)); !slices.Equal(keys, metricKeys) {
+			t.Errorf("medians[%s] keys %v, want %v", target, keys, metricKeys)
+		}
+	}
+	num := func(v any) float64 {
+		t.Helper()
+		f, isNum := v.(float64)
+		if !isNum {
+			t.Fatalf("%v is not a number", v)
+		}
+		return f
+	}
+	bm := medians["boxoffice"].(map[string]any)
+	approxEqual(t, "boxoffice attempts median", num(bm["hold_attempts_per_s"]), 110_000, 1e-9)
+	approxEqual(t, "boxoffice all held median", num(bm["all_held_s"]), 2.25, 1e-9) // of the two rounds that got there
+	approxEqual(t, "boxoffice p99 median", num(bm["hold_p99_ms"]), 11, 1e-9)
+	if bm["sold_out_s"] != nil {
+		t.Errorf("sold_out_s %v, want null (never sold out)", bm["sold_out_s"])
+	}
+	for k, v := range medians["pg-status"].(map[string]any) {
+		if v != nil {
+			t.Errorf("pg-status median %s = %v, want null (no hold called)", k, v)
+		}
+	}
+
+	ratios := got["ratios"].(map[string]any)
+	if _, has := ratios["boxoffice"]; has || len(ratios) != 2 {
+		t.Errorf("ratios for %v, want redis-setnx and pg-status, not the reference", slices.Sorted(maps.Keys(ratios)))
+	}
+	rr := ratios["redis-setnx"].(map[string]any)
+	if keys := slices.Sorted(maps.Keys(rr)); !slices.Equal(keys, metricKeys) {
+		t.Errorf("ratios[redis-setnx] keys %v", keys)
+	}
+	att := rr["hold_attempts_per_s"].(map[string]any) // 100/50, 120/40, 110/55
+	approxEqual(t, "attempts ratio median", num(att["median"]), 2, 1e-9)
+	approxEqual(t, "attempts ratio min", num(att["min"]), 2, 1e-9)
+	approxEqual(t, "attempts ratio max", num(att["max"]), 3, 1e-9)
+	p50 := rr["hold_p50_ms"].(map[string]any) // 2/1, 3.6/1.2, 2.2/1.1: times are target ÷ reference
+	approxEqual(t, "p50 ratio median", num(p50["median"]), 2, 1e-9)
+	approxEqual(t, "p50 ratio max", num(p50["max"]), 3, 1e-9)
+	held := rr["all_held_s"].(map[string]any) // 5/2, 5/2.5; round 3 has no reference figure
+	approxEqual(t, "all held ratio median", num(held["median"]), 2.25, 1e-9)
+	approxEqual(t, "all held ratio min", num(held["min"]), 2, 1e-9)
+	approxEqual(t, "all held ratio max", num(held["max"]), 2.5, 1e-9)
+	for _, k := range []string{"median", "min", "max"} {
+		if v, has := rr["sold_out_s"].(map[string]any)[k]; !has || v != nil {
+			t.Errorf("sold_out_s ratio %s = %v (present %v), want null", k, v, has)
+		}
+	}
+
+	verified := got["verified"].(map[string]any)
+	if v := verified["redis-setnx"].([]any); len(v) != 3 || v[0] != true || v[1] != false || v[2] != nil {
+		t.Errorf("verified[redis-setnx] = %v, want [true false null]", v)
+	}
+	if v := verified["boxoffice"].([]any); len(v) != 3 || v[0] != true || v[1] != true || v[2] != true {
+		t.Errorf("verified[boxoffice] = %v", v)
+	}
+	if strings.Contains(string(raw), "NaN") || strings.Contains(string(raw), "Inf") {
+		t.Errorf("compare.json has a NaN or Inf:\n%s", raw)
+	}
+}
+
+// TestReportHoldStormCPU checks the text report of a hold-storm: rates over
+// the whole run, and CPU per hold attempt by process.
+func TestReportHoldStormCPU(t *testing.T) {
+	res := &Result{Target: "boxoffice", Scenario: "hold-storm", Users: 200_000, Capacity: 15_000,
+		AllHeldAfter: 1.5, SaleHoldAttempts: 50_000, SaleHoldsOK: 6000, Duration: 5,
+		CPU:          map[string]float64{"client": 2, "engine": 5, "postgres": 0.5},
+		Ops:          []OpResult{{Op: "hold", Count: 200_000, Throughput: 40_000, OKPerSecond: 1200}},
+		Verification: reportVerification{OK: true}}
+	if att, ok := res.HoldRates(); att != 40_000 || ok != 1200 {
+		t.Errorf("hold-storm rates %v, %v; want the whole run's", att, ok)
+	}
+	cpu := res.CPUPerAttempt()
+	approxEqual(t, "engine µs per attempt", cpu["engine"], 25, 1e-9)
+	approxEqual(t, "client µs per attempt", cpu["client"], 10, 1e-9)
+	var b bytes.Buffer
+	if err := WriteText(&b, res); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	t.Log("\n" + out)
+	for _, want := range []string{"over the whole run    40000 hold attempts/s, 1200 granted/s",
+		"CPU per hold attempt  client 10.0 µs, engine 25.0 µs, postgres 2.50 µs (processor time during the load ÷ 200000 attempts)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("text report lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "during the on-sale") {
+		t.Error("a hold-storm's rates are reported over the on-sale")
+	}
+
+	// A flash sale keeps its on-sale rates.
+	res.Scenario = "flash-sale"
+	if att, _ := res.HoldRates(); att != 50_000/1.5 {
+		t.Errorf("flash-sale attempts/s %v, want over the on-sale", att)
+	}
 }

@@ -39,6 +39,11 @@ type RunConfig struct {
 	// SampleEvery is how often the run reads the first show's seat map to
 	// chart seats held and booked over time. Default 250 ms.
 	SampleEvery time.Duration
+	// CPU names meters of other processes whose processor time during the
+	// load goes into Result.CPU, such as "engine" for an engine the bench
+	// started. This process is always measured, as "client" (SelfCPU),
+	// which a meter of that name cannot replace.
+	CPU map[string]CPUMeter
 }
 
 // Snapshot is the state of a run in progress.
@@ -121,6 +126,12 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 	runCtx, cancel := context.WithTimeout(ctx, cfg.MaxDuration)
 	defer cancel()
 	r.ctx = runCtx
+	meters := map[string]CPUMeter{}
+	for name, m := range cfg.CPU {
+		meters[name] = m
+	}
+	meters["client"] = SelfCPU
+	cpuStart := readCPU(meters)
 	r.start = time.Now()
 	r.rec = NewRecorder(r.start)
 
@@ -137,6 +148,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 	end := time.Now()
 	stopBG()
 	bg.Wait()
+	cpuEnd := readCPU(meters)
 	r.sampleOnce(ctx, shows[0])
 	r.report(end)
 
@@ -158,6 +170,14 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 	}
 	if at := r.soldOutAt.Load(); at > 0 {
 		res.SoldOutAfter = time.Duration(at).Seconds()
+	}
+	for name, t0 := range cpuStart {
+		if t1, ok := cpuEnd[name]; ok {
+			if res.CPU == nil {
+				res.CPU = map[string]float64{}
+			}
+			res.CPU[name] = max(t1-t0, 0).Seconds()
+		}
 	}
 	if runCtx.Err() != nil && ctx.Err() == nil && !cfg.Scenario.Done() {
 		res.Stopped = fmt.Sprintf("stopped after the maximum duration %v", cfg.MaxDuration)
@@ -191,6 +211,17 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 	}
 	res.Verification = all
 	return res, nil
+}
+
+// readCPU reads every meter; a meter that fails is left out.
+func readCPU(meters map[string]CPUMeter) map[string]time.Duration {
+	m := make(map[string]time.Duration, len(meters))
+	for name, read := range meters {
+		if d, err := read(); err == nil {
+			m[name] = d
+		}
+	}
+	return m
 }
 
 // closedLoop keeps Concurrency users in flight until every user is done.
@@ -435,6 +466,11 @@ func (u *User) Backoff(ctx context.Context, err error) bool {
 
 // SawSoldOut notes that the user found no seat available.
 func (u *User) SawSoldOut() { u.run.allHeld(time.Now()) }
+
+// AllHeld notes that every seat is held, as the scenario counts its
+// acknowledged holds; the first call (or the first sample of a seat map
+// with no seat available, or SawSoldOut) sets the run's "all held" time.
+func (u *User) AllHeld() { u.run.allHeld(time.Now()) }
 
 // SoldOut notes that every seat is booked, as the scenario counts its
 // acknowledged confirms; the first call sets the run's "sold out" time.

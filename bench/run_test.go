@@ -63,7 +63,7 @@ func checkSale(t *testing.T, res *Result) {
 }
 
 // TestFlashSale runs a small flash sale end to end against every target:
-// the engine over gRPC, and the two baseline designs.
+// the engine over gRPC, and the baseline designs (Redis on both clients).
 func TestFlashSale(t *testing.T) {
 	url := pgclustertest.Start(t).URL()
 	targets := map[string]func(t *testing.T) Target{
@@ -92,8 +92,15 @@ func TestFlashSale(t *testing.T) {
 			}
 			return r
 		},
+		"redis-rueidis": func(t *testing.T) Target {
+			r, err := NewRedisSetNX(t.Context(), RedisSetNXConfig{Client: Rueidis, RedisAddr: startTestRedis(t).Addr(), DatabaseURL: url})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		},
 	}
-	for _, name := range []string{"boxoffice", "pg-status", "redis-setnx"} {
+	for _, name := range []string{"boxoffice", "pg-status", "redis-setnx", "redis-rueidis"} {
 		t.Run(name, func(t *testing.T) {
 			target := targets[name](t)
 			defer target.Close()

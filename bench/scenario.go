@@ -40,9 +40,9 @@ type ScenarioConfig struct {
 	Shows       int           // shows (browse)
 	HoldTTL     time.Duration // hold TTL of the shows
 	MaxSeats    int           // a user asks for 1..MaxSeats adjacent seats
-	Retries     int           // attempts after a refusal (AlreadyExists), ≥ 0
-	ConfirmProb float64       // probability that a user pays for a hold, in [0, 1]
-	PayDelay    time.Duration // the longest a user takes to pay (uniform from a tenth of it), ≥ 0
+	Retries     int           // attempts after a refusal (AlreadyExists), ≥ 0 (flash-sale)
+	ConfirmProb float64       // probability that a user pays for a hold, in [0, 1] (flash-sale)
+	PayDelay    time.Duration // the longest a user takes to pay (uniform from a tenth of it), ≥ 0 (flash-sale)
 	FrontSkew   float64       // ≥ 1; larger crowds the front rows
 	ShowPrefix  string        // prefix of the show IDs, unique per run
 }
@@ -55,7 +55,7 @@ func DefaultScenarioConfig() ScenarioConfig {
 }
 
 // ScenarioNames lists the scenarios that NewScenario knows.
-func ScenarioNames() []string { return []string{"browse", "flash-sale"} }
+func ScenarioNames() []string { return []string{"browse", "flash-sale", "hold-storm"} }
 
 // NewScenario returns the named scenario.
 func NewScenario(name string, cfg ScenarioConfig) (Scenario, error) {
@@ -67,6 +67,8 @@ func NewScenario(name string, cfg ScenarioConfig) (Scenario, error) {
 		return newFlashSale(cfg)
 	case "browse":
 		return newBrowse(cfg)
+	case "hold-storm":
+		return newHoldStorm(cfg)
 	}
 	return nil, fmt.Errorf("bench: unknown scenario %q (have %v)", name, ScenarioNames())
 }

@@ -1,8 +1,9 @@
 // Package bench is boxoffice's load generator: scenarios of virtual users
-// (a flash sale, browsing), run closed or open loop against a target (the
-// engine over gRPC, or a baseline design built the way people usually do),
-// with latencies in HdrHistograms, a verification of the invariants straight
-// from the target's database, and reports.
+// (a flash sale, browsing, a storm of one-shot holds), run closed or open
+// loop against a target (the engine over gRPC, or a baseline design built
+// the way people usually do), with latencies in HdrHistograms, a
+// verification of the invariants straight from the target's database, and
+// reports.
 package bench
 
 import (

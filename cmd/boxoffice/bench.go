@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"time"
 
@@ -52,10 +54,10 @@ func parseBench(args []string, compare bool) (benchConfig, error) {
 	}
 	for _, t := range strings.Split(*targets, ",") {
 		switch t = strings.TrimSpace(t); t {
-		case "boxoffice", "pg-status", "redis-setnx":
+		case "boxoffice", "pg-status", "redis-setnx", "redis-rueidis":
 			c.Targets = append(c.Targets, t)
 		default:
-			return c, fmt.Errorf("%s: unknown target %q (have boxoffice, pg-status, redis-setnx)", name, t)
+			return c, fmt.Errorf("%s: unknown target %q (have boxoffice, pg-status, redis-setnx, redis-rueidis)", name, t)
 		}
 	}
 	if !compare && len(c.Targets) != 1 {
@@ -99,24 +101,24 @@ func benchFlags(c *benchConfig, compare bool) (*flag.FlagSet, *string) {
 	}
 	def := bench.DefaultScenarioConfig()
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	targets := fs.String("target", "boxoffice", "target: boxoffice, pg-status or redis-setnx")
+	targets := fs.String("target", "boxoffice", "target: boxoffice, pg-status, redis-setnx (go-redis) or redis-rueidis (rueidis, auto-pipelined)")
 	if compare {
-		*targets = "boxoffice,pg-status,redis-setnx"
+		*targets = "boxoffice,pg-status,redis-setnx,redis-rueidis"
 		fs.Lookup("target").Usage = "targets to compare, comma-separated; the first is the reference of the ratios"
 		fs.Lookup("target").DefValue = *targets
 		fs.IntVar(&c.Rounds, "rounds", 3, "rounds; each runs every target once, in turn")
 	}
-	fs.StringVar(&c.Scenario, "scenario", "flash-sale", "scenario: "+strings.Join(bench.ScenarioNames(), ", "))
+	fs.StringVar(&c.Scenario, "scenario", "flash-sale", "scenario: "+strings.Join(bench.ScenarioNames(), ", ")+" (hold-storm: one hold attempt per user on seats drawn without reading the map, nothing confirmed)")
 	fs.IntVar(&c.Sc.Users, "users", 0, "virtual users (default 200,000)")
 	fs.IntVar(&c.Sc.Rows, "rows", 0, "rows per show (default 100)")
 	fs.IntVar(&c.Sc.SeatsPerRow, "seats-per-row", 0, "seats per row (default 150)")
 	fs.IntVar(&c.Sc.Shows, "shows", 0, "shows (browse; default 20)")
-	fs.DurationVar(&c.Sc.HoldTTL, "hold-ttl", 0, "hold TTL of the shows (flash-sale default 15s; the engine accepts 10s..1h)")
+	fs.DurationVar(&c.Sc.HoldTTL, "hold-ttl", 0, "hold TTL of the shows (default 15s for flash-sale, 10m for hold-storm; the engine accepts 10s..1h)")
 	fs.IntVar(&c.Sc.MaxSeats, "max-seats", 0, "a user wants 1..N adjacent seats (default 4)")
-	fs.IntVar(&c.Sc.Retries, "retries", def.Retries, "new attempts after seats were taken (0: none)")
-	fs.Float64Var(&c.Sc.ConfirmProb, "confirm", def.ConfirmProb, "probability, 0..1, that a user pays for a hold (0: nobody pays)")
-	fs.DurationVar(&c.Sc.PayDelay, "pay-delay", def.PayDelay, "the longest a user takes to pay (0: at once)")
-	fs.Float64Var(&c.Sc.FrontSkew, "front-skew", 0, "≥ 1: how much users crowd the front rows (default 2)")
+	fs.IntVar(&c.Sc.Retries, "retries", def.Retries, "flash-sale: new attempts after seats were taken (0: none)")
+	fs.Float64Var(&c.Sc.ConfirmProb, "confirm", def.ConfirmProb, "flash-sale: probability, 0..1, that a user pays for a hold (0: nobody pays)")
+	fs.DurationVar(&c.Sc.PayDelay, "pay-delay", def.PayDelay, "flash-sale: the longest a user takes to pay (0: at once)")
+	fs.Float64Var(&c.Sc.FrontSkew, "front-skew", 0, "≥ 1: how much users crowd the front rows (default 2 for flash-sale, 1 (uniform) for hold-storm)")
 	fs.IntVar(&c.Run.Concurrency, "concurrency", 1000, "closed loop: users in flight")
 	fs.Float64Var(&c.Run.Rate, "rate", 0, "open loop: users arriving per second (0: closed loop)")
 	fs.IntVar(&c.Run.MaxInFlight, "max-in-flight", 20000, "open loop: most users in progress")
@@ -129,13 +131,13 @@ func benchFlags(c *benchConfig, compare bool) (*flag.FlagSet, *string) {
 	fs.StringVar(&c.Token, "token", os.Getenv("BOXOFFICE_TOKEN"), "the engine's service token, with --addr [BOXOFFICE_TOKEN]")
 	fs.StringVar(&c.AdminToken, "admin-token", os.Getenv("BOXOFFICE_ADMIN_TOKEN"), "the engine's admin token, with --addr [BOXOFFICE_ADMIN_TOKEN]")
 	fs.StringVar(&c.DatabaseURL, "database-url", os.Getenv("BOXOFFICE_DATABASE_URL"), "PostgreSQL URL (default: start a private server) [BOXOFFICE_DATABASE_URL]")
-	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address for redis-setnx (default: start redis-server)")
+	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address for redis-setnx and redis-rueidis (default: start redis-server)")
 	fs.IntVar(&c.Conns, "conns", 4, "gRPC connections to the engine")
 	fs.DurationVar(&c.BaselineMapCache, "baseline-map-cache", time.Second,
 		"the baselines answer seat maps from a cache this old at most, as those designs do in practice (0: read every time); boxoffice always answers from live memory")
 	fs.IntVar(&c.ClientGOGC, "client-gogc", 400,
 		"GC percent of the bench process, the load generator (its seat-map buffers churn the heap); it also applies to the baselines' code, which runs in this process, while the engine it starts runs with Go's default unless GOGC is set")
-	fs.StringVar(&c.ProfileDir, "profile-dir", "", "write CPU profiles of each run here: the bench's, and the engine's when the bench started it")
+	fs.StringVar(&c.ProfileDir, "profile-dir", "", "write CPU profiles of each run here: the bench's (the client side, every target), and the engine's when the bench started it")
 	return fs, targets
 }
 
@@ -183,12 +185,18 @@ func runBench(ctx context.Context, args []string) error {
 			}
 			cmp.Results[name] = append(cmp.Results[name], res)
 		}
+		if compare { // after every round, so that an interrupted comparison keeps its finished rounds
+			if err := bench.WriteCompareJSON(filepath.Join(cfg.Out, "compare.json"), cmp); err != nil {
+				return err
+			}
+		}
 	}
 	if compare {
 		fmt.Println()
 		if err := bench.WriteCompareText(os.Stdout, cmp); err != nil {
 			return err
 		}
+		fmt.Printf("comparison: %s\n", filepath.Join(cfg.Out, "compare.json"))
 	}
 	if failed {
 		return errors.New("bench: VERIFICATION FAILED (see the violations above)")
@@ -225,6 +233,10 @@ type benchEnv struct {
 	conns                   int
 	mapCache                time.Duration
 	stops                   []func()
+
+	// Processes the bench started, whose CPU each run measures (0: not
+	// started by the bench, so not measured: it may be another machine's).
+	enginePID, redisPID, postgresPID int
 }
 
 func (e *benchEnv) close() {
@@ -251,6 +263,11 @@ func startBenchEnv(ctx context.Context, cfg benchConfig, logs io.Writer) (*bench
 		}
 		e.stops = append(e.stops, func() { pg.Stop() })
 		e.dbURL = pg.URL()
+		if pid, err := postmasterPID(pg.Dir()); err == nil {
+			e.postgresPID = pid
+		} else {
+			fmt.Fprintln(logs, "bench: Postgres's CPU will not be measured:", err)
+		}
 	}
 	needs := func(t string) bool {
 		for _, n := range cfg.Targets {
@@ -260,7 +277,7 @@ func startBenchEnv(ctx context.Context, cfg benchConfig, logs io.Writer) (*bench
 		}
 		return false
 	}
-	if needs("redis-setnx") && e.redisAddr == "" {
+	if (needs("redis-setnx") || needs("redis-rueidis")) && e.redisAddr == "" {
 		fmt.Fprintln(logs, "bench: starting redis-server (installing Debian's redis-server if missing)")
 		rs, err := redisserver.Start(ctx, redisserver.Config{Install: true, Log: logs})
 		if err != nil {
@@ -268,6 +285,11 @@ func startBenchEnv(ctx context.Context, cfg benchConfig, logs io.Writer) (*bench
 		}
 		e.stops = append(e.stops, func() { rs.Stop() })
 		e.redisAddr = rs.Addr()
+		if pid, err := bench.RedisPID(ctx, e.redisAddr); err == nil {
+			e.redisPID = pid
+		} else {
+			fmt.Fprintln(logs, "bench: redis-server's CPU will not be measured:", err)
+		}
 	}
 	if needs("boxoffice") && e.addr == "" {
 		if err := e.startEngine(ctx, logs, cfg.ProfileDir != ""); err != nil {
@@ -320,6 +342,7 @@ func (e *benchEnv) startEngine(ctx context.Context, logs io.Writer, profile bool
 			<-exited
 		}
 	})
+	e.enginePID = cmd.Process.Pid
 	fmt.Fprintf(logs, "bench: engine started (pid %d) on %s\n", cmd.Process.Pid, grpcAddr)
 	deadline := time.NewTimer(time.Minute)
 	defer deadline.Stop()
@@ -448,6 +471,8 @@ func (e *benchEnv) target(ctx context.Context, name string) (bench.Target, error
 		return bench.NewPGStatus(ctx, bench.PGStatusConfig{DatabaseURL: e.dbURL, SeatMapMaxAge: e.mapCache})
 	case "redis-setnx":
 		return bench.NewRedisSetNX(ctx, bench.RedisSetNXConfig{RedisAddr: e.redisAddr, DatabaseURL: e.dbURL, SeatMapMaxAge: e.mapCache})
+	case "redis-rueidis":
+		return bench.NewRedisSetNX(ctx, bench.RedisSetNXConfig{Client: bench.Rueidis, RedisAddr: e.redisAddr, DatabaseURL: e.dbURL, SeatMapMaxAge: e.mapCache})
 	}
 	return nil, fmt.Errorf("bench: unknown target %q", name)
 }
@@ -468,12 +493,13 @@ func (e *benchEnv) runOne(ctx context.Context, cfg benchConfig, name, tag string
 	}
 	run := cfg.Run
 	run.Target, run.Scenario = t, scenario
+	run.CPU = e.cpuMeters(name)
 	var progress *bench.ProgressPrinter
 	if !cfg.Quiet {
 		progress = bench.NewProgressPrinter(os.Stderr, bench.IsTerminal(os.Stderr), time.Second)
 		run.Progress = progress.Update
 	}
-	stopProfiles, err := e.startProfiles(cfg.ProfileDir, tag, name)
+	stopProfiles, err := e.startProfiles(cfg.ProfileDir, tag, name, engineProfileSeconds(run.MaxDuration))
 	if err != nil {
 		return nil, err
 	}
@@ -487,6 +513,41 @@ func (e *benchEnv) runOne(ctx context.Context, cfg benchConfig, name, tag string
 	}
 	res.Config = e.resultConfig(cfg, name, scenario, run, res.Capacity)
 	return res, nil
+}
+
+// cpuMeters returns the meters of the processes serving the named target
+// that the bench started, beside the bench's own (always measured, as
+// "client"): the engine for boxoffice, redis-server for the Redis
+// baselines, and Postgres (the postmaster and its backends) for every
+// target, as each writes there (the engine its holds, pg-status
+// everything, the Redis design its bookings).
+func (e *benchEnv) cpuMeters(target string) map[string]bench.CPUMeter {
+	m := map[string]bench.CPUMeter{}
+	if target == "boxoffice" && e.enginePID > 0 {
+		m["engine"] = bench.ProcessTreeCPU(e.enginePID)
+	}
+	if strings.HasPrefix(target, "redis-") && e.redisPID > 0 {
+		m["redis-server"] = bench.ProcessTreeCPU(e.redisPID)
+	}
+	if e.postgresPID > 0 {
+		m["postgres"] = bench.ProcessTreeCPU(e.postgresPID)
+	}
+	return m
+}
+
+// postmasterPID reads the postmaster's pid from the first line of
+// data/postmaster.pid in a pgcluster directory.
+func postmasterPID(clusterDir string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(clusterDir, "data", "postmaster.pid"))
+	if err != nil {
+		return 0, err
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("postmaster.pid: bad pid %q", first)
+	}
+	return pid, nil
 }
 
 // resultConfig is the configuration a result reports (in result.json and
@@ -512,11 +573,14 @@ func (e *benchEnv) resultConfig(cfg benchConfig, name string, scenario bench.Sce
 	return m
 }
 
-// startProfiles starts a CPU profile of this process and, when the bench
-// started the engine with profiling and the target is the engine, one of
-// the engine (from its --pprof-addr, for up to a minute). The returned func
-// stops and writes them.
-func (e *benchEnv) startProfiles(dir, tag, target string) (stop func(), err error) {
+// startProfiles starts a CPU profile of this process (the client side:
+// the load generator and, for a baseline, the design's client code), one
+// per target run, and, when the bench started the engine with profiling and
+// the target is the engine, one of the engine, for engineSeconds from now
+// (from its --pprof-addr). The returned func stops them and waits for the
+// engine's. The processes' CPU totals are in the result itself (see
+// cpuMeters); the profiles say where the time went.
+func (e *benchEnv) startProfiles(dir, tag, target string, engineSeconds int) (stop func(), err error) {
 	if dir == "" {
 		return func() {}, nil
 	}
@@ -536,7 +600,8 @@ func (e *benchEnv) startProfiles(dir, tag, target string) (stop func(), err erro
 		go func() {
 			defer close(engineDone)
 			path := filepath.Join(dir, fmt.Sprintf("engine-%s.cpu.pprof", tag))
-			if err := fetchProfile("http://"+e.pprofAddr+"/debug/pprof/profile?seconds=60", path); err != nil {
+			url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", e.pprofAddr, engineSeconds)
+			if err := fetchProfile(url, path); err != nil {
 				fmt.Fprintln(os.Stderr, "bench: engine profile:", err)
 			}
 		}()
@@ -547,11 +612,18 @@ func (e *benchEnv) startProfiles(dir, tag, target string) (stop func(), err erro
 		pprof.StopCPUProfile()
 		f.Close()
 		if target == "boxoffice" && e.pprofAddr != "" {
-			fmt.Fprintln(os.Stderr, "bench: waiting for the engine's 60 s CPU profile")
+			fmt.Fprintf(os.Stderr, "bench: waiting for the engine's %d s CPU profile\n", engineSeconds)
 		}
 		<-engineDone
 		fmt.Fprintf(os.Stderr, "bench: CPU profiles in %s ('go tool pprof -top <file>')\n", dir)
 	}, nil
+}
+
+// engineProfileSeconds is how long the engine's profile of a run lasts:
+// the run's maximum duration, which the load cannot outlast, rounded up,
+// and at most 60 s (so a long run's profile covers its first minute).
+func engineProfileSeconds(maxDuration time.Duration) int {
+	return int(min(max(math.Ceil(maxDuration.Seconds()), 1), 60))
 }
 
 func fetchProfile(url, path string) error {

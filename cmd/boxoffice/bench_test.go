@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -11,6 +14,8 @@ import (
 	"time"
 
 	"github.com/boxoffice/boxoffice/bench"
+	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
+	"github.com/boxoffice/boxoffice/internal/redisserver"
 )
 
 func TestParseBench(t *testing.T) {
@@ -25,8 +30,15 @@ func TestParseBench(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(c.Targets, []string{"boxoffice", "pg-status", "redis-setnx"}) || c.Rounds != 3 {
+	if !slices.Equal(c.Targets, []string{"boxoffice", "pg-status", "redis-setnx", "redis-rueidis"}) || c.Rounds != 3 {
 		t.Errorf("compare defaults: targets %v, rounds %d", c.Targets, c.Rounds)
+	}
+	c, err = parseBench([]string{"--target", "redis-rueidis", "--scenario", "hold-storm"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.Targets, []string{"redis-rueidis"}) || c.Scenario != "hold-storm" {
+		t.Errorf("--target redis-rueidis --scenario hold-storm: targets %v, scenario %s", c.Targets, c.Scenario)
 	}
 
 	for _, tc := range []struct {
@@ -46,6 +58,8 @@ func TestParseBench(t *testing.T) {
 		{[]string{"--confirm", "2", "--scenario", "browse"}, false, "--confirm 2"},
 		{[]string{"--retries", "-1"}, false, "--retries -1"},
 		{[]string{"--pay-delay", "-1s"}, false, "--pay-delay -1s"},
+		{[]string{"--scenario", "hold-storm", "--max-seats", "11"}, false, "hold-storm: max seats 11"},
+		{[]string{"--scenario", "storm"}, false, "unknown scenario"},
 		{[]string{"extra"}, false, "unexpected arguments"},
 	} {
 		if _, err := parseBench(tc.args, tc.compare); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -230,5 +244,165 @@ func TestEngineEnv(t *testing.T) {
 	}
 	if got := engineEnv([]string{"BOXOFFICE_TOKEN=t"}); got == nil || len(got) != 0 {
 		t.Errorf("engineEnv of only a secret = %#v, want empty and not nil", got)
+	}
+}
+
+func TestEngineProfileSeconds(t *testing.T) {
+	for d, want := range map[time.Duration]int{
+		0: 1, 300 * time.Millisecond: 1, 2 * time.Second: 2, 2500 * time.Millisecond: 3, 5 * time.Minute: 60,
+	} {
+		if got := engineProfileSeconds(d); got != want {
+			t.Errorf("engineProfileSeconds(%v) = %d, want %d", d, got, want)
+		}
+	}
+}
+
+func TestPostmasterPID(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := postmasterPID(dir); err == nil {
+		t.Error("no postmaster.pid: no error")
+	}
+	if err := os.Mkdir(filepath.Join(dir, "data"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "data", "postmaster.pid"), []byte("4242\n/var/lib/data\n1700000000\n5432\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if pid, err := postmasterPID(dir); err != nil || pid != 4242 {
+		t.Errorf("postmasterPID = %d, %v; want 4242", pid, err)
+	}
+}
+
+// benchTestRedis makes sure redis-server can be started (installing
+// Debian's when absent and root), as the bench will start its own: if it
+// cannot, the test is skipped, or failed when CI=true.
+func benchTestRedis(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	rs, err := redisserver.Start(ctx, redisserver.Config{Install: true, Log: io.Discard})
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("Redis unavailable (failing, not skipping, because CI=true): %v", err)
+		}
+		t.Skipf("Redis unavailable, skipping: %v", err)
+	}
+	if err := rs.Stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runBenchBinary runs the built binary with args and returns its standard
+// output; it fails the test if the command fails.
+func runBenchBinary(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("boxoffice %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
+
+// TestBenchCompareHoldStorm runs the built binary's `bench compare` of a
+// small hold-storm against the engine it starts and redis-rueidis on the
+// redis-server it starts, two rounds, and checks compare.json (its schema,
+// nulls for what never happened, ratios for the non-reference target
+// only), the CPU of the processes in each result.json, and the text. Then
+// one `bench --profile-dir` run writes the bench's and the engine's CPU
+// profiles.
+func TestBenchCompareHoldStorm(t *testing.T) {
+	clearBoxofficeEnv(t)
+	bin := buildBinary(t)
+	url := pgclustertest.Shared(t)
+	benchTestRedis(t)
+	out := t.TempDir()
+	small := []string{"--scenario", "hold-storm", "--users", "2000", "--rows", "5", "--seats-per-row", "40",
+		"--concurrency", "32", "--quiet", "--database-url", url}
+	stdout := runBenchBinary(t, bin, append([]string{"bench", "compare", "--target", "boxoffice,redis-rueidis",
+		"--rounds", "2", "--out", out, "--max-duration", "1m"}, small...)...)
+	t.Log("\n" + stdout)
+	for _, want := range []string{"CPU per hold attempt", "over the whole run", "VERIFIED 2/2",
+		"comparison: " + filepath.Join(out, "compare.json")} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+
+	b, err := os.ReadFile(filepath.Join(out, "compare.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmp struct {
+		Reference string                                    `json:"reference"`
+		Medians   map[string]map[string]*float64            `json:"medians"`
+		Ratios    map[string]map[string]map[string]*float64 `json:"ratios"`
+		Verified  map[string][]*bool                        `json:"verified"`
+	}
+	if err := json.Unmarshal(b, &cmp); err != nil {
+		t.Fatalf("compare.json: %v\n%s", err, b)
+	}
+	if cmp.Reference != "boxoffice" || len(cmp.Medians) != 2 || len(cmp.Ratios) != 1 || cmp.Ratios["redis-rueidis"] == nil {
+		t.Fatalf("compare.json: reference %q, medians of %d targets, ratios %v", cmp.Reference, len(cmp.Medians), cmp.Ratios)
+	}
+	for _, target := range []string{"boxoffice", "redis-rueidis"} {
+		m := cmp.Medians[target]
+		for _, k := range []string{"hold_attempts_per_s", "holds_granted_per_s", "hold_p50_ms", "hold_p99_ms", "all_held_s"} {
+			if v := m[k]; v == nil || !(*v > 0) {
+				t.Errorf("medians[%s][%s] = %v, want a positive number", target, k, v)
+			}
+		}
+		if v, has := m["sold_out_s"]; !has || v != nil {
+			t.Errorf("medians[%s].sold_out_s = %v (present %v), want null: nothing is confirmed", target, v, has)
+		}
+		if v := cmp.Verified[target]; len(v) != 2 || v[0] == nil || !*v[0] || v[1] == nil || !*v[1] {
+			t.Errorf("verified[%s] = %v, want [true, true]", target, v)
+		}
+	}
+	r := cmp.Ratios["redis-rueidis"]
+	for _, k := range []string{"hold_attempts_per_s", "all_held_s"} {
+		q := r[k]
+		if q["median"] == nil || q["min"] == nil || q["max"] == nil || *q["min"] > *q["median"] || *q["median"] > *q["max"] {
+			t.Errorf("ratios[redis-rueidis][%s] = %v, want min ≤ median ≤ max", k, q)
+		}
+	}
+	if q := r["sold_out_s"]; q["median"] != nil {
+		t.Errorf("ratios[redis-rueidis].sold_out_s = %v, want null", q)
+	}
+	for dir, procs := range map[string][]string{"round1-boxoffice": {"client", "engine"}, "round2-redis-rueidis": {"client", "redis-server"}} {
+		res, err := bench.ReadJSON(filepath.Join(out, dir, "result.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, has := res.CPU["postgres"]; has {
+			t.Errorf("%s: Postgres measured, but the bench did not start it: %v", dir, res.CPU)
+		}
+		for _, p := range procs {
+			if v, has := res.CPU[p]; !has || v < 0 {
+				t.Errorf("%s: CPU %v lacks %s", dir, res.CPU, p)
+			}
+		}
+		if res.CPU["client"] <= 0 {
+			t.Errorf("%s: client CPU %v", dir, res.CPU["client"])
+		}
+	}
+
+	// --profile-dir: the bench's profile for every target run, the
+	// engine's for the engine's (as long as --max-duration).
+	prof := t.TempDir()
+	runBenchBinary(t, bin, append([]string{"bench", "--target", "boxoffice", "--out", t.TempDir(),
+		"--profile-dir", prof, "--max-duration", "5s"}, small...)...)
+	for _, pattern := range []string{"bench-boxoffice-*.cpu.pprof", "engine-*.cpu.pprof"} {
+		files, _ := filepath.Glob(filepath.Join(prof, pattern))
+		if len(files) != 1 {
+			t.Errorf("profile dir: %d files %s, want 1", len(files), pattern)
+			continue
+		}
+		if fi, err := os.Stat(files[0]); err != nil || fi.Size() == 0 {
+			t.Errorf("%s: empty or unreadable (%v)", files[0], err)
+		}
 	}
 }
