@@ -2,7 +2,6 @@ package activereservation
 
 import (
 	"errors"
-	"fmt"
 	"strings"
 )
 
@@ -44,11 +43,21 @@ type SeatsTakenError struct {
 }
 
 func (e *SeatsTakenError) Error() string {
-	ids := make([]string, len(e.Seats))
-	for i, s := range e.Seats {
-		ids[i] = string(s)
+	var b strings.Builder
+	n := len(ErrSeatTaken.Error()) + 2
+	for _, s := range e.Seats {
+		n += len(s) + 1
 	}
-	return fmt.Sprintf("%v: %s", ErrSeatTaken, strings.Join(ids, ","))
+	b.Grow(n)
+	b.WriteString(ErrSeatTaken.Error())
+	b.WriteString(": ")
+	for i, s := range e.Seats {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(string(s))
+	}
+	return b.String()
 }
 
 // Unwrap makes errors.Is(err, ErrSeatTaken) hold.

@@ -46,24 +46,15 @@ type HoldRequest struct {
 // confirms and releases are linearizable. (Seat-map reads are not: they
 // show holds whose commit is in flight.)
 func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error) {
-	if err := validateUser(req.User); err != nil {
+	if err := checkHold(req); err != nil {
 		return ar.Reservation{}, err
-	}
-	if err := validateKey(req.IdempotencyKey); err != nil {
-		return ar.Reservation{}, err
-	}
-	if len(req.Seats) == 0 || len(req.Seats) > ar.MaxSeatsPerHold {
-		return ar.Reservation{}, ar.ErrSeatCount
-	}
-	var fp string // only requests with an idempotency key need one
-	if req.IdempotencyKey != "" {
-		fp = fingerprint("hold", string(req.User), seatStrings(req.Seats)...)
 	}
 	sh, err := n.lockForChange(ctx, req.Show)
 	if err != nil {
 		return ar.Reservation{}, err
 	}
 	defer n.gate.leave()
+	var fp string
 	for {
 		if sh.dropped || sh.stale {
 			if sh, err = n.relockForChange(ctx, sh); err != nil {
@@ -71,57 +62,104 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 			}
 			continue
 		}
-		if ch := sh.pendingLocked(req.Seats); ch != nil {
-			if err := waitUnlocked(ctx, &sh.mu, ch); err != nil {
+		st := n.tryHoldLocked(sh, req, &fp)
+		if st.wait != nil {
+			if err := waitUnlocked(ctx, &sh.mu, st.wait); err != nil {
 				return ar.Reservation{}, err
 			}
 			continue
 		}
-		if ch := sh.turnCommittingLocked(req.User, req.Seats); ch != nil {
-			if err := waitUnlocked(ctx, &sh.mu, ch); err != nil {
-				return ar.Reservation{}, err
-			}
-			continue
-		}
-		if req.IdempotencyKey == "" {
-			break
-		}
-		e, ok := sh.idem.Get(req.IdempotencyKey)
-		if !ok {
-			break
-		}
-		if e.fingerprint != fp {
-			sh.mu.Unlock()
-			return ar.Reservation{}, ErrIdempotencyMismatch
-		}
-		if ch, busy := sh.busy[e.hold]; busy {
-			if err := waitUnlocked(ctx, &sh.mu, ch); err != nil {
-				return ar.Reservation{}, err
-			}
-			continue
-		}
-		r, live := sh.rules.Reservation(e.hold)
 		sh.mu.Unlock()
-		if live {
-			return r, nil
+		switch {
+		case st.queued != nil:
+			return n.finishHold(st.queued)
+		case st.stored != "":
+			return n.storedReservation(ctx, sh.id, st.stored)
 		}
-		return n.storedReservation(ctx, sh.id, e.hold)
+		return st.r, st.err
+	}
+}
+
+// checkHold checks what Hold checks before it looks at the show: the user,
+// the idempotency key and the number of seats.
+func checkHold(req HoldRequest) error {
+	if err := validateUser(req.User); err != nil {
+		return err
+	}
+	if err := validateKey(req.IdempotencyKey); err != nil {
+		return err
+	}
+	if len(req.Seats) == 0 || len(req.Seats) > ar.MaxSeatsPerHold {
+		return ar.ErrSeatCount
+	}
+	return nil
+}
+
+// holdStep is what tryHoldLocked decided for a hold: to wait for a channel
+// and try again; to answer a replay of a hold no longer in memory from the
+// store (stored); to wait for the hold's queued write (queued); or, when
+// none of these is set, the answer (r, err).
+type holdStep struct {
+	wait   <-chan struct{}
+	stored ar.HoldID
+	queued *queuedHold
+	r      ar.Reservation
+	err    error
+}
+
+// queuedHold is a hold taken in memory whose write is queued.
+type queuedHold struct {
+	sh   *show
+	r    ar.Reservation
+	m    persistence.Mutation
+	p    *persistence.Pending
+	done chan struct{} // closed once the write's outcome is known
+	key  string
+}
+
+// tryHoldLocked decides req (checked by checkHold) on sh, which is locked,
+// neither stale nor dropped, and stays locked. *fp caches the request's
+// fingerprint, computed only when the request has an idempotency key that
+// is recorded or is to be: most holds are refused, and a refusal needs none.
+func (n *Node) tryHoldLocked(sh *show, req HoldRequest, fp *string) holdStep {
+	if ch := sh.pendingLocked(req.Seats); ch != nil {
+		return holdStep{wait: ch}
+	}
+	if ch := sh.turnCommittingLocked(req.User, req.Seats); ch != nil {
+		return holdStep{wait: ch}
+	}
+	fingerprint := func() string {
+		if *fp == "" {
+			*fp = fingerprint("hold", string(req.User), seatStrings(req.Seats)...)
+		}
+		return *fp
+	}
+	if req.IdempotencyKey != "" {
+		if e, ok := sh.idem.Get(req.IdempotencyKey); ok {
+			if e.fingerprint != fingerprint() {
+				return holdStep{err: ErrIdempotencyMismatch}
+			}
+			if ch, busy := sh.busy[e.hold]; busy {
+				return holdStep{wait: ch}
+			}
+			if r, live := sh.rules.Reservation(e.hold); live {
+				return holdStep{r: r}
+			}
+			return holdStep{stored: e.hold}
+		}
 	}
 
 	id, err := newHoldID(sh.id)
 	if err != nil {
-		sh.mu.Unlock()
-		return ar.Reservation{}, err
+		return holdStep{err: err}
 	}
 	r, err := sh.rules.Hold(id, req.User, req.Seats, n.now())
 	if err != nil {
-		soldOut := errors.Is(err, ar.ErrSeatTaken) && soldOutLocked(sh.rules, req.Seats)
-		sh.mu.Unlock()
 		n.metrics.holds(err)
-		if soldOut {
-			return ar.Reservation{}, fmt.Errorf("%w: %w", ErrSoldOut, err)
+		if errors.Is(err, ar.ErrSeatTaken) && soldOutLocked(sh.rules, req.Seats) {
+			return holdStep{err: fmt.Errorf("%w: %w", ErrSoldOut, err)}
 		}
-		return ar.Reservation{}, err
+		return holdStep{err: err}
 	}
 	m := persistence.Mutation{
 		Kind:          persistence.Hold,
@@ -139,7 +177,7 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 		}
 	}
 	if req.IdempotencyKey != "" {
-		m.IdempotencyKey, m.Fingerprint = req.IdempotencyKey, fp
+		m.IdempotencyKey, m.Fingerprint = req.IdempotencyKey, fingerprint()
 	}
 	p, err := n.store.Enqueue(m)
 	if err != nil {
@@ -148,39 +186,44 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 		} else {
 			sh.rules.Cancel(id)
 		}
-		sh.mu.Unlock()
 		n.metrics.holds(err)
-		return ar.Reservation{}, err
+		return holdStep{err: err}
 	}
-	done := make(chan struct{})
-	sh.busy[id] = done
+	q := &queuedHold{sh: sh, r: r, m: m, p: p, done: make(chan struct{}), key: req.IdempotencyKey}
+	sh.busy[id] = q.done
 	for _, s := range r.Seats {
-		sh.pending[s] = done
+		sh.pending[s] = q.done
 	}
 	if req.IdempotencyKey != "" {
-		n.rememberLocked(sh, req.IdempotencyKey, idemEntry{fingerprint: fp, hold: id, at: r.CreatedAt})
+		n.rememberLocked(sh, req.IdempotencyKey, idemEntry{fingerprint: m.Fingerprint, hold: id, at: r.CreatedAt})
 	}
-	sh.mu.Unlock()
+	return holdStep{queued: q}
+}
 
-	werr := p.Wait()
+// finishHold waits for a queued hold's write and answers the hold: undone
+// in memory if it was not committed, the show reloaded (unloaded) if the
+// outcome is unknown or memory may be wrong.
+func (n *Node) finishHold(q *queuedHold) (ar.Reservation, error) {
+	werr := q.p.Wait()
+	sh, id := q.sh, q.r.ID
 
 	sh.mu.Lock()
 	delete(sh.busy, id)
-	for _, s := range r.Seats {
-		if sh.pending[s] == done {
+	for _, s := range q.r.Seats {
+		if sh.pending[s] == q.done {
 			delete(sh.pending, s)
 		}
 	}
-	close(done)
+	close(q.done)
 	unload := false
 	if werr != nil {
 		switch {
-		case m.Waitlist != nil:
+		case q.m.Waitlist != nil:
 			sh.stale = true // the turn was taken in memory; the reload tells
 		case !unknownOutcome(werr):
 			sh.rules.Cancel(id)
-			if req.IdempotencyKey != "" {
-				sh.idem.Delete(req.IdempotencyKey)
+			if q.key != "" {
+				sh.idem.Delete(q.key)
 			}
 		}
 		werr, unload = failedLocked(sh, werr)
@@ -193,7 +236,7 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 	if werr != nil {
 		return ar.Reservation{}, werr
 	}
-	return r, nil
+	return q.r, nil
 }
 
 // soldOutLocked reports whether every seat of the show is booked, for a hold

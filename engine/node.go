@@ -257,6 +257,30 @@ func (n *Node) lockForChange(ctx context.Context, id ar.ShowID) (*show, error) {
 	return nil, fmt.Errorf("show %s: %w", id, ErrMoved)
 }
 
+// lockLoaded is lockForChange for a show already loaded here, neither
+// stale nor dropped: it never waits for the database. It reports false,
+// having left the gate and locked nothing, when the show is not such a
+// show or the gate is closed; the caller then goes the way of
+// lockForChange.
+func (n *Node) lockLoaded(id ar.ShowID) (*show, bool) {
+	if n.gate.enter() != nil {
+		return nil, false
+	}
+	n.mu.RLock()
+	sh := n.shows[id]
+	n.mu.RUnlock()
+	if sh != nil {
+		n.touch(sh)
+		sh.mu.Lock()
+		if !sh.stale && !sh.dropped {
+			return sh, true
+		}
+		sh.mu.Unlock()
+	}
+	n.gate.leave()
+	return nil, false
+}
+
 // relockForChange is lockForChange for a caller that holds sh.mu and found
 // sh stale or dropped after waiting: it unlocks sh and returns the show
 // reloaded and locked.

@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	ar "github.com/boxoffice/boxoffice/activereservation"
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 )
 
@@ -27,11 +28,14 @@ const pipelineMaxResults = 1024
 // already over (DeadlineExceeded) is refused at once: it waits for no call
 // in flight, only, as every answer does, for room among the answers the
 // sender has not taken yet (when the client reads slower than it sends).
-// Every other call runs on a goroutine of its own under the stream's
-// context bounded by its timeout, through holdSeats, confirmHold or
-// releaseHold: the unary RPCs' code, so every rule, error and idempotency
-// behaviour is theirs. A call is in flight from when it is taken until the
-// sender takes its answer.
+// The other hold calls of one message for one show are decided together,
+// under one acquisition of the show's lock, by the code behind the unary
+// HoldSeats (holdBatch: refusals are answered at once, holds as they
+// commit). Every other call, and a hold that has to wait, runs on a
+// goroutine of its own under the stream's context bounded by its timeout,
+// through holdSeats, confirmHold or releaseHold: the unary RPCs' code. So
+// every rule, error and idempotency behaviour is theirs. A call is in
+// flight from when it is taken until the sender takes its answer.
 //
 // One sender goroutine batches naturally: it waits for the first answer,
 // takes whatever other answers are ready without waiting (at most
@@ -150,11 +154,11 @@ func (p *pipeline) receive() error {
 	}
 }
 
-// takenCall is a call taken to run, with its context.
+// takenCall is a call taken to run, with its deadline (zero: the
+// stream's).
 type takenCall struct {
-	call   *pb.PipelineCall
-	ctx    context.Context
-	cancel context.CancelFunc // nil when ctx is the stream's
+	call     *pb.PipelineCall
+	deadline time.Time
 }
 
 // take refuses or starts each of calls. A message's calls are decided in
@@ -184,8 +188,28 @@ func (p *pipeline) take(calls []*pb.PipelineCall) {
 		run = append(run, tc)
 	}
 	p.mu.Unlock()
+	// The holds by show, in order: a message has calls for a few shows
+	// (most often one), so a linear search beats a map.
+	type showHolds struct {
+		show string
+		tcs  []takenCall
+	}
+	var holds []showHolds
 	for _, tc := range run {
-		go p.run(tc)
+		h := tc.call.GetHold()
+		if h == nil {
+			go p.run(tc)
+			continue
+		}
+		i := slices.IndexFunc(holds, func(g showHolds) bool { return g.show == h.GetShowId() })
+		if i < 0 {
+			i = len(holds)
+			holds = append(holds, showHolds{show: h.GetShowId()})
+		}
+		holds[i].tcs = append(holds[i].tcs, tc)
+	}
+	for _, g := range holds {
+		p.holdBatch(ar.ShowID(g.show), g.tcs)
 	}
 	for _, r := range refused {
 		p.n.metrics.rpc(pipelineMethod(r.call), status.Code(r.err).String(), 0)
@@ -219,50 +243,148 @@ func (p *pipeline) admitLocked(c *pb.PipelineCall) (takenCall, error) {
 	if len(p.inFlight) >= p.bound {
 		return takenCall{}, toStatus(fmt.Errorf("%w: %d calls in flight on this pipeline stream", ErrOverloaded, p.bound))
 	}
-	tc := takenCall{call: c, ctx: p.ctx}
+	if err := p.ctx.Err(); err != nil {
+		return takenCall{}, toStatus(fmt.Errorf("call %d: %w", id, err))
+	}
+	tc := takenCall{call: c}
 	if c.GetTimeout() != nil {
-		tc.ctx, tc.cancel = context.WithTimeout(p.ctx, timeout)
-		if err := tc.ctx.Err(); err != nil {
-			tc.cancel()
-			return takenCall{}, toStatus(fmt.Errorf("call %d: %w", id, err))
-		}
+		tc.deadline = time.Now().Add(timeout)
 	}
 	return tc, nil
 }
 
-// run runs a taken call and hands its answer to the sender.
+// run runs a taken call, under the stream's context bounded by the call's
+// deadline, and hands its answer to the sender.
 func (p *pipeline) run(tc takenCall) {
 	defer p.calls.Done()
 	start := time.Now()
+	ctx := p.ctx
+	if !tc.deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(p.ctx, tc.deadline)
+		defer cancel()
+	}
 	res := &pb.PipelineResult{CallId: tc.call.GetCallId()}
 	var err error
 	switch c := tc.call.GetCall().(type) {
 	case *pb.PipelineCall_Hold:
 		var r *pb.HoldSeatsResponse
-		if r, err = holdSeats(tc.ctx, p.n, c.Hold); err == nil {
+		if r, err = holdSeats(ctx, p.n, c.Hold); err == nil {
 			res.Result = &pb.PipelineResult_Hold{Hold: r}
 		}
 	case *pb.PipelineCall_Confirm:
 		var r *pb.ConfirmHoldResponse
-		if r, err = confirmHold(tc.ctx, p.n, c.Confirm); err == nil {
+		if r, err = confirmHold(ctx, p.n, c.Confirm); err == nil {
 			res.Result = &pb.PipelineResult_Confirm{Confirm: r}
 		}
 	case *pb.PipelineCall_Release:
 		var r *pb.ReleaseHoldResponse
-		if r, err = releaseHold(tc.ctx, p.n, c.Release); err == nil {
+		if r, err = releaseHold(ctx, p.n, c.Release); err == nil {
 			res.Result = &pb.PipelineResult_Release{Release: r}
 		}
 	default: // admitLocked lets no other call through
 		err = status.Error(codes.Internal, "INTERNAL: unknown pipeline call")
 	}
-	if tc.cancel != nil {
-		tc.cancel()
-	}
 	if err != nil {
-		res.Result = &pb.PipelineResult_Error{Error: callError(err)}
+		res.Result = &pb.PipelineResult_Error{Error: toCallError(err)}
 	}
 	p.n.metrics.rpc(pipelineMethod(tc.call), status.Code(err).String(), time.Since(start))
 	p.answer(answer{res: res, taken: true})
+}
+
+// holdBatch decides the hold calls of one message for one show under one
+// acquisition of the show's lock, through tryHoldLocked as Node.Hold does:
+// refusals (and replays) are answered at once, and the holds taken are
+// answered as their writes commit, in order, by one goroutine. A call that
+// must wait (for a seat whose hold is committing, a turn, a replay in
+// flight, the store), and every call of a show that is not loaded here,
+// stale or dropped, or of a node that drains, runs on its own goroutine
+// through holdSeats instead, as run does.
+func (p *pipeline) holdBatch(show ar.ShowID, tcs []takenCall) {
+	if validateShowID(show) != nil {
+		for _, tc := range tcs {
+			go p.run(tc)
+		}
+		return
+	}
+	sh, ok := p.n.lockLoaded(show)
+	if !ok {
+		for _, tc := range tcs {
+			go p.run(tc)
+		}
+		return
+	}
+	start := time.Now()
+	type queued struct {
+		tc takenCall
+		q  *queuedHold
+	}
+	var (
+		answers []*pb.PipelineResult
+		slow    []takenCall
+		commits []queued
+	)
+	for i, tc := range tcs {
+		if sh.dropped || sh.stale { // a failed write in this batch made it so
+			slow = append(slow, tcs[i:]...)
+			break
+		}
+		req := holdRequest(tc.call.GetHold())
+		var st holdStep
+		if err := checkHold(req); err != nil {
+			st.err = err
+		} else {
+			var fp string
+			st = p.n.tryHoldLocked(sh, req, &fp)
+		}
+		switch {
+		case st.wait != nil || st.stored != "":
+			slow = append(slow, tc)
+		case st.queued != nil:
+			commits = append(commits, queued{tc, st.queued})
+		default:
+			answers = append(answers, holdResult(tc.call.GetCallId(), st.r, st.err))
+		}
+	}
+	sh.mu.Unlock()
+	for _, tc := range slow {
+		go p.run(tc)
+	}
+	for _, res := range answers {
+		p.n.metrics.rpc("Pipeline.HoldSeats", resultCode(res), time.Since(start))
+		p.answer(answer{res: res, taken: true})
+		p.calls.Done()
+	}
+	if len(commits) == 0 {
+		p.n.gate.leave()
+		return
+	}
+	go func() {
+		defer p.n.gate.leave()
+		for _, c := range commits {
+			r, err := p.n.finishHold(c.q)
+			res := holdResult(c.tc.call.GetCallId(), r, err)
+			p.n.metrics.rpc("Pipeline.HoldSeats", resultCode(res), time.Since(start))
+			p.answer(answer{res: res, taken: true})
+			p.calls.Done()
+		}
+	}()
+}
+
+// holdResult is the answer to hold call id: r, or err's.
+func holdResult(id uint64, r ar.Reservation, err error) *pb.PipelineResult {
+	if err != nil {
+		return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Error{Error: toCallError(err)}}
+	}
+	return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Hold{Hold: holdResponse(r)}}
+}
+
+// resultCode names the gRPC code of a result, for the RPC metrics.
+func resultCode(res *pb.PipelineResult) string {
+	if e := res.GetError(); e != nil {
+		return codes.Code(e.GetCode()).String()
+	}
+	return codes.OK.String()
 }
 
 // answer hands a to the sender, or drops it once the stream's context
@@ -331,21 +453,7 @@ func (p *pipeline) send() error {
 
 // errorResult is the answer to call id that err (a gRPC status) refused.
 func errorResult(id uint64, err error) *pb.PipelineResult {
-	return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Error{Error: callError(err)}}
-}
-
-// callError is a gRPC status (from toStatus) as a pipeline answer carries
-// it: the code, the message, and the reason and metadata of its ErrorInfo.
-func callError(err error) *pb.CallError {
-	st := status.Convert(err)
-	e := &pb.CallError{Code: int32(st.Code()), Message: st.Message()}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
-			e.Reason, e.Metadata = info.GetReason(), info.GetMetadata()
-			break
-		}
-	}
-	return e
+	return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Error{Error: toCallError(err)}}
 }
 
 // pipelineMethod names a pipeline call in the RPC metrics:

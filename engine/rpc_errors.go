@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
+	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 	"github.com/boxoffice/boxoffice/persistence"
 	wu "github.com/boxoffice/boxoffice/waitinguser"
 )
@@ -61,13 +62,48 @@ var errorTable = []struct {
 
 // toStatus converts an error to a gRPC status whose message starts with the
 // reason ("SEATS_TAKEN: ...") and which carries an ErrorInfo with the reason;
-// for taken seats, its metadata "seats" lists them, comma-separated.
+// for taken seats, its metadata "seats" lists them, comma-separated. A
+// gRPC status is returned as it is.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
 	if _, ok := status.FromError(err); ok {
 		return err
+	}
+	e := toCallError(err)
+	st, derr := status.New(codes.Code(e.Code), e.Message).WithDetails(&errdetails.ErrorInfo{Reason: e.Reason, Domain: ErrorDomain, Metadata: e.Metadata})
+	if derr != nil {
+		return status.Error(codes.Code(e.Code), e.Message)
+	}
+	return st.Err()
+}
+
+// toCallError is err as a pipeline answer carries it: the code, reason,
+// message and ErrorInfo metadata toStatus gives it, without building the
+// status. A gRPC status keeps its code and message, and the reason and
+// metadata of its ErrorInfo of the engine's domain.
+func toCallError(err error) *pb.CallError {
+	if taken, ok := err.(*ar.SeatsTakenError); ok {
+		// The refusal of most holds in a sale: answered without walking
+		// the table or the error chain. Its message is toStatus's.
+		msg := taken.Error()
+		return &pb.CallError{
+			Code: int32(codes.AlreadyExists), Reason: "SEATS_TAKEN",
+			Message:  "SEATS_TAKEN: " + msg,
+			Metadata: map[string]string{"seats": msg[len(ar.ErrSeatTaken.Error())+2:]},
+		}
+	}
+	if st, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
+		st := st.GRPCStatus()
+		e := &pb.CallError{Code: int32(st.Code()), Message: st.Message()}
+		for _, d := range st.Details() {
+			if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+				e.Reason, e.Metadata = info.GetReason(), info.GetMetadata()
+				break
+			}
+		}
+		return e
 	}
 	code, reason := codes.Internal, "INTERNAL"
 	for _, e := range errorTable {
@@ -76,10 +112,10 @@ func toStatus(err error) error {
 			break
 		}
 	}
-	info := &errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain}
+	e := &pb.CallError{Code: int32(code), Reason: reason, Message: reason + ": " + err.Error()}
 	var moved *MovedError
 	if errors.As(err, &moved) && moved.Owner.GRPCAddr != "" {
-		info.Metadata = map[string]string{"owner": moved.Owner.Name, "owner_addr": moved.Owner.GRPCAddr}
+		e.Metadata = map[string]string{"owner": moved.Owner.Name, "owner_addr": moved.Owner.GRPCAddr}
 	}
 	var taken *ar.SeatsTakenError
 	if errors.As(err, &taken) {
@@ -87,11 +123,7 @@ func toStatus(err error) error {
 		for i, s := range taken.Seats {
 			ids[i] = string(s)
 		}
-		info.Metadata = map[string]string{"seats": strings.Join(ids, ",")}
+		e.Metadata = map[string]string{"seats": strings.Join(ids, ",")}
 	}
-	st, derr := status.New(code, reason+": "+err.Error()).WithDetails(info)
-	if derr != nil {
-		return status.Error(code, reason+": "+err.Error())
-	}
-	return st.Err()
+	return e
 }

@@ -71,23 +71,33 @@ func (s *reservationServer) ReleaseHold(ctx context.Context, req *pb.ReleaseHold
 }
 
 func holdSeats(ctx context.Context, n *Node, req *pb.HoldSeatsRequest) (*pb.HoldSeatsResponse, error) {
+	hr := holdRequest(req)
+	if err := validateShowID(hr.Show); err != nil {
+		return nil, toStatus(err)
+	}
+	r, err := n.Hold(ctx, hr)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return holdResponse(r), nil
+}
+
+// holdRequest is req as Node.Hold takes it.
+func holdRequest(req *pb.HoldSeatsRequest) HoldRequest {
 	seats := make([]ar.SeatID, len(req.GetSeatIds()))
 	for i, id := range req.GetSeatIds() {
 		seats[i] = ar.SeatID(id)
 	}
-	showID := ar.ShowID(req.GetShowId())
-	if err := validateShowID(showID); err != nil {
-		return nil, toStatus(err)
-	}
-	r, err := n.Hold(ctx, HoldRequest{
-		Show:           showID,
+	return HoldRequest{
+		Show:           ar.ShowID(req.GetShowId()),
 		User:           ar.UserID(req.GetUserId()),
 		Seats:          seats,
 		IdempotencyKey: req.GetIdempotencyKey(),
-	})
-	if err != nil {
-		return nil, toStatus(err)
 	}
+}
+
+// holdResponse is the answer to a hold that took r.
+func holdResponse(r ar.Reservation) *pb.HoldSeatsResponse {
 	return &pb.HoldSeatsResponse{
 		HoldId:    string(r.ID),
 		SeatIds:   seatStrings(r.Seats),
@@ -95,7 +105,7 @@ func holdSeats(ctx context.Context, n *Node, req *pb.HoldSeatsRequest) (*pb.Hold
 		ShowId:    string(r.Show),
 		UserId:    string(r.User),
 		Status:    pb.ReservationStatus(r.Status),
-	}, nil
+	}
 }
 
 func confirmHold(ctx context.Context, n *Node, req *pb.ConfirmHoldRequest) (*pb.ConfirmHoldResponse, error) {
