@@ -168,8 +168,13 @@ func NewBoxoffice(ctx context.Context, cfg BoxofficeConfig) (*Boxoffice, error) 
 	return b, nil
 }
 
-// Name returns "boxoffice".
-func (b *Boxoffice) Name() string { return "boxoffice" }
+// Name returns "boxoffice", or "boxoffice-unary" with Unary.
+func (b *Boxoffice) Name() string {
+	if b.cli == nil {
+		return "boxoffice-unary"
+	}
+	return "boxoffice"
+}
 
 // HoldsDurable returns true: the engine acknowledges a hold only after it
 // is committed.

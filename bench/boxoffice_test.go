@@ -92,7 +92,11 @@ func testBoxofficeTarget(t *testing.T, unary bool) {
 	b, _ := startBoxoffice(t, unary)
 	ctx := t.Context()
 	show := ShowSpec{ID: "bo-rt", Rows: []RowSpec{{Label: "A", Seats: 10}, {Label: "B", Seats: 10}}, HoldTTL: time.Minute}
-	if b.Name() != "boxoffice" || !b.HoldsDurable() {
+	name := "boxoffice"
+	if unary {
+		name = "boxoffice-unary"
+	}
+	if b.Name() != name || !b.HoldsDurable() {
 		t.Fatalf("name %q, durable %v", b.Name(), b.HoldsDurable())
 	}
 	if err := b.CreateShow(ctx, show); err != nil {

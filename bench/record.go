@@ -288,6 +288,11 @@ type Result struct {
 	// "redis-server", "postgres"). CPUPerAttempt divides it by the hold
 	// attempts.
 	CPU map[string]float64 `json:"cpu_s,omitempty"`
+	// ReplicaLag is, for a target whose seat maps come from a live replica
+	// (ReplicaLagger), how far the replica was behind the engine over the
+	// run: for every seat-map message it applied, the time from the engine
+	// publishing it to its arrival.
+	ReplicaLag *LagStats `json:"replica_lag,omitempty"`
 	// Verification is the check of the target's store after the run. The
 	// reports show it through its String and Verified methods when it has
 	// them (see Verdict); read back from JSON it is a map[string]any.
@@ -298,6 +303,14 @@ type Result struct {
 	Duration float64    `json:"duration_s"` // seconds
 	Ops      []OpResult `json:"ops"`        // ops that were called, in Op order
 	Series   []Second   `json:"series"`     // one per second from the start
+}
+
+// LagStats summarizes a distribution of lags, in milliseconds.
+type LagStats struct {
+	Count int64   `json:"count"`
+	P50   float64 `json:"p50_ms"`
+	P99   float64 `json:"p99_ms"`
+	Max   float64 `json:"max_ms"`
 }
 
 // Op returns the figures of the named op ("hold"), and false if it was never

@@ -208,6 +208,9 @@ func WriteText(w io.Writer, r *Result) error {
 		hold, _ := r.Op(OpHold.String())
 		fmt.Fprintf(&b, "CPU per hold attempt  %s (processor time during the load ÷ %d attempts)\n", fmtCPUPerAttempt(cpu), hold.Count)
 	}
+	if l := r.ReplicaLag; l != nil {
+		fmt.Fprintf(&b, "seat-map replica lag  p50 %.2f ms, p99 %.2f ms, max %.2f ms (%d messages)\n", l.P50, l.P99, l.Max, l.Count)
+	}
 	fmt.Fprintf(&b, "verification          %s\n", line)
 	_, err := w.Write(b.Bytes())
 	return err
@@ -307,6 +310,9 @@ func WriteHTML(dir string, r *Result) (indexPath string, err error) {
 		[2]string{"all seats held after", fmtSeconds(r.AllHeldAfter)},
 		[2]string{"sold out after", fmtSeconds(r.SoldOutAfter)},
 	)
+	if l := r.ReplicaLag; l != nil {
+		page.Run = append(page.Run, [2]string{"seat-map replica lag", fmt.Sprintf("p50 %.2f ms, p99 %.2f ms, max %.2f ms (%d messages)", l.P50, l.P99, l.Max, l.Count)})
+	}
 	if cpu := r.CPUPerAttempt(); cpu != nil {
 		page.Run = append(page.Run, [2]string{"CPU per hold attempt", fmtCPUPerAttempt(cpu)})
 	}

@@ -179,6 +179,13 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 			res.CPU[name] = max(t1-t0, 0).Seconds()
 		}
 	}
+	if rl, ok := cfg.Target.(ReplicaLagger); ok {
+		if h := rl.ReplicaLag(); h.TotalCount() > 0 {
+			res.ReplicaLag = &LagStats{
+				Count: h.TotalCount(), P50: usToMS(h.ValueAtQuantile(50)), P99: usToMS(h.ValueAtQuantile(99)), Max: usToMS(h.Max()),
+			}
+		}
+	}
 	if runCtx.Err() != nil && ctx.Err() == nil && !cfg.Scenario.Done() {
 		res.Stopped = fmt.Sprintf("stopped after the maximum duration %v", cfg.MaxDuration)
 	}

@@ -170,8 +170,9 @@ func TestClientCoalesces(t *testing.T) {
 // TestClientCluster is the acceptance test of the client: 1,000
 // goroutines hold, confirm and release through one client on a 3-node
 // cluster while one node is killed midway. Every call returns, every
-// acknowledged hold and confirm is in PostgreSQL, and no seat is in two
-// live reservations.
+// acknowledged hold and confirm is in PostgreSQL, no seat is in two live
+// reservations, and the client's seat-map replicas, started before the
+// kill, follow their shows to the new owners and equal GetSeatMap.
 func TestClientCluster(t *testing.T) {
 	url := pgclustertest.Shared(t)
 	tc.Migrate(t, url)
@@ -213,6 +214,13 @@ func TestClientCluster(t *testing.T) {
 		t.Fatalf("the victim owns none of the %d shows", shows)
 	}
 	c := newClient(t, client.Config{Addrs: []string{nodes[0].Server.GRPCAddr()}})
+	// Replicas of every show, started before the kill: those of the
+	// victim's shows must follow them to their new owners.
+	for _, id := range ids {
+		if _, err := c.SeatMap(t.Context(), id); err != nil {
+			t.Fatalf("seat map of %s: %v", id, err)
+		}
+	}
 
 	type ack struct {
 		show, hold, user string
@@ -312,6 +320,17 @@ func TestClientCluster(t *testing.T) {
 		default:
 			t.Errorf("%d %s answers; the client should have ridden out the failover", n, what)
 		}
+	}
+
+	for _, id := range ids {
+		want, err := c.GetSeatMap(t.Context(), &pb.GetSeatMapRequest{ShowId: id})
+		if err != nil {
+			t.Fatalf("GetSeatMap %s: %v", id, err)
+		}
+		pollUntil(t, 10*time.Second, "the replica of "+id+" to equal GetSeatMap", func() bool {
+			m, err := c.SeatMap(t.Context(), id)
+			return err == nil && string(m.Statuses) == string(want.GetStatuses()) && m.Held == int(want.GetHeld()) && m.Booked == int(want.GetBooked())
+		})
 	}
 
 	db, err := pgxpool.New(t.Context(), url)

@@ -54,10 +54,10 @@ func parseBench(args []string, compare bool) (benchConfig, error) {
 	}
 	for _, t := range strings.Split(*targets, ",") {
 		switch t = strings.TrimSpace(t); t {
-		case "boxoffice", "pg-status", "redis-setnx", "redis-rueidis":
+		case "boxoffice", "boxoffice-unary", "pg-status", "redis-setnx", "redis-rueidis":
 			c.Targets = append(c.Targets, t)
 		default:
-			return c, fmt.Errorf("%s: unknown target %q (have boxoffice, pg-status, redis-setnx, redis-rueidis)", name, t)
+			return c, fmt.Errorf("%s: unknown target %q (have boxoffice, boxoffice-unary, pg-status, redis-setnx, redis-rueidis)", name, t)
 		}
 	}
 	if !compare && len(c.Targets) != 1 {
@@ -101,7 +101,7 @@ func benchFlags(c *benchConfig, compare bool) (*flag.FlagSet, *string) {
 	}
 	def := bench.DefaultScenarioConfig()
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	targets := fs.String("target", "boxoffice", "target: boxoffice, pg-status, redis-setnx (go-redis) or redis-rueidis (rueidis, auto-pipelined)")
+	targets := fs.String("target", "boxoffice", "target: boxoffice (through package client), boxoffice-unary (one RPC per call), pg-status, redis-setnx (go-redis) or redis-rueidis (rueidis, auto-pipelined)")
 	if compare {
 		*targets = "boxoffice,pg-status,redis-setnx,redis-rueidis"
 		fs.Lookup("target").Usage = "targets to compare, comma-separated; the first is the reference of the ratios"
@@ -291,7 +291,7 @@ func startBenchEnv(ctx context.Context, cfg benchConfig, logs io.Writer) (*bench
 			fmt.Fprintln(logs, "bench: redis-server's CPU will not be measured:", err)
 		}
 	}
-	if needs("boxoffice") && e.addr == "" {
+	if (needs("boxoffice") || needs("boxoffice-unary")) && e.addr == "" {
 		if err := e.startEngine(ctx, logs, cfg.ProfileDir != ""); err != nil {
 			return nil, err
 		}
@@ -460,12 +460,17 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
+// isEngine reports whether the named target is the engine (through the
+// client, or unary).
+func isEngine(target string) bool { return target == "boxoffice" || target == "boxoffice-unary" }
+
 // target connects to the named target.
 func (e *benchEnv) target(ctx context.Context, name string) (bench.Target, error) {
 	switch name {
-	case "boxoffice":
+	case "boxoffice", "boxoffice-unary":
 		return bench.NewBoxoffice(ctx, bench.BoxofficeConfig{
 			Addr: e.addr, Token: e.token, AdminToken: e.adminToken, DatabaseURL: e.dbURL, Conns: e.conns,
+			Unary: name == "boxoffice-unary",
 		})
 	case "pg-status":
 		return bench.NewPGStatus(ctx, bench.PGStatusConfig{DatabaseURL: e.dbURL, SeatMapMaxAge: e.mapCache})
@@ -523,7 +528,7 @@ func (e *benchEnv) runOne(ctx context.Context, cfg benchConfig, name, tag string
 // everything, the Redis design its bookings).
 func (e *benchEnv) cpuMeters(target string) map[string]bench.CPUMeter {
 	m := map[string]bench.CPUMeter{}
-	if target == "boxoffice" && e.enginePID > 0 {
+	if isEngine(target) && e.enginePID > 0 {
 		m["engine"] = bench.ProcessTreeCPU(e.enginePID)
 	}
 	if strings.HasPrefix(target, "redis-") && e.redisPID > 0 {
@@ -567,7 +572,7 @@ func (e *benchEnv) resultConfig(cfg benchConfig, name string, scenario bench.Sce
 	if scenario.Name() == "flash-sale" {
 		m["confirm"], m["pay_delay"], m["retries"] = cfg.Sc.ConfirmProb, cfg.Sc.PayDelay.String(), cfg.Sc.Retries
 	}
-	if name != "boxoffice" {
+	if !isEngine(name) {
 		m["seat_map_cache"] = e.mapCache.String()
 	}
 	return m
@@ -596,7 +601,7 @@ func (e *benchEnv) startProfiles(dir, tag, target string, engineSeconds int) (st
 		return nil, err
 	}
 	engineDone := make(chan struct{})
-	if target == "boxoffice" && e.pprofAddr != "" {
+	if isEngine(target) && e.pprofAddr != "" {
 		go func() {
 			defer close(engineDone)
 			path := filepath.Join(dir, fmt.Sprintf("engine-%s.cpu.pprof", tag))
@@ -611,7 +616,7 @@ func (e *benchEnv) startProfiles(dir, tag, target string, engineSeconds int) (st
 	return func() {
 		pprof.StopCPUProfile()
 		f.Close()
-		if target == "boxoffice" && e.pprofAddr != "" {
+		if isEngine(target) && e.pprofAddr != "" {
 			fmt.Fprintf(os.Stderr, "bench: waiting for the engine's %d s CPU profile\n", engineSeconds)
 		}
 		<-engineDone
