@@ -49,11 +49,22 @@ func (e *callError) GRPCStatus() *status.Status {
 // Code returns the gRPC code of an error the client returned, as
 // status.Code does, without building the status of a pipeline answer.
 func Code(err error) codes.Code {
-	var ce *callError
-	if errors.As(err, &ce) {
+	if ce, ok := asCallError(err); ok {
 		return codes.Code(ce.e.GetCode())
 	}
 	return status.Code(err)
+}
+
+// asCallError returns the pipeline answer err is or wraps. The client
+// returns them unwrapped, so a type assertion answers without walking a
+// chain.
+func asCallError(err error) (*callError, bool) {
+	if ce, ok := err.(*callError); ok {
+		return ce, true
+	}
+	var ce *callError
+	ok := errors.As(err, &ce)
+	return ce, ok
 }
 
 // Reason returns the reason of an error the engine answered (its
@@ -73,8 +84,7 @@ func Metadata(err error, key string) string {
 
 // info returns the reason and metadata of err's ErrorInfo.
 func info(err error) (string, map[string]string) {
-	var ce *callError
-	if errors.As(err, &ce) {
+	if ce, ok := asCallError(err); ok {
 		return ce.e.GetReason(), ce.e.GetMetadata()
 	}
 	st, ok := status.FromError(err)
