@@ -81,6 +81,7 @@ type Boxoffice struct {
 	adminMD  metadata.MD // the admin token
 	pool     *pgxpool.Pool
 	withKeys bool
+	addr     string // BoxofficeConfig.Addr, where WatchSeatMaps opens its streams
 
 	lagMu sync.Mutex
 	lag   *hdrhistogram.Histogram // replica lag, µs
@@ -120,6 +121,7 @@ func NewBoxoffice(ctx context.Context, cfg BoxofficeConfig) (*Boxoffice, error) 
 		md:       metadata.Pairs("authorization", "Bearer "+cfg.Token),
 		adminMD:  metadata.Pairs("authorization", "Bearer "+cfg.AdminToken),
 		withKeys: !cfg.NoIdempotencyKeys,
+		addr:     cfg.Addr,
 		lag:      hdrhistogram.New(1, maxLatencyUS, runDigits),
 	}
 	conns := cfg.Conns

@@ -293,6 +293,10 @@ type Result struct {
 	// run: for every seat-map message it applied, the time from the engine
 	// publishing it to its arrival.
 	ReplicaLag *LagStats `json:"replica_lag,omitempty"`
+	// Watchers is what the run's extra seat-map streams received
+	// (RunConfig.Watchers), for a target that serves them. Their cost to
+	// the target is in CPU: compare with a run without them.
+	Watchers *WatchStats `json:"watchers,omitempty"`
 	// Verification is the check of the target's store after the run. The
 	// reports show it through its String and Verified methods when it has
 	// them (see Verdict); read back from JSON it is a map[string]any.

@@ -211,6 +211,9 @@ func WriteText(w io.Writer, r *Result) error {
 	if l := r.ReplicaLag; l != nil {
 		fmt.Fprintf(&b, "seat-map replica lag  p50 %.2f ms, p99 %.2f ms, max %.2f ms (%d messages)\n", l.P50, l.P99, l.Max, l.Count)
 	}
+	if w := r.Watchers; w != nil {
+		fmt.Fprintf(&b, "watchers              %s\n", w.Summary(r.Duration))
+	}
 	fmt.Fprintf(&b, "verification          %s\n", line)
 	_, err := w.Write(b.Bytes())
 	return err
@@ -312,6 +315,9 @@ func WriteHTML(dir string, r *Result) (indexPath string, err error) {
 	)
 	if l := r.ReplicaLag; l != nil {
 		page.Run = append(page.Run, [2]string{"seat-map replica lag", fmt.Sprintf("p50 %.2f ms, p99 %.2f ms, max %.2f ms (%d messages)", l.P50, l.P99, l.Max, l.Count)})
+	}
+	if w := r.Watchers; w != nil {
+		page.Run = append(page.Run, [2]string{"watchers", w.Summary(r.Duration)})
 	}
 	if cpu := r.CPUPerAttempt(); cpu != nil {
 		page.Run = append(page.Run, [2]string{"CPU per hold attempt", fmtCPUPerAttempt(cpu)})

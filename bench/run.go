@@ -44,6 +44,13 @@ type RunConfig struct {
 	// started. This process is always measured, as "client" (SelfCPU),
 	// which a meter of that name cannot replace.
 	CPU map[string]CPUMeter
+	// Watchers, when positive and the target is a SeatMapWatcher, is the
+	// number of extra seat-map streams of the first show that are opened
+	// after the shows are created, before the first user starts, and read
+	// until the load has ended and the CPU was read: the target's cost of
+	// fanning the show's changes out goes into Result.CPU, and what the
+	// streams received into Result.Watchers. Other targets ignore it.
+	Watchers int
 }
 
 // Snapshot is the state of a run in progress.
@@ -122,6 +129,15 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 		}
 		r.acks[s.ID] = &AckLog{}
 	}
+	var stopWatchers func() WatchStats
+	if w, ok := cfg.Target.(SeatMapWatcher); ok && cfg.Watchers > 0 {
+		stop, err := w.WatchSeatMaps(ctx, shows[0], cfg.Watchers)
+		if err != nil {
+			return nil, fmt.Errorf("bench: watching show %s on %s: %w", shows[0].ID, cfg.Target.Name(), err)
+		}
+		stopWatchers = stop
+		defer stop() // an early return; stopping again is a no-op
+	}
 
 	runCtx, cancel := context.WithTimeout(ctx, cfg.MaxDuration)
 	defer cancel()
@@ -149,6 +165,11 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 	stopBG()
 	bg.Wait()
 	cpuEnd := readCPU(meters)
+	var watchers *WatchStats
+	if stopWatchers != nil {
+		ws := stopWatchers()
+		watchers = &ws
+	}
 	r.sampleOnce(ctx, shows[0])
 	r.report(end)
 
@@ -186,6 +207,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 			}
 		}
 	}
+	res.Watchers = watchers
 	if runCtx.Err() != nil && ctx.Err() == nil && !cfg.Scenario.Done() {
 		res.Stopped = fmt.Sprintf("stopped after the maximum duration %v", cfg.MaxDuration)
 	}

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -75,6 +76,12 @@ func parseBench(args []string, compare bool) (benchConfig, error) {
 	if c.Sc.Retries < 0 {
 		return c, fmt.Errorf("%s: --retries %d: want ≥ 0", name, c.Sc.Retries)
 	}
+	if c.Run.Watchers < 0 {
+		return c, fmt.Errorf("%s: --watchers %d: want ≥ 0", name, c.Run.Watchers)
+	}
+	if c.Run.Watchers > 0 && !slices.ContainsFunc(c.Targets, isEngine) {
+		return c, fmt.Errorf("%s: --watchers needs a boxoffice target (the baselines serve no seat-map streams)", name)
+	}
 	if c.Sc.PayDelay < 0 {
 		return c, fmt.Errorf("%s: --pay-delay %v: want ≥ 0", name, c.Sc.PayDelay)
 	}
@@ -122,6 +129,9 @@ func benchFlags(c *benchConfig, compare bool) (*flag.FlagSet, *string) {
 	fs.IntVar(&c.Run.Concurrency, "concurrency", 1000, "closed loop: users in flight")
 	fs.Float64Var(&c.Run.Rate, "rate", 0, "open loop: users arriving per second (0: closed loop)")
 	fs.IntVar(&c.Run.MaxInFlight, "max-in-flight", 20000, "open loop: most users in progress")
+	fs.IntVar(&c.Run.Watchers, "watchers", 0,
+		"extra WatchSeatMap streams on the first show during the run (boxoffice targets only), to measure the engine's cost of fan-out: "+
+			"compare the engine's CPU seconds per second of load (measured when the bench starts the engine) of a run with N and of one without; the watchers' reading shows in the client's CPU")
 	fs.Uint64Var(&c.Run.Seed, "seed", 1, "seed of the users' choices")
 	fs.DurationVar(&c.Run.MaxDuration, "max-duration", 5*time.Minute, "end the run after this long")
 	fs.DurationVar(&c.Run.CallTimeout, "call-timeout", 10*time.Second, "deadline of every call")
@@ -574,6 +584,8 @@ func (e *benchEnv) resultConfig(cfg benchConfig, name string, scenario bench.Sce
 	}
 	if !isEngine(name) {
 		m["seat_map_cache"] = e.mapCache.String()
+	} else if run.Watchers > 0 {
+		m["watchers"] = run.Watchers
 	}
 	return m
 }

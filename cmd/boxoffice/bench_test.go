@@ -406,3 +406,57 @@ func TestBenchCompareHoldStorm(t *testing.T) {
 		}
 	}
 }
+
+// TestParseBenchWatchers checks --watchers: 0 by default, the number of
+// streams when given to a run or a comparison with a boxoffice target,
+// refused negative or without one, and reported in the result's config
+// of the engine's runs only.
+func TestParseBenchWatchers(t *testing.T) {
+	c, err := parseBench(nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Run.Watchers != 0 {
+		t.Errorf("default watchers %d, want 0", c.Run.Watchers)
+	}
+	for _, tc := range []struct {
+		args    []string
+		compare bool
+	}{
+		{[]string{"--watchers", "1000"}, false},
+		{[]string{"--watchers", "1000", "--target", "boxoffice-unary"}, false},
+		{[]string{"--watchers", "1000", "--target", "redis-rueidis,boxoffice"}, true},
+	} {
+		c, err := parseBench(tc.args, tc.compare)
+		if err != nil {
+			t.Fatalf("parseBench(%q): %v", tc.args, err)
+		}
+		if c.Run.Watchers != 1000 {
+			t.Errorf("parseBench(%q): watchers %d, want 1000", tc.args, c.Run.Watchers)
+		}
+		sc, err := bench.NewScenario(c.Scenario, c.Sc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := &benchEnv{conns: c.Conns, mapCache: c.BaselineMapCache}
+		for _, target := range c.Targets {
+			got, has := e.resultConfig(c, target, sc, c.Run, 15000)["watchers"]
+			if isEngine(target) && got != 1000 || !isEngine(target) && has {
+				t.Errorf("parseBench(%q): config of %s has watchers %v (%v)", tc.args, target, got, has)
+			}
+		}
+	}
+	for _, tc := range []struct {
+		args    []string
+		compare bool
+		want    string
+	}{
+		{[]string{"--watchers", "-1"}, false, "--watchers -1: want ≥ 0"},
+		{[]string{"--watchers", "10", "--target", "pg-status"}, false, "--watchers needs a boxoffice target"},
+		{[]string{"--watchers", "10", "--target", "pg-status,redis-setnx"}, true, "--watchers needs a boxoffice target"},
+	} {
+		if _, err := parseBench(tc.args, tc.compare); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parseBench(%q, compare %v) = %v, want an error with %q", tc.args, tc.compare, err, tc.want)
+		}
+	}
+}
