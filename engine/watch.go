@@ -33,10 +33,17 @@ import (
 // ring costs one append per batch, and closing one channel wakes them all.
 
 const (
-	// watchInterval is how often a publisher looks for a change: the
-	// longest a change waits before its watchers are sent it, and the
-	// coalescing window of a batch.
-	watchInterval = 5 * time.Millisecond
+	// watchInterval is how often a publisher of a show with at most
+	// fanoutWatchers watchers looks for a change: the longest a change
+	// waits before its watchers are sent it, and the coalescing window of a
+	// batch. A batch costs one send per watcher, so a show with more
+	// watchers is looked at less often, in proportion, up to
+	// maxWatchInterval (see publishInterval): a thousand watchers cost a
+	// fifth of the sends they would at watchInterval, and a change still
+	// reaches them within maxWatchInterval.
+	watchInterval    = 5 * time.Millisecond
+	maxWatchInterval = 25 * time.Millisecond
+	fanoutWatchers   = 100
 	// watchRing is how many batches a publisher keeps for watchers that
 	// are behind; one further behind gets a snapshot.
 	watchRing = 64
@@ -275,7 +282,16 @@ type watchMsg struct {
 	wire    *pb.WatchSeatMapResponse
 }
 
-// run polls the show every watchInterval until the hub stops the
+// publishInterval is how often a publisher with w watchers looks for a
+// change (see watchInterval).
+func publishInterval(w int) time.Duration {
+	if w <= fanoutWatchers {
+		return watchInterval
+	}
+	return min(watchInterval*time.Duration(w)/fanoutWatchers, maxWatchInterval)
+}
+
+// run polls the show every publishInterval until the hub stops the
 // publisher (its last watcher left), the show is dropped, or the server
 // shuts down. A watched show counts as used, so it is not evicted as idle.
 // No WaitGroup tracks it: it ends as its last watcher leaves (a stream,
@@ -284,6 +300,7 @@ type watchMsg struct {
 func (p *seatMapPublisher) run() {
 	t := time.NewTicker(watchInterval)
 	defer t.Stop()
+	every := watchInterval
 	for {
 		select {
 		case <-t.C:
@@ -301,6 +318,13 @@ func (p *seatMapPublisher) run() {
 			return
 		}
 		p.hub.n.touch(p.sh)
+		p.hub.mu.Lock()
+		w := p.watchers
+		p.hub.mu.Unlock()
+		if d := publishInterval(w); d != every {
+			every = d
+			t.Reset(every)
+		}
 	}
 }
 
