@@ -410,6 +410,9 @@ func (c *Client) retry(ctx context.Context, showID string, try func(ctx context.
 		if err == nil || !retryable(err) || attempt >= c.cfg.MaxAttempts || ctx.Err() != nil {
 			return err
 		}
+		if c.life.Err() != nil {
+			return errClosed
+		}
 		if addr := movedTo(err); addr != "" && addr != n.addr {
 			next, _ = c.node(addr)
 		}
@@ -420,6 +423,8 @@ func (c *Client) retry(ctx context.Context, showID string, try func(ctx context.
 		case <-time.After(d):
 		case <-ctx.Done():
 			return err
+		case <-c.life.Done():
+			return errClosed
 		}
 	}
 }
