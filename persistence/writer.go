@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Kind is what a Mutation does: to a reservation, or (Waitlist) to a
@@ -95,16 +97,20 @@ type Pending struct {
 
 // Wait blocks until the mutation's outcome is known and returns it: nil once
 // committed; ErrNotOwner, ErrConflict or ErrUnavailable when it was not
-// committed (also when Close ran out of time before it was tried);
-// ErrOutcomeUnknown when it may or may not be committed — the connection
-// failed or timed out while its COMMIT was in flight, or the database
-// answered with an error the sqlstates table does not list.
+// committed (also when Close ran out of time before it was tried, or its
+// CommitTimeout passed while it was queued); ErrOutcomeUnknown when it may
+// or may not be committed — the connection failed or timed out while its
+// COMMIT was in flight, or the database answered with an error the
+// sqlstates table does not list.
 //
 // Wait returns within the store's CommitTimeout of Enqueue, plus the
 // writer's own processing (well under a second), whatever the database
-// does: every transaction of the writer runs under the deadline of the
-// oldest mutation in it. So Wait takes no context: the caller must learn the
-// outcome to keep its memory equal to the database.
+// does: every transaction of the writer runs under the earliest deadline
+// of the mutations in it and of those still queued when it begins, so none
+// outlasts the deadline of a mutation waiting behind it, and mutations
+// whose deadline has passed are taken first and fail at once, untried. So
+// Wait takes no context: the caller must learn the outcome to keep its
+// memory equal to the database.
 func (p *Pending) Wait() error {
 	<-p.done
 	return p.err
@@ -115,57 +121,144 @@ func (p *Pending) finish(err error) {
 	close(p.done)
 }
 
-// writer is the group committer: one goroutine takes every mutation queued
-// so far (up to MaxBatch) and commits them in one transaction, so a busy
-// node pays one round trip and one fsync for many mutations. Mutations are
-// committed in queue order across batches; within a batch, statements are
-// grouped by kind, which is safe because the engine never queues a mutation
-// that depends on another one still in flight (a hold's seats stay taken in
+// writer is the group committer: it takes many queued mutations (up to
+// MaxBatch) and commits them in one transaction, so a busy node pays one
+// round trip and one fsync for many mutations.
+//
+// Order. Each show's mutations are committed in the order they were
+// queued: a show has at most one transaction in flight, and each of its
+// transactions takes the oldest of its queued mutations. Across shows there
+// is no order: no transaction needs two shows, and the engine orders only
+// a show's own mutations. Within a transaction, statements are grouped by
+// kind, which is safe because the engine never queues a mutation that
+// depends on another one still in flight (a hold's seats stay taken in
 // memory until its release or expiry commits). Waitlist rows are the
 // exception: mutations in flight together may change the same row, so a
-// transaction writes each row's last change in queue order (waitlistRows).
+// transaction writes each row's last change in queue order (waitlistRows);
+// a row belongs to one show, whose order the transaction keeps.
+//
+// Turns. Mutations wait in a FIFO per show, and the shows with mutations
+// waiting and none in flight take turns, round robin: a show's turn is its
+// oldest queued mutations, at most MaxBatch. A turn of at least half of
+// MaxBatch is big and commits in a transaction of its own; small turns
+// commit together, as many whole ones as fit in a batch. So a show with a
+// deep queue (a flash sale) gets a batch per turn, and another show's
+// mutation waits for the turns of the shows ahead of it, not for
+// everything queued before it.
+//
+// Lanes. A big transaction takes tens of milliseconds, and a mutation
+// committed after it would wait for all of it. So the writer has two lanes,
+// each with a connection of its own. One transaction runs at a time, as in
+// a plain group committer, except beside a big one: then the other lane
+// commits the next turns meanwhile. Beside a small transaction only a big
+// turn may start, so small turns still commit together, one transaction
+// at a time. A show that fills its batches thus takes one lane, and the
+// other shows commit beside it; two such shows take both lanes, and the
+// others wait for one of their batches, not for their queues.
 type writer struct {
-	s     *Store
-	queue chan *Pending
-	// ctx is the parent of every transaction; cancel ends the one in flight
+	s *Store
+	// ctx is the parent of every transaction; cancel ends those in flight
 	// when Close runs out of time.
 	ctx    context.Context
 	cancel context.CancelFunc
+	// big is the size of a big turn or transaction: half of MaxBatch.
+	big int
 
-	mu     sync.RWMutex // guards closed against sends on a closed queue
-	closed bool
+	mu   sync.Mutex // guards the fields below, and the showQueues in them
+	cond *sync.Cond // on mu: a turn became ready or big, a lane finished, or the writer closed
+	// shows holds the shows with mutations queued or a transaction in
+	// flight; ready those of them with mutations queued and none in
+	// flight, in turn order.
+	shows map[string]*showQueue
+	ready []*showQueue
+	// queued counts the mutations queued and not yet taken into a batch:
+	// at most QueueSize. Beyond them, each lane has at most one batch in
+	// flight.
+	queued int
+	// inFlight is the size of each lane's transaction in flight, 0 if none.
+	inFlight [2]int
+	closed   bool
 
-	done chan struct{} // closed when the committer goroutine exits
+	obsMu sync.Mutex // serialises calls of the Observer, which two lanes make
+
+	done chan struct{} // closed when the lanes have exited
 }
+
+// showQueue holds a show's queued mutations, oldest first.
+type showQueue struct {
+	id      string
+	pending []*Pending
+	busy    bool // a transaction with mutations of the show is in flight
+}
+
+// turn is the number of mutations the show's next turn takes.
+func (w *writer) turn(q *showQueue) int { return min(len(q.pending), w.s.cfg.MaxBatch) }
 
 func newWriter(s *Store) *writer {
 	w := &writer{
 		s:     s,
-		queue: make(chan *Pending, s.cfg.QueueSize),
+		big:   max(1, s.cfg.MaxBatch/2),
+		shows: make(map[string]*showQueue),
 		done:  make(chan struct{}),
 	}
+	w.cond = sync.NewCond(&w.mu)
 	w.ctx, w.cancel = context.WithCancel(context.Background())
-	go w.run()
+	// The first lane commits on the store's wpool, the second on a pool of
+	// its own made like it (a copy of its config: pgxpool connects lazily,
+	// so this fails only for a config that could not have made wpool).
+	// Without it, the writer runs the first lane alone.
+	side, err := pgxpool.NewWithConfig(context.Background(), s.wpool.Config())
+	if err != nil {
+		s.cfg.Logger.Error("writer: no second connection; committing on one", "err", err)
+		side = nil
+	}
+	var lanes sync.WaitGroup
+	lanes.Go(func() { w.run(0, s.wpool) })
+	if side != nil {
+		lanes.Go(func() { w.run(1, side) })
+	}
+	go func() {
+		lanes.Wait()
+		if side != nil {
+			side.Close()
+		}
+		close(w.done)
+	}()
 	return w
 }
 
 // Enqueue queues a mutation without blocking. It fails at once with
-// ErrOverloaded when the queue is full and ErrClosed after Close. Calling it
-// while holding a show's lock keeps the show's mutations in order.
+// ErrOverloaded when QueueSize mutations are queued and ErrClosed after
+// Close. Calling it while holding a show's lock keeps the show's mutations
+// in order.
 func (s *Store) Enqueue(m Mutation) (*Pending, error) {
 	w := s.writer
-	w.mu.RLock()
-	defer w.mu.RUnlock()
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if w.closed {
 		return nil, ErrClosed
 	}
-	p := &Pending{m: m, deadline: time.Now().Add(s.cfg.CommitTimeout), done: make(chan struct{})}
-	select {
-	case w.queue <- p:
-		return p, nil
-	default:
+	if w.queued >= s.cfg.QueueSize {
 		return nil, ErrOverloaded
 	}
+	p := &Pending{m: m, deadline: time.Now().Add(s.cfg.CommitTimeout), done: make(chan struct{})}
+	q := w.shows[m.ShowID]
+	if q == nil {
+		q = &showQueue{id: m.ShowID}
+		w.shows[m.ShowID] = q
+	}
+	q.pending = append(q.pending, p)
+	w.queued++
+	if !q.busy {
+		switch len(q.pending) {
+		case 1: // the show's turn is ready
+			w.ready = append(w.ready, q)
+			w.cond.Signal()
+		case w.big: // its turn is big now: it may start beside a small transaction
+			w.cond.Signal()
+		}
+	}
+	return p, nil
 }
 
 // Write queues a mutation and waits for its outcome.
@@ -177,19 +270,23 @@ func (s *Store) Write(m Mutation) error {
 	return p.Wait()
 }
 
-// QueueLen returns the number of queued mutations.
-func (s *Store) QueueLen() int { return len(s.writer.queue) }
+// QueueLen returns the number of queued mutations, not counting those in
+// transactions in flight.
+func (s *Store) QueueLen() int {
+	w := s.writer
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.queued
+}
 
 // close stops taking mutations and waits, within ctx, for the queued ones to
-// be committed. When ctx ends first, the transaction in flight is cancelled
-// and what is still queued fails at once, so close returns promptly either
-// way, with every mutation answered.
+// be committed. When ctx ends first, the transactions in flight are
+// cancelled and what is still queued fails at once, so close returns
+// promptly either way, with every mutation answered.
 func (w *writer) close(ctx context.Context) error {
 	w.mu.Lock()
-	if !w.closed {
-		w.closed = true
-		close(w.queue)
-	}
+	w.closed = true
+	w.cond.Broadcast()
 	w.mu.Unlock()
 	select {
 	case <-w.done:
@@ -201,53 +298,156 @@ func (w *writer) close(ctx context.Context) error {
 	}
 }
 
-func (w *writer) run() {
-	defer close(w.done)
-	batch := make([]*Pending, 0, w.s.cfg.MaxBatch)
+// run is lane i: it commits batches on db until the writer is closed and
+// nothing is queued.
+func (w *writer) run(i int, db *pgxpool.Pool) {
+	buf := make([]*Pending, 0, w.s.cfg.MaxBatch)
+	var shows []*showQueue
 	for {
-		p, ok := <-w.queue
+		batch, taken, deadline, ok := w.take(i, buf[:0], shows[:0])
 		if !ok {
 			return
 		}
-		batch = append(batch[:0], p)
-	fill:
-		for len(batch) < cap(batch) {
-			select {
-			case p, ok := <-w.queue:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, p)
-			default:
-				break fill
+		w.commit(db, batch, deadline)
+		w.mu.Lock()
+		w.inFlight[i] = 0
+		for _, q := range taken {
+			q.busy = false
+			switch {
+			case len(q.pending) > 0:
+				w.ready = append(w.ready, q)
+			case w.shows[q.id] == q:
+				delete(w.shows, q.id)
 			}
 		}
-		w.commit(batch)
+		w.cond.Broadcast()
+		w.mu.Unlock()
+		clear(batch) // no answered mutation stays referenced
+		buf, shows = batch, taken
+		clear(shows)
 	}
 }
 
-// commit commits a batch and answers each of its mutations, all within the
-// deadline of its oldest mutation. If the database refuses the batch (a
-// mutation contradicts the data), it is split in halves, each committed in
-// a transaction of its own and split again while refused, so only the
-// culprits fail and k culprits among n mutations cost O(k log n)
-// transactions. The splitting stops at the first failure that is not a
-// refusal, and the mutations not yet tried are answered ErrUnavailable at
-// once. A batch of one gets the same answers as a batch of many would for
-// the same error.
-func (w *writer) commit(batch []*Pending) {
+// take waits for lane i's next batch and returns it, the shows it takes
+// turns of (now busy), and the deadline of its transaction; ok is false
+// once the writer is closed and nothing is queued.
+func (w *writer) take(i int, batch []*Pending, taken []*showQueue) (_ []*Pending, _ []*showQueue, deadline time.Time, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for {
+		if w.closed && w.queued == 0 {
+			return nil, nil, time.Time{}, false
+		}
+		batch, taken = w.pickLocked(w.inFlight[1-i], batch, taken)
+		if len(batch) > 0 {
+			break
+		}
+		w.cond.Wait()
+	}
+	w.inFlight[i] = len(batch)
+	w.ready = slices.DeleteFunc(w.ready, func(q *showQueue) bool { return q.busy })
+	// The transaction's deadline: its oldest mutation's, or that of a
+	// mutation left waiting, if sooner (one whose deadline passed already
+	// goes first in a later batch, and does not cut this one short).
+	deadline = batch[0].deadline
+	for _, p := range batch {
+		if p.deadline.Before(deadline) {
+			deadline = p.deadline
+		}
+	}
+	now := time.Now()
+	for _, q := range w.shows {
+		if len(q.pending) > 0 {
+			if d := q.pending[0].deadline; d.Before(deadline) && d.After(now) {
+				deadline = d
+			}
+		}
+	}
+	return batch, taken, deadline, true
+}
+
+// pickLocked picks a batch from the ready turns, given the size of the
+// other lane's transaction in flight (0: none), and takes it: it appends
+// the mutations to batch and their shows, marked busy, to taken. It picks
+// nothing when only a small batch could start beside a small transaction.
+//
+//   - Mutations whose deadline has passed go first, alone: the oldest of
+//     each ready show, in turn order. Their transaction fails at once.
+//   - Beside a small transaction: the first big turn in turn order, alone.
+//   - Otherwise the first turn in turn order: alone if it is big, or with
+//     the whole small turns of the shows after it that fit in the batch.
+func (w *writer) pickLocked(other int, batch []*Pending, taken []*showQueue) ([]*Pending, []*showQueue) {
+	limit := w.s.cfg.MaxBatch
+	takeTurn := func(q *showQueue, n int) {
+		batch = append(batch, q.pending[:n]...)
+		clear(q.pending[:n])
+		q.pending = q.pending[n:]
+		if len(q.pending) == 0 {
+			q.pending = nil
+		}
+		w.queued -= n
+		q.busy = true
+		taken = append(taken, q)
+	}
+	now := time.Now()
+	for _, q := range w.ready {
+		n := 0
+		for n < len(q.pending) && len(batch)+n < limit && !q.pending[n].deadline.After(now) {
+			n++
+		}
+		if n > 0 {
+			takeTurn(q, n)
+		}
+	}
+	if len(batch) > 0 {
+		return batch, taken
+	}
+	if other > 0 && other < w.big {
+		for _, q := range w.ready {
+			if n := w.turn(q); n >= w.big {
+				takeTurn(q, n)
+				break
+			}
+		}
+		return batch, taken
+	}
+	if len(w.ready) == 0 {
+		return batch, taken
+	}
+	if n := w.turn(w.ready[0]); n >= w.big {
+		takeTurn(w.ready[0], n)
+		return batch, taken
+	}
+	for _, q := range w.ready {
+		if n := w.turn(q); n < w.big && len(batch)+n <= limit {
+			takeTurn(q, n)
+		}
+	}
+	return batch, taken
+}
+
+// commit commits a batch on db and answers each of its mutations, all
+// within deadline (no later than that of its oldest mutation). If the
+// database refuses the batch (a mutation contradicts the data), it is split
+// in halves, each committed in a transaction of its own and split again
+// while refused, so only the culprits fail and k culprits among n mutations
+// cost O(k log n) transactions. The splitting stops at the first failure
+// that is not a refusal, and the mutations not yet tried are answered
+// ErrUnavailable at once. A batch of one gets the same answers as a batch
+// of many would for the same error.
+func (w *writer) commit(db *pgxpool.Pool, batch []*Pending, deadline time.Time) {
 	start := time.Now()
-	ctx, cancel := context.WithDeadline(w.ctx, batch[0].deadline)
+	ctx, cancel := context.WithDeadline(w.ctx, deadline)
 	defer cancel()
 	errs := make([]error, len(batch))
-	batchErr := w.commitTx(ctx, batch, errs)
+	batchErr := w.commitTx(ctx, db, batch, errs)
 	txs := 1
 	switch {
 	case batchErr == nil:
 	case errors.Is(batchErr, ErrConflict) && len(batch) > 1:
 		w.s.cfg.Logger.Warn("batch refused; committing it in parts", "mutations", len(batch), "err", batchErr)
 		var stop error
-		txs += w.split(ctx, batch, errs, &stop)
+		txs += w.split(ctx, db, batch, errs, &stop)
 	default:
 		fill(errs, batchErr)
 	}
@@ -261,7 +461,9 @@ func (w *writer) commit(batch []*Pending) {
 				fenced++
 			}
 		}
+		w.obsMu.Lock()
 		obs(BatchStats{Mutations: len(batch), Duration: time.Since(start), Err: batchErr, Failed: failed, Fenced: fenced, Transactions: txs})
+		w.obsMu.Unlock()
 	}
 	for i, p := range batch {
 		p.finish(errs[i])
@@ -275,7 +477,7 @@ func (w *writer) commit(batch []*Pending) {
 // is not a refusal, *stop is set: that half gets its own error, and every
 // mutation not tried after it gets *stop. It returns the number of
 // transactions it tried.
-func (w *writer) split(ctx context.Context, part []*Pending, errs []error, stop *error) (txs int) {
+func (w *writer) split(ctx context.Context, db *pgxpool.Pool, part []*Pending, errs []error, stop *error) (txs int) {
 	mid := len(part) / 2
 	for _, h := range [2][2]int{{0, mid}, {mid, len(part)}} {
 		half, herrs := part[h[0]:h[1]], errs[h[0]:h[1]]
@@ -283,12 +485,12 @@ func (w *writer) split(ctx context.Context, part []*Pending, errs []error, stop 
 			fill(herrs, *stop)
 			continue
 		}
-		err := w.commitTx(ctx, half, herrs)
+		err := w.commitTx(ctx, db, half, herrs)
 		txs++
 		switch {
 		case err == nil:
 		case errors.Is(err, ErrConflict) && len(half) > 1:
-			txs += w.split(ctx, half, herrs, stop)
+			txs += w.split(ctx, db, half, herrs, stop)
 		case errors.Is(err, ErrConflict):
 			fill(herrs, err)
 		default:
@@ -317,8 +519,8 @@ var errRowCount = errors.New("unexpected row count")
 // ErrUnavailable or ErrConflict when nothing was committed, or
 // ErrOutcomeUnknown when COMMIT was in flight as the connection failed, or
 // for an error the sqlstates table does not list (which is logged).
-func (w *writer) commitTx(ctx context.Context, batch []*Pending, errs []error) error {
-	atCommit, err := w.tryTx(ctx, batch, errs)
+func (w *writer) commitTx(ctx context.Context, db *pgxpool.Pool, batch []*Pending, errs []error) error {
+	atCommit, err := w.tryTx(ctx, db, batch, errs)
 	if err == nil {
 		return nil
 	}
@@ -340,8 +542,8 @@ func (w *writer) commitTx(ctx context.Context, batch []*Pending, errs []error) e
 
 // tryTx runs commitTx's transaction; atCommit reports that err came from
 // COMMIT itself.
-func (w *writer) tryTx(ctx context.Context, batch []*Pending, errs []error) (atCommit bool, err error) {
-	tx, err := w.s.wpool.Begin(ctx)
+func (w *writer) tryTx(ctx context.Context, db *pgxpool.Pool, batch []*Pending, errs []error) (atCommit bool, err error) {
+	tx, err := db.Begin(ctx)
 	if err != nil {
 		return false, err
 	}
