@@ -1,11 +1,13 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"time"
+	"unsafe"
 )
 
 // Scenario is a workload: the shows it needs and what each virtual user
@@ -131,27 +133,38 @@ func pickSeats(show ShowSpec, sm SeatMap, n int, skew float64, rng *rand.Rand) [
 // start and length of its longest run, the first at or after off if there
 // is one of that length, else the first before it (length 0 if no seat is
 // free).
+//
+// It looks for the next available seat with bytes.IndexByte, so the taken
+// seats of a nearly full row cost a vectorised scan rather than a step
+// each: a user who reads a full seat map of 15,000 seats pays about a
+// microsecond to find nothing (this is the load generator's own CPU, which
+// shares the machine with the target).
 func fit(row []SeatStatus, off, n int) (start, length int) {
-	before := -1 // the first fit starting before off
+	b := unsafe.Slice((*byte)(unsafe.SliceData(row)), len(row)) // SeatStatus is a byte
+	before := -1                                                // the first fit starting before off
 	longest, longStart := 0, 0
-	run := 0
-	for i, s := range row {
-		if s != Available {
-			run = 0
-			continue
+	for i := 0; i < len(b); {
+		j := bytes.IndexByte(b[i:], byte(Available))
+		if j < 0 {
+			break
 		}
-		run++
-		if run < n {
-			at := i - run + 1
-			if run > longest || (run == longest && longStart < off && at >= off) {
-				longest, longStart = run, at
+		s := i + j
+		e := s + 1
+		for e < len(b) && b[e] == byte(Available) {
+			e++
+		}
+		i = e
+		if e-s >= n {
+			if at := max(s, off); at <= e-n {
+				return at, n
+			}
+			if before < 0 {
+				before = s
 			}
 			continue
 		}
-		if at := i - n + 1; at >= off {
-			return at, n
-		} else if before < 0 {
-			before = at
+		if l := e - s; l > longest || (l == longest && longStart < off && s >= off) {
+			longest, longStart = l, s
 		}
 	}
 	if before >= 0 {

@@ -141,3 +141,61 @@ func TestScenarioConfigRefused(t *testing.T) {
 		t.Error("an unknown scenario was accepted")
 	}
 }
+
+// fitByStep is fit as it was first written, a step per seat: the
+// reference for TestFitMatchesStepwise.
+func fitByStep(row []SeatStatus, off, n int) (start, length int) {
+	before := -1
+	longest, longStart := 0, 0
+	run := 0
+	for i, s := range row {
+		if s != Available {
+			run = 0
+			continue
+		}
+		run++
+		if run < n {
+			at := i - run + 1
+			if run > longest || (run == longest && longStart < off && at >= off) {
+				longest, longStart = run, at
+			}
+			continue
+		}
+		if at := i - n + 1; at >= off {
+			return at, n
+		} else if before < 0 {
+			before = at
+		}
+	}
+	if before >= 0 {
+		return before, n
+	}
+	return longStart, longest
+}
+
+// TestFitMatchesStepwise: fit, which skips taken seats with IndexByte,
+// answers as the stepwise scan does for random rows, offsets and sizes,
+// so a seed picks the same seats as before.
+func TestFitMatchesStepwise(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 20000 {
+		row := make([]SeatStatus, rng.IntN(40))
+		full := rng.Float64()
+		for i := range row {
+			row[i] = Available
+			if rng.Float64() < full {
+				row[i] = Held + SeatStatus(rng.IntN(2))
+			}
+		}
+		off := 0
+		if len(row) > 0 {
+			off = rng.IntN(len(row))
+		}
+		n := 1 + rng.IntN(5)
+		s1, l1 := fit(row, off, n)
+		s2, l2 := fitByStep(row, off, n)
+		if s1 != s2 || l1 != l2 {
+			t.Fatalf("fit(%v, off %d, n %d) = %d, %d; stepwise %d, %d", row, off, n, s1, l1, s2, l2)
+		}
+	}
+}
