@@ -62,9 +62,17 @@ bench-profile:
 bench-sale: build
 	./$(BIN) bench --out bench-results/sale
 
-## bench-compare: the same sale against boxoffice, pg-status and redis-setnx, 3 rounds, with ratios.
+## bench-compare: the same sale against boxoffice, pg-status, redis-setnx and redis-rueidis, 3 rounds,
+## with ratios (bench-results/compare/compare.json).
+## bench-storm: the hold storm (each of 200,000 users makes one hold attempt, 256 in flight) against
+## boxoffice, the engine called with unary RPCs, and the two Redis designs, 3 rounds.
+.PHONY: bench-storm
 bench-compare: build
 	./$(BIN) bench compare --rounds 3 --out bench-results/compare
+
+bench-storm: build
+	./$(BIN) bench compare --scenario hold-storm --concurrency 256 --rounds 3 \
+		--target boxoffice,boxoffice-unary,redis-setnx,redis-rueidis --out bench-results/storm
 
 clean:
 	rm -rf bin
