@@ -24,8 +24,9 @@ type Config struct {
 	// NodeID names this node in ownership rows and audit events. Required.
 	NodeID string
 	// MaxConns is the size of the pool for reads, loads, ownership changes
-	// and the pruner. Zero means 16. The writer has a connection of its own
-	// besides, so no flood of reads can keep it from committing.
+	// and the pruner. Zero means 16. The writer has two connections of its
+	// own besides (one per lane, see writer), so no flood of reads can keep
+	// it from committing.
 	MaxConns int32
 	// QueueSize bounds the writer's queue; a full queue answers
 	// ErrOverloaded. Zero means 16384.
@@ -123,7 +124,7 @@ func (c *Config) setDefaults() {
 type Store struct {
 	cfg    Config
 	pool   *pgxpool.Pool
-	wpool  *pgxpool.Pool // the writer's one connection
+	wpool  *pgxpool.Pool // the connection of the writer's first lane (the second makes its own)
 	writer *writer
 	pruner *pruner
 }
