@@ -317,13 +317,15 @@ func isolationNode(tb testing.TB) (*tc.Node, *hotLoad) {
 // commits the cold show's small turns beside the hot show's big batches,
 // instead of committing everything queued before them first.
 //
-// The bound is generous (the race detector, two shared cores, client,
-// server and PostgreSQL on one machine): a cold hold takes tens of
-// milliseconds here, while a writer that commits in queue order keeps each
-// waiting behind the whole hot queue, a second or more (BenchmarkIsolation
-// has the figures without the race detector).
+// The bounds are generous (the race detector, two shared cores, client,
+// server and PostgreSQL on one machine, other packages' tests alongside):
+// every cold hold within 2 s, half of them within 500 ms. A cold hold takes
+// tens of milliseconds here (hundreds at worst under that load), while a
+// writer that commits in queue order keeps each waiting behind the whole
+// hot queue, 1.5 s or more at the median (BenchmarkIsolation has the
+// figures without the race detector).
 func TestIsolationColdShowAnswered(t *testing.T) {
-	const holds, bound = 80, time.Second
+	const holds, bound, medianBound = 80, 2 * time.Second, 500 * time.Millisecond
 	n, h := isolationNode(t)
 	hot0 := h.holds.Load()
 	start := time.Now()
@@ -342,13 +344,20 @@ func TestIsolationColdShowAnswered(t *testing.T) {
 	if len(run.latencies) != holds {
 		t.Fatalf("%d of %d cold holds succeeded", len(run.latencies), holds)
 	}
-	// The writer was saturated: as nine in ten of the cold holds began, a
-	// full batch or more of mutations was waiting for it.
-	if q := quantile(run.queued, 0.1); q < isoMaxBatch {
-		t.Fatalf("the writer was not saturated: %d mutations queued or fewer as one in ten cold holds began, want %d or more", q, isoMaxBatch)
+	// The writer was saturated: as half of the cold holds began, a full
+	// batch or more of mutations was waiting for it. (Not nearly all of
+	// them: each time a big batch commits, the hot callers get a thousand
+	// answers at once, and the queue is short for the moment they take to
+	// send their next calls; on a machine busy with other tests, those
+	// moments can be a tenth of the samples.)
+	if q := quantile(run.queued, 0.5); q < isoMaxBatch {
+		t.Fatalf("the writer was not saturated: %d mutations queued or fewer as half of the cold holds began, want %d or more", q, isoMaxBatch)
 	}
 	if hot == 0 {
 		t.Fatal("the hot show made no hold while the cold show's holds ran")
+	}
+	if p50 := quantile(run.latencies, 0.5); p50 > medianBound {
+		t.Fatalf("cold holds took %s at p50, more than %s: the hot show's queue delays them", p50, medianBound)
 	}
 	if slow := quantile(run.latencies, 1); slow > bound {
 		over := len(run.latencies) - sort.Search(len(run.latencies), func(i int) bool { return run.latencies[i] > bound })
