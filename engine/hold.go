@@ -149,11 +149,20 @@ func (n *Node) tryHoldLocked(sh *show, req HoldRequest, fp *string) holdStep {
 		}
 	}
 
-	id, err := newHoldID(sh.id)
-	if err != nil {
-		return holdStep{err: err}
+	// Most holds of a sale are refused: decide first, and draw a hold ID
+	// (crypto/rand) only for one that will be granted.
+	err := sh.rules.CheckHold("", req.User, req.Seats)
+	var id ar.HoldID
+	if err == nil {
+		id, err = newHoldID(sh.id)
+		if err != nil {
+			return holdStep{err: err}
+		}
 	}
-	r, err := sh.rules.Hold(id, req.User, req.Seats, n.now())
+	var r ar.Reservation
+	if err == nil {
+		r, err = sh.rules.Hold(id, req.User, req.Seats, n.now())
+	}
 	if err != nil {
 		n.metrics.holds(err)
 		if errors.Is(err, ar.ErrSeatTaken) && soldOutLocked(sh.rules, req.Seats) {
