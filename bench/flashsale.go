@@ -22,7 +22,10 @@ type flashSale struct {
 	booked atomic.Int64 // seats whose confirm was acknowledged
 }
 
-func newFlashSale(cfg ScenarioConfig) (Scenario, error) {
+// saleDefaults fills in the zero fields of a one-show sale's cfg: 200,000
+// users, 100 rows of 150 seats, up to 4 seats a user, and the scenario's
+// hold TTL and front skew.
+func saleDefaults(cfg *ScenarioConfig, ttl time.Duration, skew float64) {
 	def := func(v *int, d int) {
 		if *v == 0 {
 			*v = d
@@ -32,14 +35,18 @@ func newFlashSale(cfg ScenarioConfig) (Scenario, error) {
 	def(&cfg.Rows, 100)
 	def(&cfg.SeatsPerRow, 150)
 	def(&cfg.MaxSeats, 4)
-	// Retries, ConfirmProb and PayDelay are taken as given: zero is a
-	// meaningful value of each (see ScenarioConfig).
 	if cfg.HoldTTL == 0 {
-		cfg.HoldTTL = 15 * time.Second
+		cfg.HoldTTL = ttl
 	}
 	if cfg.FrontSkew == 0 {
-		cfg.FrontSkew = 2
+		cfg.FrontSkew = skew
 	}
+}
+
+func newFlashSale(cfg ScenarioConfig) (Scenario, error) {
+	// Retries, ConfirmProb and PayDelay are taken as given: zero is a
+	// meaningful value of each (see ScenarioConfig).
+	saleDefaults(&cfg, 15*time.Second, 2)
 	switch {
 	case cfg.MaxSeats < 1 || cfg.MaxSeats > 10:
 		return nil, fmt.Errorf("flash-sale: max seats %d: want 1..10", cfg.MaxSeats)

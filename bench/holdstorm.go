@@ -42,23 +42,9 @@ type holdStorm struct {
 const holdStormCutSeed = 0x686f6c6473746f72 // "holdstor"
 
 func newHoldStorm(cfg ScenarioConfig) (Scenario, error) {
-	def := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	def(&cfg.Users, 200_000)
-	def(&cfg.Rows, 100)
-	def(&cfg.SeatsPerRow, 150)
-	def(&cfg.MaxSeats, 4)
-	if cfg.HoldTTL == 0 {
-		// Longer than the default maximum run (5 minutes), so that
-		// holds stay held; the engine accepts up to an hour.
-		cfg.HoldTTL = 10 * time.Minute
-	}
-	if cfg.FrontSkew == 0 {
-		cfg.FrontSkew = 1
-	}
+	// The hold TTL is longer than the default maximum run (5 minutes), so
+	// that holds stay held; the engine accepts up to an hour.
+	saleDefaults(&cfg, 10*time.Minute, 1)
 	switch {
 	case cfg.MaxSeats < 1 || cfg.MaxSeats > MaxSeatsPerUser:
 		return nil, fmt.Errorf("hold-storm: max seats %d: want 1..%d", cfg.MaxSeats, MaxSeatsPerUser)
