@@ -38,6 +38,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -229,6 +230,14 @@ func (c *Client) dialOptions() []grpc.DialOption {
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithPerRPCCredentials(bearer(c.cfg.Token)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: 5 * time.Second}),
+		// A dial to a node that does not answer gives up after a second,
+		// instead of gRPC's 20 s, so opening a pipeline to it (which waits
+		// for the connection) fails fast and the call is retried, and a
+		// node that comes back is dialled again within a second.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second,
+		}),
 	}
 	return append(opts, c.cfg.DialOptions...)
 }
