@@ -410,3 +410,61 @@ func counter(t *testing.T, n *tc.Node, name string) float64 {
 	}
 	return 0
 }
+
+// TestClientBoundsCallsInFlight: when a node stops answering (a black hole
+// between client and node), the calls whose callers gave up stay in flight
+// on the stream until it ends, up to the bound; calls beyond it are
+// answered OVERLOADED at once instead of piling up. Once the black hole is
+// lifted, the client serves again.
+func TestClientBoundsCallsInFlight(t *testing.T) {
+	url := pgclustertest.Shared(t)
+	tc.Migrate(t, url)
+	n := tc.StartNode(t, url, tc.Options{NodeID: "solo", Quiet: true})
+	n.CreateShow(t, "cl-hole", 1, 10, time.Minute)
+	proxy := tc.NewProxy(t, n.Server.GRPCAddr())
+	c := newClient(t, client.Config{Addrs: []string{proxy.Addr()}, ConnsPerNode: 1, MaxAttempts: 1})
+	hold := func(ctx context.Context, user string) error {
+		_, err := c.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "cl-hole", UserId: user, SeatIds: []string{"A-1"}})
+		return err
+	}
+	if err := hold(t.Context(), "u0"); err != nil {
+		t.Fatalf("hold before the black hole: %v", err)
+	}
+	proxy.BlackHole()
+
+	// Fill the stream: every call times out, and stays in flight.
+	const bound = 4096
+	var wg sync.WaitGroup
+	var timedOut atomic.Int64
+	for i := range bound {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+			defer cancel()
+			if err := hold(ctx, fmt.Sprintf("u%d", i+1)); status.Code(err) == codes.DeadlineExceeded {
+				timedOut.Add(1)
+			} else {
+				t.Errorf("call %d into the black hole: %v, want DeadlineExceeded", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	if timedOut.Load() != bound {
+		t.Fatalf("%d of %d calls timed out", timedOut.Load(), bound)
+	}
+	// Beyond the bound: OVERLOADED at once, long before the deadline.
+	for i := range 20 {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		err := hold(ctx, "late")
+		cancel()
+		if status.Code(err) != codes.ResourceExhausted || client.Reason(err) != "OVERLOADED" {
+			t.Fatalf("call %d beyond the bound: %v, want ResourceExhausted OVERLOADED", i, err)
+		}
+	}
+
+	proxy.Lift()
+	pollUntil(t, 30*time.Second, "a hold to be answered after the black hole (A-1 is u0's)", func() bool {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		return status.Code(hold(ctx, "after")) == codes.AlreadyExists
+	})
+}

@@ -19,6 +19,14 @@ import (
 // at most as many answers per message).
 const maxBatch = 1024
 
+// maxStreamCalls bounds the calls queued or in flight on one stream, as the
+// engine bounds them (engine.DefaultPipelineMaxInFlight): beyond it a call
+// is answered OVERLOADED at once. A call whose caller gave up stays in
+// flight until its answer comes or the stream ends, so without the bound a
+// node that stops answering (a black hole, until keepalive ends the
+// connection) would make them pile up.
+const maxStreamCalls = 4096
+
 // node is one engine node: a few connections, each with its Pipeline
 // streams, taken in turn.
 type node struct {
@@ -158,6 +166,12 @@ func (s *pstream) submit(pc *pcall) error {
 		s.open = o
 		go s.send(o)
 		go s.receive(o)
+	}
+	if len(s.queue)+len(s.inflight) >= maxStreamCalls {
+		return &callError{&pb.CallError{
+			Code: int32(codes.ResourceExhausted), Reason: reasonOverloaded,
+			Message: fmt.Sprintf("OVERLOADED: client: %d calls in flight on a pipeline to %s", maxStreamCalls, s.n.addr),
+		}}
 	}
 	s.queue = append(s.queue, pc)
 	select {

@@ -31,17 +31,29 @@ func NewDBProxy(t testing.TB, dbURL string) *Proxy {
 	if err != nil {
 		t.Fatalf("proxy: %v", err)
 	}
+	p := NewProxy(t, u.Host)
+	u.Host = p.Addr()
+	p.url = u.String()
+	return p
+}
+
+// NewProxy starts a proxy in front of the TCP address addr (a node's gRPC
+// address, say); Addr is its own address. It stops at t.Cleanup.
+func NewProxy(t testing.TB, addr string) *Proxy {
+	t.Helper()
 	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	p := toxiproxy.NewProxy(srv, "pg", "127.0.0.1:0", u.Host)
+	p := toxiproxy.NewProxy(srv, "tcp", "127.0.0.1:0", addr)
 	if err := p.Start(); err != nil {
 		t.Fatalf("proxy: %v", err)
 	}
 	t.Cleanup(p.Stop)
-	u.Host = p.Listen
-	return &Proxy{t: t, p: p, url: u.String()}
+	return &Proxy{t: t, p: p}
 }
 
-// URL is the database URL through the proxy.
+// Addr is the proxy's address.
+func (p *Proxy) Addr() string { return p.p.Listen }
+
+// URL is the database URL through the proxy (NewDBProxy).
 func (p *Proxy) URL() string { return p.url }
 
 // Cut closes every connection through the proxy and refuses new ones until
