@@ -45,7 +45,7 @@ const pipelineMaxResults = 1024
 // pipelineMaxResults), and sends them in one message. There is no timer, so
 // an idle stream adds no latency, and answers come out in the order the
 // calls complete. (The yield made hold-storm runs 4% faster in the median
-// of 4 pairs, with fewer, fuller messages.)
+// of 4 alternating pairs, 0.80-1.09x.)
 //
 // The stream ends:
 //   - when the client closes its side: every call taken is answered, then
