@@ -169,11 +169,18 @@ func TestClientCoalesces(t *testing.T) {
 
 // TestClientCluster is the acceptance test of the client: 1,000
 // goroutines hold, confirm and release through one client on a 3-node
-// cluster while one node is killed midway. Every call returns, every
-// acknowledged hold and confirm is in PostgreSQL, no seat is in two live
-// reservations, and the client's seat-map replicas, started before the
-// kill, follow their shows to the new owners and equal GetSeatMap.
+// cluster while one node is killed midway (and, in a second run, stopped
+// as at SIGTERM: it answers SHUTTING_DOWN while it drains). Every call
+// returns, every acknowledged hold and confirm is in PostgreSQL, no seat is
+// in two live reservations, and the client's seat-map replicas, started
+// before the node went, follow their shows to the new owners and equal
+// GetSeatMap.
 func TestClientCluster(t *testing.T) {
+	t.Run("crash", func(t *testing.T) { testClientCluster(t, (*tc.Node).Crash) })
+	t.Run("stop", func(t *testing.T) { testClientCluster(t, (*tc.Node).Stop) })
+}
+
+func testClientCluster(t *testing.T, kill func(*tc.Node)) {
 	url := pgclustertest.Shared(t)
 	tc.Migrate(t, url)
 	nodes := []*tc.Node{tc.StartNode(t, url, tc.Options{NodeID: "k0", Quiet: true, Cluster: &tc.ClusterOptions{}})}
@@ -250,7 +257,7 @@ func TestClientCluster(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 		callsAtKill = calls.Load()
-		victim.Crash()
+		kill(victim)
 	}()
 	var wg sync.WaitGroup
 	begin := time.Now()
