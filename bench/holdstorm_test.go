@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
-	"github.com/boxoffice/boxoffice/internal/testcluster"
 )
 
 // TestHoldStormCut checks the cut of a hold-storm's show: every seat in
@@ -125,41 +124,8 @@ func TestHoldStormConfigRefused(t *testing.T) {
 func TestHoldStorm(t *testing.T) {
 	url := pgclustertest.Start(t).URL()
 	redisAddr := startTestRedis(t).Addr() // one server for both Redis targets
-	targets := map[string]func(t *testing.T) Target{
-		"boxoffice": func(t *testing.T) Target {
-			testcluster.Migrate(t, url)
-			n := testcluster.StartNode(t, url, testcluster.Options{Quiet: true})
-			b, err := NewBoxoffice(t.Context(), BoxofficeConfig{
-				Addr: n.Server.GRPCAddr(), Token: testcluster.Token, AdminToken: testcluster.AdminToken, DatabaseURL: url,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return b
-		},
-		"pg-status": func(t *testing.T) Target {
-			p, err := NewPGStatus(t.Context(), PGStatusConfig{DatabaseURL: url})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return p
-		},
-		"redis-setnx": func(t *testing.T) Target {
-			r, err := NewRedisSetNX(t.Context(), RedisSetNXConfig{RedisAddr: redisAddr, DatabaseURL: url})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return r
-		},
-		"redis-rueidis": func(t *testing.T) Target {
-			r, err := NewRedisSetNX(t.Context(), RedisSetNXConfig{Client: Rueidis, RedisAddr: redisAddr, DatabaseURL: url})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return r
-		},
-	}
-	for _, name := range []string{"boxoffice", "pg-status", "redis-setnx", "redis-rueidis"} {
+	targets := testTargets(url, func(*testing.T) string { return redisAddr })
+	for _, name := range testTargetNames() {
 		t.Run(name, func(t *testing.T) {
 			target := targets[name](t)
 			defer target.Close()

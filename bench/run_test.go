@@ -66,41 +66,8 @@ func checkSale(t *testing.T, res *Result) {
 // the engine over gRPC, and the baseline designs (Redis on both clients).
 func TestFlashSale(t *testing.T) {
 	url := pgclustertest.Start(t).URL()
-	targets := map[string]func(t *testing.T) Target{
-		"boxoffice": func(t *testing.T) Target {
-			testcluster.Migrate(t, url)
-			n := testcluster.StartNode(t, url, testcluster.Options{Quiet: true})
-			b, err := NewBoxoffice(t.Context(), BoxofficeConfig{
-				Addr: n.Server.GRPCAddr(), Token: testcluster.Token, AdminToken: testcluster.AdminToken, DatabaseURL: url,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return b
-		},
-		"pg-status": func(t *testing.T) Target {
-			p, err := NewPGStatus(t.Context(), PGStatusConfig{DatabaseURL: url})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return p
-		},
-		"redis-setnx": func(t *testing.T) Target {
-			r, err := NewRedisSetNX(t.Context(), RedisSetNXConfig{RedisAddr: startTestRedis(t).Addr(), DatabaseURL: url})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return r
-		},
-		"redis-rueidis": func(t *testing.T) Target {
-			r, err := NewRedisSetNX(t.Context(), RedisSetNXConfig{Client: Rueidis, RedisAddr: startTestRedis(t).Addr(), DatabaseURL: url})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return r
-		},
-	}
-	for _, name := range []string{"boxoffice", "pg-status", "redis-setnx", "redis-rueidis"} {
+	targets := testTargets(url, func(t *testing.T) string { return startTestRedis(t).Addr() })
+	for _, name := range testTargetNames() {
 		t.Run(name, func(t *testing.T) {
 			target := targets[name](t)
 			defer target.Close()
@@ -340,3 +307,44 @@ func (s *stallTarget) Confirm(ctx context.Context, _ ShowSpec, _ Hold, _ string)
 	return s.wait(ctx)
 }
 func (s *stallTarget) Records(ctx context.Context, _ ShowSpec) ([]Record, error) { return nil, nil }
+
+// testTargetNames returns the targets of testTargets, in the order tests
+// run them.
+func testTargetNames() []string {
+	return []string{"boxoffice", "pg-status", "redis-setnx", "redis-rueidis"}
+}
+
+// testTargets returns a constructor of each target on the database at url:
+// the engine (a node started for the test), pg-status, and the Redis design
+// on both clients, against the Redis server redisAddr returns.
+func testTargets(url string, redisAddr func(t *testing.T) string) map[string]func(t *testing.T) Target {
+	must := func(t *testing.T, tg Target, err error) Target {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tg
+	}
+	return map[string]func(t *testing.T) Target{
+		"boxoffice": func(t *testing.T) Target {
+			testcluster.Migrate(t, url)
+			n := testcluster.StartNode(t, url, testcluster.Options{Quiet: true})
+			b, err := NewBoxoffice(t.Context(), BoxofficeConfig{
+				Addr: n.Server.GRPCAddr(), Token: testcluster.Token, AdminToken: testcluster.AdminToken, DatabaseURL: url,
+			})
+			return must(t, b, err)
+		},
+		"pg-status": func(t *testing.T) Target {
+			p, err := NewPGStatus(t.Context(), PGStatusConfig{DatabaseURL: url})
+			return must(t, p, err)
+		},
+		"redis-setnx": func(t *testing.T) Target {
+			r, err := NewRedisSetNX(t.Context(), RedisSetNXConfig{RedisAddr: redisAddr(t), DatabaseURL: url})
+			return must(t, r, err)
+		},
+		"redis-rueidis": func(t *testing.T) Target {
+			r, err := NewRedisSetNX(t.Context(), RedisSetNXConfig{Client: Rueidis, RedisAddr: redisAddr(t), DatabaseURL: url})
+			return must(t, r, err)
+		},
+	}
+}
