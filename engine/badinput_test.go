@@ -267,6 +267,11 @@ func TestBadInputHoldSeats(t *testing.T) {
 		{"NUL in user", codes.InvalidArgument, "INVALID_ARGUMENT", hold("u\x001", []string{"B-1"}, "")},
 		{"NUL in idempotency key", codes.InvalidArgument, "INVALID_ARGUMENT", hold("u1", []string{"B-1"}, "k\x00")},
 		{"NUL in seat", codes.NotFound, "SEAT_NOT_FOUND", hold("u1", []string{"B-1\x00"}, "")},
+		// Nor can it hold text that is not UTF-8, which the engine's codec
+		// does not check (the test client's codec sends it as is).
+		{"user not UTF-8", codes.InvalidArgument, "INVALID_ARGUMENT", hold("u\xff", []string{"B-1"}, "")},
+		{"idempotency key not UTF-8", codes.InvalidArgument, "INVALID_ARGUMENT", hold("u1", []string{"B-1"}, "k\xc3")},
+		{"seat not UTF-8", codes.NotFound, "SEAT_NOT_FOUND", hold("u1", []string{"B-\xff"}, "")},
 		{"seats taken", codes.AlreadyExists, "SEATS_TAKEN", hold("u1", []string{"B-1", "C-2"}, "")},
 		{"seats booked", codes.AlreadyExists, "SEATS_TAKEN", hold("u1", []string{"A-8"}, "")},
 		{"user limit", codes.ResourceExhausted, "USER_SEAT_LIMIT", hold("greedy", []string{"B-1", "B-2", "B-3"}, "")},
@@ -350,6 +355,7 @@ func TestBadInputConfirmReleaseGet(t *testing.T) {
 		{"ConfirmHold/no payment_ref", codes.InvalidArgument, "INVALID_ARGUMENT", confirm(held, "alice", "")},
 		{"ConfirmHold/payment_ref too long", codes.InvalidArgument, "INVALID_ARGUMENT", confirm(held, "alice", strings.Repeat("p", 201))},
 		{"ConfirmHold/NUL in payment_ref", codes.InvalidArgument, "INVALID_ARGUMENT", confirm(held, "alice", "pay\x00")},
+		{"ConfirmHold/payment_ref not UTF-8", codes.InvalidArgument, "INVALID_ARGUMENT", confirm(held, "alice", "pay\xff")},
 		{"ConfirmHold/empty user", codes.InvalidArgument, "INVALID_ARGUMENT", confirm(held, "", "pay-1")},
 		{"ConfirmHold/NUL in user", codes.InvalidArgument, "INVALID_ARGUMENT", confirm(held, "alice\x00", "pay-1")},
 		{"ConfirmHold/NUL in idempotency key", codes.InvalidArgument, "INVALID_ARGUMENT", func() error {
@@ -519,6 +525,7 @@ func TestBadInputCreateShow(t *testing.T) {
 		invalid("no title", func(r *pb.CreateShowRequest) { r.Title = "" }),
 		invalid("NUL in title", func(r *pb.CreateShowRequest) { r.Title = "T\x00" }),
 		invalid("NUL in city", func(r *pb.CreateShowRequest) { r.City = "P\x00" }),
+		invalid("city not UTF-8", func(r *pb.CreateShowRequest) { r.City = "P\xff" }),
 		invalid("NUL in venue", func(r *pb.CreateShowRequest) { r.Venue = "H\x00" }),
 		invalid("NUL in a category", func(r *pb.CreateShowRequest) {
 			r.Categories[0].Name = "standard\x00"

@@ -31,8 +31,8 @@ func (n *Node) CreateShow(ctx context.Context, sh persistence.Show) (persistence
 	if err := validateShowID(ar.ShowID(sh.ID)); err != nil {
 		return persistence.Show{}, err
 	}
-	if sh.Title == "" || len(sh.Title) > 200 || len(sh.City) > 100 || len(sh.Venue) > 200 || hasNUL(sh.Title+sh.City+sh.Venue) {
-		return persistence.Show{}, fmt.Errorf("%w: title needs 1-200 characters, city at most 100, venue at most 200, no NUL", ErrInvalid)
+	if sh.Title == "" || len(sh.Title) > 200 || len(sh.City) > 100 || len(sh.Venue) > 200 || unstorable(sh.Title+sh.City+sh.Venue) {
+		return persistence.Show{}, fmt.Errorf("%w: title needs 1-200 characters, city at most 100, venue at most 200, UTF-8 without NUL", ErrInvalid)
 	}
 	if sh.HoldTTL == 0 {
 		sh.HoldTTL = ar.DefaultHoldTTL
@@ -54,7 +54,7 @@ func (n *Node) CreateShow(ctx context.Context, sh persistence.Show) (persistence
 	}
 	cats := make(map[string]bool, len(sh.Categories))
 	for _, c := range sh.Categories {
-		if c.Name == "" || cats[c.Name] || c.PriceCents < 0 || hasNUL(c.Name) {
+		if c.Name == "" || cats[c.Name] || c.PriceCents < 0 || unstorable(c.Name) {
 			return persistence.Show{}, fmt.Errorf("%w: category %q: names must be distinct and non-empty, prices not negative", ErrInvalid, c.Name)
 		}
 		cats[c.Name] = true

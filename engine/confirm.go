@@ -30,8 +30,8 @@ func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation,
 	if err := validateKey(req.IdempotencyKey); err != nil {
 		return ar.Reservation{}, err
 	}
-	if req.PaymentRef == "" || len(req.PaymentRef) > 200 || hasNUL(req.PaymentRef) {
-		return ar.Reservation{}, fmt.Errorf("%w: payment_ref must have 1-200 characters, no NUL", ErrInvalid)
+	if req.PaymentRef == "" || len(req.PaymentRef) > 200 || unstorable(req.PaymentRef) {
+		return ar.Reservation{}, fmt.Errorf("%w: payment_ref must have 1-200 characters, UTF-8 without NUL", ErrInvalid)
 	}
 	showID, err := showOfHold(req.Hold)
 	if err != nil {

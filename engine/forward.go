@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
+	"github.com/boxoffice/boxoffice/internal/wirecodec"
 	"github.com/boxoffice/boxoffice/ring"
 )
 
@@ -83,6 +84,7 @@ func (f *forwarder) conn(addr string) (*grpc.ClientConn, error) {
 		return c, nil
 	}
 	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(wirecodec.Codec{})),
 		// A connection to an owner that went silent (a partition, a
 		// frozen process) is found dead by its pings, not by TCP's
 		// minutes; the pings respect the servers' DefaultKeepaliveMinTime.

@@ -306,7 +306,7 @@ func newHoldID(show ar.ShowID) (ar.HoldID, error) {
 // showOfHold returns the show a hold ID belongs to.
 func showOfHold(id ar.HoldID) (ar.ShowID, error) {
 	i := strings.LastIndexByte(string(id), ':')
-	if i <= 0 || validateShowID(ar.ShowID(id[:i])) != nil || hasNUL(string(id)) {
+	if i <= 0 || validateShowID(ar.ShowID(id[:i])) != nil || unstorable(string(id)) {
 		return "", fmt.Errorf("%w: hold %q", ar.ErrHoldNotFound, id)
 	}
 	return ar.ShowID(id[:i]), nil

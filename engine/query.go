@@ -89,8 +89,8 @@ func (n *Node) ListEvents(ctx context.Context, f persistence.EventFilter) ([]per
 	if f.ShowID == "" && f.ReservationID == "" && f.UserID == "" {
 		return nil, fmt.Errorf("%w: give show_id, hold_id or user_id", ErrInvalid)
 	}
-	if hasNUL(f.ShowID + f.ReservationID + f.UserID) {
-		return nil, fmt.Errorf("%w: NUL in a filter", ErrInvalid)
+	if unstorable(f.ShowID + f.ReservationID + f.UserID) {
+		return nil, fmt.Errorf("%w: a filter with a NUL or not UTF-8", ErrInvalid)
 	}
 	return n.store.ListEvents(ctx, f)
 }

@@ -112,7 +112,9 @@ func toCallError(err error) *pb.CallError {
 			break
 		}
 	}
-	e := &pb.CallError{Code: int32(code), Reason: reason, Message: reason + ": " + err.Error()}
+	// A message may quote the caller's text, which need not be UTF-8; a
+	// status must be.
+	e := &pb.CallError{Code: int32(code), Reason: reason, Message: strings.ToValidUTF8(reason+": "+err.Error(), "\uFFFD")}
 	var moved *MovedError
 	if errors.As(err, &moved) && moved.Owner.GRPCAddr != "" {
 		e.Metadata = map[string]string{"owner": moved.Owner.Name, "owner_addr": moved.Owner.GRPCAddr}

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+	"github.com/boxoffice/boxoffice/internal/wirecodec"
 )
 
 // Defaults of ServerConfig, used where a field is zero.
@@ -178,6 +179,9 @@ func NewServer(n *Node, cfg ServerConfig) (*Server, error) {
 	s.life, s.endLife = context.WithCancel(context.Background())
 	s.grpc = grpc.NewServer(
 		grpc.ChainUnaryInterceptor(s.observe, s.authUnary, s.routeUnary), grpc.ChainStreamInterceptor(s.authStream, s.routeStream),
+		// The wire format is protobuf's, decoded and encoded by generated
+		// code rather than by reflection.
+		grpc.ForceServerCodecV2(wirecodec.Codec{}),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),

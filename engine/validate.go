@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
 )
@@ -45,20 +46,21 @@ func validateRowLabel(label string) error {
 }
 
 func validateUser(u ar.UserID) error {
-	if len(u) == 0 || len(u) > maxIDLen*2 || hasNUL(string(u)) {
-		return fmt.Errorf("%w: user_id must have 1-%d characters, no NUL", ErrInvalid, maxIDLen*2)
+	if len(u) == 0 || len(u) > maxIDLen*2 || unstorable(string(u)) {
+		return fmt.Errorf("%w: user_id must have 1-%d characters, UTF-8 without NUL", ErrInvalid, maxIDLen*2)
 	}
 	return nil
 }
 
 func validateKey(k string) error {
-	if len(k) > maxKeyLen || hasNUL(k) {
-		return fmt.Errorf("%w: idempotency_key longer than %d or with a NUL", ErrInvalid, maxKeyLen)
+	if len(k) > maxKeyLen || unstorable(k) {
+		return fmt.Errorf("%w: idempotency_key longer than %d, with a NUL or not UTF-8", ErrInvalid, maxKeyLen)
 	}
 	return nil
 }
 
-// hasNUL reports text that PostgreSQL cannot store. Such text must be
-// refused up front: a write of it would fail only after the decision was
-// taken in memory, and the failed write would drop the show.
-func hasNUL(s string) bool { return strings.IndexByte(s, 0) >= 0 }
+// unstorable reports text that PostgreSQL cannot store: a NUL, or bytes that
+// are not UTF-8 (the engine's codec decodes strings without checking them).
+// Such text must be refused up front: a write of it would fail only after the
+// decision was taken in memory, and the failed write would drop the show.
+func unstorable(s string) bool { return strings.IndexByte(s, 0) >= 0 || !utf8.ValidString(s) }

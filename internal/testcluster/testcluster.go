@@ -22,6 +22,7 @@ import (
 
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 	"github.com/boxoffice/boxoffice/engine"
+	"github.com/boxoffice/boxoffice/internal/wirecodec"
 	"github.com/boxoffice/boxoffice/persistence"
 	"github.com/boxoffice/boxoffice/ring"
 )
@@ -223,9 +224,11 @@ func (n *Node) Crash() {
 	})
 }
 
-// Dial connects a client to a node's gRPC address.
+// Dial connects a client to a node's gRPC address, with package client's
+// codec, which (unlike protobuf-go's) sends strings that are not UTF-8.
 func Dial(addr string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(wirecodec.Codec{})))
 }
 
 // Ctx returns ctx carrying the service token.
