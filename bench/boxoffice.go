@@ -466,15 +466,12 @@ func boxofficeError(err error) error {
 	return e
 }
 
-// errorInfo returns the reason of err's ErrorInfo and the seats its
-// metadata "seats" lists (comma-separated). Without an ErrorInfo, the
+// errorInfo returns the reason of err's ErrorInfo and, for SEATS_TAKEN,
+// the seats taken (its metadata "seats"). Without an ErrorInfo, the
 // reason is the message's prefix before ": ", as the engine writes it.
 func errorInfo(err error) (reason string, seats []string) {
 	if reason = client.Reason(err); reason != "" {
-		if s := client.Metadata(err, "seats"); s != "" {
-			seats = strings.Split(s, ",")
-		}
-		return reason, seats
+		return reason, client.TakenSeats(err)
 	}
 	reason, _, _ = strings.Cut(status.Convert(err).Message(), ": ")
 	return reason, nil

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 	"github.com/boxoffice/boxoffice/client"
@@ -67,14 +68,22 @@ func TestClientCalls(t *testing.T) {
 	if !slices.Equal(h.GetSeatIds(), []string{"A-1", "A-2"}) || h.GetUserId() != "u1" {
 		t.Fatalf("hold answered %v", h)
 	}
-	_, err = c.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "cl-calls", UserId: "u2", SeatIds: []string{"A-2", "A-3"}})
-	if status.Code(err) != codes.AlreadyExists || client.Reason(err) != "SEATS_TAKEN" || client.Metadata(err, "seats") != "A-2" {
-		t.Fatalf("hold of a taken seat: %v (reason %q, seats %q), want AlreadyExists SEATS_TAKEN naming A-2", err, client.Reason(err), client.Metadata(err, "seats"))
+	// The pipeline answers this refusal compact; the client expands it.
+	refused := []string{"A-3", "A-2", "A-4", "A-1"}
+	_, err = c.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "cl-calls", UserId: "u2", SeatIds: refused})
+	if status.Code(err) != codes.AlreadyExists || client.Reason(err) != "SEATS_TAKEN" || client.Metadata(err, "seats") != "A-2,A-1" {
+		t.Fatalf("hold of taken seats: %v (reason %q, seats %q), want AlreadyExists SEATS_TAKEN naming A-2,A-1", err, client.Reason(err), client.Metadata(err, "seats"))
 	}
-	// The same refusal as the unary RPC gives, message included.
-	_, uerr := n.Reservations.HoldSeats(tc.Ctx(ctx), &pb.HoldSeatsRequest{ShowId: "cl-calls", UserId: "u2", SeatIds: []string{"A-2", "A-3"}})
-	if got, want := status.Convert(err), status.Convert(uerr); got.Code() != want.Code() || got.Message() != want.Message() || len(got.Details()) != len(want.Details()) {
-		t.Fatalf("client refusal %v, unary %v", got, want)
+	if got := client.TakenSeats(err); !slices.Equal(got, []string{"A-2", "A-1"}) {
+		t.Fatalf("TakenSeats %q, want [A-2 A-1]", got)
+	}
+	// The same refusal as the unary RPC gives, message and details included.
+	_, uerr := n.Reservations.HoldSeats(tc.Ctx(ctx), &pb.HoldSeatsRequest{ShowId: "cl-calls", UserId: "u2", SeatIds: refused})
+	if got, want := status.Convert(err), status.Convert(uerr); !proto.Equal(got.Proto(), want.Proto()) || err.Error() != uerr.Error() {
+		t.Fatalf("client refusal %v, unary %v", got.Proto(), want.Proto())
+	}
+	if got := client.TakenSeats(uerr); !slices.Equal(got, []string{"A-2", "A-1"}) {
+		t.Fatalf("TakenSeats of the unary refusal %q, want [A-2 A-1]", got)
 	}
 	// An idempotency key given by the caller is kept: the retry answers
 	// the first hold.

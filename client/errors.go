@@ -25,21 +25,30 @@ const (
 
 // callError is a pipeline call's error answer. It is a gRPC status to
 // status.FromError and status.Code (GRPCStatus), built only when asked:
-// most refusals are only looked at for their code and reason.
-type callError struct{ e *pb.CallError }
+// most refusals are only looked at for their code and reason. A compact
+// SEATS_TAKEN answer is expanded, from the seats the hold asked for, only
+// when its message or metadata is asked for.
+type callError struct {
+	e     *pb.CallError
+	seats []string // the seat IDs of the call, a hold
+}
+
+// full is the answer with its message and metadata.
+func (e *callError) full() *pb.CallError { return e.e.Expanded(e.seats) }
 
 func (e *callError) Error() string {
-	return fmt.Sprintf("rpc error: code = %s desc = %s", codes.Code(e.e.GetCode()), e.e.GetMessage())
+	return fmt.Sprintf("rpc error: code = %s desc = %s", codes.Code(e.e.GetCode()), e.full().GetMessage())
 }
 
 // GRPCStatus returns the status the unary RPC would have answered: the
 // code, the message and the ErrorInfo.
 func (e *callError) GRPCStatus() *status.Status {
-	st := status.New(codes.Code(e.e.GetCode()), e.e.GetMessage())
-	if e.e.GetReason() == "" {
+	full := e.full()
+	st := status.New(codes.Code(full.GetCode()), full.GetMessage())
+	if full.GetReason() == "" {
 		return st
 	}
-	with, err := st.WithDetails(&errdetails.ErrorInfo{Reason: e.e.GetReason(), Domain: errorDomain, Metadata: e.e.GetMetadata()})
+	with, err := st.WithDetails(&errdetails.ErrorInfo{Reason: full.GetReason(), Domain: errorDomain, Metadata: full.GetMetadata()})
 	if err != nil {
 		return st
 	}
@@ -71,6 +80,9 @@ func asCallError(err error) (*callError, bool) {
 // google.rpc.ErrorInfo reason, such as "SEATS_TAKEN" or "SOLD_OUT"), or ""
 // for an error without one.
 func Reason(err error) string {
+	if ce, ok := asCallError(err); ok {
+		return ce.e.GetReason()
+	}
 	reason, _ := info(err)
 	return reason
 }
@@ -82,10 +94,30 @@ func Metadata(err error, key string) string {
 	return md[key]
 }
 
+// TakenSeats returns the seats a SEATS_TAKEN refusal names, in the order
+// of the hold's seat IDs: those of Metadata(err, "seats"), without building
+// that list.
+func TakenSeats(err error) []string {
+	if ce, ok := asCallError(err); ok {
+		if ce.e.GetReason() != "SEATS_TAKEN" {
+			return nil
+		}
+		return ce.e.SeatsTaken(ce.seats)
+	}
+	if Reason(err) != "SEATS_TAKEN" {
+		return nil
+	}
+	if s := Metadata(err, "seats"); s != "" {
+		return strings.Split(s, ",")
+	}
+	return nil
+}
+
 // info returns the reason and metadata of err's ErrorInfo.
 func info(err error) (string, map[string]string) {
 	if ce, ok := asCallError(err); ok {
-		return ce.e.GetReason(), ce.e.GetMetadata()
+		full := ce.full()
+		return full.GetReason(), full.GetMetadata()
 	}
 	st, ok := status.FromError(err)
 	if !ok {

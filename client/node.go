@@ -84,7 +84,7 @@ func (n *node) pipeline(ctx context.Context, call *pb.PipelineCall) (*pb.Pipelin
 		return nil, pc.err
 	}
 	if e := pc.res.GetError(); e != nil {
-		return nil, &callError{e}
+		return nil, &callError{e: e, seats: call.GetHold().GetSeatIds()}
 	}
 	return pc.res, nil
 }
@@ -169,7 +169,7 @@ func (s *pstream) submit(pc *pcall) error {
 		go s.receive(o)
 	}
 	if len(s.queue)+len(s.inflight) >= maxStreamCalls {
-		return &callError{&pb.CallError{
+		return &callError{e: &pb.CallError{
 			Code: int32(codes.ResourceExhausted), Reason: reasonOverloaded,
 			Message: fmt.Sprintf("OVERLOADED: client: %d calls in flight on a pipeline to %s", maxStreamCalls, s.n.addr),
 		}}

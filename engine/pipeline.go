@@ -290,7 +290,7 @@ func (p *pipeline) run(tc takenCall) {
 		err = status.Error(codes.Internal, "INTERNAL: unknown pipeline call")
 	}
 	if err != nil {
-		res.Result = &pb.PipelineResult_Error{Error: toCallError(err)}
+		res.Result = &pb.PipelineResult_Error{Error: pipelineError(tc.call, err)}
 	}
 	p.n.metrics.rpc(pipelineMethod(tc.call), status.Code(err).String(), time.Since(start))
 	p.answer(answer{res: res, taken: true})
@@ -347,7 +347,7 @@ func (p *pipeline) holdBatch(show ar.ShowID, tcs []takenCall) {
 		case st.queued != nil:
 			commits = append(commits, queued{tc, st.queued})
 		default:
-			answers = append(answers, holdResult(tc.call.GetCallId(), st.r, st.err))
+			answers = append(answers, holdResult(tc.call, st.r, st.err))
 		}
 	}
 	sh.mu.Unlock()
@@ -367,7 +367,7 @@ func (p *pipeline) holdBatch(show ar.ShowID, tcs []takenCall) {
 		defer p.n.gate.leave()
 		for _, c := range commits {
 			r, err := p.n.finishHold(c.q)
-			res := holdResult(c.tc.call.GetCallId(), r, err)
+			res := holdResult(c.tc.call, r, err)
 			p.n.metrics.rpc("Pipeline.HoldSeats", resultCode(res), time.Since(start))
 			p.answer(answer{res: res, taken: true})
 			p.calls.Done()
@@ -375,10 +375,11 @@ func (p *pipeline) holdBatch(show ar.ShowID, tcs []takenCall) {
 	}()
 }
 
-// holdResult is the answer to hold call id: r, or err's.
-func holdResult(id uint64, r ar.Reservation, err error) *pb.PipelineResult {
+// holdResult is the answer to hold call c: r, or err's.
+func holdResult(c *pb.PipelineCall, r ar.Reservation, err error) *pb.PipelineResult {
+	id := c.GetCallId()
 	if err != nil {
-		return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Error{Error: toCallError(err)}}
+		return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Error{Error: pipelineError(c, err)}}
 	}
 	return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Hold{Hold: holdResponse(r)}}
 }
@@ -454,6 +455,18 @@ func (p *pipeline) send() error {
 		}
 		p.n.metrics.pipeSent.Inc()
 	}
+}
+
+// pipelineError is err as the answer to pipeline call c carries it: a
+// hold's SEATS_TAKEN compact (the taken seats as positions in the call's
+// seat IDs; see CallError in the proto), any other as toCallError makes it.
+func pipelineError(c *pb.PipelineCall, err error) *pb.CallError {
+	if taken, ok := err.(*ar.SeatsTakenError); ok {
+		if e, ok := pb.CompactSeatsTaken(int32(codes.AlreadyExists), c.GetHold().GetSeatIds(), taken.Seats); ok {
+			return e
+		}
+	}
+	return toCallError(err)
 }
 
 // errorResult is the answer to call id that err (a gRPC status) refused.

@@ -251,8 +251,9 @@ func refusal(code codes.Code, reason string, meta map[string]string) string {
 	return s
 }
 
-// pipeOutcome is a pipeline answer as the twins compare it.
-func (w twin) pipeOutcome(r *pb.PipelineResult) string {
+// pipeOutcome is the pipeline's answer r to c as the twins compare it; a
+// compact SEATS_TAKEN is expanded as the client expands it.
+func (w twin) pipeOutcome(c *pb.PipelineCall, r *pb.PipelineResult) string {
 	switch x := r.GetResult().(type) {
 	case *pb.PipelineResult_Hold:
 		return w.success(x.Hold)
@@ -261,7 +262,8 @@ func (w twin) pipeOutcome(r *pb.PipelineResult) string {
 	case *pb.PipelineResult_Release:
 		return w.success(x.Release)
 	case *pb.PipelineResult_Error:
-		return refusal(codes.Code(x.Error.GetCode()), x.Error.GetReason(), x.Error.GetMetadata())
+		e := x.Error.Expanded(c.GetHold().GetSeatIds())
+		return refusal(codes.Code(e.GetCode()), e.GetReason(), e.GetMetadata())
 	}
 	return fmt.Sprintf("no result: %v", r)
 }
@@ -411,11 +413,19 @@ func TestPipelineAnswersAsUnary(t *testing.T) {
 
 	// The unary RPCs, one by one in the table's order.
 	pipeGot, unaryGot := make([]string, len(cases)), make([]string, len(cases))
+	compact := 0
 	for i, c := range cases {
-		pipeGot[i] = pw.pipeOutcome(p.one(uint64(i + 1)))
+		if p.one(uint64(i+1)).GetError().GetTakenSeats() != 0 {
+			compact++
+		}
+		pipeGot[i] = pw.pipeOutcome(calls[i], p.one(uint64(i+1)))
 		if !c.pipelineOnly {
 			unaryGot[i] = uw.unaryOutcome(unaryCall(ctx, rs, c.call(uw)))
 		}
+	}
+
+	if compact == 0 {
+		t.Error("no SEATS_TAKEN answer came compact")
 	}
 
 	races := map[string][2][]string{}

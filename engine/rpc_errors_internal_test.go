@@ -43,5 +43,15 @@ func TestCallErrorIsStatus(t *testing.T) {
 		if got := toCallError(err); !proto.Equal(got, want) {
 			t.Errorf("%v: call error %v, status %v", err, got, want)
 		}
+		// A hold's answer in a pipeline, compact or not, expands to the
+		// same, whatever other seats the hold asked for.
+		call := &pb.PipelineCall{Call: &pb.PipelineCall_Hold{Hold: &pb.HoldSeatsRequest{SeatIds: []string{"A-1", "A-2", "B-12", "C-1"}}}}
+		if got := pipelineError(call, err).Expanded(call.GetHold().GetSeatIds()); !proto.Equal(got, want) {
+			t.Errorf("%v: pipeline answer %v expands to %v, want %v", err, pipelineError(call, err), got, want)
+		}
+	}
+	compact := pipelineError(&pb.PipelineCall{Call: &pb.PipelineCall_Hold{Hold: &pb.HoldSeatsRequest{SeatIds: []string{"A-1", "A-2", "B-12"}}}}, taken)
+	if compact.GetTakenSeats() != 0b101 || compact.GetMessage() != "" || compact.GetMetadata() != nil {
+		t.Errorf("the refusal of a hold of A-1, A-2, B-12 for A-1 and B-12 taken is %v, want taken_seats 0b101 and no message or metadata", compact)
 	}
 }

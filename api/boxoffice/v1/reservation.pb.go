@@ -706,13 +706,20 @@ func (*PipelineResult_Error) isPipelineResult_Result() {}
 
 // A call's refusal or failure: the gRPC code, reason and message the unary
 // RPC would answer, with its ErrorInfo metadata (e.g. "seats").
+//
+// A SEATS_TAKEN refusal of a hold (most answers in a sale) may come compact:
+// without message and metadata, with taken_seats instead. The unary RPC's
+// answer is then: message "SEATS_TAKEN: seats taken: " followed by the taken
+// seat IDs joined by commas, and metadata "seats" that list.
 type CallError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A google.rpc.Code value.
-	Code          int32             `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
-	Reason        string            `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
-	Message       string            `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
-	Metadata      map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Code     int32             `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Reason   string            `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Message  string            `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	Metadata map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Bit i set: seat_ids[i] of the hold is taken (request order).
+	TakenSeats    uint32 `protobuf:"varint,5,opt,name=taken_seats,json=takenSeats,proto3" json:"taken_seats,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -773,6 +780,13 @@ func (x *CallError) GetMetadata() map[string]string {
 		return x.Metadata
 	}
 	return nil
+}
+
+func (x *CallError) GetTakenSeats() uint32 {
+	if x != nil {
+		return x.TakenSeats
+	}
+	return 0
 }
 
 type GetSeatMapRequest struct {
@@ -1571,12 +1585,14 @@ const file_boxoffice_v1_reservation_proto_rawDesc = "" +
 	"\aconfirm\x18\x03 \x01(\v2!.boxoffice.v1.ConfirmHoldResponseH\x00R\aconfirm\x12=\n" +
 	"\arelease\x18\x04 \x01(\v2!.boxoffice.v1.ReleaseHoldResponseH\x00R\arelease\x12/\n" +
 	"\x05error\x18\x05 \x01(\v2\x17.boxoffice.v1.CallErrorH\x00R\x05errorB\b\n" +
-	"\x06result\"\xd1\x01\n" +
+	"\x06result\"\xf2\x01\n" +
 	"\tCallError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12A\n" +
-	"\bmetadata\x18\x04 \x03(\v2%.boxoffice.v1.CallError.MetadataEntryR\bmetadata\x1a;\n" +
+	"\bmetadata\x18\x04 \x03(\v2%.boxoffice.v1.CallError.MetadataEntryR\bmetadata\x12\x1f\n" +
+	"\vtaken_seats\x18\x05 \x01(\rR\n" +
+	"takenSeats\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
