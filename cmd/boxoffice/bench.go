@@ -146,7 +146,7 @@ func benchFlags(c *benchConfig, compare bool) (*flag.FlagSet, *string) {
 	fs.DurationVar(&c.BaselineMapCache, "baseline-map-cache", time.Second,
 		"the baselines answer seat maps from a cache this old at most, as those designs do in practice (0: read every time); boxoffice always answers from live memory")
 	fs.IntVar(&c.ClientGOGC, "client-gogc", 400,
-		"GC percent of the bench process, the load generator (its seat-map buffers churn the heap); it also applies to the baselines' code, which runs in this process, while the engine it starts runs with Go's default unless GOGC is set")
+		"GC percent of the bench process, the load generator (its seat-map buffers churn the heap); it also applies to the baselines' code, which runs in this process, while the engine it starts runs with serve's --gogc default (400) unless GOGC is set")
 	fs.StringVar(&c.ProfileDir, "profile-dir", "", "write CPU profiles of each run here: the bench's (the client side, every target), and the engine's when the bench started it")
 	return fs, targets
 }

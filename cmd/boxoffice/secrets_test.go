@@ -211,6 +211,41 @@ func TestParseServeLimits(t *testing.T) {
 			t.Errorf("environment: %+v", c)
 		}
 	})
+	t.Run("gogc", func(t *testing.T) {
+		t.Setenv("GOGC", "")
+		for _, c := range []struct {
+			name    string
+			env     map[string]string
+			args    []string
+			want    int
+			wantErr bool
+		}{
+			{name: "default", want: defaultGCPercent},
+			{name: "flag", args: []string{"--gogc", "150"}, want: 150},
+			{name: "variable", env: map[string]string{"BOXOFFICE_GOGC": "250"}, want: 250},
+			{name: "GOGC is kept", env: map[string]string{"GOGC": "80"}, want: 0},
+			{name: "the flag over GOGC", env: map[string]string{"GOGC": "80"}, args: []string{"--gogc", "300"}, want: 300},
+			{name: "zero", args: []string{"--gogc", "0"}, wantErr: true},
+			{name: "zero variable", env: map[string]string{"BOXOFFICE_GOGC": "0"}, wantErr: true},
+			{name: "negative", args: []string{"--gogc", "-1"}, wantErr: true},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				for k, v := range c.env {
+					t.Setenv(k, v)
+				}
+				got, err := parse(t, c.args...)
+				if c.wantErr {
+					if err == nil {
+						t.Fatalf("GC percent %d, want an error", got.GCPercent)
+					}
+					return
+				}
+				if err != nil || got.GCPercent != c.want {
+					t.Fatalf("GC percent %d (%v), want %d", got.GCPercent, err, c.want)
+				}
+			})
+		}
+	})
 	t.Run("bad variable", func(t *testing.T) {
 		t.Setenv("BOXOFFICE_GRPC_MAX_CONNS", "many")
 		if _, err := parse(t); err == nil || !strings.Contains(err.Error(), "BOXOFFICE_GRPC_MAX_CONNS") {

@@ -11,6 +11,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +24,14 @@ import (
 	"github.com/boxoffice/boxoffice/persistence"
 	"github.com/boxoffice/boxoffice/ring"
 )
+
+// defaultGCPercent is serve's garbage collector target. A node's live heap
+// is small (~8 MB in the hold storm) and it allocates per call, so at Go's
+// 100 it collects ~15 times a second under load; at 400 the heap may grow
+// to five times the live one, a few tens of MB, and GC runs a quarter as
+// often. (Hold storm, 3 pairs: engine CPU per attempt 9.2 -> 7.2 us, 1.18x
+// attempts/s.) GOMEMLIMIT, as for any Go program, caps the heap.
+const defaultGCPercent = 400
 
 // serveConfig is everything `serve` needs, from flags and environment.
 // Zero limits and intervals mean the engine's defaults.
@@ -38,6 +47,9 @@ type serveConfig struct {
 	Insecure    bool
 	LogFormat   string
 	DrainTime   time.Duration
+	// GCPercent is the garbage collector's target (Go's GOGC); 0 leaves
+	// the runtime's (the GOGC variable's).
+	GCPercent int
 
 	GRPCMaxStreams       uint32
 	GRPCMaxRecvBytes     int
@@ -103,6 +115,8 @@ func parseServe(args []string) (serveConfig, error) {
 	fs.BoolVar(&c.Insecure, "insecure", envBool("INSECURE"), "serve without tokens (local experiments only) [BOXOFFICE_INSECURE=1]")
 	fs.StringVar(&c.LogFormat, "log-format", env("LOG_FORMAT", "text"), "text or json [BOXOFFICE_LOG_FORMAT]")
 	fs.DurationVar(&c.DrainTime, "drain-timeout", 20*time.Second, "on SIGTERM, how long in-flight requests may take")
+	fs.IntVar(&c.GCPercent, "gogc", envInt("gogc", "GOGC", defaultGCPercent),
+		"the garbage collector's target percent (Go's GOGC); without this flag or its variable, a GOGC variable is kept [BOXOFFICE_GOGC]")
 	fs.Uint64Var(&maxStreams, "grpc-max-streams", uint64(envInt("grpc-max-streams", "GRPC_MAX_STREAMS", engine.DefaultMaxConcurrentStreams)),
 		"most concurrent calls per gRPC connection [BOXOFFICE_GRPC_MAX_STREAMS]")
 	fs.IntVar(&c.GRPCMaxRecvBytes, "grpc-max-recv-bytes", envInt("grpc-max-recv-bytes", "GRPC_MAX_RECV_BYTES", engine.DefaultMaxRecvMsgSize),
@@ -136,7 +150,18 @@ func parseServe(args []string) (serveConfig, error) {
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
-	fs.Visit(func(f *flag.Flag) { delete(envErrs, f.Name) })
+	gogcGiven := false
+	fs.Visit(func(f *flag.Flag) {
+		delete(envErrs, f.Name)
+		gogcGiven = gogcGiven || f.Name == "gogc"
+	})
+	if _, ok := os.LookupEnv("BOXOFFICE_GOGC"); ok || gogcGiven {
+		if c.GCPercent < 1 {
+			return c, fmt.Errorf("serve: --gogc (or BOXOFFICE_GOGC) %d: want ≥ 1", c.GCPercent)
+		}
+	} else if os.Getenv("GOGC") != "" {
+		c.GCPercent = 0
+	}
 	if len(envErrs) > 0 {
 		var errs []error
 		for _, name := range slices.Sorted(maps.Keys(envErrs)) {
@@ -245,6 +270,9 @@ func runServe(ctx context.Context, args []string) error {
 			return nil
 		}
 		return err
+	}
+	if cfg.GCPercent > 0 {
+		debug.SetGCPercent(cfg.GCPercent)
 	}
 	log := newLogger(cfg.LogFormat)
 	nd, err := startNode(ctx, cfg, log)
