@@ -58,7 +58,7 @@ func (s *Show) Seat(i int) (SeatID, SeatStatus) { return s.seats[i], SeatStatus(
 
 // SeatStatus returns the status of a seat, and false if the show has no such seat.
 func (s *Show) SeatStatus(id SeatID) (SeatStatus, bool) {
-	i, ok := s.index[id]
+	i, ok := s.index(id)
 	if !ok {
 		return 0, false
 	}

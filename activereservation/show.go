@@ -7,6 +7,7 @@ package activereservation
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/boxoffice/boxoffice/internal/ordmap"
@@ -125,7 +126,7 @@ type Show struct {
 	ttl    time.Duration
 	rows   []Row
 	seats  []SeatID                          // by seat index, layout order
-	index  map[SeatID]int32                  // seat ID → index
+	byRow  map[string]rowSpan                // row label → its seats (see index)
 	status []byte                            // by seat index: SeatStatus values
 	holds  *ordmap.Map[HoldID, *Reservation] // live holds; the front expires next
 	booked map[HoldID]*Reservation
@@ -168,7 +169,7 @@ func NewShow(cfg Config) (*Show, error) {
 		ttl:     ttl,
 		rows:    append([]Row(nil), cfg.Rows...),
 		seats:   make([]SeatID, 0, n),
-		index:   make(map[SeatID]int32, n),
+		byRow:   make(map[string]rowSpan, len(cfg.Rows)),
 		status:  make([]byte, n),
 		holds:   ordmap.New[HoldID, *Reservation](64),
 		booked:  make(map[HoldID]*Reservation),
@@ -178,13 +179,9 @@ func NewShow(cfg Config) (*Show, error) {
 		offeredTo: make(map[int32]UserID),
 	}
 	for _, r := range cfg.Rows {
+		s.byRow[r.Label] = rowSpan{first: int32(len(s.seats)), count: int32(r.SeatCount)}
 		for i := 1; i <= r.SeatCount; i++ {
-			id := SeatID(r.Label + "-" + strconv.Itoa(i))
-			if _, dup := s.index[id]; dup {
-				return nil, fmt.Errorf("%w: seat %s appears twice (rows %q)", ErrInvalidLayout, id, r.Label)
-			}
-			s.index[id] = int32(len(s.seats))
-			s.seats = append(s.seats, id)
+			s.seats = append(s.seats, SeatID(r.Label+"-"+strconv.Itoa(i)))
 		}
 	}
 	for i := range s.status {
@@ -252,7 +249,7 @@ func (s *Show) checkHold(id HoldID, user UserID, seats []SeatID) ([]int32, error
 	idx := buf[:0]
 	unknown := -1 // first unknown seat; reported only if no seat is duplicated
 	for k, seat := range seats {
-		i, ok := s.index[seat]
+		i, ok := s.index(seat)
 		if !ok {
 			for _, prev := range seats[:k] {
 				if prev == seat {
@@ -349,7 +346,8 @@ func (s *Show) Confirm(id HoldID, user UserID, paymentRef string, now time.Time)
 	p.PaymentRef = paymentRef
 	s.booked[id] = p
 	for _, seat := range p.Seats {
-		s.setSeat(s.index[seat], SeatBooked)
+		i, _ := s.index(seat) // a hold's seats are the show's
+		s.setSeat(i, SeatBooked)
 	}
 	s.version++
 	return *p, nil
@@ -445,7 +443,7 @@ func (s *Show) Restore(r Reservation) error {
 		}
 	}
 	for k, seat := range r.Seats {
-		i, ok := s.index[seat]
+		i, ok := s.index(seat)
 		if !ok {
 			unmark(idx[:k])
 			return fmt.Errorf("%w: reservation %s names unknown seat %s", ErrCorrupt, r.ID, seat)
@@ -520,7 +518,8 @@ func (s *Show) find(id HoldID) (*Reservation, bool) {
 func (s *Show) dropHold(r *Reservation) {
 	s.holds.Delete(r.ID)
 	for _, seat := range r.Seats {
-		s.setSeat(s.index[seat], SeatAvailable)
+		i, _ := s.index(seat) // a hold's seats are the show's
+		s.setSeat(i, SeatAvailable)
 	}
 	if s.perUser[r.User] -= len(r.Seats); s.perUser[r.User] <= 0 {
 		delete(s.perUser, r.User)
@@ -536,7 +535,7 @@ func (s *Show) Offer(seats []SeatID, user UserID) error {
 	idx := make([]int32, len(seats))
 	var taken []SeatID
 	for k, seat := range seats {
-		i, ok := s.index[seat]
+		i, ok := s.index(seat)
 		if !ok {
 			return fmt.Errorf("%w: %s", ErrUnknownSeat, seat)
 		}
@@ -565,7 +564,7 @@ func (s *Show) Offer(seats []SeatID, user UserID) error {
 func (s *Show) Unoffer(seats []SeatID) bool {
 	all := true
 	for _, seat := range seats {
-		i, ok := s.index[seat]
+		i, ok := s.index(seat)
 		if !ok || SeatStatus(s.status[i]) != SeatOffered {
 			all = false
 			continue
@@ -580,11 +579,46 @@ func (s *Show) Unoffer(seats []SeatID) bool {
 // OfferedTo returns who an offered seat is offered to ("" when set aside
 // for nobody yet), and false if the seat is not offered.
 func (s *Show) OfferedTo(seat SeatID) (UserID, bool) {
-	i, ok := s.index[seat]
+	i, ok := s.index(seat)
 	if !ok || SeatStatus(s.status[i]) != SeatOffered {
 		return "", false
 	}
 	return s.offeredTo[i], true
+}
+
+// rowSpan is where a row's seats are among the show's: seat n of the row
+// (1-based) has index first+n-1.
+type rowSpan struct{ first, count int32 }
+
+// index returns the index of seat id, "<label>-<n>", and false if the show
+// has no such seat. It parses the ID rather than looking it up among all
+// the seats: the rows' map is small enough to stay in cache, where a map of
+// every seat's ID is not (BenchmarkHoldDecision). The seat's own ID is
+// compared last, so only the exact ID of a seat is found (no "A-01").
+func (s *Show) index(id SeatID) (int32, bool) {
+	dash := strings.LastIndexByte(string(id), '-')
+	if dash < 0 || dash == len(id)-1 || len(id)-dash > 11 {
+		return 0, false
+	}
+	row, ok := s.byRow[string(id[:dash])]
+	if !ok {
+		return 0, false
+	}
+	n := int64(0)
+	for _, c := range []byte(id[dash+1:]) {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if n < 1 || n > int64(row.count) {
+		return 0, false
+	}
+	i := row.first + int32(n) - 1
+	if s.seats[i] != id {
+		return 0, false
+	}
+	return i, true
 }
 
 func (s *Show) setSeat(i int32, st SeatStatus) {

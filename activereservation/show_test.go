@@ -1370,3 +1370,27 @@ func TestHoldExpiryOrderWhenClockGoesBack(t *testing.T) {
 		}
 	})
 }
+
+// TestSeatIndexFindsExactIDs: the parsed seat index finds every seat of a
+// layout by its exact ID, and nothing else.
+func TestSeatIndexFindsExactIDs(t *testing.T) {
+	s, err := NewShow(Config{ID: "s", Rows: []Row{{Label: "A", SeatCount: 12}, {Label: "B-2", SeatCount: 3}, {Label: "10", SeatCount: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range s.Capacity() {
+		id, _ := s.Seat(i)
+		if _, ok := s.SeatStatus(id); !ok {
+			t.Errorf("seat %d, %s, not found", i, id)
+		}
+		if got, ok := s.index(id); !ok || int(got) != i {
+			t.Errorf("index(%s) = %d, %t; want %d", id, got, ok, i)
+		}
+	}
+	for _, id := range []SeatID{"", "A", "A-", "-1", "A-0", "A-01", "A-13", "a-1", "A-1 ", " A-1", "A-+1", "A--1", "A-1-1",
+		"B-2-0", "B-2-4", "B-1", "B-3", "B", "10-2", "10-01", "A-99999999999999999999", "A-4294967297", "A-x", "A-1\x00"} {
+		if _, ok := s.SeatStatus(id); ok {
+			t.Errorf("%q found", id)
+		}
+	}
+}
