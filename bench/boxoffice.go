@@ -93,6 +93,7 @@ var (
 	_ StoreChecker    = (*Boxoffice)(nil)
 	_ FreshSeatMapper = (*Boxoffice)(nil)
 	_ ReplicaLagger   = (*Boxoffice)(nil)
+	_ LocalSeatMapper = (*Boxoffice)(nil)
 )
 
 // ReplicaLagger is implemented by targets whose seat maps come from a
@@ -241,6 +242,20 @@ func (b *Boxoffice) SeatMap(ctx context.Context, show ShowSpec) (SeatMap, error)
 		return b.statuses(show, m.Statuses)
 	}
 	return b.FreshSeatMap(ctx, show)
+}
+
+// LocalSeatMap answers from the client's replica once it has its first
+// snapshot (and the layout was checked by a first read).
+func (b *Boxoffice) LocalSeatMap(show ShowSpec) (SeatMap, bool) {
+	if _, checked := b.laidOut.Load(show.ID); !checked || b.cli == nil {
+		return SeatMap{}, false
+	}
+	m, ok := b.cli.TrySeatMap(show.ID)
+	if !ok {
+		return SeatMap{}, false
+	}
+	sm, err := b.statuses(show, m.Statuses)
+	return sm, err == nil
 }
 
 // FreshSeatMap reads the show's seat map from its owner's memory with

@@ -67,6 +67,7 @@ var (
 	_ Target          = (*PGStatus)(nil)
 	_ HoldsDurabler   = (*PGStatus)(nil)
 	_ FreshSeatMapper = (*PGStatus)(nil)
+	_ LocalSeatMapper = (*PGStatus)(nil)
 )
 
 // pgStatusSchema is the baseline's schema. status is text, as usually
@@ -198,6 +199,9 @@ FROM pgs_seats WHERE show_id = $1`
 func (p *PGStatus) SeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
 	return p.seatMaps.get(ctx, show, p.readSeatMap)
 }
+
+// LocalSeatMap answers from the cache when it is young enough.
+func (p *PGStatus) LocalSeatMap(show ShowSpec) (SeatMap, bool) { return p.seatMaps.local(show) }
 
 // FreshSeatMap reads the seat map from the database, bypassing the cache.
 func (p *PGStatus) FreshSeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
@@ -378,17 +382,28 @@ func newSeatMapCache(maxAge time.Duration) *seatMapCache {
 // call that started it when that call gives up.
 const seatMapReadTimeout = 30 * time.Second
 
+// local returns a copy of the show's cached map if it is young enough.
+func (c *seatMapCache) local(show ShowSpec) (SeatMap, bool) {
+	if c.maxAge <= 0 {
+		return SeatMap{}, false
+	}
+	c.mu.Lock()
+	m, ok := c.maps[show.ID]
+	c.mu.Unlock()
+	if !ok || time.Since(m.at) >= c.maxAge {
+		return SeatMap{}, false
+	}
+	return SeatMap{Statuses: slices.Clone(m.sm.Statuses)}, true
+}
+
 // get returns a copy of the show's cached map if it is young enough, else
 // reads it once for every caller waiting, each until its own deadline.
 func (c *seatMapCache) get(ctx context.Context, show ShowSpec, read func(context.Context, ShowSpec) (SeatMap, error)) (SeatMap, error) {
 	if c.maxAge <= 0 {
 		return read(ctx, show)
 	}
-	c.mu.Lock()
-	m, ok := c.maps[show.ID]
-	c.mu.Unlock()
-	if ok && time.Since(m.at) < c.maxAge {
-		return SeatMap{Statuses: slices.Clone(m.sm.Statuses)}, nil
+	if sm, ok := c.local(show); ok {
+		return sm, nil
 	}
 	ch := c.group.DoChan(show.ID, func() (any, error) {
 		// Not the caller's deadline: every waiter shares this read.

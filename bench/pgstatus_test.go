@@ -510,6 +510,30 @@ func TestSeatMapCache(t *testing.T) {
 		}
 	})
 
+	t.Run("local", func(t *testing.T) {
+		reads.Store(0)
+		if _, ok := newSeatMapCache(0).local(show); ok {
+			t.Error("local answered without a cache")
+		}
+		c := newSeatMapCache(time.Hour)
+		if _, ok := c.local(show); ok {
+			t.Error("local answered before any read")
+		}
+		release = make(chan struct{})
+		close(release)
+		if _, err := c.get(t.Context(), show, read); err != nil {
+			t.Fatal(err)
+		}
+		sm, ok := c.local(show)
+		if !ok || len(sm.Statuses) != 30 {
+			t.Fatalf("local after a read = %d seats, %t", len(sm.Statuses), ok)
+		}
+		sm.Statuses[0] = Booked // a copy
+		if sm, _ := c.local(show); sm.Statuses[0] != Available || reads.Load() != 1 {
+			t.Errorf("first seat %d after %d reads; want available, one read", sm.Statuses[0], reads.Load())
+		}
+	})
+
 	t.Run("caller deadline", func(t *testing.T) {
 		blocked := make(chan struct{})
 		c := newSeatMapCache(time.Hour)

@@ -97,6 +97,7 @@ var (
 	_ Target          = (*RedisSetNX)(nil)
 	_ HoldsDurabler   = (*RedisSetNX)(nil)
 	_ FreshSeatMapper = (*RedisSetNX)(nil)
+	_ LocalSeatMapper = (*RedisSetNX)(nil)
 )
 
 const redisSetNXSchema = `
@@ -339,6 +340,9 @@ const rsnMGetChunk = 1000
 func (r *RedisSetNX) SeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
 	return r.seatMaps.get(ctx, show, r.readSeatMap)
 }
+
+// LocalSeatMap answers from the cache when it is young enough.
+func (r *RedisSetNX) LocalSeatMap(show ShowSpec) (SeatMap, bool) { return r.seatMaps.local(show) }
 
 // FreshSeatMap reads the seat map from Redis, bypassing the cache.
 func (r *RedisSetNX) FreshSeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {

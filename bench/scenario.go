@@ -100,19 +100,27 @@ func rowLabel(i int) string {
 // indexes in layout order, or nil when none is available.
 //
 // It reads each row once, so a pick costs one pass over the seat map at
-// worst (a nearly full show), whatever n is.
+// worst (a nearly full show), whatever n is; a full one costs one
+// vectorised scan.
 func pickSeats(show ShowSpec, sm SeatMap, n int, skew float64, rng *rand.Rand) []int {
+	all := unsafe.Slice((*byte)(unsafe.SliceData(sm.Statuses)), len(sm.Statuses)) // SeatStatus is a byte
+	if bytes.IndexByte(all, byte(Available)) < 0 {
+		return nil // a full house, as most users of a sale find it, in one scan
+	}
 	rows := len(show.Rows)
 	first := int(float64(rows) * math.Pow(rng.Float64(), skew))
 	first = min(first, rows-1)
-	starts := make([]int, rows+1) // starts[i]: index of row i's first seat
-	for i, r := range show.Rows {
-		starts[i+1] = starts[i] + r.Seats
+	lo := 0 // index of the row's first seat
+	for _, r := range show.Rows[:first] {
+		lo += r.Seats
 	}
 	best, bestLen := 0, 0 // the first longest run shorter than n
 	for k := range rows {
 		row := (first + k) % rows
-		lo, hi := starts[row], starts[row+1]
+		if row == 0 {
+			lo = 0
+		}
+		hi := lo + show.Rows[row].Seats
 		at, l := fit(sm.Statuses[lo:hi], rng.IntN(hi-lo), n)
 		if l == n {
 			return seatRun(lo+at, n)
@@ -120,6 +128,7 @@ func pickSeats(show ShowSpec, sm SeatMap, n int, skew float64, rng *rand.Rand) [
 		if l > bestLen {
 			best, bestLen = lo+at, l
 		}
+		lo = hi
 	}
 	if bestLen == 0 {
 		return nil

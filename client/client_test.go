@@ -141,9 +141,23 @@ func TestClientCalls(t *testing.T) {
 	if m.PublishedAt.IsZero() || m.Lag() < 0 || m.Lag() > 5*time.Second {
 		t.Fatalf("replica published at %v, lag %v", m.PublishedAt, m.Lag())
 	}
+	if tm, ok := c.TrySeatMap("cl-calls"); !ok || tm != m {
+		t.Fatalf("TrySeatMap of a warm replica: %v, %t; want the replica's map at version %d", tm, ok, m.Version)
+	}
 	if _, err := c.SeatMap(ctx, "no-such-show"); status.Code(err) != codes.NotFound {
 		t.Fatalf("seat map of an unknown show: %v, want NotFound", err)
 	}
+
+	// TrySeatMap does not wait: a cold replica answers false at once, and
+	// its map once the snapshot came.
+	n.CreateShow(t, "cl-try", 1, 4, time.Minute)
+	if tm, ok := c.TrySeatMap("cl-try"); ok {
+		t.Fatalf("TrySeatMap of a replica just started: %v, want false", tm)
+	}
+	pollUntil(t, 5*time.Second, "TrySeatMap to answer once the snapshot came", func() bool {
+		tm, ok := c.TrySeatMap("cl-try")
+		return ok && len(tm.Statuses) == 4
+	})
 }
 
 // TestClientCoalesces: concurrent calls share pipeline messages.

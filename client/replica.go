@@ -68,6 +68,21 @@ func (c *Client) SeatMap(ctx context.Context, showID string) (*SeatMap, error) {
 	return nil, r.err
 }
 
+// TrySeatMap returns the show's seat map from the client's replica without
+// waiting: false until the replica has its first snapshot (the first call
+// for a show starts it, as SeatMap does), or when the client is closed. A
+// web tier that renders from the replica when it is warm, and falls back
+// otherwise, needs no context or deadline for the read.
+func (c *Client) TrySeatMap(showID string) (*SeatMap, bool) {
+	r, err := c.replicas.get(showID)
+	if err != nil {
+		return nil, false
+	}
+	r.read.Store(time.Now().UnixNano())
+	m := r.cur.Load()
+	return m, m != nil
+}
+
 // replicas are a client's seat-map replicas, by show.
 type replicas struct {
 	c  *Client
