@@ -20,4 +20,11 @@ var (
 	// ErrCorrupt: persisted rows contradict each other: a user twice, a seat
 	// in two places, join order not increasing.
 	ErrCorrupt = errors.New("inconsistent waitlist rows")
+	// ErrRoomConfig: a waiting room's rate, cap or window is out of range.
+	ErrRoomConfig = errors.New("invalid waiting room")
+	// ErrRoomClosed: the waiting room is closed; nobody needs admission.
+	ErrRoomClosed = errors.New("waiting room closed")
+	// ErrNotAdmitted: an admission token is missing, malformed, forged,
+	// expired, or another user's or show's.
+	ErrNotAdmitted = errors.New("not admitted")
 )

@@ -13,7 +13,8 @@ import (
 // window.
 const DefaultOfferWindow = 2 * time.Minute
 
-// Reason is how a waitlist entry ended.
+// Reason is how a waitlist entry, or a waiting room's entry or admission,
+// ended.
 type Reason uint8
 
 // Reasons an entry ends.
@@ -28,9 +29,12 @@ const (
 	SoldOut
 	// TimedOut: the user waited the show's longest wait without a turn.
 	TimedOut
+	// Closed: the waiting room was closed while the user was queued (they
+	// need no admission any more).
+	Closed
 )
 
-var reasonNames = [...]string{Done: "DONE", Lapsed: "LAPSED", Left: "LEFT", SoldOut: "SOLD_OUT", TimedOut: "TIMED_OUT"}
+var reasonNames = [...]string{Done: "DONE", Lapsed: "LAPSED", Left: "LEFT", SoldOut: "SOLD_OUT", TimedOut: "TIMED_OUT", Closed: "CLOSED"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) && reasonNames[r] != "" {
