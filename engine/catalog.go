@@ -22,11 +22,16 @@ const (
 	maxOfferWindow = time.Hour
 	minMaxWait     = time.Minute
 	maxMaxWait     = 7 * 24 * time.Hour
+	// An admission lasts 1 min to a day.
+	minShoppingWindow = time.Minute
+	maxShoppingWindow = 24 * time.Hour
 )
 
 // CreateShow validates and stores a new show. HoldTTL zero means
 // activereservation.DefaultHoldTTL; OfferWindow and MaxWait zero mean
-// waitinguser.DefaultOfferWindow and DefaultMaxWait.
+// waitinguser.DefaultOfferWindow and DefaultMaxWait. A waiting room needs
+// the node's AdmissionKey; its zero OpensAt means now, its zero
+// ShoppingWindow waitinguser.DefaultShoppingWindow.
 func (n *Node) CreateShow(ctx context.Context, sh persistence.Show) (persistence.Show, error) {
 	if err := validateShowID(ar.ShowID(sh.ID)); err != nil {
 		return persistence.Show{}, err
@@ -51,6 +56,27 @@ func (n *Node) CreateShow(ctx context.Context, sh persistence.Show) (persistence
 	}
 	if sh.MaxWait < minMaxWait || sh.MaxWait > maxMaxWait {
 		return persistence.Show{}, fmt.Errorf("%w: max_wait must be between %s and %s", ErrInvalid, minMaxWait, maxMaxWait)
+	}
+	if r := sh.Room; r != nil {
+		if n.cfg.AdmissionKey == nil {
+			return persistence.Show{}, fmt.Errorf("%w: this node has no admission key (--admission-key) to sign a waiting room's tokens", ErrInvalid)
+		}
+		room := *r
+		if room.OpensAt.IsZero() {
+			room.OpensAt = n.now()
+		}
+		if room.ShoppingWindow == 0 {
+			room.ShoppingWindow = wu.DefaultShoppingWindow
+		}
+		if err := (wu.RoomConfig{AdmitPerSecond: room.AdmitPerSecond, MaxActive: room.MaxActive}).Check(); err != nil {
+			return persistence.Show{}, fmt.Errorf("%w: waiting_room: %v", ErrInvalid, err)
+		}
+		if room.ShoppingWindow < minShoppingWindow || room.ShoppingWindow > maxShoppingWindow {
+			return persistence.Show{}, fmt.Errorf("%w: waiting_room.shopping_window must be between %s and %s", ErrInvalid, minShoppingWindow, maxShoppingWindow)
+		}
+		room.OpensAt = room.OpensAt.UTC().Truncate(time.Microsecond)
+		room.ShoppingWindow = room.ShoppingWindow.Truncate(time.Millisecond)
+		sh.Room = &room
 	}
 	cats := make(map[string]bool, len(sh.Categories))
 	for _, c := range sh.Categories {

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	wu "github.com/boxoffice/boxoffice/waitinguser"
 )
 
 // Clock tells the time. Tests inject one they can move.
@@ -70,6 +72,11 @@ type Config struct {
 	// IdempotencyRetention is how long an idempotency key is remembered; it
 	// should equal the store's. Zero means 24 hours.
 	IdempotencyRetention time.Duration
+	// AdmissionKey signs and checks waiting rooms' admission tokens; every
+	// node of a cluster needs the same. Without one the node creates no
+	// show with a waiting room, and refuses the holds of such a show as
+	// NOT_ADMITTED.
+	AdmissionKey wu.TokenKey
 	// NotFoundTTL is how long an unknown show ID is answered NotFound from
 	// memory; NotFoundCacheSize bounds how many are remembered. A show
 	// created on this node is found at once; one created through another

@@ -21,6 +21,9 @@ type HoldRequest struct {
 	User           ar.UserID
 	Seats          []ar.SeatID
 	IdempotencyKey string
+	// AdmissionToken is the user's admission token, needed while the show
+	// has a waiting room; it is not part of what the idempotency key names.
+	AdmissionToken string
 }
 
 // Hold holds seats. It is decided in memory under the show's lock — a loser
@@ -147,6 +150,12 @@ func (n *Node) tryHoldLocked(sh *show, req HoldRequest, fp *string) holdStep {
 			}
 			return holdStep{stored: e.hold}
 		}
+	}
+
+	// A replay above needs no admission: its token may have run out since.
+	if err := n.admitted(sh, req.User, req.AdmissionToken); err != nil {
+		n.metrics.holds(err)
+		return holdStep{err: err}
 	}
 
 	// Most holds of a sale are refused: decide first, and draw a hold ID
@@ -320,4 +329,18 @@ func fingerprint(kind, user string, parts ...string) string {
 		h.Write([]byte{0})
 	}
 	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// admitted checks that token admits user to shop show sh, which needs one
+// while it has a waiting room: wu.ErrNotAdmitted if not (and always on a
+// node without an admission key).
+func (n *Node) admitted(sh *show, user ar.UserID, token string) error {
+	if sh.info.Room == nil {
+		return nil
+	}
+	if n.cfg.AdmissionKey == nil {
+		return fmt.Errorf("%w: this node has no admission key to check the show's admission tokens", wu.ErrNotAdmitted)
+	}
+	_, err := n.cfg.AdmissionKey.Check(token, string(sh.id), wu.UserID(user), n.now())
+	return err
 }

@@ -24,7 +24,12 @@ func (s catalogServer) CreateShow(ctx context.Context, req *pb.CreateShowRequest
 	if ts := req.GetStartsAt(); ts != nil && ts.CheckValid() != nil {
 		return nil, toStatus(fmt.Errorf("%w: starts_at: %v", ErrInvalid, ts.CheckValid()))
 	}
-	for name, d := range map[string]*durationpb.Duration{"hold_ttl": req.GetHoldTtl(), "offer_window": req.GetOfferWindow(), "max_wait": req.GetMaxWait()} {
+	room := req.GetWaitingRoom()
+	if ts := room.GetOpensAt(); ts != nil && ts.CheckValid() != nil {
+		return nil, toStatus(fmt.Errorf("%w: waiting_room.opens_at: %v", ErrInvalid, ts.CheckValid()))
+	}
+	for name, d := range map[string]*durationpb.Duration{"hold_ttl": req.GetHoldTtl(), "offer_window": req.GetOfferWindow(), "max_wait": req.GetMaxWait(),
+		"waiting_room.shopping_window": room.GetShoppingWindow()} {
 		if d != nil && d.CheckValid() != nil {
 			return nil, toStatus(fmt.Errorf("%w: %s: %v", ErrInvalid, name, d.CheckValid()))
 		}
@@ -39,6 +44,16 @@ func (s catalogServer) CreateShow(ctx context.Context, req *pb.CreateShowRequest
 
 		OfferWindow: req.GetOfferWindow().AsDuration(),
 		MaxWait:     req.GetMaxWait().AsDuration(),
+	}
+	if room != nil {
+		sh.Room = &persistence.WaitingRoom{
+			AdmitPerSecond: room.GetAdmitPerSecond(),
+			MaxActive:      int(room.GetMaxActiveShoppers()),
+			ShoppingWindow: room.GetShoppingWindow().AsDuration(),
+		}
+		if room.GetOpensAt() != nil {
+			sh.Room.OpensAt = room.GetOpensAt().AsTime()
+		}
 	}
 	for _, c := range req.GetCategories() {
 		sh.Categories = append(sh.Categories, persistence.Category{Name: c.GetName(), PriceCents: c.GetPriceCents()})
@@ -74,6 +89,14 @@ func showToPB(sh persistence.Show) *pb.Show {
 		MaxWait:     durationpb.New(sh.MaxWait),
 		Capacity:    int32(sh.Capacity),
 		CreatedAt:   timestamppb.New(sh.CreatedAt),
+	}
+	if r := sh.Room; r != nil {
+		out.WaitingRoom = &pb.WaitingRoom{
+			OpensAt:           timestamppb.New(r.OpensAt),
+			AdmitPerSecond:    r.AdmitPerSecond,
+			MaxActiveShoppers: int32(r.MaxActive),
+			ShoppingWindow:    durationpb.New(r.ShoppingWindow),
+		}
 	}
 	for _, c := range sh.Categories {
 		out.Categories = append(out.Categories, &pb.Category{Name: c.Name, PriceCents: c.PriceCents})

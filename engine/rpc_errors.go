@@ -31,6 +31,7 @@ var errorTable = []struct {
 	{wu.ErrSeatsWanted, codes.InvalidArgument, "INVALID_SEATS_WANTED"},
 	{wu.ErrUserLimit, codes.ResourceExhausted, "USER_SEAT_LIMIT"},
 	{wu.ErrSeatsAvailable, codes.FailedPrecondition, "SEATS_AVAILABLE"},
+	{wu.ErrNotAdmitted, codes.FailedPrecondition, "NOT_ADMITTED"},
 	{wu.ErrNotWaiting, codes.NotFound, "NOT_WAITING"},
 	{ErrWaitlistFull, codes.ResourceExhausted, "WAITLIST_FULL"},
 	{ar.ErrSeatTaken, codes.AlreadyExists, "SEATS_TAKEN"},

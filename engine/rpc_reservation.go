@@ -93,6 +93,7 @@ func holdRequest(req *pb.HoldSeatsRequest) HoldRequest {
 		User:           ar.UserID(req.GetUserId()),
 		Seats:          seats,
 		IdempotencyKey: req.GetIdempotencyKey(),
+		AdmissionToken: req.GetAdmissionToken(),
 	}
 }
 

@@ -24,7 +24,7 @@ type waitlistServer struct {
 }
 
 func (s waitlistServer) JoinWaitlist(ctx context.Context, req *pb.JoinWaitlistRequest) (*pb.JoinWaitlistResponse, error) {
-	v, existed, err := s.n.JoinWaitlist(ctx, ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId()), int(req.GetSeatsWanted()))
+	v, existed, err := s.n.JoinWaitlist(ctx, ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId()), int(req.GetSeatsWanted()), req.GetAdmissionToken())
 	if err != nil {
 		return nil, toStatus(err)
 	}

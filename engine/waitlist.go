@@ -161,11 +161,13 @@ func (sh *show) turnCommittingLocked(user ar.UserID, seats []ar.SeatID) <-chan s
 // JoinWaitlist puts user on the show's waitlist for wanted seats, and
 // answers after the join is durable. A user already on it gets that entry,
 // existed true. Refusals: wu.ErrSeatsWanted, wu.ErrUserLimit,
-// wu.ErrSeatsAvailable, wu.ErrSoldOut, and ErrWaitlistFull when
-// Config.MaxWaitlist users are on it. If the write was not committed and
+// wu.ErrSeatsAvailable, wu.ErrSoldOut, ErrWaitlistFull when
+// Config.MaxWaitlist users are on it, and wu.ErrNotAdmitted while the show
+// has a waiting room and token is not the user's valid admission token (a
+// user already on the waitlist is answered without one). If the write was not committed and
 // the user still waits, the join is undone in memory; whatever the failure,
 // the show is reloaded from the database before its next change.
-func (n *Node) JoinWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID, wanted int) (v WaitView, existed bool, err error) {
+func (n *Node) JoinWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID, wanted int, token string) (v WaitView, existed bool, err error) {
 	if err := validateUser(user); err != nil {
 		return WaitView{}, false, err
 	}
@@ -181,6 +183,13 @@ func (n *Node) JoinWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID, w
 	}
 	defer n.gate.leave()
 	now := n.now()
+	if _, waiting := sh.wait.rules.Get(wu.UserID(user)); !waiting {
+		if err := n.admitted(sh, user, token); err != nil {
+			sh.mu.Unlock()
+			n.metrics.waitJoins(err)
+			return WaitView{}, false, err
+		}
+	}
 	available, held, _, offered := sh.rules.Counts()
 	seats := wu.Seats{Available: available, Held: held, Offered: offered, User: sh.rules.UserSeats(user)}
 	e, existed, err := sh.wait.rules.Join(wu.UserID(user), wanted, now, seats)

@@ -232,6 +232,18 @@ type Show struct {
 	Rows        []Row
 	Capacity    int
 	CreatedAt   time.Time
+	// Room is the show's waiting room; nil for none.
+	Room *WaitingRoom
+}
+
+// WaitingRoom is a show's waiting room, as the engine validated it: when
+// admissions begin, queued users admitted per second, the cap on shoppers
+// (0: none) and how long an admission lasts (kept in milliseconds).
+type WaitingRoom struct {
+	OpensAt        time.Time
+	AdmitPerSecond float64
+	MaxActive      int
+	ShoppingWindow time.Duration
 }
 
 // Reservation is a reservation's row. Status is HELD, BOOKED, RELEASED or
@@ -296,14 +308,19 @@ func (s *Store) CreateShow(ctx context.Context, sh Show) (Show, error) {
 	if err != nil {
 		return Show{}, err
 	}
+	var room roomColumns
+	if r := sh.Room; r != nil {
+		ms := r.ShoppingWindow.Milliseconds()
+		room = roomColumns{opensAt: &r.OpensAt, rate: &r.AdmitPerSecond, maxActive: &r.MaxActive, windowMS: &ms}
+	}
 	err = s.pool.QueryRow(ctx, `
 		INSERT INTO shows (show_id, title, city, venue, starts_at, hold_ttl_ms, categories, rows, capacity,
-			offer_window_ms, max_wait_ms)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+			offer_window_ms, max_wait_ms, room_opens_at, room_admit_per_second, room_max_active, room_window_ms)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 		ON CONFLICT (show_id) DO NOTHING
 		RETURNING created_at`,
 		sh.ID, sh.Title, sh.City, sh.Venue, sh.StartsAt, sh.HoldTTL.Milliseconds(), cats, rows, sh.Capacity,
-		sh.OfferWindow.Milliseconds(), sh.MaxWait.Milliseconds(),
+		sh.OfferWindow.Milliseconds(), sh.MaxWait.Milliseconds(), room.opensAt, room.rate, room.maxActive, room.windowMS,
 	).Scan(&sh.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Show{}, fmt.Errorf("show %s: %w", sh.ID, ErrExists)
@@ -315,15 +332,28 @@ func (s *Store) CreateShow(ctx context.Context, sh Show) (Show, error) {
 }
 
 const showColumns = `show_id, title, city, venue, starts_at, hold_ttl_ms, categories, rows, capacity, created_at,
-	offer_window_ms, max_wait_ms`
+	offer_window_ms, max_wait_ms, room_opens_at, room_admit_per_second, room_max_active, room_window_ms`
+
+// roomColumns are a show's waiting room columns, all NULL (nil) for none.
+type roomColumns struct {
+	opensAt   *time.Time
+	rate      *float64
+	maxActive *int
+	windowMS  *int64
+}
 
 func scanShow(row pgx.Row) (Show, error) {
 	var sh Show
 	var ttlMS, offerMS, waitMS int64
 	var cats, rows []byte
+	var room roomColumns
 	if err := row.Scan(&sh.ID, &sh.Title, &sh.City, &sh.Venue, &sh.StartsAt, &ttlMS, &cats, &rows, &sh.Capacity, &sh.CreatedAt,
-		&offerMS, &waitMS); err != nil {
+		&offerMS, &waitMS, &room.opensAt, &room.rate, &room.maxActive, &room.windowMS); err != nil {
 		return Show{}, err
+	}
+	if room.opensAt != nil && room.rate != nil && room.maxActive != nil && room.windowMS != nil {
+		sh.Room = &WaitingRoom{OpensAt: *room.opensAt, AdmitPerSecond: *room.rate, MaxActive: *room.maxActive,
+			ShoppingWindow: time.Duration(*room.windowMS) * time.Millisecond}
 	}
 	sh.HoldTTL = time.Duration(ttlMS) * time.Millisecond
 	sh.OfferWindow = time.Duration(offerMS) * time.Millisecond

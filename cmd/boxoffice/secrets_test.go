@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"os"
 	"path/filepath"
@@ -209,6 +210,27 @@ func TestParseServeLimits(t *testing.T) {
 		if c.PprofAddr != "localhost:6060" || c.GRPCMaxStreams != 5 || c.GRPCMaxRecvBytes != 2048 || c.GRPCMaxConns != 6 ||
 			c.HealthInterval != 250*time.Millisecond {
 			t.Errorf("environment: %+v", c)
+		}
+	})
+	t.Run("admission key", func(t *testing.T) {
+		key := base64.StdEncoding.EncodeToString([]byte("sixteen bytes ok"))
+		if c, err := parse(t, "--admission-key", key); err != nil || string(c.AdmissionKey) != "sixteen bytes ok" {
+			t.Errorf("--admission-key: %q, %v", c.AdmissionKey, err)
+		}
+		if c, err := parse(t); err != nil || c.AdmissionKey != nil {
+			t.Errorf("no admission key: %q, %v", c.AdmissionKey, err)
+		}
+		for _, bad := range []string{base64.StdEncoding.EncodeToString([]byte("short")), "not base64!"} {
+			if _, err := parse(t, "--admission-key", bad); err == nil || !strings.Contains(err.Error(), "--admission-key") {
+				t.Errorf("--admission-key %q: %v, want an error naming the flag", bad, err)
+			}
+		}
+		file := filepath.Join(t.TempDir(), "key")
+		if err := os.WriteFile(file, []byte(key+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if c, err := parse(t, "--admission-key-file", file); err != nil || string(c.AdmissionKey) != "sixteen bytes ok" {
+			t.Errorf("--admission-key-file: %q, %v", c.AdmissionKey, err)
 		}
 	})
 	t.Run("gogc", func(t *testing.T) {

@@ -23,6 +23,7 @@ import (
 	"github.com/boxoffice/boxoffice/engine"
 	"github.com/boxoffice/boxoffice/persistence"
 	"github.com/boxoffice/boxoffice/ring"
+	wu "github.com/boxoffice/boxoffice/waitinguser"
 )
 
 // defaultGCPercent is serve's garbage collector target. A node's live heap
@@ -71,6 +72,10 @@ type serveConfig struct {
 	GossipAddr string
 	Join       []string
 	GossipKey  []byte
+
+	// AdmissionKey signs and checks waiting rooms' admission tokens (raw
+	// bytes); nil: none.
+	AdmissionKey []byte
 }
 
 // parseServe reads flags, each defaulting to its BOXOFFICE_* environment
@@ -89,7 +94,7 @@ func parseServe(args []string) (serveConfig, error) {
 	}
 	host, _ := os.Hostname()
 	var c serveConfig
-	var tokenFile, adminTokenFile, databaseURLFile, join, gossipKey, gossipKeyFile string
+	var tokenFile, adminTokenFile, databaseURLFile, join, gossipKey, gossipKeyFile, admissionKey, admissionKeyFile string
 	var maxStreams uint64
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	// envErrs holds, by flag name, environment values that do not parse;
@@ -147,6 +152,9 @@ func parseServe(args []string) (serveConfig, error) {
 	fs.StringVar(&join, "join", env("JOIN", ""), "comma-separated gossip addresses of cluster members to join; empty: start a cluster [BOXOFFICE_JOIN]")
 	fs.StringVar(&gossipKey, "gossip-key", env("GOSSIP_KEY", ""), "base64 key (16, 24 or 32 bytes) that encrypts gossip; every member needs the same [BOXOFFICE_GOSSIP_KEY]")
 	fs.StringVar(&gossipKeyFile, "gossip-key-file", env("GOSSIP_KEY_FILE", ""), "file holding the gossip key, instead of --gossip-key [BOXOFFICE_GOSSIP_KEY_FILE]")
+	fs.StringVar(&admissionKey, "admission-key", env("ADMISSION_KEY", ""),
+		"base64 key (at least 16 bytes) that signs and checks waiting rooms' admission tokens; every node needs the same; without it the node serves no show with a waiting room [BOXOFFICE_ADMISSION_KEY]")
+	fs.StringVar(&admissionKeyFile, "admission-key-file", env("ADMISSION_KEY_FILE", ""), "file holding the admission key, instead of --admission-key [BOXOFFICE_ADMISSION_KEY_FILE]")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -181,6 +189,17 @@ func parseServe(args []string) (serveConfig, error) {
 	}
 	if gossipKey, err = secretFromFile("gossip-key", gossipKey, gossipKeyFile); err != nil {
 		return c, fmt.Errorf("serve: %w", err)
+	}
+	if admissionKey, err = secretFromFile("admission-key", admissionKey, admissionKeyFile); err != nil {
+		return c, fmt.Errorf("serve: %w", err)
+	}
+	if admissionKey != "" {
+		if c.AdmissionKey, err = base64.StdEncoding.DecodeString(admissionKey); err != nil {
+			return c, fmt.Errorf("serve: --admission-key: %w", err)
+		}
+		if _, err := wu.NewTokenKey(c.AdmissionKey); err != nil {
+			return c, fmt.Errorf("serve: --admission-key: %w", err)
+		}
 	}
 	if gossipKey != "" {
 		if c.GossipKey, err = base64.StdEncoding.DecodeString(gossipKey); err != nil {
@@ -324,6 +343,9 @@ func startNode(ctx context.Context, cfg serveConfig, log *slog.Logger) (*node, e
 		IdempotencyRetention: cfg.IdempotencyRetention, IdleEvictAfter: cfg.IdleEvict,
 		NotFoundTTL: cfg.NotFoundTTL, MaxConcurrentLoads: cfg.MaxConcurrentLoads, MaxWaitlist: cfg.MaxWaitlist,
 		LeaseRenewInterval: store.LeaseDuration() / 3,
+	}
+	if cfg.AdmissionKey != nil {
+		ecfg.AdmissionKey = wu.TokenKey(cfg.AdmissionKey)
 	}
 	// A cluster member binds its gRPC port first, to put the address in the
 	// ring before it serves.

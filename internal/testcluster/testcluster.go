@@ -25,6 +25,7 @@ import (
 	"github.com/boxoffice/boxoffice/internal/wirecodec"
 	"github.com/boxoffice/boxoffice/persistence"
 	"github.com/boxoffice/boxoffice/ring"
+	wu "github.com/boxoffice/boxoffice/waitinguser"
 )
 
 // Tokens the test nodes accept.
@@ -139,7 +140,7 @@ func StartNode(t testing.TB, url string, opts Options) *Node {
 	}
 	ecfg := engine.Config{
 		NodeID: opts.NodeID, Clock: opts.Clock, ExpiryInterval: opts.ExpiryInterval,
-		Logger: log, Registerer: n.Registry,
+		Logger: log, Registerer: n.Registry, AdmissionKey: AdmissionKey(),
 	}
 	var lis net.Listener
 	if opts.Cluster != nil {
@@ -230,6 +231,10 @@ func Dial(addr string) (*grpc.ClientConn, error) {
 	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(wirecodec.Codec{})))
 }
+
+// AdmissionKey returns the admission key every test node has (nodes of a
+// cluster share it).
+func AdmissionKey() wu.TokenKey { return wu.TokenKey("testcluster admission key") }
 
 // Ctx returns ctx carrying the service token.
 func Ctx(ctx context.Context) context.Context {

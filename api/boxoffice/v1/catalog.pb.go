@@ -39,7 +39,11 @@ type CreateShowRequest struct {
 	// Optional: how long a waitlist turn's offer lasts. Unset means 2 minutes.
 	OfferWindow *durationpb.Duration `protobuf:"bytes,9,opt,name=offer_window,json=offerWindow,proto3" json:"offer_window,omitempty"`
 	// Optional: how long a user may wait on the waitlist. Unset means 1 hour.
-	MaxWait       *durationpb.Duration `protobuf:"bytes,10,opt,name=max_wait,json=maxWait,proto3" json:"max_wait,omitempty"`
+	MaxWait *durationpb.Duration `protobuf:"bytes,10,opt,name=max_wait,json=maxWait,proto3" json:"max_wait,omitempty"`
+	// Optional: a waiting room in front of the on-sale. While the show has
+	// one, HoldSeats (and Pipeline holds, and JoinWaitlist) need the user's
+	// admission token.
+	WaitingRoom   *WaitingRoom `protobuf:"bytes,11,opt,name=waiting_room,json=waitingRoom,proto3" json:"waiting_room,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -140,6 +144,13 @@ func (x *CreateShowRequest) GetOfferWindow() *durationpb.Duration {
 func (x *CreateShowRequest) GetMaxWait() *durationpb.Duration {
 	if x != nil {
 		return x.MaxWait
+	}
+	return nil
+}
+
+func (x *CreateShowRequest) GetWaitingRoom() *WaitingRoom {
+	if x != nil {
+		return x.WaitingRoom
 	}
 	return nil
 }
@@ -280,7 +291,7 @@ var File_boxoffice_v1_catalog_proto protoreflect.FileDescriptor
 
 const file_boxoffice_v1_catalog_proto_rawDesc = "" +
 	"\n" +
-	"\x1aboxoffice/v1/catalog.proto\x12\fboxoffice.v1\x1a\x18boxoffice/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x03\n" +
+	"\x1aboxoffice/v1/catalog.proto\x12\fboxoffice.v1\x1a\x18boxoffice/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x03\n" +
 	"\x11CreateShowRequest\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12\x12\n" +
@@ -294,7 +305,8 @@ const file_boxoffice_v1_catalog_proto_rawDesc = "" +
 	"\x04rows\x18\b \x03(\v2\x11.boxoffice.v1.RowR\x04rows\x12<\n" +
 	"\foffer_window\x18\t \x01(\v2\x19.google.protobuf.DurationR\vofferWindow\x124\n" +
 	"\bmax_wait\x18\n" +
-	" \x01(\v2\x19.google.protobuf.DurationR\amaxWait\"<\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\amaxWait\x12<\n" +
+	"\fwaiting_room\x18\v \x01(\v2\x19.boxoffice.v1.WaitingRoomR\vwaitingRoom\"<\n" +
 	"\x12CreateShowResponse\x12&\n" +
 	"\x04show\x18\x01 \x01(\v2\x12.boxoffice.v1.ShowR\x04show\")\n" +
 	"\x0eGetShowRequest\x12\x17\n" +
@@ -328,7 +340,8 @@ var file_boxoffice_v1_catalog_proto_goTypes = []any{
 	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
 	(*Category)(nil),              // 6: boxoffice.v1.Category
 	(*Row)(nil),                   // 7: boxoffice.v1.Row
-	(*Show)(nil),                  // 8: boxoffice.v1.Show
+	(*WaitingRoom)(nil),           // 8: boxoffice.v1.WaitingRoom
+	(*Show)(nil),                  // 9: boxoffice.v1.Show
 }
 var file_boxoffice_v1_catalog_proto_depIdxs = []int32{
 	4,  // 0: boxoffice.v1.CreateShowRequest.starts_at:type_name -> google.protobuf.Timestamp
@@ -337,17 +350,18 @@ var file_boxoffice_v1_catalog_proto_depIdxs = []int32{
 	7,  // 3: boxoffice.v1.CreateShowRequest.rows:type_name -> boxoffice.v1.Row
 	5,  // 4: boxoffice.v1.CreateShowRequest.offer_window:type_name -> google.protobuf.Duration
 	5,  // 5: boxoffice.v1.CreateShowRequest.max_wait:type_name -> google.protobuf.Duration
-	8,  // 6: boxoffice.v1.CreateShowResponse.show:type_name -> boxoffice.v1.Show
-	8,  // 7: boxoffice.v1.GetShowResponse.show:type_name -> boxoffice.v1.Show
-	0,  // 8: boxoffice.v1.CatalogService.CreateShow:input_type -> boxoffice.v1.CreateShowRequest
-	2,  // 9: boxoffice.v1.CatalogService.GetShow:input_type -> boxoffice.v1.GetShowRequest
-	1,  // 10: boxoffice.v1.CatalogService.CreateShow:output_type -> boxoffice.v1.CreateShowResponse
-	3,  // 11: boxoffice.v1.CatalogService.GetShow:output_type -> boxoffice.v1.GetShowResponse
-	10, // [10:12] is the sub-list for method output_type
-	8,  // [8:10] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	8,  // 6: boxoffice.v1.CreateShowRequest.waiting_room:type_name -> boxoffice.v1.WaitingRoom
+	9,  // 7: boxoffice.v1.CreateShowResponse.show:type_name -> boxoffice.v1.Show
+	9,  // 8: boxoffice.v1.GetShowResponse.show:type_name -> boxoffice.v1.Show
+	0,  // 9: boxoffice.v1.CatalogService.CreateShow:input_type -> boxoffice.v1.CreateShowRequest
+	2,  // 10: boxoffice.v1.CatalogService.GetShow:input_type -> boxoffice.v1.GetShowRequest
+	1,  // 11: boxoffice.v1.CatalogService.CreateShow:output_type -> boxoffice.v1.CreateShowResponse
+	3,  // 12: boxoffice.v1.CatalogService.GetShow:output_type -> boxoffice.v1.GetShowResponse
+	11, // [11:13] is the sub-list for method output_type
+	9,  // [9:11] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_boxoffice_v1_catalog_proto_init() }

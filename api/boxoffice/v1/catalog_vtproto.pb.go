@@ -52,6 +52,16 @@ func (m *CreateShowRequest) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.WaitingRoom != nil {
+		size, err := m.WaitingRoom.MarshalToSizedBufferVT(dAtA[:i])
+		if err != nil {
+			return 0, err
+		}
+		i -= size
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(size))
+		i--
+		dAtA[i] = 0x5a
+	}
 	if m.MaxWait != nil {
 		size, err := (*durationpb.Duration)(m.MaxWait).MarshalToSizedBufferVT(dAtA[:i])
 		if err != nil {
@@ -321,6 +331,10 @@ func (m *CreateShowRequest) SizeVT() (n int) {
 	}
 	if m.MaxWait != nil {
 		l = (*durationpb.Duration)(m.MaxWait).SizeVT()
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	if m.WaitingRoom != nil {
+		l = m.WaitingRoom.SizeVT()
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
 	n += len(m.unknownFields)
@@ -735,6 +749,42 @@ func (m *CreateShowRequest) UnmarshalVT(dAtA []byte) error {
 				m.MaxWait = &durationpb1.Duration{}
 			}
 			if err := (*durationpb.Duration)(m.MaxWait).UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 11:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field WaitingRoom", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.WaitingRoom == nil {
+				m.WaitingRoom = &WaitingRoom{}
+			}
+			if err := m.WaitingRoom.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
 				return err
 			}
 			iNdEx = postIndex

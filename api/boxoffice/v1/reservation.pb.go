@@ -967,6 +967,12 @@ type HoldSeatsRequest struct {
 	// Optional. A retry with the same key and request gets the first answer;
 	// the same key with another request is refused with InvalidArgument.
 	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	// Required while the show has a waiting room: the user's admission token
+	// for the show. Without a valid one (missing, forged, expired, another
+	// user's or show's) the hold is refused with FailedPrecondition, reason
+	// NOT_ADMITTED. It is not part of the request an idempotency key names:
+	// a retry with a fresh token replays the first answer.
+	AdmissionToken string `protobuf:"bytes,5,opt,name=admission_token,json=admissionToken,proto3" json:"admission_token,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -1025,6 +1031,13 @@ func (x *HoldSeatsRequest) GetSeatIds() []string {
 func (x *HoldSeatsRequest) GetIdempotencyKey() string {
 	if x != nil {
 		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *HoldSeatsRequest) GetAdmissionToken() string {
+	if x != nil {
+		return x.AdmissionToken
 	}
 	return ""
 }
@@ -1608,12 +1621,13 @@ const file_boxoffice_v1_reservation_proto_rawDesc = "" +
 	"\x04rows\x18\x06 \x03(\v2\x11.boxoffice.v1.RowR\x04rows\x12\x1a\n" +
 	"\bstatuses\x18\a \x01(\fR\bstatuses\x12\x18\n" +
 	"\aoffered\x18\b \x01(\x05R\aoffered\x12\x18\n" +
-	"\awaiting\x18\t \x01(\x05R\awaiting\"\x88\x01\n" +
+	"\awaiting\x18\t \x01(\x05R\awaiting\"\xb1\x01\n" +
 	"\x10HoldSeatsRequest\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x19\n" +
 	"\bseat_ids\x18\x03 \x03(\tR\aseatIds\x12'\n" +
-	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\"\xed\x01\n" +
+	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x12'\n" +
+	"\x0fadmission_token\x18\x05 \x01(\tR\x0eadmissionToken\"\xed\x01\n" +
 	"\x11HoldSeatsResponse\x12\x17\n" +
 	"\ahold_id\x18\x01 \x01(\tR\x06holdId\x12\x19\n" +
 	"\bseat_ids\x18\x02 \x03(\tR\aseatIds\x129\n" +

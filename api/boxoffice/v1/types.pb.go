@@ -273,7 +273,9 @@ type Show struct {
 	OfferWindow *durationpb.Duration `protobuf:"bytes,11,opt,name=offer_window,json=offerWindow,proto3" json:"offer_window,omitempty"`
 	// How long a user may wait on the waitlist before the entry times out.
 	// Default 1 hour.
-	MaxWait       *durationpb.Duration `protobuf:"bytes,12,opt,name=max_wait,json=maxWait,proto3" json:"max_wait,omitempty"`
+	MaxWait *durationpb.Duration `protobuf:"bytes,12,opt,name=max_wait,json=maxWait,proto3" json:"max_wait,omitempty"`
+	// The show's waiting room, if it has one.
+	WaitingRoom   *WaitingRoom `protobuf:"bytes,13,opt,name=waiting_room,json=waitingRoom,proto3" json:"waiting_room,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -392,6 +394,88 @@ func (x *Show) GetMaxWait() *durationpb.Duration {
 	return nil
 }
 
+func (x *Show) GetWaitingRoom() *WaitingRoom {
+	if x != nil {
+		return x.WaitingRoom
+	}
+	return nil
+}
+
+// A show's waiting room: users queue for admission to the on-sale, are
+// admitted in join order, and only an admitted user may hold seats (with the
+// admission token).
+type WaitingRoom struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When admissions begin; users may join the queue before.
+	OpensAt *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=opens_at,json=opensAt,proto3" json:"opens_at,omitempty"`
+	// Queued users admitted per second, from 1/3600 to 100,000.
+	AdmitPerSecond float64 `protobuf:"fixed64,2,opt,name=admit_per_second,json=admitPerSecond,proto3" json:"admit_per_second,omitempty"`
+	// The most admitted users shopping at once; 0: no cap.
+	MaxActiveShoppers int32 `protobuf:"varint,3,opt,name=max_active_shoppers,json=maxActiveShoppers,proto3" json:"max_active_shoppers,omitempty"`
+	// How long an admission lasts. Unset means 10 minutes; 1 minute to 1 day.
+	ShoppingWindow *durationpb.Duration `protobuf:"bytes,4,opt,name=shopping_window,json=shoppingWindow,proto3" json:"shopping_window,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *WaitingRoom) Reset() {
+	*x = WaitingRoom{}
+	mi := &file_boxoffice_v1_types_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitingRoom) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitingRoom) ProtoMessage() {}
+
+func (x *WaitingRoom) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_types_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitingRoom.ProtoReflect.Descriptor instead.
+func (*WaitingRoom) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_types_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *WaitingRoom) GetOpensAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OpensAt
+	}
+	return nil
+}
+
+func (x *WaitingRoom) GetAdmitPerSecond() float64 {
+	if x != nil {
+		return x.AdmitPerSecond
+	}
+	return 0
+}
+
+func (x *WaitingRoom) GetMaxActiveShoppers() int32 {
+	if x != nil {
+		return x.MaxActiveShoppers
+	}
+	return 0
+}
+
+func (x *WaitingRoom) GetShoppingWindow() *durationpb.Duration {
+	if x != nil {
+		return x.ShoppingWindow
+	}
+	return nil
+}
+
 // A reservation: a hold of 1-10 seats and what became of it.
 type Reservation struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -415,7 +499,7 @@ type Reservation struct {
 
 func (x *Reservation) Reset() {
 	*x = Reservation{}
-	mi := &file_boxoffice_v1_types_proto_msgTypes[3]
+	mi := &file_boxoffice_v1_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -427,7 +511,7 @@ func (x *Reservation) String() string {
 func (*Reservation) ProtoMessage() {}
 
 func (x *Reservation) ProtoReflect() protoreflect.Message {
-	mi := &file_boxoffice_v1_types_proto_msgTypes[3]
+	mi := &file_boxoffice_v1_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -440,7 +524,7 @@ func (x *Reservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reservation.ProtoReflect.Descriptor instead.
 func (*Reservation) Descriptor() ([]byte, []int) {
-	return file_boxoffice_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_boxoffice_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Reservation) GetHoldId() string {
@@ -526,7 +610,7 @@ const file_boxoffice_v1_types_proto_rawDesc = "" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +
 	"seat_count\x18\x02 \x01(\x05R\tseatCount\x12\x1a\n" +
-	"\bcategory\x18\x03 \x01(\tR\bcategory\"\xf8\x03\n" +
+	"\bcategory\x18\x03 \x01(\tR\bcategory\"\xb6\x04\n" +
 	"\x04Show\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12\x12\n" +
@@ -543,7 +627,13 @@ const file_boxoffice_v1_types_proto_rawDesc = "" +
 	"created_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12<\n" +
 	"\foffer_window\x18\v \x01(\v2\x19.google.protobuf.DurationR\vofferWindow\x124\n" +
-	"\bmax_wait\x18\f \x01(\v2\x19.google.protobuf.DurationR\amaxWait\"\xb3\x03\n" +
+	"\bmax_wait\x18\f \x01(\v2\x19.google.protobuf.DurationR\amaxWait\x12<\n" +
+	"\fwaiting_room\x18\r \x01(\v2\x19.boxoffice.v1.WaitingRoomR\vwaitingRoom\"\xe2\x01\n" +
+	"\vWaitingRoom\x125\n" +
+	"\bopens_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\aopensAt\x12(\n" +
+	"\x10admit_per_second\x18\x02 \x01(\x01R\x0eadmitPerSecond\x12.\n" +
+	"\x13max_active_shoppers\x18\x03 \x01(\x05R\x11maxActiveShoppers\x12B\n" +
+	"\x0fshopping_window\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x0eshoppingWindow\"\xb3\x03\n" +
 	"\vReservation\x12\x17\n" +
 	"\ahold_id\x18\x01 \x01(\tR\x06holdId\x12\x17\n" +
 	"\ashow_id\x18\x02 \x01(\tR\x06showId\x12\x17\n" +
@@ -586,35 +676,39 @@ func file_boxoffice_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_boxoffice_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_boxoffice_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_boxoffice_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_boxoffice_v1_types_proto_goTypes = []any{
 	(SeatStatus)(0),               // 0: boxoffice.v1.SeatStatus
 	(ReservationStatus)(0),        // 1: boxoffice.v1.ReservationStatus
 	(*Category)(nil),              // 2: boxoffice.v1.Category
 	(*Row)(nil),                   // 3: boxoffice.v1.Row
 	(*Show)(nil),                  // 4: boxoffice.v1.Show
-	(*Reservation)(nil),           // 5: boxoffice.v1.Reservation
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
+	(*WaitingRoom)(nil),           // 5: boxoffice.v1.WaitingRoom
+	(*Reservation)(nil),           // 6: boxoffice.v1.Reservation
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
 }
 var file_boxoffice_v1_types_proto_depIdxs = []int32{
-	6,  // 0: boxoffice.v1.Show.starts_at:type_name -> google.protobuf.Timestamp
-	7,  // 1: boxoffice.v1.Show.hold_ttl:type_name -> google.protobuf.Duration
+	7,  // 0: boxoffice.v1.Show.starts_at:type_name -> google.protobuf.Timestamp
+	8,  // 1: boxoffice.v1.Show.hold_ttl:type_name -> google.protobuf.Duration
 	2,  // 2: boxoffice.v1.Show.categories:type_name -> boxoffice.v1.Category
 	3,  // 3: boxoffice.v1.Show.rows:type_name -> boxoffice.v1.Row
-	6,  // 4: boxoffice.v1.Show.created_at:type_name -> google.protobuf.Timestamp
-	7,  // 5: boxoffice.v1.Show.offer_window:type_name -> google.protobuf.Duration
-	7,  // 6: boxoffice.v1.Show.max_wait:type_name -> google.protobuf.Duration
-	1,  // 7: boxoffice.v1.Reservation.status:type_name -> boxoffice.v1.ReservationStatus
-	6,  // 8: boxoffice.v1.Reservation.created_at:type_name -> google.protobuf.Timestamp
-	6,  // 9: boxoffice.v1.Reservation.expires_at:type_name -> google.protobuf.Timestamp
-	6,  // 10: boxoffice.v1.Reservation.booked_at:type_name -> google.protobuf.Timestamp
-	6,  // 11: boxoffice.v1.Reservation.ended_at:type_name -> google.protobuf.Timestamp
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	7,  // 4: boxoffice.v1.Show.created_at:type_name -> google.protobuf.Timestamp
+	8,  // 5: boxoffice.v1.Show.offer_window:type_name -> google.protobuf.Duration
+	8,  // 6: boxoffice.v1.Show.max_wait:type_name -> google.protobuf.Duration
+	5,  // 7: boxoffice.v1.Show.waiting_room:type_name -> boxoffice.v1.WaitingRoom
+	7,  // 8: boxoffice.v1.WaitingRoom.opens_at:type_name -> google.protobuf.Timestamp
+	8,  // 9: boxoffice.v1.WaitingRoom.shopping_window:type_name -> google.protobuf.Duration
+	1,  // 10: boxoffice.v1.Reservation.status:type_name -> boxoffice.v1.ReservationStatus
+	7,  // 11: boxoffice.v1.Reservation.created_at:type_name -> google.protobuf.Timestamp
+	7,  // 12: boxoffice.v1.Reservation.expires_at:type_name -> google.protobuf.Timestamp
+	7,  // 13: boxoffice.v1.Reservation.booked_at:type_name -> google.protobuf.Timestamp
+	7,  // 14: boxoffice.v1.Reservation.ended_at:type_name -> google.protobuf.Timestamp
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_boxoffice_v1_types_proto_init() }
@@ -628,7 +722,7 @@ func file_boxoffice_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_boxoffice_v1_types_proto_rawDesc), len(file_boxoffice_v1_types_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -105,9 +105,11 @@ type JoinWaitlistRequest struct {
 	// The end user, as authenticated by the caller.
 	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// How many seats the user wants, 1-10.
-	SeatsWanted   int32 `protobuf:"varint,3,opt,name=seats_wanted,json=seatsWanted,proto3" json:"seats_wanted,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SeatsWanted int32 `protobuf:"varint,3,opt,name=seats_wanted,json=seatsWanted,proto3" json:"seats_wanted,omitempty"`
+	// Required while the show has a waiting room, as for HoldSeats.
+	AdmissionToken string `protobuf:"bytes,4,opt,name=admission_token,json=admissionToken,proto3" json:"admission_token,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *JoinWaitlistRequest) Reset() {
@@ -159,6 +161,13 @@ func (x *JoinWaitlistRequest) GetSeatsWanted() int32 {
 		return x.SeatsWanted
 	}
 	return 0
+}
+
+func (x *JoinWaitlistRequest) GetAdmissionToken() string {
+	if x != nil {
+		return x.AdmissionToken
+	}
+	return ""
 }
 
 // The answer to JoinWaitlist.
@@ -746,11 +755,12 @@ var File_boxoffice_v1_waitlist_proto protoreflect.FileDescriptor
 
 const file_boxoffice_v1_waitlist_proto_rawDesc = "" +
 	"\n" +
-	"\x1bboxoffice/v1/waitlist.proto\x12\fboxoffice.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"j\n" +
+	"\x1bboxoffice/v1/waitlist.proto\x12\fboxoffice.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x01\n" +
 	"\x13JoinWaitlistRequest\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12!\n" +
-	"\fseats_wanted\x18\x03 \x01(\x05R\vseatsWanted\"c\n" +
+	"\fseats_wanted\x18\x03 \x01(\x05R\vseatsWanted\x12'\n" +
+	"\x0fadmission_token\x18\x04 \x01(\tR\x0eadmissionToken\"c\n" +
 	"\x14JoinWaitlistResponse\x121\n" +
 	"\x05entry\x18\x01 \x01(\v2\x1b.boxoffice.v1.WaitlistEntryR\x05entry\x12\x18\n" +
 	"\aexisted\x18\x02 \x01(\bR\aexisted\"H\n" +

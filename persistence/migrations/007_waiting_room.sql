@@ -1,0 +1,12 @@
+-- A show's waiting room (issue #12): when admissions begin, how many queued
+-- users are admitted per second, the cap on shoppers (0: none) and how long
+-- an admission lasts. All NULL for a show without one.
+ALTER TABLE shows
+    ADD COLUMN room_opens_at         timestamptz,
+    ADD COLUMN room_admit_per_second double precision CHECK (room_admit_per_second > 0),
+    ADD COLUMN room_max_active       integer CHECK (room_max_active >= 0),
+    ADD COLUMN room_window_ms        bigint CHECK (room_window_ms > 0),
+    ADD CONSTRAINT shows_room_whole CHECK (
+        (room_opens_at IS NULL) = (room_admit_per_second IS NULL)
+        AND (room_opens_at IS NULL) = (room_max_active IS NULL)
+        AND (room_opens_at IS NULL) = (room_window_ms IS NULL));
