@@ -285,6 +285,10 @@ type Snapshot struct {
 	Waiting []WaitEntry
 	// Aside are the seats set aside for the head of the queue; nil if none.
 	Aside []string
+	// Room are the waiting room's users, queued and admitted, by Seq;
+	// RoomEnded is RoomSoldOut or RoomClosed once the room stopped, else "".
+	Room      []RoomEntry
+	RoomEnded string
 }
 
 // CreateShow inserts a show and returns it as stored: zero OfferWindow and
@@ -408,7 +412,10 @@ func (s *Store) LoadShow(ctx context.Context, showID string) (Snapshot, error) {
 		if err != nil {
 			return err
 		}
-		return loadWaitlist(ctx, tx, showID, &snap)
+		if err := loadWaitlist(ctx, tx, showID, &snap); err != nil {
+			return err
+		}
+		return loadRoom(ctx, tx, showID, &snap)
 	})
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("load show %s: %w", showID, classify(err))

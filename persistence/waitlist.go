@@ -36,8 +36,8 @@ type WaitEntry struct {
 	OfferDeadline time.Time
 }
 
-// WaitEvent is an audit event of the waitlist, written to
-// reservation_events with the mutation's show, epoch and this node.
+// WaitEvent is an audit event of the waitlist or the waiting room, written
+// to reservation_events with the mutation's show, epoch and this node.
 type WaitEvent struct {
 	UserID string
 	// Kind is stored as given, e.g. "WAIT_JOINED", "WAIT_TURN",
@@ -127,7 +127,12 @@ func (st *statements) addWaitlist(m *Mutation) {
 			w.aside = append(w.aside, asideOp{m.ShowID, c.Aside})
 		}
 	}
-	for _, e := range c.Events {
+	st.addEvents(m, c.Events)
+}
+
+// addEvents adds the audit events of m's waitlist or room change.
+func (st *statements) addEvents(m *Mutation, events []WaitEvent) {
+	for _, e := range events {
 		st.vShow = append(st.vShow, m.ShowID)
 		st.vID = append(st.vID, e.ReservationID)
 		st.vUser = append(st.vUser, e.UserID)

@@ -14,8 +14,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Kind is what a Mutation does: to a reservation, or (Waitlist) to a
-// show's waitlist only.
+// Kind is what a Mutation does: to a reservation, or (Waitlist, Room) to a
+// show's waitlist or waiting room only.
 type Kind uint8
 
 // Mutation kinds.
@@ -33,9 +33,12 @@ const (
 	// unused) and must carry Waitlist; without one it writes nothing. It
 	// writes no reservation event, only the change's events.
 	Waitlist
+	// Room is the Kind of a mutation that changes only a show's waiting
+	// room, as Waitlist is for the waitlist: it must carry Room.
+	Room
 )
 
-var kindEvents = [...]string{Hold: "HELD", Confirm: "BOOKED", Release: "RELEASED", Expire: "EXPIRED", Waitlist: "WAITLIST"}
+var kindEvents = [...]string{Hold: "HELD", Confirm: "BOOKED", Release: "RELEASED", Expire: "EXPIRED", Waitlist: "WAITLIST", Room: "ROOM"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindEvents) && kindEvents[k] != "" {
@@ -56,8 +59,9 @@ const ConfirmGrace = 5 * time.Second
 
 // Mutation is one change of one reservation, with the audit event it
 // produces and, optionally, the idempotency record of the request and a
-// change of the show's waitlist; or, of Kind Waitlist, a change of the
-// waitlist alone. Its slices and Waitlist must not be modified after
+// change of the show's waitlist or waiting room; or, of Kind Waitlist or
+// Room, a change of the waitlist or the room alone. Its slices, Waitlist
+// and Room must not be modified after
 // Enqueue.
 type Mutation struct {
 	Kind Kind
@@ -85,6 +89,9 @@ type Mutation struct {
 	// applied in the same transaction (fenced and refused with the rest);
 	// required for Kind Waitlist.
 	Waitlist *WaitlistChange
+	// Room is optional for every other Kind, applied in the same
+	// transaction; required for Kind Room.
+	Room *RoomChange
 }
 
 // Pending is a queued mutation. Wait returns its outcome.
@@ -619,6 +626,7 @@ type statements struct {
 	iShow, iKey, iFP, iID []string
 	// waitlist changes; their events are among the audit events
 	wait waitlistRows
+	room roomRows
 	node string
 	// retention is Config.IdempotencyRetention: an older record's key may
 	// be reused.
@@ -653,11 +661,14 @@ func (r *seatRows) add(m *Mutation) {
 func (st *statements) add(m *Mutation, node string) {
 	st.n++
 	st.node = node
-	if m.Kind != Waitlist {
+	if m.Kind != Waitlist && m.Kind != Room {
 		st.addReservation(m)
 	}
 	if m.Waitlist != nil {
 		st.addWaitlist(m)
+	}
+	if m.Room != nil {
+		st.addRoom(m)
 	}
 }
 
@@ -772,6 +783,7 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 		checks = append(checks, rowCheck{int64(len(st.vID)), "audit"})
 	}
 	checks = st.wait.queue(b, checks)
+	checks = st.room.queue(b, checks)
 	if len(st.iKey) > 0 {
 		if st.renewKeys {
 			// A key older than the retention (not loaded, maybe not pruned

@@ -1,0 +1,121 @@
+package persistence_test
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/boxoffice/boxoffice/persistence"
+)
+
+// roomM is a mutation of the waiting room alone.
+func roomM(epoch int64, show string, c persistence.RoomChange) persistence.Mutation {
+	return persistence.Mutation{Kind: persistence.Room, Epoch: epoch, ShowID: show, Room: &c}
+}
+
+// queued is a room entry of a user who joined at t0+seq seconds.
+func queued(user string, seq int64) persistence.RoomEntry {
+	return persistence.RoomEntry{UserID: user, Seq: seq, JoinedAt: t0.Add(time.Duration(seq) * time.Second)}
+}
+
+// admitted is e admitted at at for ten minutes.
+func admitted(e persistence.RoomEntry, at time.Time) persistence.RoomEntry {
+	e.AdmittedAt, e.Deadline = at, at.Add(10*time.Minute)
+	return e
+}
+
+func checkRoom(t *testing.T, s *persistence.Store, show string, want []persistence.RoomEntry, wantEnded string) {
+	t.Helper()
+	snap, err := s.LoadShow(context.Background(), show)
+	if err != nil {
+		t.Fatalf("load %s: %v", show, err)
+	}
+	for i := range snap.Room {
+		e := &snap.Room[i]
+		e.JoinedAt = e.JoinedAt.UTC()
+		if !e.AdmittedAt.IsZero() {
+			e.AdmittedAt, e.Deadline = e.AdmittedAt.UTC(), e.Deadline.UTC()
+		}
+	}
+	if len(snap.Room) == 0 && len(want) == 0 {
+		snap.Room, want = nil, nil
+	}
+	if !reflect.DeepEqual(snap.Room, want) || snap.RoomEnded != wantEnded {
+		t.Errorf("room of %s\n got %+v, ended %q\nwant %+v, ended %q", show, snap.Room, snap.RoomEnded, want, wantEnded)
+	}
+}
+
+// TestRoomRoundTrip writes queued and admitted users and a room's end;
+// LoadShow returns them by Seq with every field, and the last change of a
+// row in one transaction wins.
+func TestRoomRoundTrip(t *testing.T) {
+	s := openStore(t, newDB(t), nil)
+	e := ownShow(t, s, "s")
+	ownShow(t, s, "other")
+	if got := persistence.Room.String(); got != "ROOM" {
+		t.Fatalf("Room.String() = %q", got)
+	}
+	checkRoom(t, s, "s", nil, "")
+
+	a, b, c := queued("a", 1), queued("b", 2), queued("c", 3)
+	write(t, s, roomM(e, "s", persistence.RoomChange{Put: []persistence.RoomEntry{c, a}}))
+	write(t, s, roomM(e, "s", persistence.RoomChange{Put: []persistence.RoomEntry{b},
+		Events: []persistence.WaitEvent{{UserID: "b", Kind: "ROOM_JOINED", At: t0}}}))
+	checkRoom(t, s, "s", []persistence.RoomEntry{a, b, c}, "")
+	checkRoom(t, s, "other", nil, "")
+	if n := count(t, s.Pool(), `SELECT count(*) FROM reservation_events WHERE kind = 'ROOM_JOINED' AND user_id = 'b'`); n != 1 {
+		t.Errorf("%d ROOM_JOINED events of b, want 1", n)
+	}
+
+	// Admissions replace rows; a leave deletes one; in one batch the last
+	// change of a row wins.
+	a = admitted(a, t0.Add(time.Minute))
+	ps := enqueueAll(t, s,
+		roomM(e, "s", persistence.RoomChange{Put: []persistence.RoomEntry{a, b}}),
+		roomM(e, "s", persistence.RoomChange{Delete: []string{"b", "nobody"}}),
+	)
+	for _, p := range ps {
+		if err := p.Wait(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkRoom(t, s, "s", []persistence.RoomEntry{a, c}, "")
+
+	// A room's end, with its queue gone.
+	write(t, s, roomM(e, "s", persistence.RoomChange{Delete: []string{"c"}, End: persistence.RoomSoldOut}))
+	checkRoom(t, s, "s", []persistence.RoomEntry{a}, persistence.RoomSoldOut)
+	if n := count(t, s.Pool(), `SELECT count(*) FROM reservations`) + count(t, s.Pool(), `SELECT count(*) FROM seat_claims`); n != 0 {
+		t.Fatalf("room mutations wrote %d reservation rows", n)
+	}
+}
+
+// TestRoomFencedAndRefused: a room change at a stale epoch gets
+// ErrNotOwner, a row the database refuses (an admission without its
+// deadline, an unknown end) ErrConflict; neither changes anything.
+func TestRoomFencedAndRefused(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, newDB(t), nil)
+	stale := ownShow(t, s, "s")
+	a := queued("a", 1)
+	write(t, s, roomM(stale, "s", persistence.RoomChange{Put: []persistence.RoomEntry{a}}))
+	current, err := s.AcquireShow(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(roomM(stale, "s", persistence.RoomChange{Delete: []string{"a"}, End: persistence.RoomClosed})); !errors.Is(err, persistence.ErrNotOwner) {
+		t.Errorf("a stale write: %v, want ErrNotOwner", err)
+	}
+	half := queued("b", 2)
+	half.AdmittedAt = t0
+	for _, m := range []persistence.Mutation{
+		roomM(current, "s", persistence.RoomChange{Put: []persistence.RoomEntry{half}}),
+		roomM(current, "s", persistence.RoomChange{End: "MAYBE"}),
+	} {
+		if err := s.Write(m); !errors.Is(err, persistence.ErrConflict) {
+			t.Errorf("%+v: %v, want ErrConflict", m.Room, err)
+		}
+	}
+	checkRoom(t, s, "s", []persistence.RoomEntry{a}, "")
+}
