@@ -499,11 +499,11 @@ func (c *Client) pipelined(ctx context.Context, showID string, call *pb.Pipeline
 
 // unary runs a unary call on the show's owner, with retries.
 func unary[Req, Resp any](c *Client, ctx context.Context, showID string, req Req,
-	call func(pb.ReservationServiceClient, pb.WaitlistServiceClient) func(context.Context, Req, ...grpc.CallOption) (Resp, error)) (Resp, error) {
+	call func(*node) func(context.Context, Req, ...grpc.CallOption) (Resp, error)) (Resp, error) {
 	var resp Resp
 	err := c.retry(ctx, showID, func(ctx context.Context, n *node) error {
 		var err error
-		resp, err = call(n.reserve(), n.waitlist())(ctx, req)
+		resp, err = call(n)(ctx, req)
 		return err
 	})
 	return resp, err
@@ -512,16 +512,16 @@ func unary[Req, Resp any](c *Client, ctx context.Context, showID string, req Req
 // GetSeatMap reads a show's seat map from its owner (one RPC). SeatMap
 // answers from a live replica instead.
 func (c *Client) GetSeatMap(ctx context.Context, req *pb.GetSeatMapRequest) (*pb.GetSeatMapResponse, error) {
-	return unary(c, ctx, req.GetShowId(), req, func(r pb.ReservationServiceClient, _ pb.WaitlistServiceClient) func(context.Context, *pb.GetSeatMapRequest, ...grpc.CallOption) (*pb.GetSeatMapResponse, error) {
-		return r.GetSeatMap
+	return unary(c, ctx, req.GetShowId(), req, func(n *node) func(context.Context, *pb.GetSeatMapRequest, ...grpc.CallOption) (*pb.GetSeatMapResponse, error) {
+		return n.reserve().GetSeatMap
 	})
 }
 
 // GetReservation reads one reservation from its show's owner.
 func (c *Client) GetReservation(ctx context.Context, req *pb.GetReservationRequest) (*pb.GetReservationResponse, error) {
 	show := showOfHold(req.GetHoldId())
-	return unary(c, ctx, show, req, func(r pb.ReservationServiceClient, _ pb.WaitlistServiceClient) func(context.Context, *pb.GetReservationRequest, ...grpc.CallOption) (*pb.GetReservationResponse, error) {
-		return r.GetReservation
+	return unary(c, ctx, show, req, func(n *node) func(context.Context, *pb.GetReservationRequest, ...grpc.CallOption) (*pb.GetReservationResponse, error) {
+		return n.reserve().GetReservation
 	})
 }
 
@@ -529,30 +529,30 @@ func (c *Client) GetReservation(ctx context.Context, req *pb.GetReservationReque
 // first, paged. Any node answers it; the client asks the owner of the
 // user's ID as if it were a show's, to spread the reads.
 func (c *Client) ListUserReservations(ctx context.Context, req *pb.ListUserReservationsRequest) (*pb.ListUserReservationsResponse, error) {
-	return unary(c, ctx, req.GetUserId(), req, func(r pb.ReservationServiceClient, _ pb.WaitlistServiceClient) func(context.Context, *pb.ListUserReservationsRequest, ...grpc.CallOption) (*pb.ListUserReservationsResponse, error) {
-		return r.ListUserReservations
+	return unary(c, ctx, req.GetUserId(), req, func(n *node) func(context.Context, *pb.ListUserReservationsRequest, ...grpc.CallOption) (*pb.ListUserReservationsResponse, error) {
+		return n.reserve().ListUserReservations
 	})
 }
 
 // JoinWaitlist puts a user on a show's waitlist (see WaitlistService).
 func (c *Client) JoinWaitlist(ctx context.Context, req *pb.JoinWaitlistRequest) (*pb.JoinWaitlistResponse, error) {
-	return unary(c, ctx, req.GetShowId(), req, func(_ pb.ReservationServiceClient, w pb.WaitlistServiceClient) func(context.Context, *pb.JoinWaitlistRequest, ...grpc.CallOption) (*pb.JoinWaitlistResponse, error) {
-		return w.JoinWaitlist
+	return unary(c, ctx, req.GetShowId(), req, func(n *node) func(context.Context, *pb.JoinWaitlistRequest, ...grpc.CallOption) (*pb.JoinWaitlistResponse, error) {
+		return n.waitlist().JoinWaitlist
 	})
 }
 
 // LeaveWaitlist takes a user off a show's waitlist.
 func (c *Client) LeaveWaitlist(ctx context.Context, req *pb.LeaveWaitlistRequest) (*pb.LeaveWaitlistResponse, error) {
-	return unary(c, ctx, req.GetShowId(), req, func(_ pb.ReservationServiceClient, w pb.WaitlistServiceClient) func(context.Context, *pb.LeaveWaitlistRequest, ...grpc.CallOption) (*pb.LeaveWaitlistResponse, error) {
-		return w.LeaveWaitlist
+	return unary(c, ctx, req.GetShowId(), req, func(n *node) func(context.Context, *pb.LeaveWaitlistRequest, ...grpc.CallOption) (*pb.LeaveWaitlistResponse, error) {
+		return n.waitlist().LeaveWaitlist
 	})
 }
 
 // PollWaitlist answers a user's waitlist entry, waiting for a change as
 // the request asks (a long poll).
 func (c *Client) PollWaitlist(ctx context.Context, req *pb.PollWaitlistRequest) (*pb.PollWaitlistResponse, error) {
-	return unary(c, ctx, req.GetShowId(), req, func(_ pb.ReservationServiceClient, w pb.WaitlistServiceClient) func(context.Context, *pb.PollWaitlistRequest, ...grpc.CallOption) (*pb.PollWaitlistResponse, error) {
-		return w.PollWaitlist
+	return unary(c, ctx, req.GetShowId(), req, func(n *node) func(context.Context, *pb.PollWaitlistRequest, ...grpc.CallOption) (*pb.PollWaitlistResponse, error) {
+		return n.waitlist().PollWaitlist
 	})
 }
 
@@ -561,4 +561,35 @@ func (c *Client) PollWaitlist(ctx context.Context, req *pb.PollWaitlistRequest) 
 // stream ends calls again, or polls.
 func (c *Client) WatchWaitlist(ctx context.Context, req *pb.WatchWaitlistRequest) (pb.WaitlistService_WatchWaitlistClient, error) {
 	return c.owner(req.GetShowId()).waitlist().WatchWaitlist(ctx, req)
+}
+
+// JoinQueue puts a user in a show's waiting room queue (see
+// WaitingRoomService); once admitted, the entry's admission_token goes in
+// the user's HoldSeats requests.
+func (c *Client) JoinQueue(ctx context.Context, req *pb.JoinQueueRequest) (*pb.JoinQueueResponse, error) {
+	return unary(c, ctx, req.GetShowId(), req, func(n *node) func(context.Context, *pb.JoinQueueRequest, ...grpc.CallOption) (*pb.JoinQueueResponse, error) {
+		return n.room().JoinQueue
+	})
+}
+
+// LeaveQueue takes a user out of a show's waiting room.
+func (c *Client) LeaveQueue(ctx context.Context, req *pb.LeaveQueueRequest) (*pb.LeaveQueueResponse, error) {
+	return unary(c, ctx, req.GetShowId(), req, func(n *node) func(context.Context, *pb.LeaveQueueRequest, ...grpc.CallOption) (*pb.LeaveQueueResponse, error) {
+		return n.room().LeaveQueue
+	})
+}
+
+// PollQueue answers a user's waiting room entry, waiting for a change as
+// the request asks (a long poll).
+func (c *Client) PollQueue(ctx context.Context, req *pb.PollQueueRequest) (*pb.PollQueueResponse, error) {
+	return unary(c, ctx, req.GetShowId(), req, func(n *node) func(context.Context, *pb.PollQueueRequest, ...grpc.CallOption) (*pb.PollQueueResponse, error) {
+		return n.room().PollQueue
+	})
+}
+
+// WatchQueue opens a stream of a user's waiting room entry on the show's
+// owner. It is not retried: a caller whose stream ends calls again, or
+// polls.
+func (c *Client) WatchQueue(ctx context.Context, req *pb.WatchQueueRequest) (pb.WaitingRoomService_WatchQueueClient, error) {
+	return c.owner(req.GetShowId()).room().WatchQueue(ctx, req)
 }

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 	"github.com/boxoffice/boxoffice/client"
@@ -497,4 +498,50 @@ func TestClientBoundsCallsInFlight(t *testing.T) {
 		defer cancel()
 		return status.Code(hold(ctx, "after")) == codes.AlreadyExists
 	})
+}
+
+// TestClientWaitingRoom: through the client, a user joins a show's waiting
+// room, is admitted, and holds seats with the admission token; without it
+// the hold is refused NOT_ADMITTED.
+func TestClientWaitingRoom(t *testing.T) {
+	url := pgclustertest.Shared(t)
+	tc.Migrate(t, url)
+	n := tc.StartNode(t, url, tc.Options{NodeID: "solo"})
+	req := tc.ShowRequest("cl-room", 1, 10, time.Minute)
+	req.WaitingRoom = &pb.WaitingRoom{AdmitPerSecond: 50}
+	if _, err := n.Catalog.CreateShow(tc.AdminCtx(t.Context()), req); err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(t, client.Config{Addrs: []string{n.Server.GRPCAddr()}})
+	ctx := t.Context()
+
+	j, err := c.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "cl-room", UserId: "u1"})
+	if err != nil || j.GetEntry().GetSequence() != 1 {
+		t.Fatalf("join: %v, %v", j, err)
+	}
+	var e *pb.QueueEntry
+	pollUntil(t, 10*time.Second, "the admission", func() bool {
+		r, err := c.PollQueue(ctx, &pb.PollQueueRequest{ShowId: "cl-room", UserId: "u1", SinceVersion: e.GetVersion(), Wait: durationpb.New(time.Second)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e = r.GetEntry()
+		return e.GetState() == pb.QueueState_QUEUE_STATE_ADMITTED
+	})
+	if _, err := c.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "cl-room", UserId: "u1", SeatIds: []string{"A-2"}}); client.Reason(err) != "NOT_ADMITTED" {
+		t.Fatalf("hold without the token: %v, want NOT_ADMITTED", err)
+	}
+	if _, err := c.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "cl-room", UserId: "u1", SeatIds: []string{"A-2"}, AdmissionToken: e.GetAdmissionToken()}); err != nil {
+		t.Fatalf("hold with the token: %v", err)
+	}
+	w, err := c.WatchQueue(ctx, &pb.WatchQueueRequest{ShowId: "cl-room", UserId: "u1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := w.Recv(); err != nil || m.GetEntry().GetState() != pb.QueueState_QUEUE_STATE_ADMITTED {
+		t.Fatalf("watch: %v, %v", m, err)
+	}
+	if l, err := c.LeaveQueue(ctx, &pb.LeaveQueueRequest{ShowId: "cl-room", UserId: "u1"}); err != nil || l.GetEntry().GetState() != pb.QueueState_QUEUE_STATE_LEFT {
+		t.Fatalf("leave: %v, %v", l, err)
+	}
 }

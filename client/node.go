@@ -35,6 +35,7 @@ type node struct {
 	conns   []*grpc.ClientConn
 	reserv  []pb.ReservationServiceClient
 	wait    []pb.WaitlistServiceClient
+	rooms   []pb.WaitingRoomServiceClient
 	streams []*pstream
 	next    atomic.Uint32
 	closed  atomic.Bool
@@ -53,6 +54,7 @@ func newNode(c *Client, addr string) (*node, error) {
 		n.conns = append(n.conns, conn)
 		n.reserv = append(n.reserv, pb.NewReservationServiceClient(conn))
 		n.wait = append(n.wait, pb.NewWaitlistServiceClient(conn))
+		n.rooms = append(n.rooms, pb.NewWaitingRoomServiceClient(conn))
 		for range c.cfg.StreamsPerConn {
 			n.streams = append(n.streams, &pstream{n: n, rc: n.reserv[len(n.reserv)-1], inflight: map[uint64]*pcall{}})
 		}
@@ -64,6 +66,7 @@ func (n *node) pick(k int) int { return int(n.next.Add(1) % uint32(k)) }
 
 func (n *node) reserve() pb.ReservationServiceClient { return n.reserv[n.pick(len(n.reserv))] }
 func (n *node) waitlist() pb.WaitlistServiceClient   { return n.wait[n.pick(len(n.wait))] }
+func (n *node) room() pb.WaitingRoomServiceClient    { return n.rooms[n.pick(len(n.rooms))] }
 
 // pipeline runs one call on one of the node's streams and returns its
 // result, or its error answer as an error.

@@ -62,7 +62,8 @@ type Config struct {
 	// expiry wave does not crowd out holds. Zero means 2048.
 	MaxExpiriesPerTick int
 	// IdleEvictAfter is how long a loaded show with no live holds, nobody on
-	// its waitlist and no write in flight stays in memory after its last use; then it is evicted
+	// its waitlist or in its waiting room and no write in flight stays in
+	// memory after its last use; then it is evicted
 	// and its ownership released. Zero means 10 minutes.
 	IdleEvictAfter time.Duration
 	// MaxWaitlist bounds the users on one show's waitlist (waiting or

@@ -36,7 +36,8 @@ type expiring struct {
 // only after the commit, to the waitlist first (the hand-over commits with
 // the expiry). A hold with a change in
 // flight is left for a later round. Then it ends the waitlist turns and
-// waits that are due. It returns the number of holds expired. The expiry
+// waits that are due, and lapses and grants the waiting rooms' admissions
+// (admitRooms). It returns the number of holds expired. The expiry
 // loop calls it every ExpiryInterval; tests call it directly.
 func (n *Node) ExpireDue() int {
 	now := n.now()
@@ -117,6 +118,7 @@ func (n *Node) ExpireDue() int {
 		}
 	}
 	n.lapseWaitlists(shows, n.now())
+	n.admitRooms(shows, n.now())
 	// A stale show takes no changes until reloaded; reload it here, so its
 	// holds expire even if no request comes. While the database is down
 	// this fails fast and is tried again next round.
@@ -151,10 +153,14 @@ func (n *Node) EvictIdle() int {
 	for _, sh := range idle {
 		sh.mu.Lock()
 		ok := !sh.dropped && !sh.stale && len(sh.busy) == 0 && sh.rules.LiveHolds() == 0 && sh.used.Load() <= horizon &&
-			sh.wait.rules.Len() == 0 && sh.wait.writes == 0
+			sh.wait.rules.Len() == 0 && sh.wait.writes == 0 &&
+			(sh.room == nil || sh.room.rules.Queued() == 0 && sh.room.rules.Active() == 0 && sh.room.writes == 0)
 		if ok {
 			sh.dropped = true
 			sh.wait.notifyLocked()
+			if sh.room != nil {
+				sh.room.notifyLocked()
+			}
 		}
 		sh.mu.Unlock()
 		if !ok {

@@ -50,7 +50,7 @@ func (e *MovedError) Unwrap() error { return ErrMoved }
 // routed are the services whose calls name a show (or a hold, which names
 // its show) and are served by the show's owner. The catalog and admin
 // services read and write the database and are served where they land.
-var routed = []string{"/boxoffice.v1.ReservationService/", "/boxoffice.v1.WaitlistService/"}
+var routed = []string{"/boxoffice.v1.ReservationService/", "/boxoffice.v1.WaitlistService/", "/boxoffice.v1.WaitingRoomService/"}
 
 // forwarder sends calls for shows owned elsewhere to their owner, over one
 // client connection per owner address.

@@ -150,6 +150,8 @@ type show struct {
 	rules *ar.Show
 	// wait is the show's waitlist.
 	wait waitlist
+	// room is the show's waiting room; nil for a show without one.
+	room *room
 	// busy has a channel for each hold with a write in flight, closed when
 	// the write's outcome is applied. Other changes to the hold wait for it.
 	busy map[ar.HoldID]chan struct{}
@@ -513,6 +515,9 @@ func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {
 	if err := n.restoreWaitlist(sh, snap); err != nil {
 		return nil, fmt.Errorf("replay show %s waitlist: %w", id, err)
 	}
+	if sh.room, err = newRoom(snap, uint64(epoch)<<32, n.now()); err != nil {
+		return nil, fmt.Errorf("replay show %s waiting room: %w", id, err)
+	}
 	recs := slices.SortedFunc(slices.Values(snap.Idempotency), func(a, b persistence.IdempotencyRecord) int {
 		return a.CreatedAt.Compare(b.CreatedAt)
 	})
@@ -527,6 +532,9 @@ func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {
 func (n *Node) unload(sh *show, why string) {
 	sh.mu.Lock()
 	sh.wait.notifyLocked() // its watchers look for the show anew
+	if sh.room != nil {
+		sh.room.notifyLocked()
+	}
 	sh.mu.Unlock()
 	n.mu.Lock()
 	if n.shows[sh.id] == sh {

@@ -32,6 +32,8 @@ var errorTable = []struct {
 	{wu.ErrUserLimit, codes.ResourceExhausted, "USER_SEAT_LIMIT"},
 	{wu.ErrSeatsAvailable, codes.FailedPrecondition, "SEATS_AVAILABLE"},
 	{wu.ErrNotAdmitted, codes.FailedPrecondition, "NOT_ADMITTED"},
+	{ErrNoRoom, codes.FailedPrecondition, "NO_WAITING_ROOM"},
+	{wu.ErrRoomClosed, codes.FailedPrecondition, "ROOM_CLOSED"},
 	{wu.ErrNotWaiting, codes.NotFound, "NOT_WAITING"},
 	{ErrWaitlistFull, codes.ResourceExhausted, "WAITLIST_FULL"},
 	{ar.ErrSeatTaken, codes.AlreadyExists, "SEATS_TAKEN"},

@@ -1,8 +1,12 @@
 package engine_test
 
 import (
+	"cmp"
 	"context"
+	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -179,3 +183,196 @@ func mustGetShow(t *testing.T, n *tc.Node, id string) *pb.Show {
 	}
 	return resp.GetShow()
 }
+
+// TestWaitingRoomQueue walks a room over gRPC with a test clock: joins
+// before the opening with positions and estimated waits, admissions at the
+// rate from the opening and under the cap, tokens that hold seats, leaves
+// and lapses that make room, and a restart that keeps every place and
+// admission.
+func TestWaitingRoomQueue(t *testing.T) {
+	clk := tc.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
+	opts := tc.Options{Clock: clk, ExpiryInterval: time.Hour} // the test runs the rounds
+	n, url := newNode(t, opts)
+	ctx := tc.Ctx(context.Background())
+	opens := clk.Now().Add(10 * time.Second)
+	roomShow(t, n, "room-q", &pb.WaitingRoom{OpensAt: timestamppb.New(opens), AdmitPerSecond: 2, MaxActiveShoppers: 3, ShoppingWindow: durationpb.New(time.Minute)})
+
+	users := []string{"u0", "u1", "u2", "u3", "u4"}
+	for i, u := range users {
+		r, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "room-q", UserId: u})
+		if err != nil {
+			t.Fatalf("join %s: %v", u, err)
+		}
+		e := r.GetEntry()
+		wantWait := 10*time.Second + time.Duration(i+1)*500*time.Millisecond
+		if e.GetState() != pb.QueueState_QUEUE_STATE_QUEUED || e.GetPosition() != int32(i) || e.GetEstimatedWait().AsDuration() != wantWait || r.GetExisted() {
+			t.Fatalf("join %s: %v, want queued at %d, wait %v", u, e, i, wantWait)
+		}
+	}
+	if r, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "room-q", UserId: "u2"}); err != nil || !r.GetExisted() || r.GetEntry().GetPosition() != 2 {
+		t.Fatalf("join again: %v, %v", r, err)
+	}
+	state := func(u string) *pb.QueueEntry {
+		t.Helper()
+		r, err := n.Room.PollQueue(ctx, &pb.PollQueueRequest{ShowId: "room-q", UserId: u})
+		if err != nil {
+			t.Fatalf("poll %s: %v", u, err)
+		}
+		return r.GetEntry()
+	}
+	admitted := func() []string {
+		var out []string
+		for _, u := range users {
+			if state(u).GetState() == pb.QueueState_QUEUE_STATE_ADMITTED {
+				out = append(out, u)
+			}
+		}
+		return out
+	}
+	round := func(d time.Duration) []string {
+		clk.Advance(d)
+		n.Engine.ExpireDue()
+		return admitted()
+	}
+	if got := round(9 * time.Second); len(got) != 0 {
+		t.Fatalf("admitted before the opening: %v", got)
+	}
+	if got := round(time.Second); !slicesEqual(got, "u0") {
+		t.Fatalf("at the opening: %v admitted, want u0", got)
+	}
+	e := state("u0")
+	if e.GetAdmissionToken() == "" || !e.GetAdmissionDeadline().AsTime().Equal(clk.Now().Add(time.Minute)) {
+		t.Fatalf("u0 admitted: %v", e)
+	}
+	if _, err := n.Reservations.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "room-q", UserId: "u0", SeatIds: []string{"A-1"}, AdmissionToken: e.GetAdmissionToken()}); err != nil {
+		t.Fatalf("u0 holds with its token: %v", err)
+	}
+	if _, err := n.Reservations.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "room-q", UserId: "u1", SeatIds: []string{"A-2"}, AdmissionToken: e.GetAdmissionToken()}); apiErrorOf(err).Reason != "NOT_ADMITTED" {
+		t.Fatalf("u1 with u0's token: %v, want NOT_ADMITTED", err)
+	}
+	if got := round(time.Second); !slicesEqual(got, "u0", "u1", "u2") {
+		t.Fatalf("a second later: %v admitted, want u0 u1 u2", got)
+	}
+	if p := state("u3").GetPosition(); p != 0 {
+		t.Fatalf("u3 at position %d, want 0", p)
+	}
+	if got := round(time.Second); !slicesEqual(got, "u0", "u1", "u2") {
+		t.Fatalf("the cap of 3: %v admitted", got)
+	}
+	left, err := n.Room.LeaveQueue(ctx, &pb.LeaveQueueRequest{ShowId: "room-q", UserId: "u0"})
+	if err != nil || left.GetEntry().GetState() != pb.QueueState_QUEUE_STATE_LEFT {
+		t.Fatalf("u0 leaves: %v, %v", left, err)
+	}
+	if got := round(time.Second); !slicesEqual(got, "u1", "u2", "u3") {
+		t.Fatalf("after u0 left: %v admitted, want u1 u2 u3", got)
+	}
+	if _, err := n.Room.LeaveQueue(ctx, &pb.LeaveQueueRequest{ShowId: "room-q", UserId: "u0"}); apiErrorOf(err).Reason != "NOT_WAITING" {
+		t.Fatalf("u0 leaves twice: %v, want NOT_WAITING", err)
+	}
+	if got := round(58 * time.Second); !slicesEqual(got, "u3", "u4") || state("u1").GetState() != pb.QueueState_QUEUE_STATE_LAPSED {
+		t.Fatalf("a minute after: %v admitted, u1 %v; want u3 u4, u1 lapsed", got, state("u1").GetState())
+	}
+	before := map[string]*pb.QueueEntry{}
+	for _, u := range []string{"u3", "u4"} {
+		before[u] = state(u)
+	}
+
+	// A restart keeps the admissions, their deadlines and tokens.
+	n.Stop()
+	n = tc.StartNode(t, url, opts)
+	for u, b := range before {
+		a := state(u)
+		if a.GetState() != b.GetState() || !a.GetAdmissionDeadline().AsTime().Equal(b.GetAdmissionDeadline().AsTime()) || a.GetAdmissionToken() != b.GetAdmissionToken() || a.GetSequence() != b.GetSequence() {
+			t.Errorf("%s after the restart: %v, before %v", u, a, b)
+		}
+	}
+	if r, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "room-q", UserId: "u5"}); err != nil || r.GetEntry().GetSequence() != 6 {
+		t.Errorf("a join after the restart: %v, %v; want sequence 6", r, err)
+	}
+
+	n.CreateShow(t, "room-none", 1, 5, 0)
+	if _, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "room-none", UserId: "u0"}); apiErrorOf(err).Reason != "NO_WAITING_ROOM" {
+		t.Errorf("joining a show without a room: %v, want NO_WAITING_ROOM", err)
+	}
+	if _, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "room-q", UserId: ""}); apiErrorOf(err).Code != codes.InvalidArgument {
+		t.Errorf("joining without a user: %v, want InvalidArgument", err)
+	}
+}
+
+// TestWaitingRoomFairness: 2,000 users join concurrently over gRPC; each is
+// admitted in the order the joins were acknowledged: a user whose join was
+// answered before another's was sent is admitted no later than that one.
+func TestWaitingRoomFairness(t *testing.T) {
+	clk := tc.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
+	n, _ := newNode(t, tc.Options{Clock: clk, ExpiryInterval: time.Hour, Quiet: true})
+	ctx := tc.Ctx(context.Background())
+	roomShow(t, n, "room-fair", &pb.WaitingRoom{OpensAt: timestamppb.New(clk.Now().Add(time.Second)), AdmitPerSecond: 400})
+
+	const users = 2000
+	type join struct {
+		sent, acked time.Time
+		seq         int64
+	}
+	joins := make([]join, users)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	for i := range users {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			sent := time.Now()
+			r, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "room-fair", UserId: fmt.Sprint("user-", i)})
+			acked := time.Now()
+			if err != nil {
+				t.Errorf("join %d: %v", i, err)
+				return
+			}
+			joins[i] = join{sent, acked, r.GetEntry().GetSequence()}
+		})
+	}
+	wg.Wait()
+	// Admit in rounds of 400 and note each user's round.
+	round := make([]int, users)
+	for k := 1; k <= users/400+1; k++ {
+		clk.Advance(time.Second)
+		n.Engine.ExpireDue()
+		for i := range users {
+			if round[i] != 0 {
+				continue
+			}
+			r, err := n.Room.PollQueue(ctx, &pb.PollQueueRequest{ShowId: "room-fair", UserId: fmt.Sprint("user-", i)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.GetEntry().GetState() == pb.QueueState_QUEUE_STATE_ADMITTED {
+				round[i] = k
+			}
+		}
+	}
+	inversions := 0
+	for a := range users {
+		if round[a] == 0 {
+			t.Fatalf("user %d never admitted", a)
+		}
+		for b := range users {
+			if joins[a].acked.Before(joins[b].sent) && (round[a] > round[b] || joins[a].seq > joins[b].seq) {
+				inversions++
+			}
+		}
+	}
+	if inversions > 0 {
+		t.Fatalf("%d pairs admitted against the order their joins were acknowledged", inversions)
+	}
+	bySeq := make([]int, users)
+	for i := range users {
+		bySeq[i] = i
+	}
+	slices.SortFunc(bySeq, func(a, b int) int { return cmp.Compare(joins[a].seq, joins[b].seq) })
+	for k := 1; k < users; k++ {
+		if round[bySeq[k]] < round[bySeq[k-1]] {
+			t.Fatalf("sequence %d admitted in round %d, before sequence %d (round %d)", joins[bySeq[k]].seq, round[bySeq[k]], joins[bySeq[k-1]].seq, round[bySeq[k-1]])
+		}
+	}
+}
+
+func slicesEqual(got []string, want ...string) bool { return slices.Equal(got, want) }

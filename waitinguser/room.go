@@ -426,12 +426,14 @@ func (r *Room) RestoreEnded(soldOut, closed bool) {
 	r.soldOut, r.closed = r.soldOut || soldOut, r.closed || closed
 }
 
-// Resume sets the credit's clock at now after a restore: admissions accrue
-// from now (at most a second's worth at once), not from OpensAt, so a
-// restarted room does not admit the whole time it was down at once.
+// Resume sets the credit's clock at now after a restore: once the room
+// has opened, admissions accrue from now (the first a full interval
+// later), not from OpensAt, so a restarted room does not admit the time it
+// was down at once; before the opening nothing changes.
 func (r *Room) Resume(now time.Time) {
-	if now.After(r.accrued) {
-		r.accrued = now
+	if !now.After(r.cfg.OpensAt) {
+		return
 	}
+	r.accrued = now
 	r.credit = 0
 }

@@ -33,6 +33,8 @@ import (
 const (
 	demoToken      = "demo-token"
 	demoAdminToken = "demo-admin-token"
+	// demoAdmissionKey signs the demo nodes' waiting room tokens.
+	demoAdmissionKey = "demo admission key, 16+ bytes"
 )
 
 // demoNodes is the size of the demo's cluster.
@@ -103,7 +105,7 @@ func demo(ctx context.Context, cfg demoConfig, out, logs io.Writer) error {
 		sc := serveConfig{
 			DatabaseURL: pg.URL(), Migrate: i == 0, GRPCAddr: grpcAddr, HTTPAddr: httpAddr,
 			NodeID: fmt.Sprintf("demo-node-%d", i+1), Token: demoToken, AdminToken: demoAdminToken,
-			GossipAddr: "127.0.0.1:0",
+			GossipAddr: "127.0.0.1:0", AdmissionKey: []byte(demoAdmissionKey),
 		}
 		if i > 0 {
 			sc.Join = []string{nodes[0].ring.GossipAddr()}

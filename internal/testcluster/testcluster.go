@@ -101,6 +101,7 @@ type Node struct {
 	Reservations pb.ReservationServiceClient
 	Admin        pb.AdminServiceClient
 	Waitlist     pb.WaitlistServiceClient
+	Room         pb.WaitingRoomServiceClient
 
 	stopOnce sync.Once
 }
@@ -183,6 +184,7 @@ func StartNode(t testing.TB, url string, opts Options) *Node {
 	n.Reservations = pb.NewReservationServiceClient(n.Conn)
 	n.Admin = pb.NewAdminServiceClient(n.Conn)
 	n.Waitlist = pb.NewWaitlistServiceClient(n.Conn)
+	n.Room = pb.NewWaitingRoomServiceClient(n.Conn)
 	t.Cleanup(n.Stop)
 	return n
 }

@@ -1,0 +1,417 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	ar "github.com/boxoffice/boxoffice/activereservation"
+	"github.com/boxoffice/boxoffice/internal/ordmap"
+	"github.com/boxoffice/boxoffice/persistence"
+	wu "github.com/boxoffice/boxoffice/waitinguser"
+)
+
+// ErrNoRoom refuses a waiting room call for a show without one, or on a
+// node without an admission key (which cannot sign the room's tokens).
+var ErrNoRoom = errors.New("the show has no waiting room")
+
+// maxRoomQueue bounds the users queued in one show's waiting room; a join
+// beyond it is refused with ErrWaitlistFull.
+const maxRoomQueue = 1_000_000
+
+// RoomState is where a user is in a show's waiting room.
+type RoomState uint8
+
+// Waiting room states.
+const (
+	RoomQueued RoomState = iota + 1
+	RoomAdmitted
+	RoomLeft
+	RoomLapsed
+)
+
+// Ended reports whether s is an end state.
+func (s RoomState) Ended() bool { return s >= RoomLeft }
+
+// RoomView is a user's entry in a show's waiting room as the user sees it.
+type RoomView struct {
+	Show     ar.ShowID
+	User     wu.UserID
+	State    RoomState
+	Seq      int64
+	JoinedAt time.Time
+	// Position and EstimatedWait, while queued.
+	Position      int
+	EstimatedWait time.Duration
+	// Token and Deadline, once admitted.
+	Token    string
+	Deadline time.Time
+	// Version is the room's version when the view was taken.
+	Version uint64
+}
+
+// room is a show's waiting room beside its rules, guarded by show.mu.
+type room struct {
+	rules *wu.Room
+	// version changes with every change of the room; changed is closed and
+	// replaced when it does, waking the watchers and pollers.
+	version uint64
+	changed chan struct{}
+	// admitting holds the admissions whose write is in flight: they show
+	// as queued, at the head, until it commits, so no token is handed out
+	// for an admission that may not be durable.
+	admitting map[wu.UserID]bool
+	// ended keeps the entries that ended recently, oldest first (memory
+	// only, as the waitlist's).
+	ended *ordmap.Map[wu.UserID, endedRoomView]
+	// writes counts room writes in flight; a show with any is not evicted.
+	writes int
+}
+
+type endedRoomView struct {
+	RoomView
+	at time.Time
+}
+
+// newRoom rebuilds a show's waiting room from its snapshot, or returns nil
+// for a show without one: admissions first (they joined before anyone
+// still queued), then the queue, both in join order, and the rate resumed
+// from now.
+func newRoom(snap persistence.Snapshot, versionBase uint64, now time.Time) (*room, error) {
+	cfg := snap.Show.Room
+	if cfg == nil {
+		return nil, nil
+	}
+	rules, err := wu.NewRoom(wu.RoomConfig{OpensAt: cfg.OpensAt, AdmitPerSecond: cfg.AdmitPerSecond, MaxActive: cfg.MaxActive, ShoppingWindow: cfg.ShoppingWindow})
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range snap.Room {
+		if !e.AdmittedAt.IsZero() {
+			if err := rules.RestoreAdmission(wu.Admission{User: wu.UserID(e.UserID), Seq: e.Seq, JoinedAt: e.JoinedAt, AdmittedAt: e.AdmittedAt, Deadline: e.Deadline}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, e := range snap.Room {
+		if e.AdmittedAt.IsZero() {
+			if err := rules.RestoreEntry(wu.Entry{User: wu.UserID(e.UserID), Seq: e.Seq, SeatsWanted: 1, JoinedAt: e.JoinedAt, Deadline: e.JoinedAt.Add(7 * 24 * time.Hour)}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	rules.RestoreEnded(snap.RoomEnded == persistence.RoomSoldOut, snap.RoomEnded == persistence.RoomClosed)
+	rules.Resume(now)
+	return &room{
+		rules:     rules,
+		version:   versionBase,
+		changed:   make(chan struct{}),
+		admitting: make(map[wu.UserID]bool),
+		ended:     ordmap.New[wu.UserID, endedRoomView](0),
+	}, nil
+}
+
+// notifyLocked bumps the version and wakes everyone waiting for a change.
+func (r *room) notifyLocked() {
+	r.version++
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// roomViewLocked returns user's view of sh's room; false if user is
+// neither in it nor ended recently.
+func (n *Node) roomViewLocked(sh *show, user wu.UserID, now time.Time) (RoomView, bool) {
+	r := sh.room
+	v := RoomView{Show: sh.id, User: user, Version: r.version}
+	p := r.rules.Get(user)
+	switch {
+	case p.State == wu.Admitted && r.admitting[user]:
+		v.State, v.Seq, v.JoinedAt = RoomQueued, p.Admission.Seq, p.Admission.JoinedAt
+		return v, true
+	case p.State == wu.Admitted:
+		v.State, v.Seq, v.JoinedAt, v.Deadline = RoomAdmitted, p.Admission.Seq, p.Admission.JoinedAt, p.Admission.Deadline
+		v.Token = n.cfg.AdmissionKey.Sign(string(sh.id), user, p.Admission.Deadline)
+		return v, true
+	case p.State == wu.Queued:
+		v.State, v.Seq, v.JoinedAt = RoomQueued, p.Entry.Seq, p.Entry.JoinedAt
+		v.Position = p.Position + len(r.admitting)
+		v.EstimatedWait = r.rules.EstimatedWait(v.Position, now)
+		return v, true
+	}
+	if e, ok := r.ended.Get(user); ok {
+		e.Version = r.version
+		return e.RoomView, true
+	}
+	return RoomView{}, false
+}
+
+// rememberRoomEndLocked keeps an ended entry for endedRetention, at most
+// maxEnded of them.
+func rememberRoomEndLocked(r *room, v RoomView, now time.Time) {
+	r.ended.Delete(v.User)
+	r.ended.Put(v.User, endedRoomView{RoomView: v, at: now})
+	for {
+		_, old, ok := r.ended.Front()
+		if !ok || (r.ended.Len() <= maxEnded && now.Sub(old.at) < endedRetention) {
+			return
+		}
+		r.ended.PopFront()
+	}
+}
+
+// enqueueRoomLocked queues a write of sh's room alone.
+func (n *Node) enqueueRoomLocked(sh *show, change *persistence.RoomChange, now time.Time) (*persistence.Pending, error) {
+	p, err := n.store.Enqueue(persistence.Mutation{Kind: persistence.Room, Epoch: sh.epoch, ShowID: string(sh.id), At: now, Room: change})
+	if err != nil {
+		return nil, err
+	}
+	sh.room.writes++
+	return p, nil
+}
+
+// settleRoom waits for a room write queued by enqueueRoomLocked. A write
+// that failed leaves memory ahead of the database: the show is marked stale
+// (or dropped), and reloaded before its next change.
+func (n *Node) settleRoom(sh *show, p *persistence.Pending) error {
+	werr := p.Wait()
+	sh.mu.Lock()
+	sh.room.writes--
+	unload := false
+	if werr != nil {
+		werr, unload = failedLocked(sh, werr)
+		sh.stale = sh.stale || !sh.dropped
+	}
+	sh.mu.Unlock()
+	if unload {
+		n.unload(sh, werr.Error())
+	}
+	return werr
+}
+
+// lockRoom loads the show for a change of its room and locks it: ErrNoRoom
+// for a show without one. The caller leaves the gate and unlocks.
+func (n *Node) lockRoom(ctx context.Context, id ar.ShowID, user ar.UserID) (*show, error) {
+	if err := validateUser(user); err != nil {
+		return nil, err
+	}
+	if err := validateShowID(id); err != nil {
+		return nil, err
+	}
+	sh, err := n.lockForChange(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if sh.room == nil || n.cfg.AdmissionKey == nil {
+		sh.mu.Unlock()
+		n.gate.leave()
+		return nil, roomMissing(n, id)
+	}
+	return sh, nil
+}
+
+// roomMissing is ErrNoRoom for show id, saying why.
+func roomMissing(n *Node, id ar.ShowID) error {
+	if n.cfg.AdmissionKey == nil {
+		return fmt.Errorf("show %s: %w on this node: it has no admission key", id, ErrNoRoom)
+	}
+	return fmt.Errorf("show %s: %w", id, ErrNoRoom)
+}
+
+// JoinQueue puts user at the end of the show's waiting room queue and
+// answers once the join is durable. A user already queued or admitted gets
+// that entry, existed true. Refusals: ErrNoRoom, wu.ErrSoldOut,
+// wu.ErrRoomClosed, ErrWaitlistFull beyond maxRoomQueue users. If the
+// write was not committed the join is undone in memory; whatever the
+// failure, the show is reloaded before its next change.
+func (n *Node) JoinQueue(ctx context.Context, id ar.ShowID, user ar.UserID) (RoomView, bool, error) {
+	sh, err := n.lockRoom(ctx, id, user)
+	if err != nil {
+		return RoomView{}, false, err
+	}
+	defer n.gate.leave()
+	now := n.now()
+	u := wu.UserID(user)
+	place, existed, err := sh.room.rules.Join(u, now)
+	if err == nil && !existed && sh.room.rules.Queued() > maxRoomQueue {
+		sh.room.rules.Leave(u, now) //nolint:errcheck // just joined, at the tail
+		err = fmt.Errorf("%w: %d users in the waiting room", ErrWaitlistFull, maxRoomQueue)
+	}
+	if err != nil || existed {
+		v, _ := n.roomViewLocked(sh, u, now)
+		sh.mu.Unlock()
+		return v, existed, err
+	}
+	e := place.Entry
+	change := &persistence.RoomChange{
+		Put:    []persistence.RoomEntry{{UserID: string(u), Seq: e.Seq, JoinedAt: e.JoinedAt}},
+		Events: []persistence.WaitEvent{{UserID: string(u), Kind: "ROOM_JOINED", At: now}},
+	}
+	p, err := n.enqueueRoomLocked(sh, change, now)
+	if err != nil {
+		sh.room.rules.Leave(u, now) //nolint:errcheck // just joined, at the tail
+		sh.mu.Unlock()
+		return RoomView{}, false, err
+	}
+	sh.room.ended.Delete(u)
+	sh.room.notifyLocked()
+	sh.mu.Unlock()
+
+	if err := n.settleRoom(sh, p); err != nil {
+		if !unknownOutcome(err) {
+			sh.mu.Lock()
+			if p := sh.room.rules.Get(u); p.State == wu.Queued && p.Entry.Seq == e.Seq {
+				sh.room.rules.Leave(u, now) //nolint:errcheck // it is queued
+				sh.room.notifyLocked()
+			}
+			sh.mu.Unlock()
+		}
+		return RoomView{}, false, err
+	}
+	sh.mu.Lock()
+	v, _ := n.roomViewLocked(sh, u, n.now())
+	sh.mu.Unlock()
+	return v, false, nil
+}
+
+// LeaveQueue takes user out of the show's waiting room, durably: out of the
+// queue, or, admitted, out of the shoppers counted under the cap (the
+// token stays valid until its deadline). wu.ErrNotWaiting if user is
+// neither.
+func (n *Node) LeaveQueue(ctx context.Context, id ar.ShowID, user ar.UserID) (RoomView, error) {
+	sh, err := n.lockRoom(ctx, id, user)
+	if err != nil {
+		return RoomView{}, err
+	}
+	defer n.gate.leave()
+	now := n.now()
+	u := wu.UserID(user)
+	before, _ := n.roomViewLocked(sh, u, now)
+	if _, err := sh.room.rules.Leave(u, now); err != nil {
+		sh.mu.Unlock()
+		return RoomView{}, fmt.Errorf("%w: %s on show %s", err, user, id)
+	}
+	delete(sh.room.admitting, u)
+	v := before
+	v.State, v.Position, v.EstimatedWait = RoomLeft, 0, 0
+	rememberRoomEndLocked(sh.room, v, now)
+	change := &persistence.RoomChange{Delete: []string{string(u)}, Events: []persistence.WaitEvent{{UserID: string(u), Kind: "ROOM_LEFT", At: now}}}
+	p, err := n.enqueueRoomLocked(sh, change, now)
+	if err != nil {
+		sh.stale = true // memory is ahead: reload before the next change
+		sh.mu.Unlock()
+		return RoomView{}, err
+	}
+	sh.room.notifyLocked()
+	sh.mu.Unlock()
+	if err := n.settleRoom(sh, p); err != nil {
+		return RoomView{}, err
+	}
+	v.Version = sh.room.version
+	return v, nil
+}
+
+// RoomEntry returns user's entry in the show's waiting room, from memory,
+// and a channel closed at the room's next change. wu.ErrNotWaiting if the
+// user is neither in it nor ended recently.
+func (n *Node) RoomEntry(ctx context.Context, id ar.ShowID, user ar.UserID) (RoomView, <-chan struct{}, error) {
+	if err := validateUser(user); err != nil {
+		return RoomView{}, nil, err
+	}
+	if err := validateShowID(id); err != nil {
+		return RoomView{}, nil, err
+	}
+	sh, err := n.show(ctx, id, false)
+	if err != nil {
+		return RoomView{}, nil, err
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.room == nil || n.cfg.AdmissionKey == nil {
+		return RoomView{}, nil, roomMissing(n, id)
+	}
+	v, ok := n.roomViewLocked(sh, wu.UserID(user), n.now())
+	if !ok {
+		return RoomView{}, nil, fmt.Errorf("%w: %s in the waiting room of show %s", wu.ErrNotWaiting, user, id)
+	}
+	return v, sh.room.changed, nil
+}
+
+// admitRooms lapses the due admissions and admits the next users of every
+// loaded show's waiting room, at now: each show's changes are written in
+// one mutation, and the admissions show only once it commits. A node
+// without an admission key admits nobody. It returns the number of users
+// admitted. The expiry loop calls it every
+// ExpiryInterval; tests call it through ExpireDue.
+func (n *Node) admitRooms(shows []*show, now time.Time) int {
+	type written struct {
+		sh    *show
+		p     *persistence.Pending
+		users []wu.UserID
+	}
+	var writes []written
+	admitted := 0
+	for _, sh := range shows {
+		sh.mu.Lock()
+		if sh.room == nil || sh.dropped || sh.stale || n.cfg.AdmissionKey == nil {
+			sh.mu.Unlock()
+			continue
+		}
+		var ending []RoomView // the admissions that lapse, as they were
+		for a := range sh.room.rules.Admissions() {
+			if a.Deadline.After(now) {
+				break
+			}
+			if v, ok := n.roomViewLocked(sh, a.User, now); ok {
+				ending = append(ending, v)
+			}
+		}
+		lapsed := sh.room.rules.Lapse(now)
+		adm := sh.room.rules.Admit(now)
+		if len(lapsed) == 0 && len(adm) == 0 {
+			sh.mu.Unlock()
+			continue
+		}
+		change := &persistence.RoomChange{}
+		for _, l := range lapsed {
+			change.Delete = append(change.Delete, string(l.User))
+			change.Events = append(change.Events, persistence.WaitEvent{UserID: string(l.User), Kind: "ROOM_LAPSED", At: now})
+			delete(sh.room.admitting, l.User)
+		}
+		for _, v := range ending {
+			v.State, v.Token = RoomLapsed, ""
+			rememberRoomEndLocked(sh.room, v, now)
+		}
+		users := make([]wu.UserID, len(adm))
+		for i, a := range adm {
+			users[i] = a.User
+			sh.room.admitting[a.User] = true
+			change.Put = append(change.Put, persistence.RoomEntry{UserID: string(a.User), Seq: a.Seq, JoinedAt: a.JoinedAt, AdmittedAt: a.AdmittedAt, Deadline: a.Deadline})
+			change.Events = append(change.Events, persistence.WaitEvent{UserID: string(a.User), Kind: "ROOM_ADMITTED", At: now})
+		}
+		p, err := n.enqueueRoomLocked(sh, change, now)
+		if err != nil {
+			sh.stale = true // memory is ahead: reload before the next change
+			sh.mu.Unlock()
+			n.cfg.Logger.Warn("waiting room admissions not written; show reloads", "show", sh.id, "err", err)
+			continue
+		}
+		sh.room.notifyLocked()
+		sh.mu.Unlock()
+		writes = append(writes, written{sh, p, users})
+		admitted += len(adm)
+	}
+	for _, w := range writes {
+		if err := n.settleRoom(w.sh, w.p); err != nil {
+			n.cfg.Logger.Warn("waiting room admissions not written; show reloads", "show", w.sh.id, "err", err)
+			continue
+		}
+		w.sh.mu.Lock()
+		for _, u := range w.users {
+			delete(w.sh.room.admitting, u)
+		}
+		w.sh.room.notifyLocked()
+		w.sh.mu.Unlock()
+	}
+	return admitted
+}
