@@ -108,11 +108,14 @@ func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation,
 
 	sh.mu.Lock()
 	unload := false
-	var wp *persistence.Pending
+	var wp, rp *persistence.Pending
 	switch {
 	case werr == nil:
 		if r, err = sh.rules.Confirm(req.Hold, req.User, req.PaymentRef, now); err == nil && sh.wait.rules.Waiting() > 0 {
 			wp, _ = n.waitSoldOutLocked(sh, n.now())
+		}
+		if err == nil {
+			rp = n.finishShopperLocked(sh, req.User, n.now())
 		}
 	case !unknownOutcome(werr) && req.IdempotencyKey != "":
 		sh.idem.Delete(req.IdempotencyKey)
@@ -128,6 +131,9 @@ func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation,
 	}
 	if wp != nil {
 		n.settleWait(sh, wp) //nolint:errcheck // the booking stands; a failed sweep reloads the show
+	}
+	if rp != nil {
+		n.settleRoom(sh, rp) //nolint:errcheck // the booking stands; a failed write reloads the show
 	}
 	n.metrics.confirms(werr)
 	if werr != nil {

@@ -29,6 +29,8 @@ const (
 	RoomAdmitted
 	RoomLeft
 	RoomLapsed
+	RoomSoldOut
+	RoomDone
 )
 
 // Ended reports whether s is an end state.
@@ -367,12 +369,31 @@ func (n *Node) admitRooms(shows []*show, now time.Time) int {
 			}
 		}
 		lapsed := sh.room.rules.Lapse(now)
+		change := &persistence.RoomChange{}
+		if available, held, _, offered := sh.rules.Counts(); available+held+offered == 0 && !sh.room.rules.IsSoldOut() {
+			// Every seat is booked: everyone queued is told, and nobody
+			// more is admitted.
+			var ended []RoomView
+			for e := range sh.room.rules.Entries() {
+				if v, ok := n.roomViewLocked(sh, e.User, now); ok {
+					ended = append(ended, v)
+				}
+			}
+			for _, l := range sh.room.rules.SellOut(now) {
+				change.Delete = append(change.Delete, string(l.User))
+				change.Events = append(change.Events, persistence.WaitEvent{UserID: string(l.User), Kind: "ROOM_SOLD_OUT", At: now})
+			}
+			for _, v := range ended {
+				v.State, v.Position, v.EstimatedWait = RoomSoldOut, 0, 0
+				rememberRoomEndLocked(sh.room, v, now)
+			}
+			change.End = persistence.RoomSoldOut
+		}
 		adm := sh.room.rules.Admit(now)
-		if len(lapsed) == 0 && len(adm) == 0 {
+		if len(lapsed) == 0 && len(adm) == 0 && change.End == "" {
 			sh.mu.Unlock()
 			continue
 		}
-		change := &persistence.RoomChange{}
 		for _, l := range lapsed {
 			change.Delete = append(change.Delete, string(l.User))
 			change.Events = append(change.Events, persistence.WaitEvent{UserID: string(l.User), Kind: "ROOM_LAPSED", At: now})
@@ -414,4 +435,31 @@ func (n *Node) admitRooms(shows []*show, now time.Time) int {
 		w.sh.mu.Unlock()
 	}
 	return admitted
+}
+
+// finishShopperLocked ends user's admission in sh's room after a booking:
+// the user no longer counts under the cap (the token stays valid until its
+// deadline). It returns the room write it queued, or nil when user is not
+// an admitted shopper (or the write could not be queued: the show is then
+// stale and reloads before its next change).
+func (n *Node) finishShopperLocked(sh *show, user ar.UserID, now time.Time) *persistence.Pending {
+	if sh.room == nil {
+		return nil
+	}
+	u := wu.UserID(user)
+	v, ok := n.roomViewLocked(sh, u, now)
+	if !ok || v.State != RoomAdmitted {
+		return nil
+	}
+	sh.room.rules.Finish(u, now)
+	v.State, v.Token = RoomDone, ""
+	rememberRoomEndLocked(sh.room, v, now)
+	change := &persistence.RoomChange{Delete: []string{string(u)}, Events: []persistence.WaitEvent{{UserID: string(u), Kind: "ROOM_DONE", At: now}}}
+	p, err := n.enqueueRoomLocked(sh, change, now)
+	if err != nil {
+		sh.stale = true
+		return nil
+	}
+	sh.room.notifyLocked()
+	return p
 }

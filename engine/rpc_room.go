@@ -104,6 +104,8 @@ var roomStates = [...]pb.QueueState{
 	RoomAdmitted: pb.QueueState_QUEUE_STATE_ADMITTED,
 	RoomLeft:     pb.QueueState_QUEUE_STATE_LEFT,
 	RoomLapsed:   pb.QueueState_QUEUE_STATE_LAPSED,
+	RoomSoldOut:  pb.QueueState_QUEUE_STATE_SOLD_OUT,
+	RoomDone:     pb.QueueState_QUEUE_STATE_DONE,
 }
 
 func roomViewToPB(v RoomView) *pb.QueueEntry {

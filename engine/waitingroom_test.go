@@ -376,3 +376,64 @@ func TestWaitingRoomFairness(t *testing.T) {
 }
 
 func slicesEqual(got []string, want ...string) bool { return slices.Equal(got, want) }
+
+// TestWaitingRoomDoneAndSoldOut: a shopper who books stops counting under
+// the cap, so the next user is admitted; once every seat is booked,
+// everyone still queued ends SOLD_OUT and nobody may join.
+func TestWaitingRoomDoneAndSoldOut(t *testing.T) {
+	clk := tc.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
+	n, _ := newNode(t, tc.Options{Clock: clk, ExpiryInterval: time.Hour})
+	ctx := tc.Ctx(context.Background())
+	req := tc.ShowRequest("room-end", 1, 2, time.Minute)
+	req.WaitingRoom = &pb.WaitingRoom{OpensAt: timestamppb.New(clk.Now()), AdmitPerSecond: 100, MaxActiveShoppers: 2}
+	if _, err := n.Catalog.CreateShow(tc.AdminCtx(context.Background()), req); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"u0", "u1", "u2", "u3"} {
+		if _, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "room-end", UserId: u}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entry := func(u string) *pb.QueueEntry {
+		t.Helper()
+		r, err := n.Room.PollQueue(ctx, &pb.PollQueueRequest{ShowId: "room-end", UserId: u})
+		if err != nil {
+			t.Fatalf("poll %s: %v", u, err)
+		}
+		return r.GetEntry()
+	}
+	round := func() {
+		clk.Advance(time.Second)
+		n.Engine.ExpireDue()
+	}
+	book := func(u, seat string) {
+		t.Helper()
+		h, err := n.Reservations.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "room-end", UserId: u, SeatIds: []string{seat}, AdmissionToken: entry(u).GetAdmissionToken()})
+		if err != nil {
+			t.Fatalf("%s holds %s: %v", u, seat, err)
+		}
+		if _, err := n.Reservations.ConfirmHold(ctx, &pb.ConfirmHoldRequest{HoldId: h.GetHoldId(), UserId: u, PaymentRef: "pay-" + u}); err != nil {
+			t.Fatalf("%s pays: %v", u, err)
+		}
+	}
+	round()
+	if entry("u1").GetState() != pb.QueueState_QUEUE_STATE_ADMITTED || entry("u2").GetState() != pb.QueueState_QUEUE_STATE_QUEUED {
+		t.Fatalf("the cap of 2: u1 %v, u2 %v", entry("u1").GetState(), entry("u2").GetState())
+	}
+	book("u0", "A-1")
+	if s := entry("u0").GetState(); s != pb.QueueState_QUEUE_STATE_DONE {
+		t.Fatalf("u0 after booking: %v, want DONE", s)
+	}
+	round()
+	if s := entry("u2").GetState(); s != pb.QueueState_QUEUE_STATE_ADMITTED {
+		t.Fatalf("u2 once u0 booked: %v, want ADMITTED", s)
+	}
+	book("u1", "A-2") // the last seat
+	round()
+	if s := entry("u3").GetState(); s != pb.QueueState_QUEUE_STATE_SOLD_OUT {
+		t.Fatalf("u3 queued at the sell-out: %v, want SOLD_OUT", s)
+	}
+	if _, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "room-end", UserId: "u4"}); apiErrorOf(err).Reason != "SOLD_OUT" {
+		t.Fatalf("a join after the sell-out: %v, want SOLD_OUT", err)
+	}
+}

@@ -37,6 +37,11 @@ const (
 	QueueState_QUEUE_STATE_LEFT QueueState = 3
 	// The admission's shopping window ended.
 	QueueState_QUEUE_STATE_LAPSED QueueState = 4
+	// The show sold out while the user was queued.
+	QueueState_QUEUE_STATE_SOLD_OUT QueueState = 5
+	// The admitted user booked (held and paid): they no longer count as a
+	// shopper; their token stays valid until its deadline.
+	QueueState_QUEUE_STATE_DONE QueueState = 6
 )
 
 // Enum value maps for QueueState.
@@ -47,6 +52,8 @@ var (
 		2: "QUEUE_STATE_ADMITTED",
 		3: "QUEUE_STATE_LEFT",
 		4: "QUEUE_STATE_LAPSED",
+		5: "QUEUE_STATE_SOLD_OUT",
+		6: "QUEUE_STATE_DONE",
 	}
 	QueueState_value = map[string]int32{
 		"QUEUE_STATE_UNSPECIFIED": 0,
@@ -54,6 +61,8 @@ var (
 		"QUEUE_STATE_ADMITTED":    2,
 		"QUEUE_STATE_LEFT":        3,
 		"QUEUE_STATE_LAPSED":      4,
+		"QUEUE_STATE_SOLD_OUT":    5,
+		"QUEUE_STATE_DONE":        6,
 	}
 )
 
@@ -660,14 +669,16 @@ const file_boxoffice_v1_waitingroom_proto_rawDesc = "" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\"D\n" +
 	"\x12WatchQueueResponse\x12.\n" +
-	"\x05entry\x18\x01 \x01(\v2\x18.boxoffice.v1.QueueEntryR\x05entry*\x89\x01\n" +
+	"\x05entry\x18\x01 \x01(\v2\x18.boxoffice.v1.QueueEntryR\x05entry*\xb9\x01\n" +
 	"\n" +
 	"QueueState\x12\x1b\n" +
 	"\x17QUEUE_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12QUEUE_STATE_QUEUED\x10\x01\x12\x18\n" +
 	"\x14QUEUE_STATE_ADMITTED\x10\x02\x12\x14\n" +
 	"\x10QUEUE_STATE_LEFT\x10\x03\x12\x16\n" +
-	"\x12QUEUE_STATE_LAPSED\x10\x042\xd4\x02\n" +
+	"\x12QUEUE_STATE_LAPSED\x10\x04\x12\x18\n" +
+	"\x14QUEUE_STATE_SOLD_OUT\x10\x05\x12\x14\n" +
+	"\x10QUEUE_STATE_DONE\x10\x062\xd4\x02\n" +
 	"\x12WaitingRoomService\x12L\n" +
 	"\tJoinQueue\x12\x1e.boxoffice.v1.JoinQueueRequest\x1a\x1f.boxoffice.v1.JoinQueueResponse\x12O\n" +
 	"\n" +

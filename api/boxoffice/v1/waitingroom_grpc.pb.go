@@ -39,7 +39,10 @@ const (
 // durable: a join is answered once it is, and an admission shows only once
 // it is.
 //
-// An entry that ended (LEFT, LAPSED) is still answered for a few minutes.
+// An entry that ended (LEFT, LAPSED, SOLD_OUT, DONE) is still answered for a
+// few minutes. When the show sells out, everyone still queued ends SOLD_OUT
+// at once and the room admits nobody more; JoinQueue is then refused with
+// ResourceExhausted, reason SOLD_OUT.
 // Calls for a show without a room are refused with FailedPrecondition,
 // reason NO_WAITING_ROOM.
 type WaitingRoomServiceClient interface {
@@ -130,7 +133,10 @@ type WaitingRoomService_WatchQueueClient = grpc.ServerStreamingClient[WatchQueue
 // durable: a join is answered once it is, and an admission shows only once
 // it is.
 //
-// An entry that ended (LEFT, LAPSED) is still answered for a few minutes.
+// An entry that ended (LEFT, LAPSED, SOLD_OUT, DONE) is still answered for a
+// few minutes. When the show sells out, everyone still queued ends SOLD_OUT
+// at once and the room admits nobody more; JoinQueue is then refused with
+// ResourceExhausted, reason SOLD_OUT.
 // Calls for a show without a room are refused with FailedPrecondition,
 // reason NO_WAITING_ROOM.
 type WaitingRoomServiceServer interface {
