@@ -41,7 +41,11 @@ type metrics struct {
 	waiting         prometheus.Gauge
 	longestWaitlist prometheus.Gauge
 	waitOps         *prometheus.CounterVec
-	waitToTurn      prometheus.Histogram
+	// The waiting rooms of this node's shows.
+	roomQueued, roomShoppers prometheus.Gauge
+	roomEvents               *prometheus.CounterVec
+	roomWait                 prometheus.Histogram
+	waitToTurn               prometheus.Histogram
 
 	mu       sync.Mutex // guards children
 	children map[[3]string]prometheus.Counter
@@ -118,6 +122,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "boxoffice_waitlist_wait_seconds", Help: "Time from a waitlist join to the user's turn.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 20),
 		}),
+		roomQueued: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "boxoffice_room_queued_users", Help: "Users queued in the waiting rooms of this node's shows.",
+		}),
+		roomShoppers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "boxoffice_room_shoppers", Help: "Admitted users counted as shopping in the waiting rooms of this node's shows.",
+		}),
+		roomEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "boxoffice_room_events_total",
+			Help: "Waiting room events: joined, admitted, and ends by reason (left, lapsed, done, sold_out).",
+		}, []string{"event"}),
+		roomWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "boxoffice_room_wait_seconds", Help: "Time from a waiting room join to the admission.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 20),
+		}),
 		children: make(map[[3]string]prometheus.Counter),
 		latency:  make(map[string]prometheus.Observer),
 	}
@@ -127,7 +145,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}, []string{"direction"})
 	m.pipeRecv, m.pipeSent = pipeMsgs.WithLabelValues("received"), pipeMsgs.WithLabelValues("sent")
 	for _, c := range []prometheus.Collector{pipeMsgs, m.rpcRequests, m.rpcLatency, m.ops, m.batchSize, m.commitTime, m.batchErrors, m.failedMuts, m.showsLoaded, m.evictions,
-		m.waiting, m.longestWaitlist, m.waitOps, m.waitToTurn,
+		m.waiting, m.longestWaitlist, m.waitOps, m.waitToTurn, m.roomQueued, m.roomShoppers, m.roomEvents, m.roomWait,
 		m.forwarded, m.ownerships, m.ringChanges, m.fenced, m.loadTime, m.members, m.showsOwned} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -230,5 +248,12 @@ func result(err error) string {
 		return "conflict"
 	default:
 		return "refused"
+	}
+}
+
+// room counts n waiting room events of one kind.
+func (m *metrics) room(event string, n int) {
+	if n > 0 {
+		m.roomEvents.WithLabelValues(event).Add(float64(n))
 	}
 }

@@ -270,6 +270,7 @@ func (n *Node) JoinQueue(ctx context.Context, id ar.ShowID, user ar.UserID) (Roo
 		}
 		return RoomView{}, false, err
 	}
+	n.metrics.room("joined", 1)
 	sh.mu.Lock()
 	v, _ := n.roomViewLocked(sh, u, n.now())
 	sh.mu.Unlock()
@@ -309,6 +310,7 @@ func (n *Node) LeaveQueue(ctx context.Context, id ar.ShowID, user ar.UserID) (Ro
 	if err := n.settleRoom(sh, p); err != nil {
 		return RoomView{}, err
 	}
+	n.metrics.room("left", 1)
 	v.Version = sh.room.version
 	return v, nil
 }
@@ -352,9 +354,13 @@ func (n *Node) admitRooms(shows []*show, now time.Time) int {
 		users []wu.UserID
 	}
 	var writes []written
-	admitted := 0
+	admitted, queued, shoppers := 0, 0, 0
 	for _, sh := range shows {
 		sh.mu.Lock()
+		if sh.room != nil {
+			queued += sh.room.rules.Queued()
+			shoppers += sh.room.rules.Active()
+		}
 		if sh.room == nil || sh.dropped || sh.stale || n.cfg.AdmissionKey == nil {
 			sh.mu.Unlock()
 			continue
@@ -388,12 +394,14 @@ func (n *Node) admitRooms(shows []*show, now time.Time) int {
 				rememberRoomEndLocked(sh.room, v, now)
 			}
 			change.End = persistence.RoomSoldOut
+			n.metrics.room("sold_out", len(ended))
 		}
 		adm := sh.room.rules.Admit(now)
 		if len(lapsed) == 0 && len(adm) == 0 && change.End == "" {
 			sh.mu.Unlock()
 			continue
 		}
+		n.metrics.room("lapsed", len(lapsed))
 		for _, l := range lapsed {
 			change.Delete = append(change.Delete, string(l.User))
 			change.Events = append(change.Events, persistence.WaitEvent{UserID: string(l.User), Kind: "ROOM_LAPSED", At: now})
@@ -406,6 +414,7 @@ func (n *Node) admitRooms(shows []*show, now time.Time) int {
 		users := make([]wu.UserID, len(adm))
 		for i, a := range adm {
 			users[i] = a.User
+			n.metrics.roomWait.Observe(a.AdmittedAt.Sub(a.JoinedAt).Seconds())
 			sh.room.admitting[a.User] = true
 			change.Put = append(change.Put, persistence.RoomEntry{UserID: string(a.User), Seq: a.Seq, JoinedAt: a.JoinedAt, AdmittedAt: a.AdmittedAt, Deadline: a.Deadline})
 			change.Events = append(change.Events, persistence.WaitEvent{UserID: string(a.User), Kind: "ROOM_ADMITTED", At: now})
@@ -433,7 +442,10 @@ func (n *Node) admitRooms(shows []*show, now time.Time) int {
 		}
 		w.sh.room.notifyLocked()
 		w.sh.mu.Unlock()
+		n.metrics.room("admitted", len(w.users))
 	}
+	n.metrics.roomQueued.Set(float64(queued))
+	n.metrics.roomShoppers.Set(float64(shoppers))
 	return admitted
 }
 
@@ -461,5 +473,6 @@ func (n *Node) finishShopperLocked(sh *show, user ar.UserID, now time.Time) *per
 		return nil
 	}
 	sh.room.notifyLocked()
+	n.metrics.room("done", 1)
 	return p
 }

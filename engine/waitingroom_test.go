@@ -436,4 +436,13 @@ func TestWaitingRoomDoneAndSoldOut(t *testing.T) {
 	if _, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "room-end", UserId: "u4"}); apiErrorOf(err).Reason != "SOLD_OUT" {
 		t.Fatalf("a join after the sell-out: %v, want SOLD_OUT", err)
 	}
+	m := scrape(t, n)
+	for event, want := range map[string]float64{"joined": 4, "admitted": 3, "done": 2, "sold_out": 1} {
+		if v, _ := sample(m, "boxoffice_room_events_total", `event="`+event+`"`); v != want {
+			t.Errorf("boxoffice_room_events_total{event=%q} = %v, want %v", event, v, want)
+		}
+	}
+	if v, _ := sample(m, "boxoffice_room_wait_seconds_count"); v != 3 {
+		t.Errorf("%v admissions timed, want 3", v)
+	}
 }
