@@ -135,7 +135,16 @@ func (n *Node) GetShow(ctx context.Context, id ar.ShowID) (persistence.Show, err
 	unknown := sh == nil && n.knownUnknownLocked(id)
 	n.mu.RUnlock()
 	if sh != nil {
-		return sh.info, nil
+		info := sh.info
+		if info.Room != nil && sh.room != nil { // the operator may have braked it since the load
+			sh.mu.Lock()
+			c := sh.room.rules.Config()
+			sh.mu.Unlock()
+			r := *info.Room
+			r.AdmitPerSecond, r.MaxActive = c.AdmitPerSecond, c.MaxActive
+			info.Room = &r
+		}
+		return info, nil
 	}
 	if unknown {
 		return persistence.Show{}, fmt.Errorf("show %s: %w", id, ErrShowNotFound)

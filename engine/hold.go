@@ -332,10 +332,10 @@ func fingerprint(kind, user string, parts ...string) string {
 }
 
 // admitted checks that token admits user to shop show sh, which needs one
-// while it has a waiting room: wu.ErrNotAdmitted if not (and always on a
-// node without an admission key).
+// while it has a waiting room that is not closed: wu.ErrNotAdmitted if not
+// (and always on a node without an admission key). sh.mu must be held.
 func (n *Node) admitted(sh *show, user ar.UserID, token string) error {
-	if sh.info.Room == nil {
+	if sh.info.Room == nil || sh.room != nil && sh.room.rules.IsClosed() {
 		return nil
 	}
 	if n.cfg.AdmissionKey == nil {

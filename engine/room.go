@@ -31,6 +31,7 @@ const (
 	RoomLapsed
 	RoomSoldOut
 	RoomDone
+	RoomClosed
 )
 
 // Ended reports whether s is an end state.
@@ -475,4 +476,79 @@ func (n *Node) finishShopperLocked(sh *show, user ar.UserID, now time.Time) *per
 	sh.room.notifyLocked()
 	n.metrics.room("done", 1)
 	return p
+}
+
+// RoomStatus is a waiting room's settings and counts, as SetWaitingRoom
+// answers them.
+type RoomStatus struct {
+	Config           wu.RoomConfig
+	Closed           bool
+	Queued, Shoppers int
+}
+
+// SetWaitingRoom is the operator's brake on a show's waiting room: a new
+// rate (if rate is not nil) and cap (if maxActive is not nil) from now on,
+// or the room closed (everyone queued ends RoomClosed; the show's holds
+// need no token any more). It answers once the change is durable. ErrNoRoom,
+// ErrInvalid for a rate or cap out of range (nothing changes then).
+func (n *Node) SetWaitingRoom(ctx context.Context, id ar.ShowID, rate *float64, maxActive *int, closeRoom bool) (RoomStatus, error) {
+	if err := validateShowID(id); err != nil {
+		return RoomStatus{}, err
+	}
+	sh, err := n.lockForChange(ctx, id)
+	if err != nil {
+		return RoomStatus{}, err
+	}
+	defer n.gate.leave()
+	if sh.room == nil {
+		sh.mu.Unlock()
+		return RoomStatus{}, roomMissing(n, id)
+	}
+	now := n.now()
+	rules := sh.room.rules
+	cfg := rules.Config()
+	if rate != nil {
+		cfg.AdmitPerSecond = *rate
+	}
+	if maxActive != nil {
+		cfg.MaxActive = *maxActive
+	}
+	if err := cfg.Check(); err != nil {
+		sh.mu.Unlock()
+		return RoomStatus{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	rules.SetRate(cfg.AdmitPerSecond, now) //nolint:errcheck // checked above
+	rules.SetMaxActive(cfg.MaxActive)      //nolint:errcheck // checked above
+	change := &persistence.RoomChange{Rate: &persistence.WaitingRoom{AdmitPerSecond: cfg.AdmitPerSecond, MaxActive: cfg.MaxActive}}
+	if closeRoom && !rules.IsClosed() {
+		var ended []RoomView
+		for e := range rules.Entries() {
+			if v, ok := n.roomViewLocked(sh, e.User, now); ok {
+				ended = append(ended, v)
+			}
+		}
+		for _, l := range rules.Close(now) {
+			change.Delete = append(change.Delete, string(l.User))
+			change.Events = append(change.Events, persistence.WaitEvent{UserID: string(l.User), Kind: "ROOM_CLOSED", At: now})
+		}
+		for _, v := range ended {
+			v.State, v.Position, v.EstimatedWait = RoomClosed, 0, 0
+			rememberRoomEndLocked(sh.room, v, now)
+		}
+		change.End = persistence.RoomClosed
+	}
+	p, err := n.enqueueRoomLocked(sh, change, now)
+	if err != nil {
+		sh.stale = true // memory is ahead: reload before the next change
+		sh.mu.Unlock()
+		return RoomStatus{}, err
+	}
+	sh.room.notifyLocked()
+	sh.mu.Unlock()
+	if err := n.settleRoom(sh, p); err != nil {
+		return RoomStatus{}, err
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return RoomStatus{Config: sh.room.rules.Config(), Closed: sh.room.rules.IsClosed(), Queued: sh.room.rules.Queued(), Shoppers: sh.room.rules.Active()}, nil
 }

@@ -106,6 +106,28 @@ var roomStates = [...]pb.QueueState{
 	RoomLapsed:   pb.QueueState_QUEUE_STATE_LAPSED,
 	RoomSoldOut:  pb.QueueState_QUEUE_STATE_SOLD_OUT,
 	RoomDone:     pb.QueueState_QUEUE_STATE_DONE,
+	RoomClosed:   pb.QueueState_QUEUE_STATE_CLOSED,
+}
+
+func (s roomServer) SetWaitingRoom(ctx context.Context, req *pb.SetWaitingRoomRequest) (*pb.SetWaitingRoomResponse, error) {
+	var maxActive *int
+	if req.MaxActiveShoppers != nil {
+		v := int(req.GetMaxActiveShoppers())
+		maxActive = &v
+	}
+	st, err := s.n.SetWaitingRoom(ctx, ar.ShowID(req.GetShowId()), req.AdmitPerSecond, maxActive, req.GetClose())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.SetWaitingRoomResponse{
+		Room: &pb.WaitingRoom{
+			OpensAt:           timestamppb.New(st.Config.OpensAt),
+			AdmitPerSecond:    st.Config.AdmitPerSecond,
+			MaxActiveShoppers: int32(st.Config.MaxActive),
+			ShoppingWindow:    durationpb.New(st.Config.ShoppingWindow),
+		},
+		Closed: st.Closed, Queued: int32(st.Queued), Shoppers: int32(st.Shoppers),
+	}, nil
 }
 
 func roomViewToPB(v RoomView) *pb.QueueEntry {

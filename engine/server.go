@@ -428,7 +428,8 @@ func (c *limitConn) Close() error {
 
 // adminMethod reports RPCs that need the admin token.
 func adminMethod(full string) bool {
-	return full == pb.CatalogService_CreateShow_FullMethodName || strings.HasPrefix(full, "/boxoffice.v1.AdminService/")
+	return full == pb.CatalogService_CreateShow_FullMethodName || full == pb.WaitingRoomService_SetWaitingRoom_FullMethodName ||
+		strings.HasPrefix(full, "/boxoffice.v1.AdminService/")
 }
 
 // openMethod reports RPCs that need no token: health checks and reflection.

@@ -446,3 +446,71 @@ func TestWaitingRoomDoneAndSoldOut(t *testing.T) {
 		t.Errorf("%v admissions timed, want 3", v)
 	}
 }
+
+// TestWaitingRoomBrake: the operator changes the rate and the cap (admin
+// token only, refused out of range), GetShow answers them, before and after
+// a restart; closing the room ends the queue CLOSED and lets holds through
+// without a token.
+func TestWaitingRoomBrake(t *testing.T) {
+	clk := tc.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
+	opts := tc.Options{Clock: clk, ExpiryInterval: time.Hour}
+	n, url := newNode(t, opts)
+	ctx, admin := tc.Ctx(context.Background()), tc.AdminCtx(context.Background())
+	roomShow(t, n, "room-brake", &pb.WaitingRoom{OpensAt: timestamppb.New(clk.Now()), AdmitPerSecond: 10})
+	for _, u := range []string{"u0", "u1", "u2"} {
+		if _, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "room-brake", UserId: u}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	one, rate := int32(1), 1.0
+	if _, err := n.Room.SetWaitingRoom(ctx, &pb.SetWaitingRoomRequest{ShowId: "room-brake", MaxActiveShoppers: &one}); apiErrorOf(err).Code != codes.PermissionDenied && apiErrorOf(err).Code != codes.Unauthenticated {
+		t.Fatalf("the brake with the service token: %v, want refused", err)
+	}
+	zero := 0.0
+	if _, err := n.Room.SetWaitingRoom(admin, &pb.SetWaitingRoomRequest{ShowId: "room-brake", AdmitPerSecond: &zero}); apiErrorOf(err).Code != codes.InvalidArgument {
+		t.Fatalf("a rate of 0: %v, want InvalidArgument", err)
+	}
+	r, err := n.Room.SetWaitingRoom(admin, &pb.SetWaitingRoomRequest{ShowId: "room-brake", AdmitPerSecond: &rate, MaxActiveShoppers: &one})
+	if err != nil || r.GetRoom().GetAdmitPerSecond() != 1 || r.GetRoom().GetMaxActiveShoppers() != 1 || r.GetQueued() != 3 || r.GetClosed() {
+		t.Fatalf("the brake: %v, %v", r, err)
+	}
+	if got := mustGetShow(t, n, "room-brake").GetWaitingRoom(); got.GetAdmitPerSecond() != 1 || got.GetMaxActiveShoppers() != 1 {
+		t.Fatalf("GetShow after the brake: %v", got)
+	}
+	clk.Advance(5 * time.Second)
+	n.Engine.ExpireDue()
+	state := func(u string) pb.QueueState {
+		t.Helper()
+		r, err := n.Room.PollQueue(ctx, &pb.PollQueueRequest{ShowId: "room-brake", UserId: u})
+		if err != nil {
+			t.Fatalf("poll %s: %v", u, err)
+		}
+		return r.GetEntry().GetState()
+	}
+	if state("u0") != pb.QueueState_QUEUE_STATE_ADMITTED || state("u1") != pb.QueueState_QUEUE_STATE_QUEUED {
+		t.Fatalf("under the cap of 1: u0 %v, u1 %v", state("u0"), state("u1"))
+	}
+
+	r, err = n.Room.SetWaitingRoom(admin, &pb.SetWaitingRoomRequest{ShowId: "room-brake", Close: true})
+	if err != nil || !r.GetClosed() || r.GetQueued() != 0 {
+		t.Fatalf("close: %v, %v", r, err)
+	}
+	if state("u1") != pb.QueueState_QUEUE_STATE_CLOSED {
+		t.Fatalf("u1 after the close: %v", state("u1"))
+	}
+	if _, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "room-brake", UserId: "u9"}); apiErrorOf(err).Reason != "ROOM_CLOSED" {
+		t.Fatalf("join a closed room: %v, want ROOM_CLOSED", err)
+	}
+	if _, err := n.Reservations.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "room-brake", UserId: "u1", SeatIds: []string{"B-1"}}); err != nil {
+		t.Fatalf("a hold without a token once the room closed: %v", err)
+	}
+
+	n.Stop()
+	n = tc.StartNode(t, url, opts)
+	if got := mustGetShow(t, n, "room-brake").GetWaitingRoom(); got.GetAdmitPerSecond() != 1 || got.GetMaxActiveShoppers() != 1 {
+		t.Errorf("GetShow after a restart: %v", got)
+	}
+	if _, err := n.Reservations.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "room-brake", UserId: "u2", SeatIds: []string{"B-2"}}); err != nil {
+		t.Errorf("a hold without a token after a restart of the closed room: %v", err)
+	}
+}

@@ -36,7 +36,10 @@ type RoomChange struct {
 	Delete []string
 	// End, if set (RoomSoldOut or RoomClosed), records that the room
 	// stopped.
-	End    string
+	End string
+	// Rate, if set, replaces the room's admission rate and cap (the
+	// operator's brake); its OpensAt and ShoppingWindow are not written.
+	Rate   *WaitingRoom
 	Events []WaitEvent
 }
 
@@ -44,9 +47,10 @@ type RoomChange struct {
 // coalesced as waitlistRows are: the last Put or Delete of each (show,
 // user), the last End of each show.
 type roomRows struct {
-	rows map[showUser]int // index into ops
-	ops  []roomOp
-	ends map[string]string
+	rows  map[showUser]int // index into ops
+	ops   []roomOp
+	ends  map[string]string
+	rates map[string]*WaitingRoom
 }
 
 // roomOp is the last operation on a row: a Put, or a Delete when put is nil.
@@ -76,6 +80,12 @@ func (st *statements) addRoom(m *Mutation) {
 	for _, u := range c.Delete {
 		r.set(showUser{m.ShowID, u}, nil)
 	}
+	if c.Rate != nil {
+		if r.rates == nil {
+			r.rates = make(map[string]*WaitingRoom)
+		}
+		r.rates[m.ShowID] = c.Rate
+	}
 	if c.End != "" {
 		if r.ends == nil {
 			r.ends = make(map[string]string)
@@ -87,7 +97,7 @@ func (st *statements) addRoom(m *Mutation) {
 
 // queue queues the statements of the coalesced changes, none if there are
 // none: a DELETE of the rows whose last operation is a Delete, an upsert of
-// the Puts, and an UPDATE of the shows whose room ended.
+// the Puts, and UPDATEs of the shows whose room's rate changed or ended.
 func (r *roomRows) queue(b *pgx.Batch, checks []rowCheck) []rowCheck {
 	var dShow, dUser, pShow, pUser []string
 	var pSeq []int64
@@ -119,6 +129,18 @@ func (r *roomRows) queue(b *pgx.Batch, checks []rowCheck) []rowCheck {
 				admitted_at = EXCLUDED.admitted_at, deadline = EXCLUDED.deadline`,
 			pShow, pUser, pSeq, pJoined, pAdmitted, pDeadline)
 		checks = append(checks, rowCheck{int64(len(pShow)), "room puts"})
+	}
+	if len(r.rates) > 0 {
+		var show []string
+		var rate []float64
+		var maxActive []int64
+		for s, w := range r.rates {
+			show, rate, maxActive = append(show, s), append(rate, w.AdmitPerSecond), append(maxActive, int64(w.MaxActive))
+		}
+		b.Queue(`UPDATE shows s SET room_admit_per_second = u.rate, room_max_active = u.max_active
+			FROM unnest($1::text[], $2::float8[], $3::bigint[]) AS u(show_id, rate, max_active)
+			WHERE s.show_id = u.show_id AND s.room_opens_at IS NOT NULL`, show, rate, maxActive)
+		checks = append(checks, rowCheck{int64(len(show)), "room rates"})
 	}
 	if len(r.ends) > 0 {
 		var show, end []string

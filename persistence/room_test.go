@@ -52,7 +52,18 @@ func checkRoom(t *testing.T, s *persistence.Store, show string, want []persisten
 // row in one transaction wins.
 func TestRoomRoundTrip(t *testing.T) {
 	s := openStore(t, newDB(t), nil)
-	e := ownShow(t, s, "s")
+	sh := testShow("s")
+	sh.Room = &persistence.WaitingRoom{OpensAt: t0, AdmitPerSecond: 2, MaxActive: 3, ShoppingWindow: 10 * time.Minute}
+	if _, err := s.CreateShow(context.Background(), sh); err != nil {
+		t.Fatal(err)
+	}
+	e, err := s.AcquireShow(context.Background(), "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GetShow(context.Background(), "s"); err != nil || got.Room == nil || !got.Room.OpensAt.Equal(t0) || *got.Room != (persistence.WaitingRoom{OpensAt: got.Room.OpensAt, AdmitPerSecond: 2, MaxActive: 3, ShoppingWindow: 10 * time.Minute}) {
+		t.Fatalf("the show's room: %+v, %v", got.Room, err)
+	}
 	ownShow(t, s, "other")
 	if got := persistence.Room.String(); got != "ROOM" {
 		t.Fatalf("Room.String() = %q", got)
@@ -82,6 +93,14 @@ func TestRoomRoundTrip(t *testing.T) {
 		}
 	}
 	checkRoom(t, s, "s", []persistence.RoomEntry{a, c}, "")
+
+	// The operator's brake: the rate and cap change, in shows.
+	write(t, s, roomM(e, "s", persistence.RoomChange{Rate: &persistence.WaitingRoom{AdmitPerSecond: 0.5, MaxActive: 7}}))
+	var rate float64
+	var maxActive int
+	if err := s.Pool().QueryRow(context.Background(), `SELECT room_admit_per_second, room_max_active FROM shows WHERE show_id = 's'`).Scan(&rate, &maxActive); err != nil || rate != 0.5 || maxActive != 7 {
+		t.Errorf("after the brake: rate %v, cap %d, %v", rate, maxActive, err)
+	}
 
 	// A room's end, with its queue gone.
 	write(t, s, roomM(e, "s", persistence.RoomChange{Delete: []string{"c"}, End: persistence.RoomSoldOut}))

@@ -42,6 +42,9 @@ const (
 	// The admitted user booked (held and paid): they no longer count as a
 	// shopper; their token stays valid until its deadline.
 	QueueState_QUEUE_STATE_DONE QueueState = 6
+	// The operator closed the room while the user was queued: the show needs
+	// no admission any more.
+	QueueState_QUEUE_STATE_CLOSED QueueState = 7
 )
 
 // Enum value maps for QueueState.
@@ -54,6 +57,7 @@ var (
 		4: "QUEUE_STATE_LAPSED",
 		5: "QUEUE_STATE_SOLD_OUT",
 		6: "QUEUE_STATE_DONE",
+		7: "QUEUE_STATE_CLOSED",
 	}
 	QueueState_value = map[string]int32{
 		"QUEUE_STATE_UNSPECIFIED": 0,
@@ -63,6 +67,7 @@ var (
 		"QUEUE_STATE_LAPSED":      4,
 		"QUEUE_STATE_SOLD_OUT":    5,
 		"QUEUE_STATE_DONE":        6,
+		"QUEUE_STATE_CLOSED":      7,
 	}
 )
 
@@ -629,11 +634,152 @@ func (x *WatchQueueResponse) GetEntry() *QueueEntry {
 	return nil
 }
 
+type SetWaitingRoomRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ShowId string                 `protobuf:"bytes,1,opt,name=show_id,json=showId,proto3" json:"show_id,omitempty"`
+	// If set, the new admission rate (1/3600 to 100,000 per second).
+	AdmitPerSecond *float64 `protobuf:"fixed64,2,opt,name=admit_per_second,json=admitPerSecond,proto3,oneof" json:"admit_per_second,omitempty"`
+	// If set, the new cap on shoppers (0: none).
+	MaxActiveShoppers *int32 `protobuf:"varint,3,opt,name=max_active_shoppers,json=maxActiveShoppers,proto3,oneof" json:"max_active_shoppers,omitempty"`
+	// Close the room.
+	Close         bool `protobuf:"varint,4,opt,name=close,proto3" json:"close,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetWaitingRoomRequest) Reset() {
+	*x = SetWaitingRoomRequest{}
+	mi := &file_boxoffice_v1_waitingroom_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetWaitingRoomRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetWaitingRoomRequest) ProtoMessage() {}
+
+func (x *SetWaitingRoomRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_waitingroom_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetWaitingRoomRequest.ProtoReflect.Descriptor instead.
+func (*SetWaitingRoomRequest) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_waitingroom_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SetWaitingRoomRequest) GetShowId() string {
+	if x != nil {
+		return x.ShowId
+	}
+	return ""
+}
+
+func (x *SetWaitingRoomRequest) GetAdmitPerSecond() float64 {
+	if x != nil && x.AdmitPerSecond != nil {
+		return *x.AdmitPerSecond
+	}
+	return 0
+}
+
+func (x *SetWaitingRoomRequest) GetMaxActiveShoppers() int32 {
+	if x != nil && x.MaxActiveShoppers != nil {
+		return *x.MaxActiveShoppers
+	}
+	return 0
+}
+
+func (x *SetWaitingRoomRequest) GetClose() bool {
+	if x != nil {
+		return x.Close
+	}
+	return false
+}
+
+type SetWaitingRoomResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The room as it is now.
+	Room   *WaitingRoom `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	Closed bool         `protobuf:"varint,2,opt,name=closed,proto3" json:"closed,omitempty"`
+	// Users queued, and admitted users counted as shopping.
+	Queued        int32 `protobuf:"varint,3,opt,name=queued,proto3" json:"queued,omitempty"`
+	Shoppers      int32 `protobuf:"varint,4,opt,name=shoppers,proto3" json:"shoppers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetWaitingRoomResponse) Reset() {
+	*x = SetWaitingRoomResponse{}
+	mi := &file_boxoffice_v1_waitingroom_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetWaitingRoomResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetWaitingRoomResponse) ProtoMessage() {}
+
+func (x *SetWaitingRoomResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_boxoffice_v1_waitingroom_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetWaitingRoomResponse.ProtoReflect.Descriptor instead.
+func (*SetWaitingRoomResponse) Descriptor() ([]byte, []int) {
+	return file_boxoffice_v1_waitingroom_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SetWaitingRoomResponse) GetRoom() *WaitingRoom {
+	if x != nil {
+		return x.Room
+	}
+	return nil
+}
+
+func (x *SetWaitingRoomResponse) GetClosed() bool {
+	if x != nil {
+		return x.Closed
+	}
+	return false
+}
+
+func (x *SetWaitingRoomResponse) GetQueued() int32 {
+	if x != nil {
+		return x.Queued
+	}
+	return 0
+}
+
+func (x *SetWaitingRoomResponse) GetShoppers() int32 {
+	if x != nil {
+		return x.Shoppers
+	}
+	return 0
+}
+
 var File_boxoffice_v1_waitingroom_proto protoreflect.FileDescriptor
 
 const file_boxoffice_v1_waitingroom_proto_rawDesc = "" +
 	"\n" +
-	"\x1eboxoffice/v1/waitingroom.proto\x12\fboxoffice.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaf\x03\n" +
+	"\x1eboxoffice/v1/waitingroom.proto\x12\fboxoffice.v1\x1a\x18boxoffice/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaf\x03\n" +
 	"\n" +
 	"QueueEntry\x12\x17\n" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x17\n" +
@@ -669,7 +815,19 @@ const file_boxoffice_v1_waitingroom_proto_rawDesc = "" +
 	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\"D\n" +
 	"\x12WatchQueueResponse\x12.\n" +
-	"\x05entry\x18\x01 \x01(\v2\x18.boxoffice.v1.QueueEntryR\x05entry*\xb9\x01\n" +
+	"\x05entry\x18\x01 \x01(\v2\x18.boxoffice.v1.QueueEntryR\x05entry\"\xd7\x01\n" +
+	"\x15SetWaitingRoomRequest\x12\x17\n" +
+	"\ashow_id\x18\x01 \x01(\tR\x06showId\x12-\n" +
+	"\x10admit_per_second\x18\x02 \x01(\x01H\x00R\x0eadmitPerSecond\x88\x01\x01\x123\n" +
+	"\x13max_active_shoppers\x18\x03 \x01(\x05H\x01R\x11maxActiveShoppers\x88\x01\x01\x12\x14\n" +
+	"\x05close\x18\x04 \x01(\bR\x05closeB\x13\n" +
+	"\x11_admit_per_secondB\x16\n" +
+	"\x14_max_active_shoppers\"\x93\x01\n" +
+	"\x16SetWaitingRoomResponse\x12-\n" +
+	"\x04room\x18\x01 \x01(\v2\x19.boxoffice.v1.WaitingRoomR\x04room\x12\x16\n" +
+	"\x06closed\x18\x02 \x01(\bR\x06closed\x12\x16\n" +
+	"\x06queued\x18\x03 \x01(\x05R\x06queued\x12\x1a\n" +
+	"\bshoppers\x18\x04 \x01(\x05R\bshoppers*\xd1\x01\n" +
 	"\n" +
 	"QueueState\x12\x1b\n" +
 	"\x17QUEUE_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
@@ -678,14 +836,16 @@ const file_boxoffice_v1_waitingroom_proto_rawDesc = "" +
 	"\x10QUEUE_STATE_LEFT\x10\x03\x12\x16\n" +
 	"\x12QUEUE_STATE_LAPSED\x10\x04\x12\x18\n" +
 	"\x14QUEUE_STATE_SOLD_OUT\x10\x05\x12\x14\n" +
-	"\x10QUEUE_STATE_DONE\x10\x062\xd4\x02\n" +
+	"\x10QUEUE_STATE_DONE\x10\x06\x12\x16\n" +
+	"\x12QUEUE_STATE_CLOSED\x10\a2\xb1\x03\n" +
 	"\x12WaitingRoomService\x12L\n" +
 	"\tJoinQueue\x12\x1e.boxoffice.v1.JoinQueueRequest\x1a\x1f.boxoffice.v1.JoinQueueResponse\x12O\n" +
 	"\n" +
 	"LeaveQueue\x12\x1f.boxoffice.v1.LeaveQueueRequest\x1a .boxoffice.v1.LeaveQueueResponse\x12L\n" +
 	"\tPollQueue\x12\x1e.boxoffice.v1.PollQueueRequest\x1a\x1f.boxoffice.v1.PollQueueResponse\x12Q\n" +
 	"\n" +
-	"WatchQueue\x12\x1f.boxoffice.v1.WatchQueueRequest\x1a .boxoffice.v1.WatchQueueResponse0\x01B=Z;github.com/boxoffice/boxoffice/api/boxoffice/v1;boxofficev1b\x06proto3"
+	"WatchQueue\x12\x1f.boxoffice.v1.WatchQueueRequest\x1a .boxoffice.v1.WatchQueueResponse0\x01\x12[\n" +
+	"\x0eSetWaitingRoom\x12#.boxoffice.v1.SetWaitingRoomRequest\x1a$.boxoffice.v1.SetWaitingRoomResponseB=Z;github.com/boxoffice/boxoffice/api/boxoffice/v1;boxofficev1b\x06proto3"
 
 var (
 	file_boxoffice_v1_waitingroom_proto_rawDescOnce sync.Once
@@ -700,44 +860,50 @@ func file_boxoffice_v1_waitingroom_proto_rawDescGZIP() []byte {
 }
 
 var file_boxoffice_v1_waitingroom_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_boxoffice_v1_waitingroom_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_boxoffice_v1_waitingroom_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_boxoffice_v1_waitingroom_proto_goTypes = []any{
-	(QueueState)(0),               // 0: boxoffice.v1.QueueState
-	(*QueueEntry)(nil),            // 1: boxoffice.v1.QueueEntry
-	(*JoinQueueRequest)(nil),      // 2: boxoffice.v1.JoinQueueRequest
-	(*JoinQueueResponse)(nil),     // 3: boxoffice.v1.JoinQueueResponse
-	(*LeaveQueueRequest)(nil),     // 4: boxoffice.v1.LeaveQueueRequest
-	(*LeaveQueueResponse)(nil),    // 5: boxoffice.v1.LeaveQueueResponse
-	(*PollQueueRequest)(nil),      // 6: boxoffice.v1.PollQueueRequest
-	(*PollQueueResponse)(nil),     // 7: boxoffice.v1.PollQueueResponse
-	(*WatchQueueRequest)(nil),     // 8: boxoffice.v1.WatchQueueRequest
-	(*WatchQueueResponse)(nil),    // 9: boxoffice.v1.WatchQueueResponse
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
+	(QueueState)(0),                // 0: boxoffice.v1.QueueState
+	(*QueueEntry)(nil),             // 1: boxoffice.v1.QueueEntry
+	(*JoinQueueRequest)(nil),       // 2: boxoffice.v1.JoinQueueRequest
+	(*JoinQueueResponse)(nil),      // 3: boxoffice.v1.JoinQueueResponse
+	(*LeaveQueueRequest)(nil),      // 4: boxoffice.v1.LeaveQueueRequest
+	(*LeaveQueueResponse)(nil),     // 5: boxoffice.v1.LeaveQueueResponse
+	(*PollQueueRequest)(nil),       // 6: boxoffice.v1.PollQueueRequest
+	(*PollQueueResponse)(nil),      // 7: boxoffice.v1.PollQueueResponse
+	(*WatchQueueRequest)(nil),      // 8: boxoffice.v1.WatchQueueRequest
+	(*WatchQueueResponse)(nil),     // 9: boxoffice.v1.WatchQueueResponse
+	(*SetWaitingRoomRequest)(nil),  // 10: boxoffice.v1.SetWaitingRoomRequest
+	(*SetWaitingRoomResponse)(nil), // 11: boxoffice.v1.SetWaitingRoomResponse
+	(*timestamppb.Timestamp)(nil),  // 12: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 13: google.protobuf.Duration
+	(*WaitingRoom)(nil),            // 14: boxoffice.v1.WaitingRoom
 }
 var file_boxoffice_v1_waitingroom_proto_depIdxs = []int32{
 	0,  // 0: boxoffice.v1.QueueEntry.state:type_name -> boxoffice.v1.QueueState
-	10, // 1: boxoffice.v1.QueueEntry.joined_at:type_name -> google.protobuf.Timestamp
-	11, // 2: boxoffice.v1.QueueEntry.estimated_wait:type_name -> google.protobuf.Duration
-	10, // 3: boxoffice.v1.QueueEntry.admission_deadline:type_name -> google.protobuf.Timestamp
+	12, // 1: boxoffice.v1.QueueEntry.joined_at:type_name -> google.protobuf.Timestamp
+	13, // 2: boxoffice.v1.QueueEntry.estimated_wait:type_name -> google.protobuf.Duration
+	12, // 3: boxoffice.v1.QueueEntry.admission_deadline:type_name -> google.protobuf.Timestamp
 	1,  // 4: boxoffice.v1.JoinQueueResponse.entry:type_name -> boxoffice.v1.QueueEntry
 	1,  // 5: boxoffice.v1.LeaveQueueResponse.entry:type_name -> boxoffice.v1.QueueEntry
-	11, // 6: boxoffice.v1.PollQueueRequest.wait:type_name -> google.protobuf.Duration
+	13, // 6: boxoffice.v1.PollQueueRequest.wait:type_name -> google.protobuf.Duration
 	1,  // 7: boxoffice.v1.PollQueueResponse.entry:type_name -> boxoffice.v1.QueueEntry
 	1,  // 8: boxoffice.v1.WatchQueueResponse.entry:type_name -> boxoffice.v1.QueueEntry
-	2,  // 9: boxoffice.v1.WaitingRoomService.JoinQueue:input_type -> boxoffice.v1.JoinQueueRequest
-	4,  // 10: boxoffice.v1.WaitingRoomService.LeaveQueue:input_type -> boxoffice.v1.LeaveQueueRequest
-	6,  // 11: boxoffice.v1.WaitingRoomService.PollQueue:input_type -> boxoffice.v1.PollQueueRequest
-	8,  // 12: boxoffice.v1.WaitingRoomService.WatchQueue:input_type -> boxoffice.v1.WatchQueueRequest
-	3,  // 13: boxoffice.v1.WaitingRoomService.JoinQueue:output_type -> boxoffice.v1.JoinQueueResponse
-	5,  // 14: boxoffice.v1.WaitingRoomService.LeaveQueue:output_type -> boxoffice.v1.LeaveQueueResponse
-	7,  // 15: boxoffice.v1.WaitingRoomService.PollQueue:output_type -> boxoffice.v1.PollQueueResponse
-	9,  // 16: boxoffice.v1.WaitingRoomService.WatchQueue:output_type -> boxoffice.v1.WatchQueueResponse
-	13, // [13:17] is the sub-list for method output_type
-	9,  // [9:13] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	14, // 9: boxoffice.v1.SetWaitingRoomResponse.room:type_name -> boxoffice.v1.WaitingRoom
+	2,  // 10: boxoffice.v1.WaitingRoomService.JoinQueue:input_type -> boxoffice.v1.JoinQueueRequest
+	4,  // 11: boxoffice.v1.WaitingRoomService.LeaveQueue:input_type -> boxoffice.v1.LeaveQueueRequest
+	6,  // 12: boxoffice.v1.WaitingRoomService.PollQueue:input_type -> boxoffice.v1.PollQueueRequest
+	8,  // 13: boxoffice.v1.WaitingRoomService.WatchQueue:input_type -> boxoffice.v1.WatchQueueRequest
+	10, // 14: boxoffice.v1.WaitingRoomService.SetWaitingRoom:input_type -> boxoffice.v1.SetWaitingRoomRequest
+	3,  // 15: boxoffice.v1.WaitingRoomService.JoinQueue:output_type -> boxoffice.v1.JoinQueueResponse
+	5,  // 16: boxoffice.v1.WaitingRoomService.LeaveQueue:output_type -> boxoffice.v1.LeaveQueueResponse
+	7,  // 17: boxoffice.v1.WaitingRoomService.PollQueue:output_type -> boxoffice.v1.PollQueueResponse
+	9,  // 18: boxoffice.v1.WaitingRoomService.WatchQueue:output_type -> boxoffice.v1.WatchQueueResponse
+	11, // 19: boxoffice.v1.WaitingRoomService.SetWaitingRoom:output_type -> boxoffice.v1.SetWaitingRoomResponse
+	15, // [15:20] is the sub-list for method output_type
+	10, // [10:15] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_boxoffice_v1_waitingroom_proto_init() }
@@ -745,13 +911,15 @@ func file_boxoffice_v1_waitingroom_proto_init() {
 	if File_boxoffice_v1_waitingroom_proto != nil {
 		return
 	}
+	file_boxoffice_v1_types_proto_init()
+	file_boxoffice_v1_waitingroom_proto_msgTypes[9].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_boxoffice_v1_waitingroom_proto_rawDesc), len(file_boxoffice_v1_waitingroom_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

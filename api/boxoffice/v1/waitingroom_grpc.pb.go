@@ -19,10 +19,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	WaitingRoomService_JoinQueue_FullMethodName  = "/boxoffice.v1.WaitingRoomService/JoinQueue"
-	WaitingRoomService_LeaveQueue_FullMethodName = "/boxoffice.v1.WaitingRoomService/LeaveQueue"
-	WaitingRoomService_PollQueue_FullMethodName  = "/boxoffice.v1.WaitingRoomService/PollQueue"
-	WaitingRoomService_WatchQueue_FullMethodName = "/boxoffice.v1.WaitingRoomService/WatchQueue"
+	WaitingRoomService_JoinQueue_FullMethodName      = "/boxoffice.v1.WaitingRoomService/JoinQueue"
+	WaitingRoomService_LeaveQueue_FullMethodName     = "/boxoffice.v1.WaitingRoomService/LeaveQueue"
+	WaitingRoomService_PollQueue_FullMethodName      = "/boxoffice.v1.WaitingRoomService/PollQueue"
+	WaitingRoomService_WatchQueue_FullMethodName     = "/boxoffice.v1.WaitingRoomService/WatchQueue"
+	WaitingRoomService_SetWaitingRoom_FullMethodName = "/boxoffice.v1.WaitingRoomService/SetWaitingRoom"
 )
 
 // WaitingRoomServiceClient is the client API for WaitingRoomService service.
@@ -60,6 +61,12 @@ type WaitingRoomServiceClient interface {
 	// WatchQueue streams the user's entry: as it is, then whenever its state
 	// or position changes; it ends after an end state.
 	WatchQueue(ctx context.Context, in *WatchQueueRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchQueueResponse], error)
+	// SetWaitingRoom is the operator's brake: it changes the room's rate or
+	// cap from now on, or closes the room (everyone queued ends CLOSED, and
+	// the show's holds need no token any more). Needs the admin token.
+	// InvalidArgument for a rate or cap out of range; the change is durable
+	// before it is answered.
+	SetWaitingRoom(ctx context.Context, in *SetWaitingRoomRequest, opts ...grpc.CallOption) (*SetWaitingRoomResponse, error)
 }
 
 type waitingRoomServiceClient struct {
@@ -119,6 +126,16 @@ func (c *waitingRoomServiceClient) WatchQueue(ctx context.Context, in *WatchQueu
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type WaitingRoomService_WatchQueueClient = grpc.ServerStreamingClient[WatchQueueResponse]
 
+func (c *waitingRoomServiceClient) SetWaitingRoom(ctx context.Context, in *SetWaitingRoomRequest, opts ...grpc.CallOption) (*SetWaitingRoomResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetWaitingRoomResponse)
+	err := c.cc.Invoke(ctx, WaitingRoomService_SetWaitingRoom_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // WaitingRoomServiceServer is the server API for WaitingRoomService service.
 // All implementations must embed UnimplementedWaitingRoomServiceServer
 // for forward compatibility.
@@ -154,6 +171,12 @@ type WaitingRoomServiceServer interface {
 	// WatchQueue streams the user's entry: as it is, then whenever its state
 	// or position changes; it ends after an end state.
 	WatchQueue(*WatchQueueRequest, grpc.ServerStreamingServer[WatchQueueResponse]) error
+	// SetWaitingRoom is the operator's brake: it changes the room's rate or
+	// cap from now on, or closes the room (everyone queued ends CLOSED, and
+	// the show's holds need no token any more). Needs the admin token.
+	// InvalidArgument for a rate or cap out of range; the change is durable
+	// before it is answered.
+	SetWaitingRoom(context.Context, *SetWaitingRoomRequest) (*SetWaitingRoomResponse, error)
 	mustEmbedUnimplementedWaitingRoomServiceServer()
 }
 
@@ -175,6 +198,9 @@ func (UnimplementedWaitingRoomServiceServer) PollQueue(context.Context, *PollQue
 }
 func (UnimplementedWaitingRoomServiceServer) WatchQueue(*WatchQueueRequest, grpc.ServerStreamingServer[WatchQueueResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchQueue not implemented")
+}
+func (UnimplementedWaitingRoomServiceServer) SetWaitingRoom(context.Context, *SetWaitingRoomRequest) (*SetWaitingRoomResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetWaitingRoom not implemented")
 }
 func (UnimplementedWaitingRoomServiceServer) mustEmbedUnimplementedWaitingRoomServiceServer() {}
 func (UnimplementedWaitingRoomServiceServer) testEmbeddedByValue()                            {}
@@ -262,6 +288,24 @@ func _WaitingRoomService_WatchQueue_Handler(srv interface{}, stream grpc.ServerS
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type WaitingRoomService_WatchQueueServer = grpc.ServerStreamingServer[WatchQueueResponse]
 
+func _WaitingRoomService_SetWaitingRoom_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetWaitingRoomRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WaitingRoomServiceServer).SetWaitingRoom(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WaitingRoomService_SetWaitingRoom_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WaitingRoomServiceServer).SetWaitingRoom(ctx, req.(*SetWaitingRoomRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // WaitingRoomService_ServiceDesc is the grpc.ServiceDesc for WaitingRoomService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -280,6 +324,10 @@ var WaitingRoomService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PollQueue",
 			Handler:    _WaitingRoomService_PollQueue_Handler,
+		},
+		{
+			MethodName: "SetWaitingRoom",
+			Handler:    _WaitingRoomService_SetWaitingRoom_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
