@@ -204,7 +204,7 @@ func TestWaitingRoomQueue(t *testing.T) {
 			t.Fatalf("join %s: %v", u, err)
 		}
 		e := r.GetEntry()
-		wantWait := 10*time.Second + time.Duration(i+1)*500*time.Millisecond
+		wantWait := 10*time.Second + time.Duration(i)*500*time.Millisecond // the first at the opening
 		if e.GetState() != pb.QueueState_QUEUE_STATE_QUEUED || e.GetPosition() != int32(i) || e.GetEstimatedWait().AsDuration() != wantWait || r.GetExisted() {
 			t.Fatalf("join %s: %v, want queued at %d, wait %v", u, e, i, wantWait)
 		}

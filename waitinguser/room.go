@@ -305,20 +305,20 @@ func (r *Room) NextEvent(now time.Time) (time.Time, bool) {
 }
 
 // EstimatedWait estimates, at now, how long a user with position users
-// ahead will wait for admission: until the room opens, then position+1
-// admissions at the room's rate, or at the rate admissions were actually
-// given lately when that is slower (a full cap admits only as shoppers
-// leave).
+// ahead will wait for admission: before the opening, until it plus
+// position admissions (the first is at the opening); after, position+1
+// admissions. Admissions come at the room's rate, or at the rate they were
+// actually given lately when that is slower (a full cap admits only as
+// shoppers leave).
 func (r *Room) EstimatedWait(position int, now time.Time) time.Duration {
-	var wait time.Duration
-	if now.Before(r.cfg.OpensAt) {
-		wait = r.cfg.OpensAt.Sub(now)
-	}
 	per := time.Duration(float64(time.Second) / r.cfg.AdmitPerSecond)
 	if seen, ok := r.queue.turns.interval(); ok && seen > per && r.cfg.MaxActive > 0 {
 		per = seen
 	}
-	return wait + time.Duration(position+1)*per
+	if now.Before(r.cfg.OpensAt) {
+		return r.cfg.OpensAt.Sub(now) + time.Duration(position)*per
+	}
+	return time.Duration(position+1) * per
 }
 
 // SetRate changes the admission rate from now on (the operator's brake):

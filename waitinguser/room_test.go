@@ -293,7 +293,7 @@ func TestRoomEstimatedWaitAndNextEvent(t *testing.T) {
 	for _, u := range []UserID{"a", "b", "c", "d", "e", "f"} {
 		r.Join(u, atSec(0))
 	}
-	if got, want := r.EstimatedWait(5, atSec(40)), 60*time.Second+1500*time.Millisecond; got != want {
+	if got, want := r.EstimatedWait(5, atSec(40)), 60*time.Second+1250*time.Millisecond; got != want {
 		t.Errorf("wait of position 5 before the opening: %v, want %v", got, want)
 	}
 	if next, ok := r.NextEvent(atSec(40)); !ok || !next.Equal(atSec(100)) {

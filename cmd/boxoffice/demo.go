@@ -128,13 +128,17 @@ func demo(ctx context.Context, cfg demoConfig, out, logs io.Writer) error {
 	defer conn.Close()
 	sc := scenario{
 		catalog: pb.NewCatalogServiceClient(conn), res: pb.NewReservationServiceClient(conn),
-		admin: pb.NewAdminServiceClient(conn), wait: pb.NewWaitlistServiceClient(conn), p: p, quickTTL: cfg.QuickTTL,
+		admin: pb.NewAdminServiceClient(conn), wait: pb.NewWaitlistServiceClient(conn), room: pb.NewWaitingRoomServiceClient(conn),
+		p: p, quickTTL: cfg.QuickTTL,
 	}
 	arena, err := sc.run(ctx)
 	if err != nil {
 		return fmt.Errorf("demo scenario: %w", err)
 	}
 	if err := sc.move(ctx, nodes); err != nil {
+		return fmt.Errorf("demo scenario: %w", err)
+	}
+	if err := sc.waitingRoom(ctx); err != nil {
 		return fmt.Errorf("demo scenario: %w", err)
 	}
 	printTryIt(out, addr, nodes[0].server.HTTPAddr(), arena)
@@ -236,12 +240,77 @@ func (s *scenario) move(ctx context.Context, nodes []*node) error {
 	return nil
 }
 
+// waitingRoom shows an on-sale's waiting room: three users queue before it
+// opens, are admitted one a second in the order they joined, and the first
+// holds seats with its admission token.
+func (s *scenario) waitingRoom(ctx context.Context) error {
+	p := s.p
+	req := &pb.CreateShowRequest{
+		ShowId: "demo-onsale", Title: "Arijit Singh live: on-sale", City: "Mumbai", Venue: "NSCI Dome",
+		StartsAt:    timestamppb.New(time.Now().Add(30 * 24 * time.Hour).Truncate(time.Hour)),
+		Categories:  []*pb.Category{{Name: "gold", PriceCents: 450000}},
+		Rows:        []*pb.Row{{Label: "A", SeatCount: 10, Category: "gold"}},
+		WaitingRoom: &pb.WaitingRoom{OpensAt: timestamppb.New(time.Now().Add(time.Second)), AdmitPerSecond: 1},
+	}
+	resp, err := s.catalog.CreateShow(adminCtx(ctx), req)
+	if status.Code(err) == codes.AlreadyExists {
+		req.ShowId = fmt.Sprintf("demo-onsale-%d", time.Now().Unix())
+		resp, err = s.catalog.CreateShow(adminCtx(ctx), req)
+	}
+	if err != nil {
+		return err
+	}
+	id := resp.GetShow().GetShowId()
+	p("\n== 8. show %s goes on sale in a second behind a waiting room that admits one user a second", id)
+	users := []string{"ines", "jai", "kavya"}
+	for _, u := range users {
+		j, err := s.room.JoinQueue(svc(ctx), &pb.JoinQueueRequest{ShowId: id, UserId: u})
+		if err != nil {
+			return err
+		}
+		e := j.GetEntry()
+		p("   %-5s joins the queue: %s, %d ahead, estimated wait %.1f s", u, e.GetState(), e.GetPosition(), e.GetEstimatedWait().AsDuration().Seconds())
+	}
+	_, err = s.res.HoldSeats(svc(ctx), &pb.HoldSeatsRequest{ShowId: id, UserId: "ines", SeatIds: []string{"A-1"}})
+	p("   ines tries to hold before her admission: %s", reasonOf(err))
+	began := time.Now()
+	var token string
+	for _, u := range users {
+		var e *pb.QueueEntry
+		for e.GetState() != pb.QueueState_QUEUE_STATE_ADMITTED {
+			r, err := s.room.PollQueue(svc(ctx), &pb.PollQueueRequest{ShowId: id, UserId: u, SinceVersion: e.GetVersion(), Wait: durationpb.New(5 * time.Second)})
+			if err != nil {
+				return err
+			}
+			e = r.GetEntry()
+		}
+		if token == "" {
+			token = e.GetAdmissionToken()
+		}
+		p("   +%.1f s %-5s %s until %s", time.Since(began).Seconds(), u, e.GetState(), e.GetAdmissionDeadline().AsTime().Local().Format("15:04:05"))
+	}
+	h, err := s.res.HoldSeats(svc(ctx), &pb.HoldSeatsRequest{ShowId: id, UserId: "ines", SeatIds: []string{"A-1"}, AdmissionToken: token})
+	if err != nil {
+		return err
+	}
+	p("   ines holds with her admission token: HELD %v", h.GetSeatIds())
+	return nil
+}
+
+// reasonOf is an error's gRPC code and reason, as the demo prints them.
+func reasonOf(err error) string {
+	st := status.Convert(err)
+	reason, _, _ := strings.Cut(st.Message(), ":")
+	return st.Code().String() + " " + reason
+}
+
 // scenario is the demo's script, run as a web tier would: over gRPC.
 type scenario struct {
 	catalog  pb.CatalogServiceClient
 	res      pb.ReservationServiceClient
 	admin    pb.AdminServiceClient
 	wait     pb.WaitlistServiceClient
+	room     pb.WaitingRoomServiceClient
 	p        func(string, ...any)
 	quickTTL time.Duration
 }

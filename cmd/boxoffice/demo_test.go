@@ -91,6 +91,12 @@ func TestDemo(t *testing.T) {
 		"stops (SIGTERM): it leaves the cluster",
 		"gina's hold is RESERVATION_STATUS_HELD [A-1 A-2 A-3 A-4], replayed from PostgreSQL",
 		"hugo is still WAITLIST_STATE_WAITING, sequence 1, 0 ahead",
+		"ines  joins the queue: QUEUE_STATE_QUEUED, 0 ahead",
+		"kavya joins the queue: QUEUE_STATE_QUEUED, 2 ahead",
+		"ines tries to hold before her admission: FailedPrecondition NOT_ADMITTED",
+		"ines  QUEUE_STATE_ADMITTED",
+		"kavya QUEUE_STATE_ADMITTED",
+		"ines holds with her admission token: HELD [A-1]",
 		"grpcurl -plaintext",
 	} {
 		if !strings.Contains(story, want) {
@@ -108,6 +114,7 @@ func TestDemo(t *testing.T) {
 	services := listServices(t, ctx, conn)
 	for _, want := range []string{
 		"boxoffice.v1.CatalogService", "boxoffice.v1.ReservationService", "boxoffice.v1.AdminService", "boxoffice.v1.WaitlistService",
+		"boxoffice.v1.WaitingRoomService",
 		"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
 	} {
 		if !slices.Contains(services, want) {
