@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -136,6 +137,9 @@ type serveOptions struct {
 	// addresses of members it joins (--join; empty: it starts a cluster).
 	Gossip bool
 	Join   []string
+
+	// AdmissionKey, if set, is given as --admission-key (base64).
+	AdmissionKey []byte
 }
 
 // serveProcess is `boxoffice serve` running as a child process on free
@@ -216,6 +220,9 @@ func launchServe(t testing.TB, bin string, opts serveOptions) *serveProcess {
 	}
 	if opts.Migrate {
 		args = append(args, "--migrate")
+	}
+	if opts.AdmissionKey != nil {
+		args = append(args, "--admission-key", base64.StdEncoding.EncodeToString(opts.AdmissionKey))
 	}
 	if opts.Gossip {
 		p.GossipAddr = freeLoopbackAddr(t) // TCP-free a moment ago; memberlist binds TCP and UDP: a clash is retried as above
