@@ -4,8 +4,11 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 	tc "github.com/boxoffice/boxoffice/internal/testcluster"
@@ -94,4 +97,29 @@ func BenchmarkWaitlistTurnLatency(b *testing.B) {
 	b.ReportMetric(percentile(lat, 0.50), "p50-µs")
 	b.ReportMetric(percentile(lat, 0.99), "p99-µs")
 	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkJoinQueueGRPC measures JoinQueue end to end: 256 concurrent
+// callers, each a new user joining a waiting room that does not open
+// during the run, answered after its commit. An op is one join.
+// cpu-us/join is this process's CPU per join, the test client's and the
+// engine's together (PostgreSQL's apart): an upper bound of the engine's.
+func BenchmarkJoinQueueGRPC(b *testing.B) {
+	n, _, _ := benchNode(b, 1)
+	req := tc.ShowRequest("qjoin", 1, 10, 0)
+	req.WaitingRoom = &pb.WaitingRoom{OpensAt: timestamppb.New(time.Now().Add(time.Hour)), AdmitPerSecond: 100}
+	if _, err := n.Catalog.CreateShow(tc.AdminCtx(context.Background()), req); err != nil {
+		b.Fatal(err)
+	}
+	ctx := tc.Ctx(context.Background())
+	var before, after syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &before) //nolint:errcheck // RUSAGE_SELF cannot fail
+	st := drive(b, benchCallers, func(_, i int) (bool, error) {
+		_, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "qjoin", UserId: "q" + strconv.Itoa(i)})
+		return false, err
+	})
+	syscall.Getrusage(syscall.RUSAGE_SELF, &after) //nolint:errcheck // as above
+	cpu := time.Duration(after.Utime.Nano()+after.Stime.Nano()-before.Utime.Nano()-before.Stime.Nano()) * time.Nanosecond
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/join")
+	st.report(b, "joins")
 }
