@@ -35,7 +35,9 @@ const pipelineMaxResults = 1024
 // commit). Every other call, and a hold that has to wait, runs on a
 // goroutine of its own under the stream's context bounded by its timeout,
 // through holdSeats, confirmHold or releaseHold: the unary RPCs' code. So
-// every rule, error and idempotency behaviour is theirs. A call is in
+// every rule, error and idempotency behaviour is theirs. (A hold's
+// SEATS_TAKEN refusal is sent compact, its taken seats as a bitmask of the
+// call's; CallError.Expanded gives the unary answer.) A call is in
 // flight from when it is taken until the sender takes its answer.
 //
 // One sender goroutine batches naturally: it waits for the first answer,
