@@ -17,12 +17,17 @@
 //     fresh key when the request has none, a confirm is idempotent for its
 //     payment reference, a release for its user;
 //   - keeps live replicas of the seat maps it is asked for (SeatMap), fed by
-//     WatchSeatMap, so seat-map reads are answered from local memory.
+//     WatchSeatMap, so seat-map reads are answered from local memory;
+//   - makes the other calls (the reads, the waitlist's and the waiting
+//     room's: JoinQueue, PollQueue, ...) as unary RPCs to the owner, with
+//     the same retries. A show behind a waiting room needs the user's
+//     admission token in HoldSeatsRequest.admission_token.
 //
 // Errors are gRPC statuses, as the unary RPCs answer them: status.FromError
 // gives the code, and the google.rpc.ErrorInfo detail the reason and the
 // metadata (for example the "seats" a SEATS_TAKEN refusal names). Reason
-// returns the reason without decoding the details.
+// returns the reason without decoding the details, and TakenSeats the
+// seats a SEATS_TAKEN refusal names.
 package client
 
 import (
