@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -39,34 +38,15 @@ func (s roomServer) LeaveQueue(ctx context.Context, req *pb.LeaveQueueRequest) (
 // version (or the entry ended), otherwise when it next changes or the
 // caller's wait (at most MaxPollWait) ends, whichever comes first.
 func (s roomServer) PollQueue(ctx context.Context, req *pb.PollQueueRequest) (*pb.PollQueueResponse, error) {
-	wait := time.Duration(0)
-	if d := req.GetWait(); d != nil {
-		if d.CheckValid() != nil || d.AsDuration() < 0 || d.AsDuration() > MaxPollWait {
-			return nil, toStatus(fmt.Errorf("%w: wait must be 0 to %s", ErrInvalid, MaxPollWait))
-		}
-		wait = d.AsDuration()
-	}
 	show, user := ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId())
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	for {
+	v, err := longPoll(ctx, s.life, req.GetWait(), func() (RoomView, bool, <-chan struct{}, error) {
 		v, changed, err := s.n.RoomEntry(ctx, show, user)
-		if err != nil {
-			return nil, toStatus(err)
-		}
-		if v.Version != req.GetSinceVersion() || v.State.Ended() {
-			return &pb.PollQueueResponse{Entry: roomViewToPB(v)}, nil
-		}
-		select {
-		case <-changed:
-			continue
-		case <-timer.C:
-		case <-ctx.Done():
-			return nil, toStatus(ctx.Err())
-		case <-s.life.Done():
-		}
-		return &pb.PollQueueResponse{Entry: roomViewToPB(v)}, nil
+		return v, v.Version != req.GetSinceVersion() || v.State.Ended(), changed, err
+	})
+	if err != nil {
+		return nil, err
 	}
+	return &pb.PollQueueResponse{Entry: roomViewToPB(v)}, nil
 }
 
 // WatchQueue sends the entry as it is, then whenever its state or position

@@ -73,33 +73,49 @@ func (s waitlistServer) WatchWaitlist(req *pb.WatchWaitlistRequest, stream pb.Wa
 // caller's version (or the entry ended), otherwise when it next changes or
 // the caller's wait (at most MaxPollWait) ends, whichever comes first.
 func (s waitlistServer) PollWaitlist(ctx context.Context, req *pb.PollWaitlistRequest) (*pb.PollWaitlistResponse, error) {
-	wait := time.Duration(0)
-	if d := req.GetWait(); d != nil {
-		if d.CheckValid() != nil || d.AsDuration() < 0 || d.AsDuration() > MaxPollWait {
-			return nil, toStatus(fmt.Errorf("%w: wait must be 0 to %s", ErrInvalid, MaxPollWait))
-		}
-		wait = d.AsDuration()
-	}
 	show, user := ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId())
-	timer := time.NewTimer(wait)
+	v, err := longPoll(ctx, s.life, req.GetWait(), func() (WaitView, bool, <-chan struct{}, error) {
+		v, changed, err := s.n.WaitlistEntry(ctx, show, user)
+		return v, v.Version != req.GetSinceVersion() || v.State.Ended(), changed, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.PollWaitlistResponse{Entry: waitViewToPB(v)}, nil
+}
+
+// longPoll answers a long poll: read's view at once when it says it is
+// news (or fails), else as soon as the next change makes it news, or, when
+// wait (at most MaxPollWait; nil: none) has passed or the server shuts
+// down, as it is then.
+func longPoll[V any](ctx, life context.Context, wait *durationpb.Duration, read func() (v V, news bool, changed <-chan struct{}, err error)) (V, error) {
+	var zero V
+	d := time.Duration(0)
+	if wait != nil {
+		if wait.CheckValid() != nil || wait.AsDuration() < 0 || wait.AsDuration() > MaxPollWait {
+			return zero, toStatus(fmt.Errorf("%w: wait must be 0 to %s", ErrInvalid, MaxPollWait))
+		}
+		d = wait.AsDuration()
+	}
+	timer := time.NewTimer(d)
 	defer timer.Stop()
 	for {
-		v, changed, err := s.n.WaitlistEntry(ctx, show, user)
+		v, news, changed, err := read()
 		if err != nil {
-			return nil, toStatus(err)
+			return zero, toStatus(err)
 		}
-		if v.Version != req.GetSinceVersion() || v.State.Ended() {
-			return &pb.PollWaitlistResponse{Entry: waitViewToPB(v)}, nil
+		if news {
+			return v, nil
 		}
 		select {
 		case <-changed:
 			continue
 		case <-timer.C:
 		case <-ctx.Done():
-			return nil, toStatus(ctx.Err())
-		case <-s.life.Done():
+			return zero, toStatus(ctx.Err())
+		case <-life.Done():
 		}
-		return &pb.PollWaitlistResponse{Entry: waitViewToPB(v)}, nil
+		return v, nil
 	}
 }
 
