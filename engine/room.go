@@ -173,23 +173,10 @@ func (n *Node) enqueueRoomLocked(sh *show, change *persistence.RoomChange, now t
 	return p, nil
 }
 
-// settleRoom waits for a room write queued by enqueueRoomLocked. A write
-// that failed leaves memory ahead of the database: the show is marked stale
-// (or dropped), and reloaded before its next change.
+// settleRoom waits for a room write queued by enqueueRoomLocked (see
+// settle).
 func (n *Node) settleRoom(sh *show, p *persistence.Pending) error {
-	werr := p.Wait()
-	sh.mu.Lock()
-	sh.room.writes--
-	unload := false
-	if werr != nil {
-		werr, unload = failedLocked(sh, werr)
-		sh.stale = sh.stale || !sh.dropped
-	}
-	sh.mu.Unlock()
-	if unload {
-		n.unload(sh, werr.Error())
-	}
-	return werr
+	return n.settle(sh, p, func() { sh.room.writes-- })
 }
 
 // lockRoom loads the show for a change of its room and locks it: ErrNoRoom

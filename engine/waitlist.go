@@ -398,13 +398,20 @@ func (n *Node) enqueueWaitLocked(sh *show, change *persistence.WaitlistChange, n
 	return p, nil
 }
 
-// settleWait waits for a waitlist write queued by enqueueWaitLocked. A
-// write that failed leaves memory ahead of the database: the show is marked
-// stale (or dropped, if it moved), and reloaded before its next change.
+// settleWait waits for a waitlist write queued by enqueueWaitLocked (see
+// settle).
 func (n *Node) settleWait(sh *show, p *persistence.Pending) error {
+	return n.settle(sh, p, func() { sh.wait.writes-- })
+}
+
+// settle waits for a write of the show's waitlist or waiting room; done,
+// called under sh.mu, counts it off. A write that failed leaves memory ahead
+// of the database: the show is marked stale (or dropped, if it moved), and
+// reloaded before its next change.
+func (n *Node) settle(sh *show, p *persistence.Pending, done func()) error {
 	werr := p.Wait()
 	sh.mu.Lock()
-	sh.wait.writes--
+	done()
 	unload := false
 	if werr != nil {
 		werr, unload = failedLocked(sh, werr)
