@@ -188,7 +188,8 @@ func (c *Cluster) makeDir(ctx context.Context, dir string) error {
 
 // start runs initdb if needed, writes the settings and starts the server.
 func (c *Cluster) start(ctx context.Context, settings map[string]string) error {
-	if c.port == 0 {
+	picked := c.port == 0
+	if picked {
 		port, err := freePort()
 		if err != nil {
 			return err
@@ -206,8 +207,25 @@ func (c *Cluster) start(ctx context.Context, settings map[string]string) error {
 	if err := c.writeSettings(settings); err != nil {
 		return err
 	}
-	if err := c.pgStart(ctx); err != nil {
-		return err
+	// A port picked free may be taken by another process before the server
+	// binds it (tests start many servers at once): then another is tried.
+	for attempt := 1; ; attempt++ {
+		err := c.pgStart(ctx)
+		if err == nil {
+			break
+		}
+		if !picked || attempt == 3 || !strings.Contains(err.Error(), "could not create any TCP/IP sockets") {
+			return err
+		}
+		port, perr := freePort()
+		if perr != nil {
+			return err
+		}
+		fmt.Fprintf(c.log, "pgcluster: port %d was taken meanwhile; trying %d\n", c.port, port)
+		c.port = port
+		if err := c.writeSettings(settings); err != nil {
+			return err
+		}
 	}
 	if err := c.createDatabase(ctx); err != nil {
 		_, _ = c.pgCtl(context.Background(), "stop", "-m", "immediate")
