@@ -47,28 +47,9 @@ type RoomChange struct {
 // coalesced as waitlistRows are: the last Put or Delete of each (show,
 // user), the last End of each show.
 type roomRows struct {
-	rows  map[showUser]int // index into ops
-	ops   []roomOp
+	lastOps[RoomEntry]
 	ends  map[string]string
 	rates map[string]*WaitingRoom
-}
-
-// roomOp is the last operation on a row: a Put, or a Delete when put is nil.
-type roomOp struct {
-	key showUser
-	put *RoomEntry
-}
-
-func (r *roomRows) set(k showUser, put *RoomEntry) {
-	if i, ok := r.rows[k]; ok {
-		r.ops[i].put = put
-		return
-	}
-	if r.rows == nil {
-		r.rows = make(map[showUser]int)
-	}
-	r.rows[k] = len(r.ops)
-	r.ops = append(r.ops, roomOp{key: k, put: put})
 }
 
 // addRoom adds m's room change, whose events join the batch's audit events.

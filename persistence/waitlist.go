@@ -77,33 +77,40 @@ type showUser struct{ show, user string }
 // single statement may not touch a row twice (ON CONFLICT DO UPDATE
 // refuses to).
 type waitlistRows struct {
-	rows  map[showUser]int // index into ops
-	ops   []waitOp         // in order of first mention
-	shows map[string]int   // index into aside
+	lastOps[WaitEntry]
+	shows map[string]int // index into aside
 	aside []asideOp
 }
 
-// waitOp is the last operation on a row: a Put, or a Delete when put is nil.
-type waitOp struct {
+// lastOps keeps the last operation on each (show, user) row, in order of
+// first mention.
+type lastOps[T any] struct {
+	rows map[showUser]int // index into ops
+	ops  []rowOp[T]
+}
+
+// rowOp is the last operation on a row: a Put, or a Delete when put is nil.
+type rowOp[T any] struct {
 	key showUser
-	put *WaitEntry
+	put *T
+}
+
+// set makes put (nil: a Delete) the last operation on row k.
+func (o *lastOps[T]) set(k showUser, put *T) {
+	if i, ok := o.rows[k]; ok {
+		o.ops[i].put = put
+		return
+	}
+	if o.rows == nil {
+		o.rows = make(map[showUser]int)
+	}
+	o.rows[k] = len(o.ops)
+	o.ops = append(o.ops, rowOp[T]{key: k, put: put})
 }
 
 type asideOp struct {
 	show  string
 	seats []string
-}
-
-func (w *waitlistRows) set(k showUser, put *WaitEntry) {
-	if i, ok := w.rows[k]; ok {
-		w.ops[i].put = put
-		return
-	}
-	if w.rows == nil {
-		w.rows = make(map[showUser]int)
-	}
-	w.rows[k] = len(w.ops)
-	w.ops = append(w.ops, waitOp{key: k, put: put})
 }
 
 // addWaitlist adds m's waitlist change, whose events join the batch's
