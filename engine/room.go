@@ -152,15 +152,7 @@ func (n *Node) roomViewLocked(sh *show, user wu.UserID, now time.Time) (RoomView
 // rememberRoomEndLocked keeps an ended entry for endedRetention, at most
 // maxEnded of them.
 func rememberRoomEndLocked(r *room, v RoomView, now time.Time) {
-	r.ended.Delete(v.User)
-	r.ended.Put(v.User, endedRoomView{RoomView: v, at: now})
-	for {
-		_, old, ok := r.ended.Front()
-		if !ok || (r.ended.Len() <= maxEnded && now.Sub(old.at) < endedRetention) {
-			return
-		}
-		r.ended.PopFront()
-	}
+	rememberEnd(r.ended, v.User, endedRoomView{RoomView: v, at: now}, now, func(e endedRoomView) time.Time { return e.at })
 }
 
 // enqueueRoomLocked queues a write of sh's room alone.

@@ -427,15 +427,21 @@ func (n *Node) settle(sh *show, p *persistence.Pending, done func()) error {
 // rememberEndedLocked keeps an ended entry for endedRetention, at most
 // maxEnded of them.
 func (n *Node) rememberEndedLocked(sh *show, v WaitView, now time.Time) {
-	e := sh.wait.ended
-	e.Delete(v.Entry.User)
-	e.Put(v.Entry.User, endedView{WaitView: v, at: now})
+	rememberEnd(sh.wait.ended, v.Entry.User, endedView{WaitView: v, at: now}, now, func(e endedView) time.Time { return e.at })
+}
+
+// rememberEnd puts user's ended entry e at the back of ended, and forgets
+// from the front those older than endedRetention (at tells when one ended)
+// and any beyond maxEnded.
+func rememberEnd[V any](ended *ordmap.Map[wu.UserID, V], user wu.UserID, e V, now time.Time, at func(V) time.Time) {
+	ended.Delete(user)
+	ended.Put(user, e)
 	for {
-		_, old, ok := e.Front()
-		if !ok || (e.Len() <= maxEnded && now.Sub(old.at) < endedRetention) {
+		_, old, ok := ended.Front()
+		if !ok || (ended.Len() <= maxEnded && now.Sub(at(old)) < endedRetention) {
 			return
 		}
-		e.PopFront()
+		ended.PopFront()
 	}
 }
 
