@@ -159,7 +159,7 @@ func (n *Node) EvictIdle() int {
 			sh.dropped = true
 			sh.wait.notifyLocked()
 			if sh.room != nil {
-				sh.room.notifyLocked()
+				sh.room.wakeAllLocked()
 			}
 		}
 		sh.mu.Unlock()

@@ -515,7 +515,7 @@ func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {
 	if err := n.restoreWaitlist(sh, snap); err != nil {
 		return nil, fmt.Errorf("replay show %s waitlist: %w", id, err)
 	}
-	if sh.room, err = newRoom(snap, uint64(epoch)<<32, n.now()); err != nil {
+	if sh.room, err = newRoom(snap, n.now()); err != nil {
 		return nil, fmt.Errorf("replay show %s waiting room: %w", id, err)
 	}
 	recs := slices.SortedFunc(slices.Values(snap.Idempotency), func(a, b persistence.IdempotencyRecord) int {
@@ -533,7 +533,7 @@ func (n *Node) unload(sh *show, why string) {
 	sh.mu.Lock()
 	sh.wait.notifyLocked() // its watchers look for the show anew
 	if sh.room != nil {
-		sh.room.notifyLocked()
+		sh.room.wakeAllLocked()
 	}
 	sh.mu.Unlock()
 	n.mu.Lock()

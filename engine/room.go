@@ -50,17 +50,26 @@ type RoomView struct {
 	// Token and Deadline, once admitted.
 	Token    string
 	Deadline time.Time
-	// Version is the room's version when the view was taken.
+	// Version changes when the entry's state does (or the user joins
+	// again); a position that moves does not change it.
 	Version uint64
 }
+
+// entryVersion is the version of an entry with join sequence seq in state
+// st: it changes exactly when the state changes or a new join starts a new
+// entry, and it is the same on every node that replays the entry.
+func entryVersion(seq int64, st RoomState) uint64 { return uint64(seq)<<3 | uint64(st) }
 
 // room is a show's waiting room beside its rules, guarded by show.mu.
 type room struct {
 	rules *wu.Room
-	// version changes with every change of the room; changed is closed and
-	// replaced when it does, waking the watchers and pollers.
-	version uint64
-	changed chan struct{}
+	// waiters holds, for each user whose entry someone is waiting on (a
+	// long poll, a watch), the channel closed at the entry's next change
+	// of state. A change wakes that user's waiters alone, so 200,000
+	// pollers cost the engine one answer each per state change, not one
+	// per change of the room; the entry is dropped when its last waiter
+	// leaves.
+	waiters map[wu.UserID]*roomWaiter
 	// admitting holds the admissions whose write is in flight: they show
 	// as queued, at the head, until it commits, so no token is handed out
 	// for an admission that may not be durable.
@@ -72,6 +81,13 @@ type room struct {
 	writes int
 }
 
+// roomWaiter is the channel the waiters of one user's entry share, and
+// how many they are.
+type roomWaiter struct {
+	ch chan struct{}
+	n  int
+}
+
 type endedRoomView struct {
 	RoomView
 	at time.Time
@@ -81,7 +97,7 @@ type endedRoomView struct {
 // for a show without one: admissions first (they joined before anyone
 // still queued), then the queue, both in join order, and the rate resumed
 // from now.
-func newRoom(snap persistence.Snapshot, versionBase uint64, now time.Time) (*room, error) {
+func newRoom(snap persistence.Snapshot, now time.Time) (*room, error) {
 	cfg := snap.Show.Room
 	if cfg == nil {
 		return nil, nil
@@ -108,45 +124,72 @@ func newRoom(snap persistence.Snapshot, versionBase uint64, now time.Time) (*roo
 	rules.Resume(now)
 	return &room{
 		rules:     rules,
-		version:   versionBase,
-		changed:   make(chan struct{}),
+		waiters:   make(map[wu.UserID]*roomWaiter),
 		admitting: make(map[wu.UserID]bool),
 		ended:     ordmap.New[wu.UserID, endedRoomView](0),
 	}, nil
 }
 
-// notifyLocked bumps the version and wakes everyone waiting for a change.
-func (r *room) notifyLocked() {
-	r.version++
-	close(r.changed)
-	r.changed = make(chan struct{})
+// waitLocked returns a channel closed at the next change of user's entry,
+// and the function the waiter calls when it stops waiting.
+func (r *room) waitLocked(sh *show, user wu.UserID) (<-chan struct{}, func()) {
+	w := r.waiters[user]
+	if w == nil {
+		w = &roomWaiter{ch: make(chan struct{})}
+		r.waiters[user] = w
+	}
+	w.n++
+	return w.ch, func() {
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
+		if w.n--; w.n == 0 && r.waiters[user] == w {
+			delete(r.waiters, user)
+		}
+	}
+}
+
+// wakeLocked wakes the waiters of user's entry.
+func (r *room) wakeLocked(user wu.UserID) {
+	if w := r.waiters[user]; w != nil {
+		close(w.ch)
+		delete(r.waiters, user)
+	}
+}
+
+// wakeAllLocked wakes every waiter: the room ended for everyone queued,
+// or the show is unloaded (its waiters look for it anew).
+func (r *room) wakeAllLocked() {
+	for u, w := range r.waiters {
+		close(w.ch)
+		delete(r.waiters, u)
+	}
 }
 
 // roomViewLocked returns user's view of sh's room; false if user is
 // neither in it nor ended recently.
 func (n *Node) roomViewLocked(sh *show, user wu.UserID, now time.Time) (RoomView, bool) {
 	r := sh.room
-	v := RoomView{Show: sh.id, User: user, Version: r.version}
+	v := RoomView{Show: sh.id, User: user}
 	p := r.rules.Get(user)
 	switch {
 	case p.State == wu.Admitted && r.admitting[user]:
 		v.State, v.Seq, v.JoinedAt = RoomQueued, p.Admission.Seq, p.Admission.JoinedAt
-		return v, true
 	case p.State == wu.Admitted:
 		v.State, v.Seq, v.JoinedAt, v.Deadline = RoomAdmitted, p.Admission.Seq, p.Admission.JoinedAt, p.Admission.Deadline
 		v.Token = n.cfg.AdmissionKey.Sign(string(sh.id), user, p.Admission.Deadline)
-		return v, true
 	case p.State == wu.Queued:
 		v.State, v.Seq, v.JoinedAt = RoomQueued, p.Entry.Seq, p.Entry.JoinedAt
 		v.Position = p.Position + len(r.admitting)
 		v.EstimatedWait = r.rules.EstimatedWait(v.Position, now)
-		return v, true
+	default:
+		e, ok := r.ended.Get(user)
+		if !ok {
+			return RoomView{}, false
+		}
+		v = e.RoomView
 	}
-	if e, ok := r.ended.Get(user); ok {
-		e.Version = r.version
-		return e.RoomView, true
-	}
-	return RoomView{}, false
+	v.Version = entryVersion(v.Seq, v.State)
+	return v, true
 }
 
 // rememberRoomEndLocked keeps an ended entry for endedRetention, at most
@@ -236,7 +279,6 @@ func (n *Node) JoinQueue(ctx context.Context, id ar.ShowID, user ar.UserID) (Roo
 		return RoomView{}, false, err
 	}
 	sh.room.ended.Delete(u)
-	sh.room.notifyLocked()
 	sh.mu.Unlock()
 
 	if err := n.settleRoom(sh, p); err != nil {
@@ -244,7 +286,7 @@ func (n *Node) JoinQueue(ctx context.Context, id ar.ShowID, user ar.UserID) (Roo
 			sh.mu.Lock()
 			if p := sh.room.rules.Get(u); p.State == wu.Queued && p.Entry.Seq == e.Seq {
 				sh.room.rules.Leave(u, now) //nolint:errcheck // it is queued
-				sh.room.notifyLocked()
+				sh.room.wakeLocked(u)
 			}
 			sh.mu.Unlock()
 		}
@@ -285,40 +327,58 @@ func (n *Node) LeaveQueue(ctx context.Context, id ar.ShowID, user ar.UserID) (Ro
 		sh.mu.Unlock()
 		return RoomView{}, err
 	}
-	sh.room.notifyLocked()
+	sh.room.wakeLocked(u)
 	sh.mu.Unlock()
 	if err := n.settleRoom(sh, p); err != nil {
 		return RoomView{}, err
 	}
 	n.metrics.room("left", 1)
-	v.Version = sh.room.version
+	v.Version = entryVersion(v.Seq, v.State)
 	return v, nil
 }
 
 // RoomEntry returns user's entry in the show's waiting room, from memory,
-// and a channel closed at the room's next change. wu.ErrNotWaiting if the
-// user is neither in it nor ended recently.
-func (n *Node) RoomEntry(ctx context.Context, id ar.ShowID, user ar.UserID) (RoomView, <-chan struct{}, error) {
+// without walking the queue. wu.ErrNotWaiting if the user is neither in
+// it nor ended recently.
+func (n *Node) RoomEntry(ctx context.Context, id ar.ShowID, user ar.UserID) (RoomView, error) {
+	v, _, _, err := n.roomEntry(ctx, id, user, false)
+	return v, err
+}
+
+// WaitRoomEntry is RoomEntry and a channel closed at the entry's next
+// change of state (an admission, an end, the show unloaded); a position
+// that moves does not close it. The caller calls stop when it no longer
+// waits.
+func (n *Node) WaitRoomEntry(ctx context.Context, id ar.ShowID, user ar.UserID) (v RoomView, changed <-chan struct{}, stop func(), err error) {
+	return n.roomEntry(ctx, id, user, true)
+}
+
+func (n *Node) roomEntry(ctx context.Context, id ar.ShowID, user ar.UserID, wait bool) (RoomView, <-chan struct{}, func(), error) {
 	if err := validateUser(user); err != nil {
-		return RoomView{}, nil, err
+		return RoomView{}, nil, nil, err
 	}
 	if err := validateShowID(id); err != nil {
-		return RoomView{}, nil, err
+		return RoomView{}, nil, nil, err
 	}
 	sh, err := n.show(ctx, id, false)
 	if err != nil {
-		return RoomView{}, nil, err
+		return RoomView{}, nil, nil, err
 	}
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if sh.room == nil || n.cfg.AdmissionKey == nil {
-		return RoomView{}, nil, roomMissing(n, id)
+		return RoomView{}, nil, nil, roomMissing(n, id)
 	}
-	v, ok := n.roomViewLocked(sh, wu.UserID(user), n.now())
+	u := wu.UserID(user)
+	v, ok := n.roomViewLocked(sh, u, n.now())
 	if !ok {
-		return RoomView{}, nil, fmt.Errorf("%w: %s in the waiting room of show %s", wu.ErrNotWaiting, user, id)
+		return RoomView{}, nil, nil, fmt.Errorf("%w: %s in the waiting room of show %s", wu.ErrNotWaiting, user, id)
 	}
-	return v, sh.room.changed, nil
+	if !wait {
+		return v, nil, nil, nil
+	}
+	changed, stop := sh.room.waitLocked(sh, u)
+	return v, changed, stop, nil
 }
 
 // admitRooms lapses the due admissions and admits the next users of every
@@ -373,6 +433,7 @@ func (n *Node) admitRooms(shows []*show, now time.Time) int {
 				v.State, v.Position, v.EstimatedWait = RoomSoldOut, 0, 0
 				rememberRoomEndLocked(sh.room, v, now)
 			}
+			sh.room.wakeAllLocked()
 			change.End = persistence.RoomSoldOut
 			n.metrics.room("sold_out", len(ended))
 		}
@@ -386,6 +447,7 @@ func (n *Node) admitRooms(shows []*show, now time.Time) int {
 			change.Delete = append(change.Delete, string(l.User))
 			change.Events = append(change.Events, persistence.WaitEvent{UserID: string(l.User), Kind: "ROOM_LAPSED", At: now})
 			delete(sh.room.admitting, l.User)
+			sh.room.wakeLocked(l.User)
 		}
 		for _, v := range ending {
 			v.State, v.Token = RoomLapsed, ""
@@ -406,7 +468,6 @@ func (n *Node) admitRooms(shows []*show, now time.Time) int {
 			n.cfg.Logger.Warn("waiting room admissions not written; show reloads", "show", sh.id, "err", err)
 			continue
 		}
-		sh.room.notifyLocked()
 		sh.mu.Unlock()
 		writes = append(writes, written{sh, p, users})
 		admitted += len(adm)
@@ -419,8 +480,8 @@ func (n *Node) admitRooms(shows []*show, now time.Time) int {
 		w.sh.mu.Lock()
 		for _, u := range w.users {
 			delete(w.sh.room.admitting, u)
+			w.sh.room.wakeLocked(u)
 		}
-		w.sh.room.notifyLocked()
 		w.sh.mu.Unlock()
 		n.metrics.room("admitted", len(w.users))
 	}
@@ -452,7 +513,7 @@ func (n *Node) finishShopperLocked(sh *show, user ar.UserID, now time.Time) *per
 		sh.stale = true
 		return nil
 	}
-	sh.room.notifyLocked()
+	sh.room.wakeLocked(u)
 	n.metrics.room("done", 1)
 	return p
 }
@@ -514,6 +575,7 @@ func (n *Node) SetWaitingRoom(ctx context.Context, id ar.ShowID, rate *float64, 
 			v.State, v.Position, v.EstimatedWait = RoomClosed, 0, 0
 			rememberRoomEndLocked(sh.room, v, now)
 		}
+		sh.room.wakeAllLocked()
 		change.End = persistence.RoomClosed
 	}
 	p, err := n.enqueueRoomLocked(sh, change, now)
@@ -522,7 +584,6 @@ func (n *Node) SetWaitingRoom(ctx context.Context, id ar.ShowID, rate *float64, 
 		sh.mu.Unlock()
 		return RoomStatus{}, err
 	}
-	sh.room.notifyLocked()
 	sh.mu.Unlock()
 	if err := n.settleRoom(sh, p); err != nil {
 		return RoomStatus{}, err

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -34,14 +35,24 @@ func (s roomServer) LeaveQueue(ctx context.Context, req *pb.LeaveQueueRequest) (
 	return &pb.LeaveQueueResponse{Entry: roomViewToPB(v)}, nil
 }
 
-// PollQueue answers at once when the room changed since the caller's
-// version (or the entry ended), otherwise when it next changes or the
-// caller's wait (at most MaxPollWait) ends, whichever comes first.
+// PollQueue answers at once when the entry's version differs from the
+// caller's (its state changed) or the entry ended, otherwise when its state
+// next changes or the caller's wait (at most MaxPollWait) ends, whichever
+// comes first, with the position as it is then. Other users' joins and
+// admissions do not wake it.
 func (s roomServer) PollQueue(ctx context.Context, req *pb.PollQueueRequest) (*pb.PollQueueResponse, error) {
 	show, user := ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId())
-	v, err := longPoll(ctx, s.life, req.GetWait(), func() (RoomView, bool, <-chan struct{}, error) {
-		v, changed, err := s.n.RoomEntry(ctx, show, user)
-		return v, v.Version != req.GetSinceVersion() || v.State.Ended(), changed, err
+	v, err := longPoll(ctx, s.life, req.GetWait(), func() (RoomView, bool, <-chan struct{}, func(), error) {
+		if req.GetWait().AsDuration() == 0 || req.GetSinceVersion() == 0 {
+			v, err := s.n.RoomEntry(ctx, show, user)
+			return v, true, nil, nil, err
+		}
+		v, changed, stop, err := s.n.WaitRoomEntry(ctx, show, user)
+		if err == nil && (v.Version != req.GetSinceVersion() || v.State.Ended()) {
+			stop()
+			return v, true, nil, nil, nil
+		}
+		return v, false, changed, stop, err
 	})
 	if err != nil {
 		return nil, err
@@ -49,34 +60,52 @@ func (s roomServer) PollQueue(ctx context.Context, req *pb.PollQueueRequest) (*p
 	return &pb.PollQueueResponse{Entry: roomViewToPB(v)}, nil
 }
 
-// WatchQueue sends the entry as it is, then whenever its state or position
-// changes, and ends after an end state.
+// WatchQueue sends the entry as it is, then at once whenever its state
+// changes, and its position when it moved, at most every positionEvery;
+// it ends after an end state.
 func (s roomServer) WatchQueue(req *pb.WatchQueueRequest, stream pb.WaitingRoomService_WatchQueueServer) error {
 	ctx := stream.Context()
 	show, user := ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId())
 	var last *pb.QueueEntry
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
-		v, changed, err := s.n.RoomEntry(ctx, show, user)
+		v, changed, stop, err := s.n.WaitRoomEntry(ctx, show, user)
 		if err != nil {
 			return toStatus(err)
 		}
 		if e := roomViewToPB(v); last == nil || last.GetState() != e.GetState() || last.GetPosition() != e.GetPosition() {
 			if err := stream.Send(&pb.WatchQueueResponse{Entry: e}); err != nil {
+				stop()
 				return err
 			}
 			last = e
 		}
 		if v.State.Ended() {
+			stop()
 			return nil
 		}
+		timer.Reset(positionEvery(v.EstimatedWait))
 		select {
 		case <-changed:
+		case <-timer.C:
 		case <-ctx.Done():
-			return toStatus(ctx.Err())
+			err = toStatus(ctx.Err())
 		case <-s.life.Done():
-			return toStatus(fmt.Errorf("watch: %w", ErrShuttingDown))
+			err = toStatus(fmt.Errorf("watch: %w", ErrShuttingDown))
+		}
+		stop()
+		if err != nil {
+			return err
 		}
 	}
+}
+
+// positionEvery is how often a watcher with the given estimated wait is
+// sent its position: a tenth of the wait, from 1 s to 10 s, so a crowd of
+// watchers far back in the queue costs the engine little.
+func positionEvery(wait time.Duration) time.Duration {
+	return min(max(wait/10, time.Second), 10*time.Second)
 }
 
 var roomStates = [...]pb.QueueState{

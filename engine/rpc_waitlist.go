@@ -74,9 +74,9 @@ func (s waitlistServer) WatchWaitlist(req *pb.WatchWaitlistRequest, stream pb.Wa
 // the caller's wait (at most MaxPollWait) ends, whichever comes first.
 func (s waitlistServer) PollWaitlist(ctx context.Context, req *pb.PollWaitlistRequest) (*pb.PollWaitlistResponse, error) {
 	show, user := ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId())
-	v, err := longPoll(ctx, s.life, req.GetWait(), func() (WaitView, bool, <-chan struct{}, error) {
+	v, err := longPoll(ctx, s.life, req.GetWait(), func() (WaitView, bool, <-chan struct{}, func(), error) {
 		v, changed, err := s.n.WaitlistEntry(ctx, show, user)
-		return v, v.Version != req.GetSinceVersion() || v.State.Ended(), changed, err
+		return v, v.Version != req.GetSinceVersion() || v.State.Ended(), changed, nil, err
 	})
 	if err != nil {
 		return nil, err
@@ -88,7 +88,7 @@ func (s waitlistServer) PollWaitlist(ctx context.Context, req *pb.PollWaitlistRe
 // news (or fails), else as soon as the next change makes it news, or, when
 // wait (at most MaxPollWait; nil: none) has passed or the server shuts
 // down, as it is then.
-func longPoll[V any](ctx, life context.Context, wait *durationpb.Duration, read func() (v V, news bool, changed <-chan struct{}, err error)) (V, error) {
+func longPoll[V any](ctx, life context.Context, wait *durationpb.Duration, read func() (v V, news bool, changed <-chan struct{}, stop func(), err error)) (V, error) {
 	var zero V
 	d := time.Duration(0)
 	if wait != nil {
@@ -100,20 +100,33 @@ func longPoll[V any](ctx, life context.Context, wait *durationpb.Duration, read 
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	for {
-		v, news, changed, err := read()
+		v, news, changed, stop, err := read()
 		if err != nil {
 			return zero, toStatus(err)
 		}
 		if news {
+			if stop != nil {
+				stop()
+			}
 			return v, nil
 		}
+		var woke bool
 		select {
 		case <-changed:
-			continue
+			woke = true
 		case <-timer.C:
 		case <-ctx.Done():
-			return zero, toStatus(ctx.Err())
+			err = toStatus(ctx.Err())
 		case <-life.Done():
+		}
+		if stop != nil {
+			stop()
+		}
+		switch {
+		case woke:
+			continue
+		case err != nil:
+			return zero, err
 		}
 		return v, nil
 	}

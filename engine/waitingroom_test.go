@@ -514,3 +514,55 @@ func TestWaitingRoomBrake(t *testing.T) {
 		t.Errorf("a hold without a token after a restart of the closed room: %v", err)
 	}
 }
+
+// TestWaitingRoomPollWakesItsUserOnly: a long poll on a queued user's
+// entry is not answered when others join or are admitted (its version is
+// the entry's, not the room's), and is answered at once when the user is
+// admitted, with the token; the version then differs.
+func TestWaitingRoomPollWakesItsUserOnly(t *testing.T) {
+	clk := tc.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
+	n, _ := newNode(t, tc.Options{Clock: clk, ExpiryInterval: time.Hour}) // the test runs the rounds
+	ctx := tc.Ctx(context.Background())
+	roomShow(t, n, "room-wake", &pb.WaitingRoom{OpensAt: timestamppb.New(clk.Now().Add(time.Second)), AdmitPerSecond: 1})
+	join := func(u string) *pb.QueueEntry {
+		t.Helper()
+		r, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "room-wake", UserId: u})
+		if err != nil {
+			t.Fatalf("join %s: %v", u, err)
+		}
+		return r.GetEntry()
+	}
+	join("u0")
+	e1 := join("u1")
+	answered := make(chan *pb.QueueEntry, 1)
+	go func() {
+		r, err := n.Room.PollQueue(ctx, &pb.PollQueueRequest{ShowId: "room-wake", UserId: "u1", SinceVersion: e1.GetVersion(), Wait: durationpb.New(engine.MaxPollWait)})
+		if err != nil {
+			t.Errorf("poll u1: %v", err)
+		}
+		answered <- r.GetEntry()
+	}()
+	for i := 2; i < 50; i++ {
+		join(fmt.Sprint("u", i))
+	}
+	clk.Advance(time.Second)
+	n.Engine.ExpireDue()
+	if r, err := n.Room.PollQueue(ctx, &pb.PollQueueRequest{ShowId: "room-wake", UserId: "u0"}); err != nil || r.GetEntry().GetState() != pb.QueueState_QUEUE_STATE_ADMITTED {
+		t.Fatalf("u0 at the opening: %v, %v; want admitted", r, err)
+	}
+	clk.Advance(time.Second)
+	n.Engine.ExpireDue()
+	select {
+	case e := <-answered:
+		if e.GetState() != pb.QueueState_QUEUE_STATE_ADMITTED || e.GetAdmissionToken() == "" || e.GetVersion() == e1.GetVersion() || e.GetSequence() != e1.GetSequence() {
+			t.Fatalf("u1's poll answered %v; want its admission, at a new version", e)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("u1's poll was not answered at its admission")
+	}
+	// A poll at the version it has waits; one at an old version answers.
+	r, err := n.Room.PollQueue(ctx, &pb.PollQueueRequest{ShowId: "room-wake", UserId: "u2", SinceVersion: 1, Wait: durationpb.New(engine.MaxPollWait)})
+	if err != nil || r.GetEntry().GetState() != pb.QueueState_QUEUE_STATE_QUEUED || r.GetEntry().GetPosition() != 0 {
+		t.Fatalf("u2 polled at another version: %v, %v; want queued at the head at once", r, err)
+	}
+}

@@ -115,7 +115,8 @@ type QueueEntry struct {
 	// ADMITTED: the token for HoldSeats, and when it ends.
 	AdmissionToken    string                 `protobuf:"bytes,8,opt,name=admission_token,json=admissionToken,proto3" json:"admission_token,omitempty"`
 	AdmissionDeadline *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=admission_deadline,json=admissionDeadline,proto3" json:"admission_deadline,omitempty"`
-	// Changes whenever the show's room changes.
+	// Changes when the entry's state changes (or the user joins again); a
+	// position that moves does not change it. The same on every node.
 	Version       uint64 `protobuf:"varint,10,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -56,10 +56,13 @@ type WaitingRoomServiceClient interface {
 	// user is neither.
 	LeaveQueue(ctx context.Context, in *LeaveQueueRequest, opts ...grpc.CallOption) (*LeaveQueueResponse, error)
 	// PollQueue answers the user's entry once its version differs from
-	// since_version (or it ended), or when wait has passed.
+	// since_version (its state changed) or it ended, or when wait has passed,
+	// with the position as it is then. Other users' joins and admissions do
+	// not wake it, so a crowd of pollers costs one answer each per wait.
 	PollQueue(ctx context.Context, in *PollQueueRequest, opts ...grpc.CallOption) (*PollQueueResponse, error)
-	// WatchQueue streams the user's entry: as it is, then whenever its state
-	// or position changes; it ends after an end state.
+	// WatchQueue streams the user's entry: as it is, then at once whenever
+	// its state changes, and its position when it moved, every tenth of the
+	// estimated wait (1 s to 10 s); it ends after an end state.
 	WatchQueue(ctx context.Context, in *WatchQueueRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchQueueResponse], error)
 	// SetWaitingRoom is the operator's brake: it changes the room's rate or
 	// cap from now on, or closes the room (everyone queued ends CLOSED, and
@@ -166,10 +169,13 @@ type WaitingRoomServiceServer interface {
 	// user is neither.
 	LeaveQueue(context.Context, *LeaveQueueRequest) (*LeaveQueueResponse, error)
 	// PollQueue answers the user's entry once its version differs from
-	// since_version (or it ended), or when wait has passed.
+	// since_version (its state changed) or it ended, or when wait has passed,
+	// with the position as it is then. Other users' joins and admissions do
+	// not wake it, so a crowd of pollers costs one answer each per wait.
 	PollQueue(context.Context, *PollQueueRequest) (*PollQueueResponse, error)
-	// WatchQueue streams the user's entry: as it is, then whenever its state
-	// or position changes; it ends after an end state.
+	// WatchQueue streams the user's entry: as it is, then at once whenever
+	// its state changes, and its position when it moved, every tenth of the
+	// estimated wait (1 s to 10 s); it ends after an end state.
 	WatchQueue(*WatchQueueRequest, grpc.ServerStreamingServer[WatchQueueResponse]) error
 	// SetWaitingRoom is the operator's brake: it changes the room's rate or
 	// cap from now on, or closes the room (everyone queued ends CLOSED, and

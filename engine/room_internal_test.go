@@ -1,0 +1,58 @@
+package engine
+
+import (
+	"testing"
+
+	wu "github.com/boxoffice/boxoffice/waitinguser"
+)
+
+// TestRoomWaiters: waiters of one user share a channel that their user's
+// change closes and nobody else's; the map forgets a user when the last of
+// its waiters stops, or at the wake, so it holds only users being waited
+// on.
+func TestRoomWaiters(t *testing.T) {
+	sh := &show{}
+	r := &room{waiters: map[wu.UserID]*roomWaiter{}}
+	sh.room = r
+	closed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	sh.mu.Lock()
+	a1, stopA1 := r.waitLocked(sh, "a")
+	a2, stopA2 := r.waitLocked(sh, "a")
+	b, stopB := r.waitLocked(sh, "b")
+	r.wakeLocked("b")
+	sh.mu.Unlock()
+	if !closed(b) || closed(a1) || closed(a2) {
+		t.Fatalf("b's wake: b %t, a %t %t; want b's alone", closed(b), closed(a1), closed(a2))
+	}
+	stopB() // after its wake: nothing to forget
+	stopA1()
+	sh.mu.Lock()
+	if len(r.waiters) != 1 {
+		t.Fatalf("%d users waited on with a's second waiter left, want 1", len(r.waiters))
+	}
+	sh.mu.Unlock()
+	stopA2()
+	if len(r.waiters) != 0 || closed(a1) {
+		t.Fatalf("after every waiter stopped: %d users waited on, a's channel closed %t", len(r.waiters), closed(a1))
+	}
+	sh.mu.Lock()
+	c, stopC := r.waitLocked(sh, "c")
+	r.wakeAllLocked()
+	again, stopAgain := r.waitLocked(sh, "c") // a new wait after the wake
+	sh.mu.Unlock()
+	stopC()
+	if !closed(c) || closed(again) || len(r.waiters) != 1 {
+		t.Fatalf("wake all: c %t, the new wait %t, %d waited on", closed(c), closed(again), len(r.waiters))
+	}
+	stopAgain()
+	if len(r.waiters) != 0 {
+		t.Fatalf("%d users waited on at the end, want 0", len(r.waiters))
+	}
+}
