@@ -3,6 +3,7 @@ package persistence_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -137,4 +138,37 @@ func TestRoomFencedAndRefused(t *testing.T) {
 		}
 	}
 	checkRoom(t, s, "s", []persistence.RoomEntry{a}, "")
+}
+
+// TestRoomQueuesBesideItsShow: a show's waiting room changes wait in a
+// queue of their own, so a crowd joining an on-sale does not delay the
+// show's holds: a hold queued behind three batches of joins commits in a
+// transaction that began before the last of them.
+func TestRoomQueuesBesideItsShow(t *testing.T) {
+	url := newDB(t)
+	s := openStore(t, url, nil)
+	epoch := ownShow(t, s, "crowd")
+	var ms []persistence.Mutation
+	for i := range 3 * 1024 { // three batches of the default MaxBatch
+		u := fmt.Sprint("q", i)
+		ms = append(ms, roomM(epoch, "crowd", persistence.RoomChange{Put: []persistence.RoomEntry{queued(u, int64(i+1))},
+			Events: []persistence.WaitEvent{{UserID: u, Kind: "ROOM_JOINED", At: t0}}}))
+	}
+	ps := enqueueAll(t, s, append(ms, holdM(epoch, "crowd", "crowd:h1", "shopper", t0, "A-1"))...)
+	for i, err := range waitAll(ps) {
+		if err != nil {
+			t.Fatalf("mutation %d: %v", i, err)
+		}
+	}
+	ctx := context.Background()
+	var holdTx, lastJoinTx int64
+	if err := s.Pool().QueryRow(ctx, `SELECT xmin::text::bigint FROM reservations WHERE reservation_id = 'crowd:h1'`).Scan(&holdTx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Pool().QueryRow(ctx, `SELECT max(xmin::text::bigint) FROM room_entries WHERE show_id = 'crowd'`).Scan(&lastJoinTx); err != nil {
+		t.Fatal(err)
+	}
+	if holdTx >= lastJoinTx {
+		t.Fatalf("the hold committed in transaction %d, the last joins in %d: it waited for the room's queue", holdTx, lastJoinTx)
+	}
 }

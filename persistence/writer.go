@@ -134,7 +134,9 @@ func (p *Pending) finish(err error) {
 //
 // Order. Each show's mutations are committed in the order they were
 // queued: a show has at most one transaction in flight, and each of its
-// transactions takes the oldest of its queued mutations. Across shows there
+// transactions takes the oldest of its queued mutations. A show's waiting
+// room (Kind Room) is a show of its own here (queueKey): its changes keep
+// their order among themselves, not with the show's other mutations. Across shows there
 // is no order: no transaction needs two shows, and the engine orders only
 // a show's own mutations. Within a transaction, statements are grouped by
 // kind, which is safe because the engine never queues a mutation that
@@ -191,9 +193,22 @@ type writer struct {
 	done chan struct{} // closed when the lanes have exited
 }
 
-// showQueue holds a show's queued mutations, oldest first.
+// queueKey names the FIFO a mutation waits in: its show's, or, for a
+// change of the show's waiting room, the room's own. A room's writes
+// depend on no reservation write in flight (an admission or a booking's
+// end is queued after what it follows has committed), so the crowd
+// joining an on-sale queues beside the show's holds, not ahead of them.
+func queueKey(m Mutation) string {
+	if m.Kind == Room {
+		return m.ShowID + "\x00room"
+	}
+	return m.ShowID
+}
+
+// showQueue holds a show's (or its waiting room's) queued mutations,
+// oldest first.
 type showQueue struct {
-	id      string
+	id      string // queueKey
 	pending []*Pending
 	busy    bool // a transaction with mutations of the show is in flight
 }
@@ -249,10 +264,11 @@ func (s *Store) Enqueue(m Mutation) (*Pending, error) {
 		return nil, ErrOverloaded
 	}
 	p := &Pending{m: m, deadline: time.Now().Add(s.cfg.CommitTimeout), done: make(chan struct{})}
-	q := w.shows[m.ShowID]
+	key := queueKey(m)
+	q := w.shows[key]
 	if q == nil {
-		q = &showQueue{id: m.ShowID}
-		w.shows[m.ShowID] = q
+		q = &showQueue{id: key}
+		w.shows[key] = q
 	}
 	q.pending = append(q.pending, p)
 	w.queued++
