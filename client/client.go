@@ -83,7 +83,7 @@ type Config struct {
 	Backoff     time.Duration
 	MaxBackoff  time.Duration
 	// CallTimeout bounds a call whose context has no deadline (default
-	// 10 s).
+	// 10 s); a long poll's, its wait plus CallTimeout.
 	CallTimeout time.Duration
 	// RingRefresh is how often the ring is asked for again when nothing
 	// prompted it (default 5 s).
@@ -401,6 +401,16 @@ func (c *Client) callContext(ctx context.Context) (context.Context, context.Canc
 	return context.WithTimeout(ctx, c.cfg.CallTimeout)
 }
 
+// pollContext returns ctx, or, when it has no deadline, ctx with one after
+// a long poll's wait and CallTimeout: a poll is not cut short by the
+// deadline of an ordinary call.
+func (c *Client) pollContext(ctx context.Context, wait time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, max(wait, 0)+c.cfg.CallTimeout)
+}
+
 // retry runs try on the show's owner until it succeeds, fails for good,
 // runs out of attempts or ctx ends. After SHOW_MOVED naming the owner's
 // address, the next try goes there (and the ring is refreshed); after any
@@ -554,8 +564,11 @@ func (c *Client) LeaveWaitlist(ctx context.Context, req *pb.LeaveWaitlistRequest
 }
 
 // PollWaitlist answers a user's waitlist entry, waiting for a change as
-// the request asks (a long poll).
+// the request asks (a long poll). A context without a deadline gets the
+// request's wait plus CallTimeout.
 func (c *Client) PollWaitlist(ctx context.Context, req *pb.PollWaitlistRequest) (*pb.PollWaitlistResponse, error) {
+	ctx, cancel := c.pollContext(ctx, req.GetWait().AsDuration())
+	defer cancel()
 	return unary(c, ctx, req.GetShowId(), req, func(n *node) func(context.Context, *pb.PollWaitlistRequest, ...grpc.CallOption) (*pb.PollWaitlistResponse, error) {
 		return n.waitlist().PollWaitlist
 	})
@@ -569,12 +582,16 @@ func (c *Client) WatchWaitlist(ctx context.Context, req *pb.WatchWaitlistRequest
 }
 
 // JoinQueue puts a user in a show's waiting room queue (see
-// WaitingRoomService); once admitted, the entry's admission_token goes in
-// the user's HoldSeats requests.
+// WaitingRoomService), through the pipeline of the show's owner, as an
+// on-sale's crowd joins at thousands a second; joining again answers the
+// same entry, so retries are safe. Once admitted, the entry's
+// admission_token goes in the user's HoldSeats requests.
 func (c *Client) JoinQueue(ctx context.Context, req *pb.JoinQueueRequest) (*pb.JoinQueueResponse, error) {
-	return unary(c, ctx, req.GetShowId(), req, func(n *node) func(context.Context, *pb.JoinQueueRequest, ...grpc.CallOption) (*pb.JoinQueueResponse, error) {
-		return n.room().JoinQueue
-	})
+	res, err := c.pipelined(ctx, req.GetShowId(), &pb.PipelineCall{Call: &pb.PipelineCall_Join{Join: req}})
+	if err != nil {
+		return nil, err
+	}
+	return res.GetJoin(), nil
 }
 
 // LeaveQueue takes a user out of a show's waiting room.
@@ -585,8 +602,11 @@ func (c *Client) LeaveQueue(ctx context.Context, req *pb.LeaveQueueRequest) (*pb
 }
 
 // PollQueue answers a user's waiting room entry, waiting for a change as
-// the request asks (a long poll).
+// the request asks (a long poll). A context without a deadline gets the
+// request's wait plus CallTimeout.
 func (c *Client) PollQueue(ctx context.Context, req *pb.PollQueueRequest) (*pb.PollQueueResponse, error) {
+	ctx, cancel := c.pollContext(ctx, req.GetWait().AsDuration())
+	defer cancel()
 	return unary(c, ctx, req.GetShowId(), req, func(n *node) func(context.Context, *pb.PollQueueRequest, ...grpc.CallOption) (*pb.PollQueueResponse, error) {
 		return n.room().PollQueue
 	})

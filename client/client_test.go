@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 	"github.com/boxoffice/boxoffice/client"
@@ -543,5 +544,23 @@ func TestClientWaitingRoom(t *testing.T) {
 	}
 	if l, err := c.LeaveQueue(ctx, &pb.LeaveQueueRequest{ShowId: "cl-room", UserId: "u1"}); err != nil || l.GetEntry().GetState() != pb.QueueState_QUEUE_STATE_LEFT {
 		t.Fatalf("leave: %v, %v", l, err)
+	}
+
+	// A long poll outlasts the client's CallTimeout when the caller set
+	// no deadline: its wait is the request's.
+	later := tc.ShowRequest("cl-room-later", 1, 10, time.Minute)
+	later.WaitingRoom = &pb.WaitingRoom{AdmitPerSecond: 50, OpensAt: timestamppb.New(time.Now().Add(time.Hour))}
+	if _, err := n.Catalog.CreateShow(tc.AdminCtx(t.Context()), later); err != nil {
+		t.Fatal(err)
+	}
+	short := newClient(t, client.Config{Addrs: []string{n.Server.GRPCAddr()}, CallTimeout: 200 * time.Millisecond})
+	j, err = short.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "cl-room-later", UserId: "u2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r, err := short.PollQueue(ctx, &pb.PollQueueRequest{ShowId: "cl-room-later", UserId: "u2", SinceVersion: j.GetEntry().GetVersion(), Wait: durationpb.New(time.Second)})
+	if err != nil || r.GetEntry().GetState() != pb.QueueState_QUEUE_STATE_QUEUED || time.Since(start) < time.Second {
+		t.Fatalf("a 1 s poll with a 200 ms CallTimeout: %v, %v after %v; want the entry after its wait", r, err, time.Since(start))
 	}
 }

@@ -231,7 +231,7 @@ func (p *pipeline) admitLocked(c *pb.PipelineCall) (takenCall, error) {
 	case id == 0:
 		return takenCall{}, toStatus(fmt.Errorf("%w: call_id must not be 0", ErrInvalid))
 	case c.GetCall() == nil:
-		return takenCall{}, toStatus(fmt.Errorf("%w: call %d has no hold, confirm or release", ErrInvalid, id))
+		return takenCall{}, toStatus(fmt.Errorf("%w: call %d has no hold, confirm, release or join", ErrInvalid, id))
 	}
 	if _, dup := p.inFlight[id]; dup {
 		return takenCall{}, toStatus(fmt.Errorf("%w: call_id %d is already in flight on this stream", ErrInvalid, id))
@@ -287,6 +287,11 @@ func (p *pipeline) run(tc takenCall) {
 		var r *pb.ReleaseHoldResponse
 		if r, err = releaseHold(ctx, p.n, c.Release); err == nil {
 			res.Result = &pb.PipelineResult_Release{Release: r}
+		}
+	case *pb.PipelineCall_Join:
+		var r *pb.JoinQueueResponse
+		if r, err = joinQueue(ctx, p.n, c.Join); err == nil {
+			res.Result = &pb.PipelineResult_Join{Join: r}
 		}
 	default: // admitLocked lets no other call through
 		err = status.Error(codes.Internal, "INTERNAL: unknown pipeline call")
@@ -486,6 +491,8 @@ func pipelineMethod(c *pb.PipelineCall) string {
 		return "Pipeline.ConfirmHold"
 	case *pb.PipelineCall_Release:
 		return "Pipeline.ReleaseHold"
+	case *pb.PipelineCall_Join:
+		return "Pipeline.JoinQueue"
 	}
 	return "Pipeline"
 }

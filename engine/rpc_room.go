@@ -15,12 +15,18 @@ import (
 // roomServer is the wire side of WaitingRoomService.
 type roomServer struct {
 	pb.UnimplementedWaitingRoomServiceServer
-	n    *Node
-	life context.Context // ends at Shutdown: long polls and watches answer
+	n     *Node
+	life  context.Context // ends at Shutdown: long polls and watches answer
+	wheel *pollWheel      // ends their waits
 }
 
 func (s roomServer) JoinQueue(ctx context.Context, req *pb.JoinQueueRequest) (*pb.JoinQueueResponse, error) {
-	v, existed, err := s.n.JoinQueue(ctx, ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId()))
+	return joinQueue(ctx, s.n, req)
+}
+
+// joinQueue is JoinQueue, unary or in a pipeline.
+func joinQueue(ctx context.Context, n *Node, req *pb.JoinQueueRequest) (*pb.JoinQueueResponse, error) {
+	v, existed, err := n.JoinQueue(ctx, ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId()))
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -42,7 +48,7 @@ func (s roomServer) LeaveQueue(ctx context.Context, req *pb.LeaveQueueRequest) (
 // admissions do not wake it.
 func (s roomServer) PollQueue(ctx context.Context, req *pb.PollQueueRequest) (*pb.PollQueueResponse, error) {
 	show, user := ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId())
-	v, err := longPoll(ctx, s.life, req.GetWait(), func() (RoomView, bool, <-chan struct{}, func(), error) {
+	v, err := longPoll(ctx, s.life, s.wheel, req.GetWait(), func() (RoomView, bool, <-chan struct{}, func(), error) {
 		if req.GetWait().AsDuration() == 0 || req.GetSinceVersion() == 0 {
 			v, err := s.n.RoomEntry(ctx, show, user)
 			return v, true, nil, nil, err
@@ -67,8 +73,6 @@ func (s roomServer) WatchQueue(req *pb.WatchQueueRequest, stream pb.WaitingRoomS
 	ctx := stream.Context()
 	show, user := ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId())
 	var last *pb.QueueEntry
-	timer := time.NewTimer(0)
-	defer timer.Stop()
 	for {
 		v, changed, stop, err := s.n.WaitRoomEntry(ctx, show, user)
 		if err != nil {
@@ -85,10 +89,10 @@ func (s roomServer) WatchQueue(req *pb.WatchQueueRequest, stream pb.WaitingRoomS
 			stop()
 			return nil
 		}
-		timer.Reset(positionEvery(v.EstimatedWait))
+		due := s.wheel.after(positionEvery(v.EstimatedWait))
 		select {
 		case <-changed:
-		case <-timer.C:
+		case <-due:
 		case <-ctx.Done():
 			err = toStatus(ctx.Err())
 		case <-s.life.Done():

@@ -19,8 +19,9 @@ const MaxPollWait = 30 * time.Second
 // when life does (at Shutdown), so that they never hold a graceful stop.
 type waitlistServer struct {
 	pb.UnimplementedWaitlistServiceServer
-	n    *Node
-	life context.Context
+	n     *Node
+	life  context.Context
+	wheel *pollWheel // ends the long polls' waits
 }
 
 func (s waitlistServer) JoinWaitlist(ctx context.Context, req *pb.JoinWaitlistRequest) (*pb.JoinWaitlistResponse, error) {
@@ -74,7 +75,7 @@ func (s waitlistServer) WatchWaitlist(req *pb.WatchWaitlistRequest, stream pb.Wa
 // the caller's wait (at most MaxPollWait) ends, whichever comes first.
 func (s waitlistServer) PollWaitlist(ctx context.Context, req *pb.PollWaitlistRequest) (*pb.PollWaitlistResponse, error) {
 	show, user := ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId())
-	v, err := longPoll(ctx, s.life, req.GetWait(), func() (WaitView, bool, <-chan struct{}, func(), error) {
+	v, err := longPoll(ctx, s.life, s.wheel, req.GetWait(), func() (WaitView, bool, <-chan struct{}, func(), error) {
 		v, changed, err := s.n.WaitlistEntry(ctx, show, user)
 		return v, v.Version != req.GetSinceVersion() || v.State.Ended(), changed, nil, err
 	})
@@ -86,9 +87,9 @@ func (s waitlistServer) PollWaitlist(ctx context.Context, req *pb.PollWaitlistRe
 
 // longPoll answers a long poll: read's view at once when it says it is
 // news (or fails), else as soon as the next change makes it news, or, when
-// wait (at most MaxPollWait; nil: none) has passed or the server shuts
-// down, as it is then.
-func longPoll[V any](ctx, life context.Context, wait *durationpb.Duration, read func() (v V, news bool, changed <-chan struct{}, stop func(), err error)) (V, error) {
+// wait (at most MaxPollWait; nil: none) has passed (within pollTick, on
+// wheel) or the server shuts down, as it is then.
+func longPoll[V any](ctx, life context.Context, wheel *pollWheel, wait *durationpb.Duration, read func() (v V, news bool, changed <-chan struct{}, stop func(), err error)) (V, error) {
 	var zero V
 	d := time.Duration(0)
 	if wait != nil {
@@ -97,8 +98,7 @@ func longPoll[V any](ctx, life context.Context, wait *durationpb.Duration, read 
 		}
 		d = wait.AsDuration()
 	}
-	timer := time.NewTimer(d)
-	defer timer.Stop()
+	due := wheel.after(d)
 	for {
 		v, news, changed, stop, err := read()
 		if err != nil {
@@ -114,7 +114,7 @@ func longPoll[V any](ctx, life context.Context, wait *durationpb.Duration, read 
 		select {
 		case <-changed:
 			woke = true
-		case <-timer.C:
+		case <-due:
 		case <-ctx.Done():
 			err = toStatus(ctx.Err())
 		case <-life.Done():

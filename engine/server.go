@@ -190,8 +190,9 @@ func NewServer(n *Node, cfg ServerConfig) (*Server, error) {
 	pb.RegisterCatalogServiceServer(s.grpc, catalogServer{n: n})
 	pb.RegisterReservationServiceServer(s.grpc, &reservationServer{n: n, life: s.life, pipelineMax: cfg.PipelineMaxInFlight, watch: newSeatMapHub(n, s.life)})
 	pb.RegisterAdminServiceServer(s.grpc, adminServer{n: n})
-	pb.RegisterWaitlistServiceServer(s.grpc, waitlistServer{n: n, life: s.life})
-	pb.RegisterWaitingRoomServiceServer(s.grpc, roomServer{n: n, life: s.life})
+	wheel := newPollWheel(s.life)
+	pb.RegisterWaitlistServiceServer(s.grpc, waitlistServer{n: n, life: s.life, wheel: wheel})
+	pb.RegisterWaitingRoomServiceServer(s.grpc, roomServer{n: n, life: s.life, wheel: wheel})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 

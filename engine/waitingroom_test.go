@@ -566,3 +566,43 @@ func TestWaitingRoomPollWakesItsUserOnly(t *testing.T) {
 		t.Fatalf("u2 polled at another version: %v, %v; want queued at the head at once", r, err)
 	}
 }
+
+// TestWaitingRoomPipelineJoins: joins in a pipeline batch are answered as
+// JoinQueue answers them (the calls of one batch run concurrently, so in
+// either order): each its own place, a second join of the same user with
+// its entry (existed), and a show without a room NO_WAITING_ROOM; the
+// joins are durable, as a restart shows.
+func TestWaitingRoomPipelineJoins(t *testing.T) {
+	n, url := newNode(t, tc.Options{})
+	ctx := tc.Ctx(context.Background())
+	roomShow(t, n, "room-pipe", &pb.WaitingRoom{OpensAt: timestamppb.New(time.Now().Add(time.Hour)), AdmitPerSecond: 1})
+	n.CreateShow(t, "pipe-noroom", 1, 5, 0)
+	join := func(id uint64, show, user string) *pb.PipelineCall {
+		return &pb.PipelineCall{CallId: id, Call: &pb.PipelineCall_Join{Join: &pb.JoinQueueRequest{ShowId: show, UserId: user}}}
+	}
+	p := openPipe(t, n.Reservations)
+	p.send(join(1, "room-pipe", "ana"), join(2, "room-pipe", "ben"), join(3, "pipe-noroom", "ana"))
+	p.waitFor(3)
+	p.send(join(4, "room-pipe", "ana"))
+	p.waitFor(4)
+	if err := p.end(); err != nil {
+		t.Fatal(err)
+	}
+	a, b, again := p.one(1).GetJoin(), p.one(2).GetJoin(), p.one(4).GetJoin()
+	seqs := []int64{a.GetEntry().GetSequence(), b.GetEntry().GetSequence()}
+	slices.Sort(seqs)
+	if !slices.Equal(seqs, []int64{1, 2}) || a.GetExisted() || b.GetExisted() {
+		t.Fatalf("joins: %v, %v; want places 1 and 2", a, b)
+	}
+	if !again.GetExisted() || again.GetEntry().GetSequence() != a.GetEntry().GetSequence() {
+		t.Fatalf("ana joins again: %v, want her entry, existed", again)
+	}
+	wantCallError(t, "a join of a show without a room", p.one(3), codes.FailedPrecondition, "NO_WAITING_ROOM")
+
+	n.Stop()
+	n = tc.StartNode(t, url, tc.Options{})
+	r, err := n.Room.PollQueue(ctx, &pb.PollQueueRequest{ShowId: "room-pipe", UserId: "ben"})
+	if err != nil || r.GetEntry().GetSequence() != b.GetEntry().GetSequence() || r.GetEntry().GetState() != pb.QueueState_QUEUE_STATE_QUEUED {
+		t.Fatalf("ben after a restart: %v, %v; want queued at place %d", r, err, b.GetEntry().GetSequence())
+	}
+}

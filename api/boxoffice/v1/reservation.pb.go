@@ -432,6 +432,7 @@ type PipelineCall struct {
 	//	*PipelineCall_Hold
 	//	*PipelineCall_Confirm
 	//	*PipelineCall_Release
+	//	*PipelineCall_Join
 	Call          isPipelineCall_Call `protobuf_oneof:"call"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -515,6 +516,15 @@ func (x *PipelineCall) GetRelease() *ReleaseHoldRequest {
 	return nil
 }
 
+func (x *PipelineCall) GetJoin() *JoinQueueRequest {
+	if x != nil {
+		if x, ok := x.Call.(*PipelineCall_Join); ok {
+			return x.Join
+		}
+	}
+	return nil
+}
+
 type isPipelineCall_Call interface {
 	isPipelineCall_Call()
 }
@@ -531,11 +541,19 @@ type PipelineCall_Release struct {
 	Release *ReleaseHoldRequest `protobuf:"bytes,5,opt,name=release,proto3,oneof"`
 }
 
+type PipelineCall_Join struct {
+	// WaitingRoomService.JoinQueue: an on-sale's crowd joins at thousands
+	// a second, one call each.
+	Join *JoinQueueRequest `protobuf:"bytes,6,opt,name=join,proto3,oneof"`
+}
+
 func (*PipelineCall_Hold) isPipelineCall_Call() {}
 
 func (*PipelineCall_Confirm) isPipelineCall_Call() {}
 
 func (*PipelineCall_Release) isPipelineCall_Call() {}
+
+func (*PipelineCall_Join) isPipelineCall_Call() {}
 
 type PipelineResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -591,6 +609,7 @@ type PipelineResult struct {
 	//	*PipelineResult_Confirm
 	//	*PipelineResult_Release
 	//	*PipelineResult_Error
+	//	*PipelineResult_Join
 	Result        isPipelineResult_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -676,6 +695,15 @@ func (x *PipelineResult) GetError() *CallError {
 	return nil
 }
 
+func (x *PipelineResult) GetJoin() *JoinQueueResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PipelineResult_Join); ok {
+			return x.Join
+		}
+	}
+	return nil
+}
+
 type isPipelineResult_Result interface {
 	isPipelineResult_Result()
 }
@@ -696,6 +724,10 @@ type PipelineResult_Error struct {
 	Error *CallError `protobuf:"bytes,5,opt,name=error,proto3,oneof"`
 }
 
+type PipelineResult_Join struct {
+	Join *JoinQueueResponse `protobuf:"bytes,6,opt,name=join,proto3,oneof"`
+}
+
 func (*PipelineResult_Hold) isPipelineResult_Result() {}
 
 func (*PipelineResult_Confirm) isPipelineResult_Result() {}
@@ -703,6 +735,8 @@ func (*PipelineResult_Confirm) isPipelineResult_Result() {}
 func (*PipelineResult_Release) isPipelineResult_Result() {}
 
 func (*PipelineResult_Error) isPipelineResult_Result() {}
+
+func (*PipelineResult_Join) isPipelineResult_Result() {}
 
 // A call's refusal or failure: the gRPC code, reason and message the unary
 // RPC would answer, with its ErrorInfo metadata (e.g. "seats").
@@ -1554,7 +1588,7 @@ var File_boxoffice_v1_reservation_proto protoreflect.FileDescriptor
 
 const file_boxoffice_v1_reservation_proto_rawDesc = "" +
 	"\n" +
-	"\x1eboxoffice/v1/reservation.proto\x12\fboxoffice.v1\x1a\x18boxoffice/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n" +
+	"\x1eboxoffice/v1/reservation.proto\x12\fboxoffice.v1\x1a\x18boxoffice/v1/types.proto\x1a\x1eboxoffice/v1/waitingroom.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n" +
 	"\x0eGetRingRequest\"\x9e\x01\n" +
 	"\x0fGetRingResponse\x12\x12\n" +
 	"\x04self\x18\x01 \x01(\tR\x04self\x12\x18\n" +
@@ -1582,22 +1616,24 @@ const file_boxoffice_v1_reservation_proto_rawDesc = "" +
 	" \x01(\x05R\awaiting\x12=\n" +
 	"\fpublished_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\vpublishedAt\"C\n" +
 	"\x0fPipelineRequest\x120\n" +
-	"\x05calls\x18\x01 \x03(\v2\x1a.boxoffice.v1.PipelineCallR\x05calls\"\x96\x02\n" +
+	"\x05calls\x18\x01 \x03(\v2\x1a.boxoffice.v1.PipelineCallR\x05calls\"\xcc\x02\n" +
 	"\fPipelineCall\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\x04R\x06callId\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x124\n" +
 	"\x04hold\x18\x03 \x01(\v2\x1e.boxoffice.v1.HoldSeatsRequestH\x00R\x04hold\x12<\n" +
 	"\aconfirm\x18\x04 \x01(\v2 .boxoffice.v1.ConfirmHoldRequestH\x00R\aconfirm\x12<\n" +
-	"\arelease\x18\x05 \x01(\v2 .boxoffice.v1.ReleaseHoldRequestH\x00R\areleaseB\x06\n" +
+	"\arelease\x18\x05 \x01(\v2 .boxoffice.v1.ReleaseHoldRequestH\x00R\arelease\x124\n" +
+	"\x04join\x18\x06 \x01(\v2\x1e.boxoffice.v1.JoinQueueRequestH\x00R\x04joinB\x06\n" +
 	"\x04call\"J\n" +
 	"\x10PipelineResponse\x126\n" +
-	"\aresults\x18\x01 \x03(\v2\x1c.boxoffice.v1.PipelineResultR\aresults\"\x99\x02\n" +
+	"\aresults\x18\x01 \x03(\v2\x1c.boxoffice.v1.PipelineResultR\aresults\"\xd0\x02\n" +
 	"\x0ePipelineResult\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\x04R\x06callId\x125\n" +
 	"\x04hold\x18\x02 \x01(\v2\x1f.boxoffice.v1.HoldSeatsResponseH\x00R\x04hold\x12=\n" +
 	"\aconfirm\x18\x03 \x01(\v2!.boxoffice.v1.ConfirmHoldResponseH\x00R\aconfirm\x12=\n" +
 	"\arelease\x18\x04 \x01(\v2!.boxoffice.v1.ReleaseHoldResponseH\x00R\arelease\x12/\n" +
-	"\x05error\x18\x05 \x01(\v2\x17.boxoffice.v1.CallErrorH\x00R\x05errorB\b\n" +
+	"\x05error\x18\x05 \x01(\v2\x17.boxoffice.v1.CallErrorH\x00R\x05error\x125\n" +
+	"\x04join\x18\x06 \x01(\v2\x1f.boxoffice.v1.JoinQueueResponseH\x00R\x04joinB\b\n" +
 	"\x06result\"\xf2\x01\n" +
 	"\tCallError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
@@ -1713,9 +1749,11 @@ var file_boxoffice_v1_reservation_proto_goTypes = []any{
 	nil,                                  // 22: boxoffice.v1.CallError.MetadataEntry
 	(*timestamppb.Timestamp)(nil),        // 23: google.protobuf.Timestamp
 	(*durationpb.Duration)(nil),          // 24: google.protobuf.Duration
-	(*Row)(nil),                          // 25: boxoffice.v1.Row
-	(ReservationStatus)(0),               // 26: boxoffice.v1.ReservationStatus
-	(*Reservation)(nil),                  // 27: boxoffice.v1.Reservation
+	(*JoinQueueRequest)(nil),             // 25: boxoffice.v1.JoinQueueRequest
+	(*JoinQueueResponse)(nil),            // 26: boxoffice.v1.JoinQueueResponse
+	(*Row)(nil),                          // 27: boxoffice.v1.Row
+	(ReservationStatus)(0),               // 28: boxoffice.v1.ReservationStatus
+	(*Reservation)(nil),                  // 29: boxoffice.v1.Reservation
 }
 var file_boxoffice_v1_reservation_proto_depIdxs = []int32{
 	2,  // 0: boxoffice.v1.GetRingResponse.members:type_name -> boxoffice.v1.RingMember
@@ -1725,42 +1763,44 @@ var file_boxoffice_v1_reservation_proto_depIdxs = []int32{
 	12, // 4: boxoffice.v1.PipelineCall.hold:type_name -> boxoffice.v1.HoldSeatsRequest
 	14, // 5: boxoffice.v1.PipelineCall.confirm:type_name -> boxoffice.v1.ConfirmHoldRequest
 	16, // 6: boxoffice.v1.PipelineCall.release:type_name -> boxoffice.v1.ReleaseHoldRequest
-	8,  // 7: boxoffice.v1.PipelineResponse.results:type_name -> boxoffice.v1.PipelineResult
-	13, // 8: boxoffice.v1.PipelineResult.hold:type_name -> boxoffice.v1.HoldSeatsResponse
-	15, // 9: boxoffice.v1.PipelineResult.confirm:type_name -> boxoffice.v1.ConfirmHoldResponse
-	17, // 10: boxoffice.v1.PipelineResult.release:type_name -> boxoffice.v1.ReleaseHoldResponse
-	9,  // 11: boxoffice.v1.PipelineResult.error:type_name -> boxoffice.v1.CallError
-	22, // 12: boxoffice.v1.CallError.metadata:type_name -> boxoffice.v1.CallError.MetadataEntry
-	25, // 13: boxoffice.v1.GetSeatMapResponse.rows:type_name -> boxoffice.v1.Row
-	23, // 14: boxoffice.v1.HoldSeatsResponse.expires_at:type_name -> google.protobuf.Timestamp
-	26, // 15: boxoffice.v1.HoldSeatsResponse.status:type_name -> boxoffice.v1.ReservationStatus
-	27, // 16: boxoffice.v1.ConfirmHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
-	27, // 17: boxoffice.v1.ReleaseHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
-	27, // 18: boxoffice.v1.GetReservationResponse.reservation:type_name -> boxoffice.v1.Reservation
-	27, // 19: boxoffice.v1.ListUserReservationsResponse.reservations:type_name -> boxoffice.v1.Reservation
-	10, // 20: boxoffice.v1.ReservationService.GetSeatMap:input_type -> boxoffice.v1.GetSeatMapRequest
-	12, // 21: boxoffice.v1.ReservationService.HoldSeats:input_type -> boxoffice.v1.HoldSeatsRequest
-	14, // 22: boxoffice.v1.ReservationService.ConfirmHold:input_type -> boxoffice.v1.ConfirmHoldRequest
-	16, // 23: boxoffice.v1.ReservationService.ReleaseHold:input_type -> boxoffice.v1.ReleaseHoldRequest
-	18, // 24: boxoffice.v1.ReservationService.GetReservation:input_type -> boxoffice.v1.GetReservationRequest
-	20, // 25: boxoffice.v1.ReservationService.ListUserReservations:input_type -> boxoffice.v1.ListUserReservationsRequest
-	3,  // 26: boxoffice.v1.ReservationService.WatchSeatMap:input_type -> boxoffice.v1.WatchSeatMapRequest
-	5,  // 27: boxoffice.v1.ReservationService.Pipeline:input_type -> boxoffice.v1.PipelineRequest
-	0,  // 28: boxoffice.v1.ReservationService.GetRing:input_type -> boxoffice.v1.GetRingRequest
-	11, // 29: boxoffice.v1.ReservationService.GetSeatMap:output_type -> boxoffice.v1.GetSeatMapResponse
-	13, // 30: boxoffice.v1.ReservationService.HoldSeats:output_type -> boxoffice.v1.HoldSeatsResponse
-	15, // 31: boxoffice.v1.ReservationService.ConfirmHold:output_type -> boxoffice.v1.ConfirmHoldResponse
-	17, // 32: boxoffice.v1.ReservationService.ReleaseHold:output_type -> boxoffice.v1.ReleaseHoldResponse
-	19, // 33: boxoffice.v1.ReservationService.GetReservation:output_type -> boxoffice.v1.GetReservationResponse
-	21, // 34: boxoffice.v1.ReservationService.ListUserReservations:output_type -> boxoffice.v1.ListUserReservationsResponse
-	4,  // 35: boxoffice.v1.ReservationService.WatchSeatMap:output_type -> boxoffice.v1.WatchSeatMapResponse
-	7,  // 36: boxoffice.v1.ReservationService.Pipeline:output_type -> boxoffice.v1.PipelineResponse
-	1,  // 37: boxoffice.v1.ReservationService.GetRing:output_type -> boxoffice.v1.GetRingResponse
-	29, // [29:38] is the sub-list for method output_type
-	20, // [20:29] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	25, // 7: boxoffice.v1.PipelineCall.join:type_name -> boxoffice.v1.JoinQueueRequest
+	8,  // 8: boxoffice.v1.PipelineResponse.results:type_name -> boxoffice.v1.PipelineResult
+	13, // 9: boxoffice.v1.PipelineResult.hold:type_name -> boxoffice.v1.HoldSeatsResponse
+	15, // 10: boxoffice.v1.PipelineResult.confirm:type_name -> boxoffice.v1.ConfirmHoldResponse
+	17, // 11: boxoffice.v1.PipelineResult.release:type_name -> boxoffice.v1.ReleaseHoldResponse
+	9,  // 12: boxoffice.v1.PipelineResult.error:type_name -> boxoffice.v1.CallError
+	26, // 13: boxoffice.v1.PipelineResult.join:type_name -> boxoffice.v1.JoinQueueResponse
+	22, // 14: boxoffice.v1.CallError.metadata:type_name -> boxoffice.v1.CallError.MetadataEntry
+	27, // 15: boxoffice.v1.GetSeatMapResponse.rows:type_name -> boxoffice.v1.Row
+	23, // 16: boxoffice.v1.HoldSeatsResponse.expires_at:type_name -> google.protobuf.Timestamp
+	28, // 17: boxoffice.v1.HoldSeatsResponse.status:type_name -> boxoffice.v1.ReservationStatus
+	29, // 18: boxoffice.v1.ConfirmHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
+	29, // 19: boxoffice.v1.ReleaseHoldResponse.reservation:type_name -> boxoffice.v1.Reservation
+	29, // 20: boxoffice.v1.GetReservationResponse.reservation:type_name -> boxoffice.v1.Reservation
+	29, // 21: boxoffice.v1.ListUserReservationsResponse.reservations:type_name -> boxoffice.v1.Reservation
+	10, // 22: boxoffice.v1.ReservationService.GetSeatMap:input_type -> boxoffice.v1.GetSeatMapRequest
+	12, // 23: boxoffice.v1.ReservationService.HoldSeats:input_type -> boxoffice.v1.HoldSeatsRequest
+	14, // 24: boxoffice.v1.ReservationService.ConfirmHold:input_type -> boxoffice.v1.ConfirmHoldRequest
+	16, // 25: boxoffice.v1.ReservationService.ReleaseHold:input_type -> boxoffice.v1.ReleaseHoldRequest
+	18, // 26: boxoffice.v1.ReservationService.GetReservation:input_type -> boxoffice.v1.GetReservationRequest
+	20, // 27: boxoffice.v1.ReservationService.ListUserReservations:input_type -> boxoffice.v1.ListUserReservationsRequest
+	3,  // 28: boxoffice.v1.ReservationService.WatchSeatMap:input_type -> boxoffice.v1.WatchSeatMapRequest
+	5,  // 29: boxoffice.v1.ReservationService.Pipeline:input_type -> boxoffice.v1.PipelineRequest
+	0,  // 30: boxoffice.v1.ReservationService.GetRing:input_type -> boxoffice.v1.GetRingRequest
+	11, // 31: boxoffice.v1.ReservationService.GetSeatMap:output_type -> boxoffice.v1.GetSeatMapResponse
+	13, // 32: boxoffice.v1.ReservationService.HoldSeats:output_type -> boxoffice.v1.HoldSeatsResponse
+	15, // 33: boxoffice.v1.ReservationService.ConfirmHold:output_type -> boxoffice.v1.ConfirmHoldResponse
+	17, // 34: boxoffice.v1.ReservationService.ReleaseHold:output_type -> boxoffice.v1.ReleaseHoldResponse
+	19, // 35: boxoffice.v1.ReservationService.GetReservation:output_type -> boxoffice.v1.GetReservationResponse
+	21, // 36: boxoffice.v1.ReservationService.ListUserReservations:output_type -> boxoffice.v1.ListUserReservationsResponse
+	4,  // 37: boxoffice.v1.ReservationService.WatchSeatMap:output_type -> boxoffice.v1.WatchSeatMapResponse
+	7,  // 38: boxoffice.v1.ReservationService.Pipeline:output_type -> boxoffice.v1.PipelineResponse
+	1,  // 39: boxoffice.v1.ReservationService.GetRing:output_type -> boxoffice.v1.GetRingResponse
+	31, // [31:40] is the sub-list for method output_type
+	22, // [22:31] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_boxoffice_v1_reservation_proto_init() }
@@ -1769,16 +1809,19 @@ func file_boxoffice_v1_reservation_proto_init() {
 		return
 	}
 	file_boxoffice_v1_types_proto_init()
+	file_boxoffice_v1_waitingroom_proto_init()
 	file_boxoffice_v1_reservation_proto_msgTypes[6].OneofWrappers = []any{
 		(*PipelineCall_Hold)(nil),
 		(*PipelineCall_Confirm)(nil),
 		(*PipelineCall_Release)(nil),
+		(*PipelineCall_Join)(nil),
 	}
 	file_boxoffice_v1_reservation_proto_msgTypes[8].OneofWrappers = []any{
 		(*PipelineResult_Hold)(nil),
 		(*PipelineResult_Confirm)(nil),
 		(*PipelineResult_Release)(nil),
 		(*PipelineResult_Error)(nil),
+		(*PipelineResult_Join)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

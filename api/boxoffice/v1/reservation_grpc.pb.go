@@ -58,12 +58,13 @@ type ReservationServiceClient interface {
 	// coalesced into one message. A watcher that falls behind gets a fresh
 	// snapshot instead of an ever longer backlog.
 	WatchSeatMap(ctx context.Context, in *WatchSeatMapRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchSeatMapResponse], error)
-	// Pipeline carries many hold, confirm and release calls over one stream:
-	// each request message is a batch of calls with caller-chosen call IDs,
-	// and each call is answered once, as its change commits (refusals at
-	// once), in any order, several answers per message. Every rule, error and
-	// idempotency behaviour is that of the unary RPCs. Beyond the stream's
-	// bound on calls in flight, a call is answered OVERLOADED at once.
+	// Pipeline carries many hold, confirm, release and waiting room join
+	// calls over one stream: each request message is a batch of calls with
+	// caller-chosen call IDs, and each call is answered once, as its change
+	// commits (refusals at once), in any order, several answers per message.
+	// Every rule, error and idempotency behaviour is that of the unary RPCs.
+	// Beyond the stream's bound on calls in flight, a call is answered
+	// OVERLOADED at once.
 	Pipeline(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PipelineRequest, PipelineResponse], error)
 	// GetRing answers which node owns which show, as the node called sees it,
 	// for clients that send each call to its show's owner (Pipeline calls are
@@ -213,12 +214,13 @@ type ReservationServiceServer interface {
 	// coalesced into one message. A watcher that falls behind gets a fresh
 	// snapshot instead of an ever longer backlog.
 	WatchSeatMap(*WatchSeatMapRequest, grpc.ServerStreamingServer[WatchSeatMapResponse]) error
-	// Pipeline carries many hold, confirm and release calls over one stream:
-	// each request message is a batch of calls with caller-chosen call IDs,
-	// and each call is answered once, as its change commits (refusals at
-	// once), in any order, several answers per message. Every rule, error and
-	// idempotency behaviour is that of the unary RPCs. Beyond the stream's
-	// bound on calls in flight, a call is answered OVERLOADED at once.
+	// Pipeline carries many hold, confirm, release and waiting room join
+	// calls over one stream: each request message is a batch of calls with
+	// caller-chosen call IDs, and each call is answered once, as its change
+	// commits (refusals at once), in any order, several answers per message.
+	// Every rule, error and idempotency behaviour is that of the unary RPCs.
+	// Beyond the stream's bound on calls in flight, a call is answered
+	// OVERLOADED at once.
 	Pipeline(grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]) error
 	// GetRing answers which node owns which show, as the node called sees it,
 	// for clients that send each call to its show's owner (Pipeline calls are
