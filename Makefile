@@ -74,5 +74,12 @@ bench-storm: build
 	./$(BIN) bench compare --scenario hold-storm --concurrency 256 --rounds 3 \
 		--target boxoffice,boxoffice-unary,redis-setnx,redis-rueidis --out bench-results/storm
 
+## bench-onsale: the on-sale (200,000 users arriving over 20 s) behind a waiting room admitting 2,000 a
+## second, then the same crowd let in without a room.
+.PHONY: bench-onsale
+bench-onsale: build
+	./$(BIN) bench --scenario on-sale --out bench-results/onsale
+	./$(BIN) bench --scenario on-sale --no-room --out bench-results/onsale-noroom
+
 clean:
 	rm -rf bin

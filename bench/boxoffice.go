@@ -75,6 +75,7 @@ type Boxoffice struct {
 	conns    []*grpc.ClientConn
 	catalog  []pb.CatalogServiceClient
 	reserve  []pb.ReservationServiceClient
+	rooms    []pb.WaitingRoomServiceClient
 	next     atomic.Uint32
 	laidOut  sync.Map    // show ID → struct{}: shows whose layout was checked
 	md       metadata.MD // the service token, shared read-only by every call
@@ -94,6 +95,7 @@ var (
 	_ FreshSeatMapper = (*Boxoffice)(nil)
 	_ ReplicaLagger   = (*Boxoffice)(nil)
 	_ LocalSeatMapper = (*Boxoffice)(nil)
+	_ Queuer          = (*Boxoffice)(nil)
 )
 
 // ReplicaLagger is implemented by targets whose seat maps come from a
@@ -140,6 +142,7 @@ func NewBoxoffice(ctx context.Context, cfg BoxofficeConfig) (*Boxoffice, error) 
 		b.conns = append(b.conns, conn)
 		b.catalog = append(b.catalog, pb.NewCatalogServiceClient(conn))
 		b.reserve = append(b.reserve, pb.NewReservationServiceClient(conn))
+		b.rooms = append(b.rooms, pb.NewWaitingRoomServiceClient(conn))
 	}
 	if !cfg.Unary {
 		var err error
@@ -205,8 +208,9 @@ func (b *Boxoffice) ReplicaLag() *hdrhistogram.Histogram {
 }
 
 // CreateShow creates the show through CatalogService.CreateShow with the
-// admin token: its rows in one category, and its hold TTL (the engine's
-// default if zero).
+// admin token: its rows in one category, its hold TTL (the engine's
+// default if zero), and its waiting room, opening show.Room.OpensIn from
+// now.
 func (b *Boxoffice) CreateShow(ctx context.Context, show ShowSpec) error {
 	req := &pb.CreateShowRequest{
 		ShowId:     show.ID,
@@ -219,6 +223,12 @@ func (b *Boxoffice) CreateShow(ctx context.Context, show ShowSpec) error {
 	}
 	if show.HoldTTL > 0 {
 		req.HoldTtl = durationpb.New(show.HoldTTL)
+	}
+	if r := show.Room; r != nil {
+		req.WaitingRoom = &pb.WaitingRoom{
+			OpensAt: timestamppb.New(time.Now().Add(r.OpensIn)), AdmitPerSecond: r.AdmitPerSecond,
+			MaxActiveShoppers: int32(r.MaxActive), ShoppingWindow: durationpb.New(r.Window),
+		}
 	}
 	for i, r := range show.Rows {
 		req.Rows[i] = &pb.Row{Label: r.Label, SeatCount: int32(r.Seats), Category: "standard"}
@@ -330,7 +340,21 @@ func NewIdempotencyKey() string { return rand.Text() }
 // retry with the key of an attempt whose answer was lost gets that
 // attempt's answer instead of a second hold.
 func (b *Boxoffice) HoldWithKey(ctx context.Context, show ShowSpec, user string, seats []string, key string) (Hold, error) {
-	req := &pb.HoldSeatsRequest{ShowId: show.ID, UserId: user, SeatIds: seats, IdempotencyKey: key}
+	return b.hold(ctx, &pb.HoldSeatsRequest{ShowId: show.ID, UserId: user, SeatIds: seats, IdempotencyKey: key})
+}
+
+// HoldAdmitted is Hold with user's admission token for the show's waiting
+// room.
+func (b *Boxoffice) HoldAdmitted(ctx context.Context, show ShowSpec, user string, seats []string, token string) (Hold, error) {
+	var key string
+	if b.withKeys {
+		key = NewIdempotencyKey()
+	}
+	return b.hold(ctx, &pb.HoldSeatsRequest{ShowId: show.ID, UserId: user, SeatIds: seats, IdempotencyKey: key, AdmissionToken: token})
+}
+
+func (b *Boxoffice) hold(ctx context.Context, req *pb.HoldSeatsRequest) (Hold, error) {
+	user := req.GetUserId()
 	var (
 		resp *pb.HoldSeatsResponse
 		err  error
@@ -358,6 +382,69 @@ func (b *Boxoffice) Confirm(ctx context.Context, show ShowSpec, hold Hold, payme
 		_, err = b.reserve[b.pick()].ConfirmHold(metadata.NewOutgoingContext(ctx, b.md), req)
 	}
 	return boxofficeError(err)
+}
+
+// JoinQueue joins the show's waiting room through JoinQueue.
+func (b *Boxoffice) JoinQueue(ctx context.Context, show ShowSpec, user string) (QueueEntry, error) {
+	req := &pb.JoinQueueRequest{ShowId: show.ID, UserId: user}
+	var (
+		resp *pb.JoinQueueResponse
+		err  error
+	)
+	if b.cli != nil {
+		resp, err = b.cli.JoinQueue(ctx, req)
+	} else {
+		resp, err = b.rooms[b.pick()].JoinQueue(metadata.NewOutgoingContext(ctx, b.md), req)
+	}
+	if err != nil {
+		return QueueEntry{}, boxofficeError(err)
+	}
+	return queueEntry(resp.GetEntry()), nil
+}
+
+// PollQueue long-polls the user's entry through PollQueue.
+func (b *Boxoffice) PollQueue(ctx context.Context, show ShowSpec, user string, since uint64, wait time.Duration) (QueueEntry, error) {
+	req := &pb.PollQueueRequest{ShowId: show.ID, UserId: user, SinceVersion: since, Wait: durationpb.New(wait)}
+	var (
+		resp *pb.PollQueueResponse
+		err  error
+	)
+	if b.cli != nil {
+		resp, err = b.cli.PollQueue(ctx, req)
+	} else {
+		resp, err = b.rooms[b.pick()].PollQueue(metadata.NewOutgoingContext(ctx, b.md), req)
+	}
+	if err != nil {
+		return QueueEntry{}, boxofficeError(err)
+	}
+	return queueEntry(resp.GetEntry()), nil
+}
+
+// LeaveQueue leaves the show's waiting room through LeaveQueue.
+func (b *Boxoffice) LeaveQueue(ctx context.Context, show ShowSpec, user string) error {
+	req := &pb.LeaveQueueRequest{ShowId: show.ID, UserId: user}
+	var err error
+	if b.cli != nil {
+		_, err = b.cli.LeaveQueue(ctx, req)
+	} else {
+		_, err = b.rooms[b.pick()].LeaveQueue(metadata.NewOutgoingContext(ctx, b.md), req)
+	}
+	return boxofficeError(err)
+}
+
+func queueEntry(e *pb.QueueEntry) QueueEntry {
+	q := QueueEntry{Seq: e.GetSequence(), Position: int(e.GetPosition()), Wait: e.GetEstimatedWait().AsDuration(), Version: e.GetVersion()}
+	switch e.GetState() {
+	case pb.QueueState_QUEUE_STATE_QUEUED:
+		q.State = QueueQueued
+	case pb.QueueState_QUEUE_STATE_ADMITTED:
+		q.State, q.Token, q.Deadline = QueueAdmitted, e.GetAdmissionToken(), e.GetAdmissionDeadline().AsTime()
+	case pb.QueueState_QUEUE_STATE_SOLD_OUT:
+		q.State = QueueSoldOut
+	default:
+		q.State = QueueEnded
+	}
+	return q
 }
 
 // Records reads every reservation of the show from the engine's

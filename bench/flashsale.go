@@ -70,7 +70,11 @@ func (f *flashSale) Shows() []ShowSpec { return []ShowSpec{f.show} }
 func (f *flashSale) Users() int        { return f.cfg.Users }
 func (f *flashSale) Done() bool        { return f.booked.Load() >= int64(f.show.Capacity()) }
 
-func (f *flashSale) User(ctx context.Context, u *User) {
+func (f *flashSale) User(ctx context.Context, u *User) { f.shop(ctx, u) }
+
+// shop plays one shopper of the sale; it reports whether the user has a
+// hold it will pay for.
+func (f *flashSale) shop(ctx context.Context, u *User) (booking bool) {
 	want := 1 + u.Rand.IntN(f.cfg.MaxSeats)
 	for attempt := 0; attempt <= f.cfg.Retries; attempt++ {
 		sm, err := u.SeatMap(ctx, f.show)
@@ -102,7 +106,7 @@ func (f *flashSale) User(ctx context.Context, u *User) {
 					u.SoldOut()
 				}
 			})
-			return
+			return true
 		case Taken:
 			continue // refresh the map and try other seats
 		case Unavailable, Timeout:
@@ -113,4 +117,5 @@ func (f *flashSale) User(ctx context.Context, u *User) {
 			return
 		}
 	}
+	return false
 }

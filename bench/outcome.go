@@ -13,6 +13,8 @@ const (
 	OpSeatMap Op = iota
 	OpHold
 	OpConfirm
+	OpJoin      // joining a waiting room's queue
+	OpAdmission // from a join's answer to the admission (the engine's time of it)
 	numOps
 )
 
@@ -24,6 +26,10 @@ func (o Op) String() string {
 		return "hold"
 	case OpConfirm:
 		return "confirm"
+	case OpJoin:
+		return "join"
+	case OpAdmission:
+		return "admission"
 	}
 	return fmt.Sprintf("op(%d)", o)
 }

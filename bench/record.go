@@ -297,6 +297,8 @@ type Result struct {
 	// (RunConfig.Watchers), for a target that serves them. Their cost to
 	// the target is in CPU: compare with a run without them.
 	Watchers *WatchStats `json:"watchers,omitempty"`
+	// Room is what an on-sale's users saw of its waiting room.
+	Room *RoomStats `json:"room,omitempty"`
 	// Verification is the check of the target's store after the run. The
 	// reports show it through its String and Verified methods when it has
 	// them (see Verdict); read back from JSON it is a map[string]any.

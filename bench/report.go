@@ -214,6 +214,9 @@ func WriteText(w io.Writer, r *Result) error {
 	if w := r.Watchers; w != nil {
 		fmt.Fprintf(&b, "watchers              %s\n", w.Summary(r.Duration))
 	}
+	if q := r.Room; q != nil {
+		fmt.Fprintf(&b, "waiting room          %s\n", q.Summary())
+	}
 	fmt.Fprintf(&b, "verification          %s\n", line)
 	_, err := w.Write(b.Bytes())
 	return err

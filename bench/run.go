@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -88,6 +89,16 @@ type LocalSeatMapper interface {
 	LocalSeatMap(show ShowSpec) (SeatMap, bool)
 }
 
+// Arriver is implemented by scenarios whose users arrive on their own
+// schedule (an on-sale's crowd): unless RunConfig.Rate is set, the run is
+// open loop at ArrivalRate users per second, with every user allowed in
+// flight at once (they wait in the queue together).
+type Arriver interface{ ArrivalRate() float64 }
+
+// RoomReporter is implemented by scenarios with a waiting room: RoomStats
+// goes into Result.Room after the run.
+type RoomReporter interface{ RoomStats() *RoomStats }
+
 // runner is one run in progress.
 type runner struct {
 	cfg   RunConfig
@@ -128,9 +139,16 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 	if cfg.SampleEvery <= 0 {
 		cfg.SampleEvery = 250 * time.Millisecond
 	}
+	if a, ok := cfg.Scenario.(Arriver); ok && cfg.Rate <= 0 {
+		cfg.Rate = a.ArrivalRate()
+		cfg.MaxInFlight = max(cfg.MaxInFlight, cfg.Scenario.Users())
+	}
 	shows := cfg.Scenario.Shows()
 	if len(shows) == 0 {
 		return nil, errors.New("bench: the scenario has no show")
+	}
+	if _, ok := cfg.Target.(Queuer); !ok && slices.ContainsFunc(shows, func(s ShowSpec) bool { return s.Room != nil }) {
+		return nil, fmt.Errorf("bench: %s has no waiting room, which the scenario needs", cfg.Target.Name())
 	}
 	r := &runner{cfg: cfg, acks: map[string]*AckLog{}}
 	for _, s := range shows {
@@ -218,6 +236,12 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 		}
 	}
 	res.Watchers = watchers
+	if rr, ok := cfg.Scenario.(RoomReporter); ok {
+		res.Room = rr.RoomStats()
+		if res.Room != nil && res.Room.Joined > 0 && res.CPU["engine"] > 0 {
+			res.Room.EngineCPUPerJoinUS = res.CPU["engine"] * 1e6 / float64(res.Room.Joined)
+		}
+	}
 	if runCtx.Err() != nil && ctx.Err() == nil && !cfg.Scenario.Done() {
 		res.Stopped = fmt.Sprintf("stopped after the maximum duration %v", cfg.MaxDuration)
 	}
@@ -315,9 +339,10 @@ func (r *runner) openLoop() {
 // play runs user i, whose first call is due at due.
 func (r *runner) play(i int, due time.Time) {
 	u := &User{
-		ID:   "u" + strconv.Itoa(i),
-		Rand: rand.New(rand.NewPCG(r.cfg.Seed, uint64(i))),
-		run:  r, due: due,
+		ID:    "u" + strconv.Itoa(i),
+		Index: i,
+		Rand:  rand.New(rand.NewPCG(r.cfg.Seed, uint64(i))),
+		run:   r, due: due,
 	}
 	r.cfg.Scenario.User(r.ctx, u)
 	r.usersDone.Add(1)
@@ -410,22 +435,30 @@ func (r *runner) sampleOnce(ctx context.Context, show ShowSpec) {
 // User is one virtual user: its deterministic random source, and the calls
 // it makes, timed and recorded.
 type User struct {
-	ID   string
-	Rand *rand.Rand
-	run  *runner
-	due  time.Time // when the next call is due; latency counts from it
+	ID    string
+	Index int // the user's number in the run, from 0
+	Rand  *rand.Rand
+	// Token is the user's admission token once a waiting room admitted
+	// it: Hold sends it.
+	Token string
+	run   *runner
+	due   time.Time // when the next call is due; latency counts from it
 }
 
 // call times one call: from when it was due (or from now, if it is made
 // later than due through the user's own pace) to its end.
 func (u *User) call(ctx context.Context, op Op, fn func(ctx context.Context) error) error {
-	r := u.run
+	return u.callWithin(ctx, op, u.run.cfg.CallTimeout, fn)
+}
+
+// callWithin is call with its own deadline.
+func (u *User) callWithin(ctx context.Context, op Op, timeout time.Duration, fn func(ctx context.Context) error) error {
 	start := time.Now()
 	due := u.due
 	if due.IsZero() || due.After(start) {
 		due = start
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	err := fn(ctx)
 	cancel()
 	return u.record(op, due, err)
@@ -477,7 +510,11 @@ func (u *User) Hold(ctx context.Context, show ShowSpec, seats []string) (Hold, e
 	var h Hold
 	u.run.holdAttempts.Add(1)
 	err := u.call(ctx, OpHold, func(ctx context.Context) (err error) {
-		h, err = u.run.cfg.Target.Hold(ctx, show, u.ID, seats)
+		if u.Token != "" {
+			h, err = u.run.cfg.Target.(Queuer).HoldAdmitted(ctx, show, u.ID, seats, u.Token)
+		} else {
+			h, err = u.run.cfg.Target.Hold(ctx, show, u.ID, seats)
+		}
 		return err
 	})
 	if err == nil {
@@ -546,7 +583,7 @@ func (r *runner) allHeld(at time.Time) {
 func (u *User) Later(d time.Duration, fn func(ctx context.Context, u *User)) {
 	r := u.run
 	due := time.Now().Add(d)
-	next := &User{ID: u.ID, Rand: rand.New(rand.NewPCG(u.Rand.Uint64(), u.Rand.Uint64())), run: r, due: due}
+	next := &User{ID: u.ID, Index: u.Index, Token: u.Token, Rand: rand.New(rand.NewPCG(u.Rand.Uint64(), u.Rand.Uint64())), run: r, due: due}
 	r.later.Go(func() {
 		t := time.NewTimer(d)
 		defer t.Stop()

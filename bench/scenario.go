@@ -47,6 +47,12 @@ type ScenarioConfig struct {
 	PayDelay    time.Duration // the longest a user takes to pay (uniform from a tenth of it), ≥ 0 (flash-sale)
 	FrontSkew   float64       // ≥ 1; larger crowds the front rows
 	ShowPrefix  string        // prefix of the show IDs, unique per run
+
+	// The on-sale's crowd and waiting room; zero means the default.
+	Arrivals       time.Duration // the users arrive over this (20 s)
+	AdmitPerSecond float64       // the room's admissions a second (2,000)
+	MaxActive      int           // the room's cap on shoppers (0: none)
+	NoRoom         bool          // no room: the crowd shops at once
 }
 
 // DefaultScenarioConfig returns the configuration of the default sale:
@@ -57,7 +63,7 @@ func DefaultScenarioConfig() ScenarioConfig {
 }
 
 // ScenarioNames lists the scenarios that NewScenario knows.
-func ScenarioNames() []string { return []string{"browse", "flash-sale", "hold-storm"} }
+func ScenarioNames() []string { return []string{"browse", "flash-sale", "hold-storm", "on-sale"} }
 
 // NewScenario returns the named scenario.
 func NewScenario(name string, cfg ScenarioConfig) (Scenario, error) {
@@ -71,6 +77,8 @@ func NewScenario(name string, cfg ScenarioConfig) (Scenario, error) {
 		return newBrowse(cfg)
 	case "hold-storm":
 		return newHoldStorm(cfg)
+	case "on-sale":
+		return newOnSale(cfg)
 	}
 	return nil, fmt.Errorf("bench: unknown scenario %q (have %v)", name, ScenarioNames())
 }

@@ -17,6 +17,17 @@ type ShowSpec struct {
 	ID      string
 	Rows    []RowSpec
 	HoldTTL time.Duration
+	// Room, if set, puts the show's sale behind a waiting room; only a
+	// Queuer target can create it.
+	Room *RoomSpec
+}
+
+// RoomSpec is a show's waiting room.
+type RoomSpec struct {
+	OpensIn        time.Duration // after the show is created
+	AdmitPerSecond float64
+	MaxActive      int           // shoppers at once; 0: no cap
+	Window         time.Duration // an admission's shopping window
 }
 
 // RowSpec is one row of a show's layout.
@@ -92,6 +103,43 @@ type Target interface {
 	Records(ctx context.Context, show ShowSpec) ([]Record, error)
 	// Close releases the target's connections.
 	Close() error
+}
+
+// Queuer is implemented by targets that serve waiting rooms
+// (ShowSpec.Room). Errors carry Outcomes, as the Target's do.
+type Queuer interface {
+	// JoinQueue puts user in the show's queue (or answers its entry).
+	JoinQueue(ctx context.Context, show ShowSpec, user string) (QueueEntry, error)
+	// PollQueue answers user's entry once its version is not since, or
+	// when wait has passed.
+	PollQueue(ctx context.Context, show ShowSpec, user string, since uint64, wait time.Duration) (QueueEntry, error)
+	// LeaveQueue takes user out of the queue or the shoppers.
+	LeaveQueue(ctx context.Context, show ShowSpec, user string) error
+	// HoldAdmitted is Target.Hold with user's admission token.
+	HoldAdmitted(ctx context.Context, show ShowSpec, user string, seats []string, token string) (Hold, error)
+}
+
+// QueueState is where a user is in a waiting room.
+type QueueState uint8
+
+// Waiting room states; the others (left, lapsed, done, closed) are
+// QueueEnded.
+const (
+	QueueQueued QueueState = iota + 1
+	QueueAdmitted
+	QueueSoldOut
+	QueueEnded
+)
+
+// QueueEntry is a user's entry in a waiting room.
+type QueueEntry struct {
+	State    QueueState
+	Seq      int64         // the place in join order
+	Position int           // users ahead, while queued
+	Wait     time.Duration // the estimated wait, while queued
+	Version  uint64
+	Token    string    // admitted: the admission token
+	Deadline time.Time // admitted: when the token ends
 }
 
 // RecordState is a reservation's state as its store records it.

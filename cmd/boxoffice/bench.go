@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -126,6 +128,10 @@ func benchFlags(c *benchConfig, compare bool) (*flag.FlagSet, *string) {
 	fs.Float64Var(&c.Sc.ConfirmProb, "confirm", def.ConfirmProb, "flash-sale: probability, 0..1, that a user pays for a hold (0: nobody pays)")
 	fs.DurationVar(&c.Sc.PayDelay, "pay-delay", def.PayDelay, "flash-sale: the longest a user takes to pay (0: at once)")
 	fs.Float64Var(&c.Sc.FrontSkew, "front-skew", 0, "≥ 1: how much users crowd the front rows (default 2 for flash-sale, 1 (uniform) for hold-storm)")
+	fs.DurationVar(&c.Sc.Arrivals, "arrivals", 0, "on-sale: the users arrive evenly over this, open loop (default 20s)")
+	fs.Float64Var(&c.Sc.AdmitPerSecond, "admit-per-second", 0, "on-sale: the waiting room's admissions a second (default 2,000)")
+	fs.IntVar(&c.Sc.MaxActive, "max-active", 0, "on-sale: the waiting room's cap on shoppers at once (0: none)")
+	fs.BoolVar(&c.Sc.NoRoom, "no-room", false, "on-sale: no waiting room, the same crowd shops at once (any target)")
 	fs.IntVar(&c.Run.Concurrency, "concurrency", 1000, "closed loop: users in flight")
 	fs.Float64Var(&c.Run.Rate, "rate", 0, "open loop: users arriving per second (0: closed loop)")
 	fs.IntVar(&c.Run.MaxInFlight, "max-in-flight", 20000, "open loop: most users in progress")
@@ -378,18 +384,24 @@ func (e *benchEnv) startEngine(ctx context.Context, logs io.Writer, profile bool
 	}
 }
 
+// benchMaxStreams is the streams per connection of the engine the bench
+// starts: an on-sale's 200,000 queued users on the bench's 4 connections.
+const benchMaxStreams = 100_000
+
 // engineChild is the configuration of a `boxoffice serve` the bench starts.
 type engineChild struct {
 	GRPCAddr, HTTPAddr             string
 	PprofAddr                      string // empty: no profiling
 	Token, AdminToken, DatabaseURL string
+	AdmissionKey                   string // base64, random: the on-sale's waiting rooms
 }
 
 // newEngineChild returns an engineChild with the given secrets and gRPC
 // and HTTP addresses on 127.0.0.1 ports that were free when it ran; with
 // profile, PprofAddr is such an address too, else empty.
 func newEngineChild(token, adminToken, databaseURL string, profile bool) (engineChild, error) {
-	c := engineChild{Token: token, AdminToken: adminToken, DatabaseURL: databaseURL}
+	c := engineChild{Token: token, AdminToken: adminToken, DatabaseURL: databaseURL,
+		AdmissionKey: base64.StdEncoding.EncodeToString([]byte(rand.Text()))}
 	var err error
 	if c.GRPCAddr, err = freeAddr(); err != nil {
 		return c, err
@@ -405,18 +417,24 @@ func newEngineChild(token, adminToken, databaseURL string, profile bool) (engine
 	return c, nil
 }
 
-// serveArgs writes c's token, admin token and database URL to new files
-// in dir, created with permission 0600, and returns the arguments (after
-// the program name) of a `boxoffice serve` that applies migrations, reads
-// those secrets from the files (--token-file, --admin-token-file,
-// --database-url-file), listens on c's gRPC and HTTP addresses, and, if
-// c.PprofAddr is not empty, serves profiles there (--pprof-addr). The
-// secrets' values are not among the arguments, only the files' paths.
+// serveArgs writes c's token, admin token, database URL and admission key
+// to new files in dir, created with permission 0600, and returns the
+// arguments (after the program name) of a `boxoffice serve` that applies
+// migrations, reads those secrets from the files (--token-file,
+// --admin-token-file, --database-url-file, --admission-key-file), listens
+// on c's gRPC and HTTP addresses with benchMaxStreams streams per
+// connection, and, if c.PprofAddr is not empty, serves profiles there
+// (--pprof-addr). The secrets' values are not among the arguments, only
+// the files' paths.
 func serveArgs(dir string, c engineChild) ([]string, error) {
 	args := []string{"serve", "--migrate", "--node-id", "bench-node",
-		"--grpc-addr", c.GRPCAddr, "--http-addr", c.HTTPAddr}
+		"--grpc-addr", c.GRPCAddr, "--http-addr", c.HTTPAddr,
+		// An on-sale's queued users each keep a long poll open, on the
+		// load generator's few connections.
+		"--grpc-max-streams", strconv.Itoa(benchMaxStreams)}
 	for _, s := range []struct{ flag, value string }{
 		{"token", c.Token}, {"admin-token", c.AdminToken}, {"database-url", c.DatabaseURL},
+		{"admission-key", c.AdmissionKey},
 	} {
 		path := filepath.Join(dir, s.flag)
 		if err := writeSecret(path, s.value); err != nil {
@@ -579,8 +597,14 @@ func (e *benchEnv) resultConfig(cfg benchConfig, name string, scenario bench.Sce
 	if shows := scenario.Shows(); len(shows) > 0 {
 		m["hold_ttl"] = shows[0].HoldTTL.String()
 	}
-	if scenario.Name() == "flash-sale" {
+	if scenario.Name() == "flash-sale" || scenario.Name() == "on-sale" {
 		m["confirm"], m["pay_delay"], m["retries"] = cfg.Sc.ConfirmProb, cfg.Sc.PayDelay.String(), cfg.Sc.Retries
+	}
+	if scenario.Name() == "on-sale" {
+		m["waiting_room"] = "none"
+		if r := scenario.Shows()[0].Room; r != nil {
+			m["waiting_room"] = fmt.Sprintf("opens after %v, %v admitted/s, cap %d", r.OpensIn, r.AdmitPerSecond, r.MaxActive)
+		}
 	}
 	if !isEngine(name) {
 		m["seat_map_cache"] = e.mapCache.String()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net"
@@ -203,7 +204,7 @@ func TestServeArgs(t *testing.T) {
 				t.Errorf("profile %v: args %q have %s", profile, args, flag)
 			}
 		}
-		for _, flag := range []string{"--token-file", "--admin-token-file", "--database-url-file"} {
+		for _, flag := range []string{"--token-file", "--admin-token-file", "--database-url-file", "--admission-key-file"} {
 			j := slices.Index(args, flag)
 			if j < 0 || j+1 >= len(args) {
 				t.Errorf("profile %v: args %q lack %s and its file", profile, args, flag)
@@ -225,7 +226,8 @@ func TestServeArgs(t *testing.T) {
 			t.Fatalf("profile %v: parseServe(%q): %v", profile, args[1:], err)
 		}
 		if c.Token != token || c.AdminToken != adminToken || c.DatabaseURL != url || c.Insecure || !c.Migrate ||
-			c.GRPCAddr != child.GRPCAddr || c.HTTPAddr != child.HTTPAddr || c.PprofAddr != child.PprofAddr {
+			c.GRPCAddr != child.GRPCAddr || c.HTTPAddr != child.HTTPAddr || c.PprofAddr != child.PprofAddr ||
+			base64.StdEncoding.EncodeToString(c.AdmissionKey) != child.AdmissionKey || c.GRPCMaxStreams != uint32(benchMaxStreams) {
 			t.Errorf("profile %v: serve parses %q into %+v, want the secrets, migrate, and the addresses of %+v", profile, args[1:], c, child)
 		}
 		if _, err := serveArgs(dir, child); err == nil {
