@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -15,9 +16,9 @@ import (
 // join the show's queue, wait for their admission, then shop as in the
 // flash sale with their admission token. A user waits as a web page in a
 // queue does: while its estimated wait is over onSaleSleepAbove, it sleeps
-// half of it before asking again; near its turn it long-polls, which the
-// engine answers at the admission. So only the users near the head keep a
-// call open, not the whole crowd. The room
+// half of it (at most onSaleMaxSleep) before asking again; near its turn
+// it long-polls, which the engine answers at the admission. So only the
+// users near the head keep a call open, not the whole crowd. The room
 // opens RoomOpensIn after the show is created and admits AdmitPerSecond
 // users a second (at most MaxActive shopping at once, if set). When the
 // show sells out, everyone still queued is told so and is done. With
@@ -50,6 +51,9 @@ const (
 	// onSaleSleepAbove is the estimated wait above which a queued user
 	// sleeps instead of long-polling.
 	onSaleSleepAbove = 10 * time.Second
+	// onSaleMaxSleep is the longest such sleep: the latest a user learns
+	// that the show sold out.
+	onSaleMaxSleep = time.Minute
 )
 
 func newOnSale(cfg ScenarioConfig) (Scenario, error) {
@@ -86,7 +90,10 @@ func (o *onSale) Shows() []ShowSpec {
 	return []ShowSpec{o.sale.show}
 }
 func (o *onSale) Users() int { return o.sale.Users() }
-func (o *onSale) Done() bool { return o.sale.Done() }
+
+// Done reports the sale over: every seat booked and, behind a room,
+// every queued user told so.
+func (o *onSale) Done() bool { return o.sale.Done() && o.queued.Load() == 0 }
 
 // ArrivalRate spreads the users evenly over the arrivals.
 func (o *onSale) ArrivalRate() float64 { return float64(o.Users()) / o.arrivals.Seconds() }
@@ -109,6 +116,7 @@ func (o *onSale) User(ctx context.Context, u *User) {
 	o.joined.Add(1)
 	o.users[u.Index].seq = e.Seq
 	joinedAt := time.Now()
+	outOfQueue := func() {}
 	if e.State == QueueQueued {
 		for n := o.queued.Add(1); ; {
 			p := o.peak.Load()
@@ -116,9 +124,11 @@ func (o *onSale) User(ctx context.Context, u *User) {
 				break
 			}
 		}
+		outOfQueue = sync.OnceFunc(func() { o.queued.Add(-1) })
+		defer outOfQueue() // however the wait ends
 	}
 	for e.State == QueueQueued {
-		if e.Wait > onSaleSleepAbove && !sleep(ctx, e.Wait/2) {
+		if e.Wait > onSaleSleepAbove && !sleep(ctx, min(e.Wait/2, onSaleMaxSleep)) {
 			o.users[u.Index].known = true // queued when the run ended
 			return
 		}
@@ -136,11 +146,9 @@ func (o *onSale) User(ctx context.Context, u *User) {
 			}
 			continue
 		}
-		if next.State != QueueQueued {
-			o.queued.Add(-1)
-		}
 		e = next
 	}
+	outOfQueue()
 	switch e.State {
 	case QueueAdmitted:
 	case QueueSoldOut:

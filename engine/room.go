@@ -166,7 +166,8 @@ func (r *room) wakeAllLocked() {
 }
 
 // roomViewLocked returns user's view of sh's room; false if user is
-// neither in it nor ended recently.
+// neither in it nor ended recently, unless the room sold out or was closed:
+// then such a user gets that end, without a sequence.
 func (n *Node) roomViewLocked(sh *show, user wu.UserID, now time.Time) (RoomView, bool) {
 	r := sh.room
 	v := RoomView{Show: sh.id, User: user}
@@ -183,10 +184,18 @@ func (n *Node) roomViewLocked(sh *show, user wu.UserID, now time.Time) (RoomView
 		v.EstimatedWait = r.rules.EstimatedWait(v.Position, now)
 	default:
 		e, ok := r.ended.Get(user)
-		if !ok {
+		switch {
+		case ok:
+			v = e.RoomView
+		case r.rules.IsSoldOut():
+			// More users may have been queued than the recent ends keep:
+			// whoever asks after a sell-out learns it.
+			v.State = RoomSoldOut
+		case r.rules.IsClosed():
+			v.State = RoomClosed
+		default:
 			return RoomView{}, false
 		}
-		v = e.RoomView
 	}
 	v.Version = entryVersion(v.Seq, v.State)
 	return v, true
@@ -339,7 +348,8 @@ func (n *Node) LeaveQueue(ctx context.Context, id ar.ShowID, user ar.UserID) (Ro
 
 // RoomEntry returns user's entry in the show's waiting room, from memory,
 // without walking the queue. wu.ErrNotWaiting if the user is neither in
-// it nor ended recently.
+// it nor ended recently and the room is neither sold out nor closed (see
+// roomViewLocked).
 func (n *Node) RoomEntry(ctx context.Context, id ar.ShowID, user ar.UserID) (RoomView, error) {
 	v, _, _, err := n.roomEntry(ctx, id, user, false)
 	return v, err

@@ -379,7 +379,8 @@ func slicesEqual(got []string, want ...string) bool { return slices.Equal(got, w
 
 // TestWaitingRoomDoneAndSoldOut: a shopper who books stops counting under
 // the cap, so the next user is admitted; once every seat is booked,
-// everyone still queued ends SOLD_OUT and nobody may join.
+// everyone still queued ends SOLD_OUT, nobody may join, and whoever asks
+// is told SOLD_OUT.
 func TestWaitingRoomDoneAndSoldOut(t *testing.T) {
 	clk := tc.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
 	n, _ := newNode(t, tc.Options{Clock: clk, ExpiryInterval: time.Hour})
@@ -435,6 +436,11 @@ func TestWaitingRoomDoneAndSoldOut(t *testing.T) {
 	}
 	if _, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "room-end", UserId: "u4"}); apiErrorOf(err).Reason != "SOLD_OUT" {
 		t.Fatalf("a join after the sell-out: %v, want SOLD_OUT", err)
+	}
+	// A user whose entry is not kept (more were queued than the recent
+	// ends keep; here one who never joined) learns the sell-out too.
+	if e := entry("u9"); e.GetState() != pb.QueueState_QUEUE_STATE_SOLD_OUT || e.GetSequence() != 0 {
+		t.Fatalf("a user without an entry after the sell-out: %v, want SOLD_OUT without a sequence", e)
 	}
 	m := scrape(t, n)
 	for event, want := range map[string]float64{"joined": 4, "admitted": 3, "done": 2, "sold_out": 1} {
@@ -495,8 +501,8 @@ func TestWaitingRoomBrake(t *testing.T) {
 	if err != nil || !r.GetClosed() || r.GetQueued() != 0 {
 		t.Fatalf("close: %v, %v", r, err)
 	}
-	if state("u1") != pb.QueueState_QUEUE_STATE_CLOSED {
-		t.Fatalf("u1 after the close: %v", state("u1"))
+	if state("u1") != pb.QueueState_QUEUE_STATE_CLOSED || state("u8") != pb.QueueState_QUEUE_STATE_CLOSED {
+		t.Fatalf("after the close: u1 %v, u8 (never joined) %v; want CLOSED", state("u1"), state("u8"))
 	}
 	if _, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: "room-brake", UserId: "u9"}); apiErrorOf(err).Reason != "ROOM_CLOSED" {
 		t.Fatalf("join a closed room: %v, want ROOM_CLOSED", err)

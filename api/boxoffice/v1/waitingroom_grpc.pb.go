@@ -43,7 +43,9 @@ const (
 // An entry that ended (LEFT, LAPSED, SOLD_OUT, DONE) is still answered for a
 // few minutes. When the show sells out, everyone still queued ends SOLD_OUT
 // at once and the room admits nobody more; JoinQueue is then refused with
-// ResourceExhausted, reason SOLD_OUT.
+// ResourceExhausted, reason SOLD_OUT, and PollQueue and WatchQueue answer
+// SOLD_OUT (CLOSED after a close) to a user whose entry is no longer kept,
+// however many were queued.
 // Calls for a show without a room are refused with FailedPrecondition,
 // reason NO_WAITING_ROOM.
 type WaitingRoomServiceClient interface {
@@ -156,7 +158,9 @@ func (c *waitingRoomServiceClient) SetWaitingRoom(ctx context.Context, in *SetWa
 // An entry that ended (LEFT, LAPSED, SOLD_OUT, DONE) is still answered for a
 // few minutes. When the show sells out, everyone still queued ends SOLD_OUT
 // at once and the room admits nobody more; JoinQueue is then refused with
-// ResourceExhausted, reason SOLD_OUT.
+// ResourceExhausted, reason SOLD_OUT, and PollQueue and WatchQueue answer
+// SOLD_OUT (CLOSED after a close) to a user whose entry is no longer kept,
+// however many were queued.
 // Calls for a show without a room are refused with FailedPrecondition,
 // reason NO_WAITING_ROOM.
 type WaitingRoomServiceServer interface {
