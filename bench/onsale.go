@@ -172,18 +172,6 @@ func (o *onSale) User(ctx context.Context, u *User) {
 	}
 }
 
-// sleep waits d, and reports false if ctx ended first.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
 // RoomStats counts the room's users and the fairness inversions: users
 // admitted before someone who joined earlier (whose join got a smaller
 // sequence) and who was admitted later or never (told the show sold out,

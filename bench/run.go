@@ -546,7 +546,12 @@ func (u *User) Backoff(ctx context.Context, err error) bool {
 	default:
 		return false
 	}
-	t := time.NewTimer(50*time.Millisecond + time.Duration(u.Rand.Int64N(int64(150*time.Millisecond))))
+	return sleep(ctx, 50*time.Millisecond+time.Duration(u.Rand.Int64N(int64(150*time.Millisecond))))
+}
+
+// sleep waits d, and reports false if ctx ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():

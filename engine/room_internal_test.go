@@ -14,22 +14,14 @@ func TestRoomWaiters(t *testing.T) {
 	sh := &show{}
 	r := &room{waiters: map[wu.UserID]*roomWaiter{}}
 	sh.room = r
-	closed := func(ch <-chan struct{}) bool {
-		select {
-		case <-ch:
-			return true
-		default:
-			return false
-		}
-	}
 	sh.mu.Lock()
 	a1, stopA1 := r.waitLocked(sh, "a")
 	a2, stopA2 := r.waitLocked(sh, "a")
 	b, stopB := r.waitLocked(sh, "b")
 	r.wakeLocked("b")
 	sh.mu.Unlock()
-	if !closed(b) || closed(a1) || closed(a2) {
-		t.Fatalf("b's wake: b %t, a %t %t; want b's alone", closed(b), closed(a1), closed(a2))
+	if !isClosed(b) || isClosed(a1) || isClosed(a2) {
+		t.Fatalf("b's wake: b %t, a %t %t; want b's alone", isClosed(b), isClosed(a1), isClosed(a2))
 	}
 	stopB() // after its wake: nothing to forget
 	stopA1()
@@ -39,8 +31,8 @@ func TestRoomWaiters(t *testing.T) {
 	}
 	sh.mu.Unlock()
 	stopA2()
-	if len(r.waiters) != 0 || closed(a1) {
-		t.Fatalf("after every waiter stopped: %d users waited on, a's channel closed %t", len(r.waiters), closed(a1))
+	if len(r.waiters) != 0 || isClosed(a1) {
+		t.Fatalf("after every waiter stopped: %d users waited on, a's channel closed %t", len(r.waiters), isClosed(a1))
 	}
 	sh.mu.Lock()
 	c, stopC := r.waitLocked(sh, "c")
@@ -48,8 +40,8 @@ func TestRoomWaiters(t *testing.T) {
 	again, stopAgain := r.waitLocked(sh, "c") // a new wait after the wake
 	sh.mu.Unlock()
 	stopC()
-	if !closed(c) || closed(again) || len(r.waiters) != 1 {
-		t.Fatalf("wake all: c %t, the new wait %t, %d waited on", closed(c), closed(again), len(r.waiters))
+	if !isClosed(c) || isClosed(again) || len(r.waiters) != 1 {
+		t.Fatalf("wake all: c %t, the new wait %t, %d waited on", isClosed(c), isClosed(again), len(r.waiters))
 	}
 	stopAgain()
 	if len(r.waiters) != 0 {
