@@ -6,8 +6,8 @@
 //   - sends each call to its show's owner, from the ring it learns from any
 //     node (GetRing) and refreshes when a node answers SHOW_MOVED, when a
 //     node cannot be reached, and every Config.RingRefresh;
-//   - carries holds, confirms and releases on Pipeline streams, a few per
-//     node, with natural batching: the calls queued while a stream is busy
+//   - carries holds, confirms, releases and waiting room joins on Pipeline
+//     streams, a few per node, with natural batching: the calls queued while a stream is busy
 //     sending go in its next message, and an idle stream sends a call at
 //     once, so batching adds no latency;
 //   - retries the answers that say a call was not done or may be done again
@@ -15,12 +15,13 @@
 //     stream...; ResourceExhausted OVERLOADED), with backoff, up to
 //     Config.MaxAttempts, with the same idempotency key: HoldSeats gets a
 //     fresh key when the request has none, a confirm is idempotent for its
-//     payment reference, a release for its user;
+//     payment reference, a release for its user, a join for its user;
 //   - keeps live replicas of the seat maps it is asked for (SeatMap), fed by
 //     WatchSeatMap, so seat-map reads are answered from local memory;
-//   - makes the other calls (the reads, the waitlist's and the waiting
-//     room's: JoinQueue, PollQueue, ...) as unary RPCs to the owner, with
-//     the same retries. A show behind a waiting room needs the user's
+//   - makes the other calls (the reads, the waitlist's, and the waiting
+//     room's PollQueue and LeaveQueue) as unary RPCs to the owner, with
+//     the same retries; a long poll without a deadline gets its wait plus
+//     Config.CallTimeout. A show behind a waiting room needs the user's
 //     admission token in HoldSeatsRequest.admission_token.
 //
 // Errors are gRPC statuses, as the unary RPCs answer them: status.FromError
