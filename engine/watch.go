@@ -39,10 +39,10 @@ const (
 	// batch. A batch costs one send per watcher, so a show with more
 	// watchers is looked at less often, in proportion, up to
 	// maxWatchInterval (see publishInterval): a thousand watchers cost a
-	// fifth of the sends they would at watchInterval, and a change still
+	// tenth of the sends they would at watchInterval, and a change still
 	// reaches them within maxWatchInterval.
 	watchInterval    = 5 * time.Millisecond
-	maxWatchInterval = 25 * time.Millisecond
+	maxWatchInterval = 50 * time.Millisecond
 	fanoutWatchers   = 100
 	// watchRing is how many batches a publisher keeps for watchers that
 	// are behind; one further behind gets a snapshot.
