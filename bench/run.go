@@ -448,17 +448,12 @@ type User struct {
 // call times one call: from when it was due (or from now, if it is made
 // later than due through the user's own pace) to its end.
 func (u *User) call(ctx context.Context, op Op, fn func(ctx context.Context) error) error {
-	return u.callWithin(ctx, op, u.run.cfg.CallTimeout, fn)
-}
-
-// callWithin is call with its own deadline.
-func (u *User) callWithin(ctx context.Context, op Op, timeout time.Duration, fn func(ctx context.Context) error) error {
 	start := time.Now()
 	due := u.due
 	if due.IsZero() || due.After(start) {
 		due = start
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, u.run.cfg.CallTimeout)
 	err := fn(ctx)
 	cancel()
 	return u.record(op, due, err)
@@ -590,13 +585,8 @@ func (u *User) Later(d time.Duration, fn func(ctx context.Context, u *User)) {
 	due := time.Now().Add(d)
 	next := &User{ID: u.ID, Index: u.Index, Token: u.Token, Rand: rand.New(rand.NewPCG(u.Rand.Uint64(), u.Rand.Uint64())), run: r, due: due}
 	r.later.Go(func() {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-r.ctx.Done():
-			return
-		case <-t.C:
+		if sleep(r.ctx, d) {
+			fn(r.ctx, next)
 		}
-		fn(r.ctx, next)
 	})
 }
