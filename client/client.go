@@ -7,9 +7,9 @@
 //     node (GetRing) and refreshes when a node answers SHOW_MOVED, when a
 //     node cannot be reached, and every Config.RingRefresh;
 //   - carries holds, confirms, releases and waiting room joins on Pipeline
-//     streams, a few per node, with natural batching: the calls queued while a stream is busy
-//     sending go in its next message, and an idle stream sends a call at
-//     once, so batching adds no latency;
+//     streams, a few per node, with natural batching: the calls queued
+//     while a stream is busy sending go in its next message, and an idle
+//     stream sends a call at once, so batching adds no latency;
 //   - retries the answers that say a call was not done or may be done again
 //     safely (Unavailable: SHOW_MOVED, SHUTTING_DOWN, OUTCOME_UNKNOWN, a lost
 //     stream...; ResourceExhausted OVERLOADED), with backoff, up to
