@@ -563,36 +563,89 @@ func (w *writer) commitTx(ctx context.Context, db *pgxpool.Pool, batch []*Pendin
 	return writeError(f, err)
 }
 
+// fenceSQL locks the ownership rows of a transaction's shows (FOR SHARE,
+// in show order, as lease renewals and releases lock them, so that neither
+// can deadlock with a batch), so that a takeover, which updates them, waits
+// for the transaction, and reads their epochs.
+const fenceSQL = `SELECT show_id, epoch FROM show_owners WHERE show_id = ANY($1) ORDER BY show_id FOR SHARE`
+
 // tryTx runs commitTx's transaction; atCommit reports that err came from
 // COMMIT itself.
+//
+// It takes two round trips: BEGIN, the fencing query and the statements
+// of every mutation go in one pipelined batch, and COMMIT follows once the
+// fencing query showed that every mutation holds its show's epoch. If one
+// does not (its show moved to another node: rare), the transaction is
+// rolled back and run again by tryFencedTx, which leaves such mutations
+// out.
 func (w *writer) tryTx(ctx context.Context, db *pgxpool.Pool, batch []*Pending, errs []error) (atCommit bool, err error) {
-	tx, err := db.Begin(ctx)
+	conn, err := db.Acquire(ctx)
+	if err != nil {
+		return false, err
+	}
+	// A connection left inside the transaction (a failure below) is closed
+	// by Release, which ends the transaction.
+	defer conn.Release()
+
+	shows := batchShows(batch)
+	st := statements{retention: w.s.cfg.IdempotencyRetention, renewKeys: len(batch) == 1}
+	for _, p := range batch {
+		st.add(&p.m, w.s.cfg.NodeID)
+	}
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(fenceSQL, shows)
+	checks := st.queue(b)
+	br := conn.SendBatch(ctx, b)
+	if _, err := br.Exec(); err != nil {
+		br.Close()
+		return false, err
+	}
+	epochs, err := readEpochs(br)
+	if err != nil {
+		br.Close()
+		return false, err
+	}
+	err = st.check(br, checks)
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	for _, p := range batch {
+		if e, ok := epochs[p.m.ShowID]; !ok || e != p.m.Epoch {
+			if _, rerr := conn.Exec(ctx, "ROLLBACK"); rerr != nil {
+				return false, rerr
+			}
+			return w.tryFencedTx(ctx, conn, shows, batch, errs)
+		}
+	}
+	if err != nil {
+		// Ended here, the transaction keeps the connection for the next
+		// one (a batch refused is split and tried again in parts).
+		conn.Exec(ctx, "ROLLBACK") //nolint:errcheck // on failure Release closes the connection
+		return false, err
+	}
+	if err := ctx.Err(); err != nil {
+		return false, err // COMMIT is not sent: nothing is committed
+	}
+	tag, err := conn.Exec(ctx, "COMMIT")
+	if err == nil && tag.String() == "ROLLBACK" {
+		err = pgx.ErrTxCommitRollback
+	}
+	return true, err
+}
+
+// tryFencedTx is tryTx's transaction for a batch with mutations of shows
+// whose epoch moved: it locks and reads the ownership rows first, then
+// gives those mutations ErrNotOwner in errs and writes the others.
+func (w *writer) tryFencedTx(ctx context.Context, conn *pgxpool.Conn, shows []string, batch []*Pending, errs []error) (atCommit bool, err error) {
+	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return false, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
-
-	// Fencing: lock the batch's ownership rows (FOR SHARE, in show order, as
-	// lease renewals and releases lock them, so that neither can deadlock
-	// with a batch) so a takeover,
-	// which updates them, waits for this transaction; then leave out the
-	// mutations whose epoch is no longer the show's.
-	shows := make([]string, 0, 8)
-	seen := make(map[string]bool, 8)
-	for _, p := range batch {
-		if !seen[p.m.ShowID] {
-			seen[p.m.ShowID] = true
-			shows = append(shows, p.m.ShowID)
-		}
-	}
-	epochs := make(map[string]int64, len(shows))
-	rows, _ := tx.Query(ctx, `SELECT show_id, epoch FROM show_owners WHERE show_id = ANY($1) ORDER BY show_id FOR SHARE`, shows)
-	var id string
-	var epoch int64
-	if _, err := pgx.ForEachRow(rows, []any{&id, &epoch}, func() error {
-		epochs[id] = epoch
-		return nil
-	}); err != nil {
+	rows, _ := tx.Query(ctx, fenceSQL, shows)
+	epochs, err := collectEpochs(rows)
+	if err != nil {
 		return false, err
 	}
 	st := statements{retention: w.s.cfg.IdempotencyRetention, renewKeys: len(batch) == 1}
@@ -606,13 +659,52 @@ func (w *writer) tryTx(ctx context.Context, db *pgxpool.Pool, batch []*Pending, 
 	if st.n == 0 {
 		return false, nil // nothing to write; the deferred rollback ends it
 	}
-	if err := st.exec(ctx, tx); err != nil {
+	b := &pgx.Batch{}
+	checks := st.queue(b)
+	br := tx.SendBatch(ctx, b)
+	err = st.check(br, checks)
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return false, err
 	}
 	if err := ctx.Err(); err != nil {
 		return false, err // COMMIT is not sent: nothing is committed
 	}
 	return true, tx.Commit(ctx)
+}
+
+// batchShows returns the shows of batch's mutations, each once.
+func batchShows(batch []*Pending) []string {
+	shows := make([]string, 0, 8)
+	for _, p := range batch {
+		if !slices.Contains(shows, p.m.ShowID) {
+			shows = append(shows, p.m.ShowID)
+		}
+	}
+	return shows
+}
+
+// readEpochs reads the fencing query's result from br.
+func readEpochs(br pgx.BatchResults) (map[string]int64, error) {
+	rows, err := br.Query()
+	if err != nil {
+		return nil, err
+	}
+	return collectEpochs(rows)
+}
+
+// collectEpochs reads the fencing query's rows: the epoch of each show.
+func collectEpochs(rows pgx.Rows) (map[string]int64, error) {
+	epochs := make(map[string]int64, 4)
+	var id string
+	var epoch int64
+	_, err := pgx.ForEachRow(rows, []any{&id, &epoch}, func() error {
+		epochs[id] = epoch
+		return nil
+	})
+	return epochs, err
 }
 
 // statements gathers a batch's mutations into column arrays, so a batch of
@@ -730,11 +822,11 @@ func (st *statements) addReservation(m *Mutation) {
 	}
 }
 
-// exec sends the statements in one pipelined batch. Ends come before new
-// claims so that, were a seat freed and claimed in one batch, the order
-// would be right; updates must touch exactly one row per mutation.
-func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
-	b := &pgx.Batch{}
+// queue adds the statements to b and returns what each must do, for
+// check. Ends come before new claims so that, were a seat freed and
+// claimed in one batch, the order would be right; updates must touch
+// exactly one row per mutation.
+func (st *statements) queue(b *pgx.Batch) []rowCheck {
 	var checks []rowCheck
 	// The updates of reservations find each row by reservation_id alone, by
 	// its unique index: "r.show_id || '' = u.show_id" still checks the show
@@ -818,19 +910,22 @@ func (st *statements) exec(ctx context.Context, tx pgx.Tx) error {
 		}
 		checks = append(checks, rowCheck{int64(len(st.iKey)), "idempotency"})
 	}
-	br := tx.SendBatch(ctx, b)
+	return checks
+}
+
+// check reads the results of the statements queue added, in order, and
+// returns the first error or rowCountError. The caller closes br.
+func (st *statements) check(br pgx.BatchResults, checks []rowCheck) error {
 	for _, c := range checks {
 		tag, err := br.Exec()
 		if err != nil {
-			br.Close()
 			return err
 		}
 		if c.want >= 0 && tag.RowsAffected() != c.want {
-			br.Close()
 			return &rowCountError{what: c.what, want: c.want, got: tag.RowsAffected()}
 		}
 	}
-	return br.Close()
+	return nil
 }
 
 // rowCheck is the number of rows a statement of a batch must touch (-1:
