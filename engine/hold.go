@@ -58,6 +58,7 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 	}
 	defer n.gate.leave()
 	var fp string
+	waited := false
 	for {
 		if sh.dropped || sh.stale {
 			if sh, err = n.relockForChange(ctx, sh); err != nil {
@@ -67,6 +68,10 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 		}
 		st := n.tryHoldLocked(sh, req, &fp)
 		if st.wait != nil {
+			if !waited {
+				waited = true
+				n.metrics.holdWaits.Inc()
+			}
 			if err := waitUnlocked(ctx, &sh.mu, st.wait); err != nil {
 				return ar.Reservation{}, err
 			}

@@ -28,6 +28,9 @@ type metrics struct {
 	evictions   prometheus.Counter
 
 	forwarded prometheus.Counter
+	// holdWaits counts holds that waited for a write in flight before
+	// they were decided.
+	holdWaits prometheus.Counter
 	// pipeRecv and pipeSent count Pipeline messages: batches of calls
 	// received, batches of answers sent.
 	pipeRecv, pipeSent prometheus.Counter
@@ -88,6 +91,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "boxoffice_forwarded_calls_total", Help: "Calls for shows owned by another node, forwarded to it.",
 		}),
+		holdWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "boxoffice_hold_waits_total",
+			Help: "Hold attempts that waited for a write in flight (another hold of their seats, the release that gave a turn, their own key's first attempt) to commit before they were decided.",
+		}),
 		ownerships: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "boxoffice_ownership_events_total",
 			Help: "Show ownership: takes, releases (hand-offs), losses (found taken by another node), failed renewals.",
@@ -146,7 +153,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.pipeRecv, m.pipeSent = pipeMsgs.WithLabelValues("received"), pipeMsgs.WithLabelValues("sent")
 	for _, c := range []prometheus.Collector{pipeMsgs, m.rpcRequests, m.rpcLatency, m.ops, m.batchSize, m.commitTime, m.batchErrors, m.failedMuts, m.showsLoaded, m.evictions,
 		m.waiting, m.longestWaitlist, m.waitOps, m.waitToTurn, m.roomQueued, m.roomShoppers, m.roomEvents, m.roomWait,
-		m.forwarded, m.ownerships, m.ringChanges, m.fenced, m.loadTime, m.members, m.showsOwned} {
+		m.forwarded, m.holdWaits, m.ownerships, m.ringChanges, m.fenced, m.loadTime, m.members, m.showsOwned} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -207,7 +207,8 @@ func TestHoldRace(t *testing.T) {
 // A-1 waits at its commit (the ownership row is locked), u2's hold of A-1
 // is not answered; u1's write then fails before COMMIT (its connection is
 // terminated), memory takes u1's hold back, and u2 gets the seat — the
-// only answer a history in which u1's hold never happened allows.
+// only answer a history in which u1's hold never happened allows. The
+// wait is counted in boxoffice_hold_waits_total.
 func TestHoldWaitsForUncommittedHold(t *testing.T) {
 	n, url := newNode(t, tc.Options{})
 	db := openDB(t, url)
@@ -230,6 +231,9 @@ func TestHoldWaitsForUncommittedHold(t *testing.T) {
 	case err := <-second:
 		t.Fatalf("u2's hold answered while u1's was uncommitted: %v", err)
 	case <-time.After(200 * time.Millisecond): // it must still wait: u1's commit is blocked
+	}
+	if v, _ := sample(scrape(t, n), "boxoffice_hold_waits_total"); v != 1 {
+		t.Errorf("boxoffice_hold_waits_total = %v while u2's hold waits, want 1", v)
 	}
 	// u1's transaction dies waiting for the lock, before COMMIT.
 	if _, err := db.Exec(context.Background(), `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
