@@ -75,32 +75,37 @@ func benchWriterHolds(b *testing.B, w mutationWriter, writers int, mutation func
 }
 
 // BenchmarkWriterShowHolds measures the hold storm's writes: holds of one
-// show, 2–3 seats each, with an idempotency key, from 256 concurrent
+// show, 2–3 seats each, with an idempotency key, from 16 or 256 concurrent
 // writers, so every transaction is one show's turn (a lane to itself). It
 // reports the transactions' time per hold, the database's work for a hold
-// as the engine waits for it.
+// as the engine waits for it: with 16 writers, a transaction's fixed cost
+// shows.
 func BenchmarkWriterShowHolds(b *testing.B) {
-	var batches, mutations, nanos atomic.Int64
-	s := openStore(b, newDB(b), func(c *persistence.Config) {
-		c.Observer = func(bs persistence.BatchStats) {
-			batches.Add(1)
-			mutations.Add(int64(bs.Mutations))
-			nanos.Add(int64(bs.Duration))
-		}
-	})
-	show := fmt.Sprintf("storm-%d", b.N)
-	epoch := ownShow(b, s, show)
-	benchWriterHolds(b, s, 256, func(i int) persistence.Mutation {
-		seats := make([]string, 2+i%2)
-		for k := range seats {
-			seats[k] = fmt.Sprintf("%d-%d", i, k)
-		}
-		m := holdM(epoch, show, fmt.Sprintf("%s:%d", show, i), fmt.Sprintf("u%d", i), t0, seats...)
-		m.IdempotencyKey, m.Fingerprint = fmt.Sprintf("k%d", i), "fp"
-		return m
-	})
-	if n := batches.Load(); n > 0 {
-		b.ReportMetric(float64(mutations.Load())/float64(n), "mutations/batch")
-		b.ReportMetric(float64(nanos.Load())/1e3/float64(mutations.Load()), "tx-µs/hold")
+	for _, writers := range []int{16, 256} {
+		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
+			var batches, mutations, nanos atomic.Int64
+			s := openStore(b, newDB(b), func(c *persistence.Config) {
+				c.Observer = func(bs persistence.BatchStats) {
+					batches.Add(1)
+					mutations.Add(int64(bs.Mutations))
+					nanos.Add(int64(bs.Duration))
+				}
+			})
+			show := fmt.Sprintf("storm-%d-%d", writers, b.N)
+			epoch := ownShow(b, s, show)
+			benchWriterHolds(b, s, writers, func(i int) persistence.Mutation {
+				seats := make([]string, 2+i%2)
+				for k := range seats {
+					seats[k] = fmt.Sprintf("%d-%d", i, k)
+				}
+				m := holdM(epoch, show, fmt.Sprintf("%s:%d", show, i), fmt.Sprintf("u%d", i), t0, seats...)
+				m.IdempotencyKey, m.Fingerprint = fmt.Sprintf("k%d", i), "fp"
+				return m
+			})
+			if n := batches.Load(); n > 0 {
+				b.ReportMetric(float64(mutations.Load())/float64(n), "mutations/batch")
+				b.ReportMetric(float64(nanos.Load())/1e3/float64(mutations.Load()), "tx-µs/hold")
+			}
+		})
 	}
 }
