@@ -569,6 +569,21 @@ func (w *writer) commitTx(ctx context.Context, db *pgxpool.Pool, batch []*Pendin
 // for the transaction, and reads their epochs.
 const fenceSQL = `SELECT show_id, epoch FROM show_owners WHERE show_id = ANY($1) ORDER BY show_id FOR SHARE`
 
+// fenceOneSQL is fenceSQL for a transaction of one show, the most common:
+// an equality on the primary key, whose plan PostgreSQL keeps, where
+// fenceSQL's array makes it plan the query again on every execution
+// (~47 µs of the server's time, a tenth of a transaction of 6 holds).
+const fenceOneSQL = `SELECT show_id, epoch FROM show_owners WHERE show_id = $1 FOR SHARE`
+
+// queueFence queues the fencing query of shows in b.
+func queueFence(b *pgx.Batch, shows []string) {
+	if len(shows) == 1 {
+		b.Queue(fenceOneSQL, shows[0])
+		return
+	}
+	b.Queue(fenceSQL, shows)
+}
+
 // tryTx runs commitTx's transaction; atCommit reports that err came from
 // COMMIT itself.
 //
@@ -594,7 +609,7 @@ func (w *writer) tryTx(ctx context.Context, db *pgxpool.Pool, batch []*Pending, 
 	}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
-	b.Queue(fenceSQL, shows)
+	queueFence(b, shows)
 	checks := st.queue(b)
 	br := conn.SendBatch(ctx, b)
 	if _, err := br.Exec(); err != nil {
@@ -643,8 +658,13 @@ func (w *writer) tryFencedTx(ctx context.Context, conn *pgxpool.Conn, shows []st
 		return false, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
-	rows, _ := tx.Query(ctx, fenceSQL, shows)
-	epochs, err := collectEpochs(rows)
+	fence := &pgx.Batch{}
+	queueFence(fence, shows)
+	fr := tx.SendBatch(ctx, fence)
+	epochs, err := readEpochs(fr)
+	if cerr := fr.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return false, err
 	}
