@@ -83,7 +83,8 @@ type BatchStats struct {
 	// moved on.
 	Fenced int
 	// Transactions counts the transactions tried: 1, plus those of the
-	// parts of a refused batch.
+	// parts of a refused batch. (A transaction rolled back because a show
+	// moved, and run again without its mutations, counts once.)
 	Transactions int
 }
 

@@ -129,8 +129,8 @@ func (p *Pending) finish(err error) {
 }
 
 // writer is the group committer: it takes many queued mutations (up to
-// MaxBatch) and commits them in one transaction, so a busy node pays one
-// round trip and one fsync for many mutations.
+// MaxBatch) and commits them in one transaction, so a busy node pays two
+// round trips and one fsync for many mutations.
 //
 // Order. Each show's mutations are committed in the order they were
 // queued: a show has at most one transaction in flight, and each of its
@@ -570,9 +570,10 @@ func (w *writer) commitTx(ctx context.Context, db *pgxpool.Pool, batch []*Pendin
 const fenceSQL = `SELECT show_id, epoch FROM show_owners WHERE show_id = ANY($1) ORDER BY show_id FOR SHARE`
 
 // fenceOneSQL is fenceSQL for a transaction of one show, the most common:
-// an equality on the primary key, whose plan PostgreSQL keeps, where
-// fenceSQL's array makes it plan the query again on every execution
-// (~47 µs of the server's time, a tenth of a transaction of 6 holds).
+// an equality on the primary key, whose plan PostgreSQL keeps as a
+// prepared statement (pgx's default), where fenceSQL's array makes it plan
+// the query again on every execution (~47 µs of the server's time, a tenth
+// of a transaction of 6 holds).
 const fenceOneSQL = `SELECT show_id, epoch FROM show_owners WHERE show_id = $1 FOR SHARE`
 
 // queueFence queues the fencing query of shows in b.
@@ -584,15 +585,50 @@ func queueFence(b *pgx.Batch, shows []string) {
 	b.Queue(fenceSQL, shows)
 }
 
+// guardSQL and guardOneSQL fail with division_by_zero unless every (show,
+// epoch) pair given is a show's current epoch. Run after the fence, in the
+// same transaction, they read the rows it locked; their error makes
+// PostgreSQL skip the rest of the pipelined batch, so a moved show's
+// statements are never run.
+const (
+	guardSQL = `SELECT 1 / ((SELECT count(*) FROM show_owners o
+		JOIN unnest($1::text[], $2::bigint[]) AS u(show_id, epoch) ON o.show_id = u.show_id AND o.epoch = u.epoch) = $3)::int`
+	guardOneSQL = `SELECT 1 / (SELECT count(*) FROM show_owners WHERE show_id = $1 AND epoch = $2)::int`
+)
+
+// queueGuard queues the guard of batch's (show, epoch) pairs in b.
+func queueGuard(b *pgx.Batch, batch []*Pending) {
+	type pair struct {
+		show  string
+		epoch int64
+	}
+	pairs := make([]pair, 0, 4)
+	for _, p := range batch {
+		if pr := (pair{p.m.ShowID, p.m.Epoch}); !slices.Contains(pairs, pr) {
+			pairs = append(pairs, pr)
+		}
+	}
+	if len(pairs) == 1 {
+		b.Queue(guardOneSQL, pairs[0].show, pairs[0].epoch)
+		return
+	}
+	shows, epochs := make([]string, len(pairs)), make([]int64, len(pairs))
+	for i, pr := range pairs {
+		shows[i], epochs[i] = pr.show, pr.epoch
+	}
+	b.Queue(guardSQL, shows, epochs, len(pairs))
+}
+
 // tryTx runs commitTx's transaction; atCommit reports that err came from
 // COMMIT itself.
 //
-// It takes two round trips: BEGIN, the fencing query and the statements
-// of every mutation go in one pipelined batch, and COMMIT follows once the
+// It takes two round trips once the connection has prepared its
+// statements: BEGIN, the fencing query, a guard and the statements of
+// every mutation go in one pipelined batch, and COMMIT follows once the
 // fencing query showed that every mutation holds its show's epoch. If one
-// does not (its show moved to another node: rare), the transaction is
-// rolled back and run again by tryFencedTx, which leaves such mutations
-// out.
+// does not (its show moved to another node: rare), the guard fails the
+// transaction before any statement of the batch runs, and it is rolled
+// back and run again by tryFencedTx, which leaves such mutations out.
 func (w *writer) tryTx(ctx context.Context, db *pgxpool.Pool, batch []*Pending, errs []error) (atCommit bool, err error) {
 	conn, err := db.Acquire(ctx)
 	if err != nil {
@@ -610,18 +646,21 @@ func (w *writer) tryTx(ctx context.Context, db *pgxpool.Pool, batch []*Pending, 
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	queueFence(b, shows)
+	queueGuard(b, batch)
 	checks := st.queue(b)
 	br := conn.SendBatch(ctx, b)
 	if _, err := br.Exec(); err != nil {
-		br.Close()
+		br.Close() //nolint:errcheck // err is the answer; Release closes a broken connection
 		return false, err
 	}
 	epochs, err := readEpochs(br)
 	if err != nil {
-		br.Close()
+		br.Close() //nolint:errcheck // as above
 		return false, err
 	}
-	err = st.check(br, checks)
+	if _, err = br.Exec(); err == nil { // the guard
+		err = st.check(br, checks)
+	}
 	if cerr := br.Close(); err == nil {
 		err = cerr
 	}

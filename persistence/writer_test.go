@@ -565,3 +565,40 @@ func TestWriterSplitsRefusedBatch(t *testing.T) {
 	}
 	t.Logf("one culprit among %d: %d transactions", n, b.Transactions)
 }
+
+// TestWriterStaleWriteTouchesNothing: a write of a show that moved to
+// another node runs none of its statements, so it cannot wait on, or
+// deadlock with, the new owner's rows. The new owner has an uncommitted
+// claim of A-1; the stale hold of A-1 is answered ErrNotOwner at once,
+// where an insert of its claim would wait for that transaction to end.
+func TestWriterStaleWriteTouchesNothing(t *testing.T) {
+	url := newDB(t)
+	s := openStore(t, url, func(c *persistence.Config) { c.CommitTimeout = time.Minute })
+	stale := ownShow(t, s, "moved")
+	if _, err := s.AcquireShow(context.Background(), "moved"); err != nil { // another node took it
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	owner, err := s.Pool().Begin(ctx) // the new owner's transaction, in flight
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Rollback(ctx) //nolint:errcheck // the test's end
+	if _, err := owner.Exec(ctx, `INSERT INTO seat_claims (show_id, seat_id, reservation_id) VALUES ('moved', 'A-1', 'moved:new')`); err != nil {
+		t.Fatal(err)
+	}
+	p, err := s.Enqueue(holdM(stale, "moved", "moved:1", "u1", t0, "A-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	answered := make(chan error, 1)
+	go func() { answered <- p.Wait() }()
+	select {
+	case err := <-answered:
+		if !errors.Is(err, persistence.ErrNotOwner) {
+			t.Fatalf("stale hold: %v, want ErrNotOwner", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stale hold waits for the new owner's transaction: its claim was inserted")
+	}
+}
