@@ -638,15 +638,29 @@ func (w *writer) tryTx(ctx context.Context, db *pgxpool.Pool, batch []*Pending, 
 	// by Release, which ends the transaction.
 	defer conn.Release()
 
-	shows := batchShows(batch)
-	st := statements{retention: w.s.cfg.IdempotencyRetention, renewKeys: len(batch) == 1}
-	for _, p := range batch {
+	// A part of a refused batch has its fenced-off mutations answered
+	// already (ErrNotOwner): they are left out, not tried again.
+	live := batch
+	if slices.ContainsFunc(errs, func(e error) bool { return e != nil }) {
+		live = make([]*Pending, 0, len(batch))
+		for i, p := range batch {
+			if errs[i] == nil {
+				live = append(live, p)
+			}
+		}
+		if len(live) == 0 {
+			return false, nil
+		}
+	}
+	shows := batchShows(live)
+	st := statements{retention: w.s.cfg.IdempotencyRetention, renewKeys: len(live) == 1}
+	for _, p := range live {
 		st.add(&p.m, w.s.cfg.NodeID)
 	}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	queueFence(b, shows)
-	queueGuard(b, batch)
+	queueGuard(b, live)
 	checks := st.queue(b)
 	br := conn.SendBatch(ctx, b)
 	if _, err := br.Exec(); err != nil {
@@ -664,7 +678,7 @@ func (w *writer) tryTx(ctx context.Context, db *pgxpool.Pool, batch []*Pending, 
 	if cerr := br.Close(); err == nil {
 		err = cerr
 	}
-	for _, p := range batch {
+	for _, p := range live {
 		if e, ok := epochs[p.m.ShowID]; !ok || e != p.m.Epoch {
 			if _, rerr := conn.Exec(ctx, "ROLLBACK"); rerr != nil {
 				return false, rerr

@@ -234,13 +234,18 @@ func TestWriterStaleEpoch(t *testing.T) {
 }
 
 // TestWriterConflict queues, in one batch, mutations that contradict the
-// database among good ones: the batch fails, it is committed in parts, and
-// only the culprits fail, with ErrConflict.
+// database among good ones, and one of a show that moved: the batch fails,
+// it is committed in parts, and only the culprits fail, with ErrConflict
+// (the moved show's with ErrNotOwner).
 func TestWriterConflict(t *testing.T) {
 	url := newDB(t)
 	var obs batches
 	s := openStore(t, url, func(c *persistence.Config) { c.Observer = obs.observe })
 	e, e2 := ownShow(t, s, "s"), ownShow(t, s, "s2")
+	stale := ownShow(t, s, "moved")
+	if _, err := s.AcquireShow(context.Background(), "moved"); err != nil { // another node took it
+		t.Fatal(err)
+	}
 	r0 := holdM(e, "s", "s:r0", "u0", t0, "A-1")
 	r0.IdempotencyKey, r0.Fingerprint = "k0", "fp0"
 	write(t, s, r0)
@@ -263,6 +268,7 @@ func TestWriterConflict(t *testing.T) {
 		{"idempotency key taken", reusedKey, persistence.ErrConflict},
 		{"release of a released hold", endM(persistence.Release, e, "s", "s:gone", "u0", t0, "A-9"), persistence.ErrConflict},
 		{"expire of no reservation", endM(persistence.Expire, e, "s", "s:nosuch2", "u0", t0, "A-8"), persistence.ErrConflict},
+		{"hold of a show that moved", holdM(stale, "moved", "moved:1", "u6", t0, "A-1"), persistence.ErrNotOwner},
 		{"good confirm", func() persistence.Mutation {
 			m := endM(persistence.Confirm, e, "s", "s:r0", "u0", t0.Add(time.Second), "A-1")
 			m.PaymentRef = "pay-0"
@@ -311,6 +317,10 @@ func TestWriterConflict(t *testing.T) {
 	}
 	if n := count(t, s.Pool(), `SELECT count(*) FROM idempotency_keys`); n != 1 {
 		t.Fatalf("%d idempotency keys, want 1", n)
+	}
+	if n := count(t, s.Pool(), `SELECT (SELECT count(*) FROM reservations WHERE show_id = 'moved') +
+		(SELECT count(*) FROM seat_claims WHERE show_id = 'moved')`); n != 0 {
+		t.Fatalf("the moved show has %d rows", n)
 	}
 }
 
