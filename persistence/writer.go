@@ -723,6 +723,9 @@ func (w *writer) tryFencedTx(ctx context.Context, conn *pgxpool.Conn, shows []st
 	}
 	st := statements{retention: w.s.cfg.IdempotencyRetention, renewKeys: len(batch) == 1}
 	for i, p := range batch {
+		if errs[i] != nil {
+			continue // fenced off in an earlier part of the batch, as tryTx leaves out
+		}
 		if e, ok := epochs[p.m.ShowID]; !ok || e != p.m.Epoch {
 			errs[i] = fmt.Errorf("%w: show %s is at epoch %d, write carried %d", ErrNotOwner, p.m.ShowID, e, p.m.Epoch)
 			continue
