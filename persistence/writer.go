@@ -969,12 +969,24 @@ func (st *statements) queue(b *pgx.Batch) []rowCheck {
 	}
 	if len(st.bID) > 0 {
 		// A hold past its expiry plus grace is not booked, whatever the
-		// writer's caller believed: the row count check then fails.
-		b.Queue(`UPDATE reservations r SET status = 'BOOKED', booked_at = u.at, payment_ref = u.ref
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(show_id, id, ref, at)
-			WHERE r.reservation_id = u.id AND r.show_id || '' = u.show_id AND r.status = 'HELD'
-			  AND u.at <= r.expires_at + $5::interval`,
-			st.bShow, st.bID, st.bRef, st.bAt, ConfirmGrace)
+		// writer's caller believed: the row count check then fails. One
+		// confirm, the most common alone, has a statement of its own, a
+		// lookup by the unique reservation ID: 36 µs of the server's time
+		// where the join with unnest took 290 µs for ~3 rows (planned at
+		// every execution, or cached as a hash join over every live
+		// reservation while the table's statistics are stale).
+		if len(st.bID) == 1 {
+			b.Queue(`UPDATE reservations SET status = 'BOOKED', booked_at = $4, payment_ref = $3
+				WHERE reservation_id = $2 AND show_id || '' = $1 AND status = 'HELD'
+				  AND $4::timestamptz <= expires_at + $5::interval`,
+				st.bShow[0], st.bID[0], st.bRef[0], st.bAt[0], ConfirmGrace)
+		} else {
+			b.Queue(`UPDATE reservations r SET status = 'BOOKED', booked_at = u.at, payment_ref = u.ref
+				FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(show_id, id, ref, at)
+				WHERE r.reservation_id = u.id AND r.show_id || '' = u.show_id AND r.status = 'HELD'
+				  AND u.at <= r.expires_at + $5::interval`,
+				st.bShow, st.bID, st.bRef, st.bAt, ConfirmGrace)
+		}
 		checks = append(checks, rowCheck{int64(len(st.bID)), "book holds"})
 	}
 	if len(st.vID) > 0 {
