@@ -981,10 +981,13 @@ func (st *statements) queue(b *pgx.Batch) []rowCheck {
 				  AND $4::timestamptz <= expires_at + $5::interval`,
 				st.bShow[0], st.bID[0], st.bRef[0], st.bAt[0], ConfirmGrace)
 		} else {
+			// reservation_id = ANY($2) bounds the scan by the IDs, whatever
+			// plan is cached: without it, a generic plan made on stale
+			// statistics hash-joined every live reservation.
 			b.Queue(`UPDATE reservations r SET status = 'BOOKED', booked_at = u.at, payment_ref = u.ref
 				FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(show_id, id, ref, at)
-				WHERE r.reservation_id = u.id AND r.show_id || '' = u.show_id AND r.status = 'HELD'
-				  AND u.at <= r.expires_at + $5::interval`,
+				WHERE r.reservation_id = ANY($2::text[]) AND r.reservation_id = u.id AND r.show_id || '' = u.show_id
+				  AND r.status = 'HELD' AND u.at <= r.expires_at + $5::interval`,
 				st.bShow, st.bID, st.bRef, st.bAt, ConfirmGrace)
 		}
 		checks = append(checks, rowCheck{int64(len(st.bID)), "book holds"})
