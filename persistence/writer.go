@@ -673,7 +673,7 @@ func (w *writer) tryTx(ctx context.Context, db *pgxpool.Pool, batch []*Pending, 
 		return false, err
 	}
 	if _, err = br.Exec(); err == nil { // the guard
-		err = st.check(br, checks)
+		err = checkResults(br, checks)
 	}
 	if cerr := br.Close(); err == nil {
 		err = cerr
@@ -738,7 +738,7 @@ func (w *writer) tryFencedTx(ctx context.Context, conn *pgxpool.Conn, shows []st
 	b := &pgx.Batch{}
 	checks := st.queue(b)
 	br := tx.SendBatch(ctx, b)
-	err = st.check(br, checks)
+	err = checkResults(br, checks)
 	if cerr := br.Close(); err == nil {
 		err = cerr
 	}
@@ -910,7 +910,7 @@ func (st *statements) addReservation(m *Mutation) {
 }
 
 // queue adds the statements to b and returns what each must do, for
-// check. Ends come before new claims so that, were a seat freed and
+// checkResults. Ends come before new claims so that, were a seat freed and
 // claimed in one batch, the order would be right; updates must touch
 // exactly one row per mutation.
 func (st *statements) queue(b *pgx.Batch) []rowCheck {
@@ -1023,9 +1023,10 @@ func (st *statements) queue(b *pgx.Batch) []rowCheck {
 	return checks
 }
 
-// check reads the results of the statements queue added, in order, and
-// returns the first error or rowCountError. The caller closes br.
-func (st *statements) check(br pgx.BatchResults, checks []rowCheck) error {
+// checkResults reads the results of the statements that
+// statements.queue added, in order, and returns the first error or
+// rowCountError. The caller closes br.
+func checkResults(br pgx.BatchResults, checks []rowCheck) error {
 	for _, c := range checks {
 		tag, err := br.Exec()
 		if err != nil {
