@@ -15,6 +15,7 @@ import (
 	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -68,8 +69,8 @@ const defaultBoxofficeConns = 4
 // Every acknowledged hold is durable either way.
 //
 // It is safe for concurrent use: its fields are set by NewBoxoffice and
-// only read afterwards, except next, which is atomic, laidOut, a sync.Map,
-// and lag, which has its own lock.
+// only read afterwards, except next, which is atomic, laidOut, a sync.Map, layouts,
+// a singleflight.Group, and lag, which has its own lock.
 type Boxoffice struct {
 	cli      *client.Client // nil with Unary
 	conns    []*grpc.ClientConn
@@ -77,9 +78,10 @@ type Boxoffice struct {
 	reserve  []pb.ReservationServiceClient
 	rooms    []pb.WaitingRoomServiceClient
 	next     atomic.Uint32
-	laidOut  sync.Map    // show ID → struct{}: shows whose layout was checked
-	md       metadata.MD // the service token, shared read-only by every call
-	adminMD  metadata.MD // the admin token
+	laidOut  sync.Map           // show ID → struct{}: shows whose layout was checked
+	layouts  singleflight.Group // the first reads of shows, by show ID
+	md       metadata.MD        // the service token, shared read-only by every call
+	adminMD  metadata.MD        // the admin token
 	pool     *pgxpool.Pool
 	withKeys bool
 	addr     string // BoxofficeConfig.Addr, where WatchSeatMaps opens its streams
@@ -240,11 +242,22 @@ func (b *Boxoffice) CreateShow(ctx context.Context, show ShowSpec) error {
 // SeatMap reads the show's seat map. The statuses are in the engine's
 // layout order, which must be ShowSpec.SeatIDs order: the first read of a
 // show asks GetSeatMap for the layout too and fails if it is not the
-// show's. Later reads, like a web tier's, come from the client's replica
+// show's. Users who read the show meanwhile wait for that one read, as a
+// web tier's layout cache would have them, rather than each fetching the
+// layout. Later reads, like a web tier's, come from the client's replica
 // (with Unary, from GetSeatMap without the layout); the statuses they
 // return are the replica's own and must not be modified.
 func (b *Boxoffice) SeatMap(ctx context.Context, show ShowSpec) (SeatMap, error) {
-	if _, checked := b.laidOut.Load(show.ID); checked && b.cli != nil {
+	if _, checked := b.laidOut.Load(show.ID); !checked {
+		sm, err, shared := b.layouts.Do(show.ID, func() (any, error) { return b.FreshSeatMap(ctx, show) })
+		if err != nil {
+			return SeatMap{}, err
+		}
+		if !shared {
+			return sm.(SeatMap), nil
+		}
+	}
+	if b.cli != nil {
 		m, err := b.cli.SeatMap(ctx, show.ID)
 		if err != nil {
 			return SeatMap{}, boxofficeError(err)
