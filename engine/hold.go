@@ -163,25 +163,31 @@ func (n *Node) tryHoldLocked(sh *show, req HoldRequest, fp *string) holdStep {
 		return holdStep{err: err}
 	}
 
-	// Most holds of a sale are refused: decide first, and draw a hold ID
-	// (crypto/rand) only for one that will be granted.
-	err := sh.rules.CheckHold("", req.User, req.Seats)
-	var id ar.HoldID
-	if err == nil {
-		id, err = newHoldID(sh.id)
-		if err != nil {
-			return holdStep{err: err}
-		}
-	}
-	var r ar.Reservation
-	if err == nil {
-		r, err = sh.rules.Hold(id, req.User, req.Seats, n.now())
-	}
-	if err != nil {
+	// Most holds of a sale are refused: decide first, and take the hold
+	// (a hold ID from crypto/rand, the write queued) only when it will be
+	// granted, in a function of its own, so that a refusal runs on a small
+	// stack frame (tryHoldLocked runs first on the fresh goroutine of a
+	// pipeline call that waited).
+	if err := sh.rules.CheckHold("", req.User, req.Seats); err != nil {
 		n.metrics.holds(err)
 		if errors.Is(err, ar.ErrSeatTaken) && soldOutLocked(sh.rules, req.Seats) {
 			return holdStep{err: fmt.Errorf("%w: %w", ErrSoldOut, err)}
 		}
+		return holdStep{err: err}
+	}
+	return n.takeHoldLocked(sh, req, fingerprint)
+}
+
+// takeHoldLocked takes req, which CheckHold allowed, on sh (locked, and
+// left locked): the reservation in memory and its write queued.
+func (n *Node) takeHoldLocked(sh *show, req HoldRequest, fingerprint func() string) holdStep {
+	id, err := newHoldID(sh.id)
+	if err != nil {
+		return holdStep{err: err}
+	}
+	r, err := sh.rules.Hold(id, req.User, req.Seats, n.now())
+	if err != nil {
+		n.metrics.holds(err)
 		return holdStep{err: err}
 	}
 	m := persistence.Mutation{

@@ -34,8 +34,9 @@ const pipelineMaxResults = 1024
 // HoldSeats (holdBatch: refusals are answered at once, holds as they
 // commit). Every other call, and a hold that has to wait, runs on a
 // goroutine of its own under the stream's context bounded by its timeout,
-// through holdSeats, confirmHold or releaseHold: the unary RPCs' code. So
-// every rule, error and idempotency behaviour is theirs. (A hold's
+// through holdSeats, confirmHold or releaseHold: the unary RPCs' code, whose
+// error becomes the CallError the unary RPC's status would carry. So every
+// rule, error and idempotency behaviour is theirs. (A hold's
 // SEATS_TAKEN refusal is sent compact, its taken seats as a bitmask of the
 // call's; CallError.Expanded gives the unary answer.) A call is in
 // flight from when it is taken until the sender takes its answer.
@@ -299,7 +300,7 @@ func (p *pipeline) run(tc takenCall) {
 	if err != nil {
 		res.Result = &pb.PipelineResult_Error{Error: pipelineError(tc.call, err)}
 	}
-	p.n.metrics.rpc(pipelineMethod(tc.call), status.Code(err).String(), time.Since(start))
+	p.n.metrics.rpc(pipelineMethod(tc.call), resultCode(res), time.Since(start))
 	p.answer(answer{res: res, taken: true})
 }
 

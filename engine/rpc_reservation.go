@@ -55,29 +55,34 @@ func (s *reservationServer) GetSeatMap(ctx context.Context, req *pb.GetSeatMapRe
 }
 
 // HoldSeats, ConfirmHold and ReleaseHold, unary or pipelined, go through
-// holdSeats, confirmHold and releaseHold: one decoding, one engine call and
-// one mapping of errors (to a gRPC status, by toStatus) behind both.
+// holdSeats, confirmHold and releaseHold: one decoding and one engine call
+// behind both. They return the engine's error as it is; the unary RPC maps
+// it to a gRPC status (toStatus), a pipeline call to the CallError that
+// status would carry (pipelineError), without building the status.
 
 func (s *reservationServer) HoldSeats(ctx context.Context, req *pb.HoldSeatsRequest) (*pb.HoldSeatsResponse, error) {
-	return holdSeats(ctx, s.n, req)
+	r, err := holdSeats(ctx, s.n, req)
+	return r, toStatus(err)
 }
 
 func (s *reservationServer) ConfirmHold(ctx context.Context, req *pb.ConfirmHoldRequest) (*pb.ConfirmHoldResponse, error) {
-	return confirmHold(ctx, s.n, req)
+	r, err := confirmHold(ctx, s.n, req)
+	return r, toStatus(err)
 }
 
 func (s *reservationServer) ReleaseHold(ctx context.Context, req *pb.ReleaseHoldRequest) (*pb.ReleaseHoldResponse, error) {
-	return releaseHold(ctx, s.n, req)
+	r, err := releaseHold(ctx, s.n, req)
+	return r, toStatus(err)
 }
 
 func holdSeats(ctx context.Context, n *Node, req *pb.HoldSeatsRequest) (*pb.HoldSeatsResponse, error) {
 	hr := holdRequest(req)
 	if err := validateShowID(hr.Show); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	r, err := n.Hold(ctx, hr)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return holdResponse(r), nil
 }
@@ -117,7 +122,7 @@ func confirmHold(ctx context.Context, n *Node, req *pb.ConfirmHoldRequest) (*pb.
 		IdempotencyKey: req.GetIdempotencyKey(),
 	})
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &pb.ConfirmHoldResponse{Reservation: reservationToPB(r)}, nil
 }
@@ -125,7 +130,7 @@ func confirmHold(ctx context.Context, n *Node, req *pb.ConfirmHoldRequest) (*pb.
 func releaseHold(ctx context.Context, n *Node, req *pb.ReleaseHoldRequest) (*pb.ReleaseHoldResponse, error) {
 	r, err := n.Release(ctx, ar.HoldID(req.GetHoldId()), ar.UserID(req.GetUserId()))
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &pb.ReleaseHoldResponse{Reservation: reservationToPB(r)}, nil
 }

@@ -21,14 +21,16 @@ type roomServer struct {
 }
 
 func (s roomServer) JoinQueue(ctx context.Context, req *pb.JoinQueueRequest) (*pb.JoinQueueResponse, error) {
-	return joinQueue(ctx, s.n, req)
+	r, err := joinQueue(ctx, s.n, req)
+	return r, toStatus(err)
 }
 
-// joinQueue is JoinQueue, unary or in a pipeline.
+// joinQueue is JoinQueue, unary or in a pipeline; it returns the engine's
+// error as it is, as holdSeats does.
 func joinQueue(ctx context.Context, n *Node, req *pb.JoinQueueRequest) (*pb.JoinQueueResponse, error) {
 	v, existed, err := n.JoinQueue(ctx, ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId()))
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &pb.JoinQueueResponse{Entry: roomViewToPB(v), Existed: existed}, nil
 }
