@@ -161,7 +161,7 @@ type dbEvent struct {
 func dbEvents(t testing.TB, db *pgxpool.Pool, show string) []dbEvent {
 	t.Helper()
 	rows, _ := db.Query(context.Background(), `SELECT event_id, reservation_id, user_id, kind, node_id, seat_ids, epoch, at
-		FROM reservation_events WHERE show_id = $1 ORDER BY event_id`, show)
+		FROM audit_events WHERE show_id = $1 ORDER BY event_id`, show)
 	evs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (dbEvent, error) {
 		var e dbEvent
 		err := r.Scan(&e.ID, &e.Reservation, &e.User, &e.Kind, &e.Node, &e.Seats, &e.Epoch, &e.At)
@@ -177,7 +177,7 @@ func dbEvents(t testing.TB, db *pgxpool.Pool, show string) []dbEvent {
 func dbLastEventID(t testing.TB, db *pgxpool.Pool, show string) int64 {
 	t.Helper()
 	var id int64
-	if err := db.QueryRow(context.Background(), `SELECT coalesce(max(event_id), 0) FROM reservation_events WHERE show_id = $1`, show).Scan(&id); err != nil {
+	if err := db.QueryRow(context.Background(), `SELECT coalesce(max(event_id), 0) FROM audit_events WHERE show_id = $1`, show).Scan(&id); err != nil {
 		t.Fatalf("last event of %s: %v", show, err)
 	}
 	return id

@@ -513,7 +513,7 @@ func (s *Store) ListEvents(ctx context.Context, f EventFilter) ([]Event, error) 
 	defer cancel()
 	rows, _ := s.pool.Query(ctx, `SELECT event_id, show_id, reservation_id, user_id, kind, seat_ids,
 			coalesce(payment_ref, ''), node_id, epoch, at
-		FROM reservation_events
+		FROM audit_events
 		WHERE ($1 = '' OR show_id = $1) AND ($2 = '' OR reservation_id = $2) AND ($3 = '' OR user_id = $3)
 		  AND ($4 = 0 OR event_id < $4)
 		ORDER BY event_id DESC

@@ -790,6 +790,7 @@ type statements struct {
 	// new holds
 	hShow, hID, hUser, hSeats []string
 	hAt, hExp                 []time.Time
+	hEpoch                    []int64
 	// seat claims of new holds
 	claims seatRows
 	// confirms
@@ -879,6 +880,7 @@ func (st *statements) addReservation(m *Mutation) {
 		st.hSeats = append(st.hSeats, seats)
 		st.hAt = append(st.hAt, m.At)
 		st.hExp = append(st.hExp, m.ExpiresAt)
+		st.hEpoch = append(st.hEpoch, m.Epoch)
 		st.claims.add(m)
 		st.holders.add(m)
 	case Confirm:
@@ -893,14 +895,17 @@ func (st *statements) addReservation(m *Mutation) {
 		st.eAt = append(st.eAt, m.At)
 		st.freed.add(m)
 	}
-	st.vShow = append(st.vShow, m.ShowID)
-	st.vID = append(st.vID, m.ReservationID)
-	st.vUser = append(st.vUser, m.UserID)
-	st.vKind = append(st.vKind, m.Kind.String())
-	st.vSeats = append(st.vSeats, seats)
-	st.vRef = append(st.vRef, m.PaymentRef)
-	st.vEpoch = append(st.vEpoch, m.Epoch)
-	st.vAt = append(st.vAt, m.At)
+	// A hold's HELD event is its reservations row (see the insert).
+	if m.Kind != Hold {
+		st.vShow = append(st.vShow, m.ShowID)
+		st.vID = append(st.vID, m.ReservationID)
+		st.vUser = append(st.vUser, m.UserID)
+		st.vKind = append(st.vKind, m.Kind.String())
+		st.vSeats = append(st.vSeats, seats)
+		st.vRef = append(st.vRef, m.PaymentRef)
+		st.vEpoch = append(st.vEpoch, m.Epoch)
+		st.vAt = append(st.vAt, m.At)
+	}
 	if m.IdempotencyKey != "" {
 		st.iShow = append(st.iShow, m.ShowID)
 		st.iKey = append(st.iKey, m.IdempotencyKey)
@@ -935,11 +940,17 @@ func (st *statements) queue(b *pgx.Batch) []rowCheck {
 		checks = append(checks, rowCheck{-1, "free seats"})
 	}
 	if len(st.hID) > 0 {
-		b.Queue(`INSERT INTO reservations (show_id, reservation_id, user_id, status, seat_ids, created_at, expires_at)
-			SELECT show_id, id, user_id, 'HELD', string_to_array(seats, ','), at, exp
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[])
-				AS u(show_id, id, user_id, seats, at, exp)`,
-			st.hShow, st.hID, st.hUser, st.hSeats, st.hAt, st.hExp)
+		// Each row is its hold's HELD event too (migration 008): its event
+		// ID comes from the events' sequence, drawn before the statement
+		// of the transaction's other events, so a transaction's HELD
+		// events come first in the audit log.
+		b.Queue(`INSERT INTO reservations (show_id, reservation_id, user_id, status, seat_ids, created_at, expires_at,
+				held_event_id, held_node, held_epoch)
+			SELECT show_id, id, user_id, 'HELD', string_to_array(seats, ','), at, exp,
+				nextval('reservation_events_event_id_seq'), $8, epoch
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::bigint[])
+				AS u(show_id, id, user_id, seats, at, exp, epoch)`,
+			st.hShow, st.hID, st.hUser, st.hSeats, st.hAt, st.hExp, st.hEpoch, st.node)
 		checks = append(checks, rowCheck{int64(len(st.hID)), "insert holds"})
 		b.Queue(`INSERT INTO seat_claims (show_id, seat_id, reservation_id)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::text[])`, st.claims.show, st.claims.seat, st.claims.id)

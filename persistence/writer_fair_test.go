@@ -16,7 +16,8 @@ import (
 )
 
 // writerTx is one writer transaction as the rows it inserted tell it: the
-// audit events with its xmin.
+// audit events with its xmin. A HELD event is its reservation's row, which
+// a confirm rewrites (a new xmin): its transaction is its seat claim's.
 type writerTx struct {
 	xid    int64
 	events []string // "<show> <reservation> <kind>", in event order
@@ -29,12 +30,17 @@ type writerTx struct {
 // ownership rows).
 func writerTxs(t *testing.T, s *persistence.Store) []writerTx {
 	t.Helper()
-	rows, _ := s.Pool().Query(context.Background(), `SELECT xmin::text::bigint, show_id, reservation_id, kind
-		FROM reservation_events ORDER BY event_id`)
+	rows, _ := s.Pool().Query(context.Background(), `SELECT xmin::text::bigint, show_id, reservation_id, kind, event_id
+		FROM reservation_events
+		UNION ALL
+		SELECT DISTINCT ON (r.reservation_id) c.xmin::text::bigint, r.show_id, r.reservation_id, 'HELD', r.held_event_id
+		FROM reservations r JOIN seat_claims c ON c.show_id = r.show_id AND c.reservation_id = r.reservation_id
+		WHERE r.held_event_id IS NOT NULL
+		ORDER BY event_id`)
 	byXid := map[int64]*writerTx{}
-	var xid int64
+	var xid, eventID int64
 	var show, id, kind string
-	if _, err := pgx.ForEachRow(rows, []any{&xid, &show, &id, &kind}, func() error {
+	if _, err := pgx.ForEachRow(rows, []any{&xid, &show, &id, &kind, &eventID}, func() error {
 		tx := byXid[xid]
 		if tx == nil {
 			tx = &writerTx{xid: xid, shows: map[string]int{}}
