@@ -165,9 +165,9 @@ func (n *Node) tryHoldLocked(sh *show, req HoldRequest, fp *string) holdStep {
 
 	// Most holds of a sale are refused: decide first, and take the hold
 	// (a hold ID from crypto/rand, the write queued) only when it will be
-	// granted, in a function of its own, so that a refusal runs on a small
-	// stack frame (tryHoldLocked runs first on the fresh goroutine of a
-	// pipeline call that waited).
+	// granted, in a function of its own, which keeps this one's stack frame
+	// smaller (it runs first on the fresh goroutine of a pipeline call that
+	// waited).
 	if err := sh.rules.CheckHold("", req.User, req.Seats); err != nil {
 		n.metrics.holds(err)
 		if errors.Is(err, ar.ErrSeatTaken) && soldOutLocked(sh.rules, req.Seats) {
