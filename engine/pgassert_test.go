@@ -352,7 +352,7 @@ func pollUntil(t testing.TB, timeout time.Duration, what string, cond func() boo
 }
 
 // lockOwnerRow locks show's ownership row in a transaction of its own, so
-// the node's writer, which reads the row FOR SHARE, waits with its batch in
+// the node's writer, which locks the row FOR KEY SHARE, waits with its batch in
 // flight until the test commits or rolls back the returned transaction
 // (rolled back at cleanup).
 func lockOwnerRow(t testing.TB, db *pgxpool.Pool, show string) pgx.Tx {

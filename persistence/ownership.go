@@ -13,13 +13,19 @@ import (
 // the lease's end, by the database's clock (migrations/005_leases.sql).
 //
 // What is guaranteed, and by what:
-//   - Fencing. AcquireShow raises the epoch, and every transaction of the
-//     writer locks the rows of its shows FOR SHARE and commits only the
-//     mutations carrying the current epoch. A take waits for the writer
-//     transactions that hold the lock, and a writer transaction that locks
-//     the row after the take reads the new epoch. So once AcquireShow has returned
-//     epoch e, no write carrying an older epoch commits: this holds whatever
-//     the leases, the clocks or the network do.
+//   - Fencing. AcquireShow locks the show's row FOR UPDATE and raises the
+//     epoch, and every transaction of the writer locks the rows of its
+//     shows FOR KEY SHARE and commits only the mutations carrying the
+//     current epoch. A take waits for the writer transactions that hold
+//     the lock, and a writer transaction that locks the row after the take
+//     reads the new epoch. So once AcquireShow has returned epoch e, no
+//     write carrying an older epoch commits: this holds whatever the
+//     leases, the clocks or the network do. Renewals and releases change
+//     neither the epoch nor a key: they lock the rows FOR NO KEY UPDATE,
+//     which the writer's lock does not conflict with, so neither waits for
+//     the other (a renewal of many shows would otherwise hold the rows it
+//     locked first while it waited for a busy show's transaction, and stall
+//     the writes of those shows meanwhile).
 //   - Leases. A show moves to another node only when its lease has run out
 //     or it was released. A lease is not what makes writes safe — the epoch
 //     is — it keeps a show from moving back and forth between nodes that
@@ -60,10 +66,16 @@ type OwnerInfo struct {
 // caller that schedules renewals.
 func (s *Store) LeaseDuration() time.Duration { return s.cfg.LeaseDuration }
 
-// takeSQL is AcquireShow's statement. ON CONFLICT DO UPDATE locks the
-// existing row before it evaluates the WHERE on its newest version, so two
-// takes of the same show are serialized: the second sees the first's fresh
-// lease and returns no row. A first take of a show with no row inserts at
+// lockSQL locks a show's ownership row, if it has one, against the writer's
+// transactions (FOR KEY SHARE), which an epoch raised by ON CONFLICT DO
+// UPDATE alone would not wait for: it changes no key.
+const lockSQL = `SELECT 1 FROM show_owners WHERE show_id = $1 FOR UPDATE`
+
+// takeSQL is AcquireShow's statement, after lockSQL in the same
+// transaction. ON CONFLICT DO UPDATE locks the existing row before it
+// evaluates the WHERE on its newest version, so two takes of the same show
+// are serialized: the second sees the first's fresh lease and returns no
+// row. A first take of a show with no row inserts at
 // epoch 1; a concurrent first take waits for that insert and then meets its
 // lease the same way. No row is returned either when the show does not
 // exist. EXCLUDED.lease_until is not reused in the update: it was computed
@@ -94,7 +106,12 @@ func (s *Store) AcquireShow(ctx context.Context, showID string) (int64, error) {
 	defer cancel()
 	for attempt := 1; ; attempt++ {
 		var epoch int64
-		err := s.pool.QueryRow(ctx, takeSQL, showID, s.cfg.NodeID, s.cfg.LeaseDuration).Scan(&epoch)
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, lockSQL, showID); err != nil {
+				return err
+			}
+			return tx.QueryRow(ctx, takeSQL, showID, s.cfg.NodeID, s.cfg.LeaseDuration).Scan(&epoch)
+		})
 		if err == nil {
 			return epoch, nil
 		}

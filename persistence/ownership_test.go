@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/boxoffice/boxoffice/persistence"
 )
 
@@ -562,5 +564,88 @@ func TestListOwnerships(t *testing.T) {
 				t.Fatalf("got %v, want %v", got, c.want)
 			}
 		})
+	}
+}
+
+// TestLeaseRenewalBesideWrites: a renewal does not wait for a writer's
+// transaction in flight, while a take still waits for it (the fence). A
+// renewal that waited would hold the rows it locked first — every show
+// before the busy one — until that transaction ended, and stall their
+// writes meanwhile.
+func TestLeaseRenewalBesideWrites(t *testing.T) {
+	ctx := context.Background()
+	url := newDB(t)
+	s := openStore(t, url, func(c *persistence.Config) {
+		c.NodeID, c.LeaseDuration, c.MaxConns = "node-1", time.Hour, 4
+		c.CommitTimeout = 2 * time.Minute // b's transaction waits for the test
+	})
+	a := persistence.Ownership{ShowID: "a", Epoch: ownShow(t, s, "a")}
+	b := persistence.Ownership{ShowID: "b", Epoch: ownShow(t, s, "b")}
+
+	// A transaction of the test claims seat A-1 of b without committing,
+	// so the writer's transaction of a hold of that seat, past its fence,
+	// waits for it in the claim's insert.
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(ctx) })
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback(ctx) }) //nolint:errcheck // a no-op once rolled back
+	if _, err := tx.Exec(ctx, `INSERT INTO seat_claims (show_id, seat_id, reservation_id) VALUES ('b', 'A-1', 'b:test')`); err != nil {
+		t.Fatal(err)
+	}
+	hold, err := s.Enqueue(holdM(b.Epoch, "b", "b:h1", "u1", t0, "A-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { watch.Close(ctx) })
+	waiting := func(table string) func() bool {
+		return func() bool {
+			return count(t, watch, `SELECT count(*) FROM pg_stat_activity
+				WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%'||$1||'%'`, table) > 0
+		}
+	}
+	waitFor(t, 30*time.Second, "the writer's transaction to wait for the test's claim", waiting("seat_claims"))
+
+	within(t, 10*time.Second, "a renewal of a and b beside b's transaction in flight", func() {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if lost, err := s.RenewLeases(rctx, []persistence.Ownership{a, b}); err != nil || len(lost) != 0 {
+			t.Errorf("renewal: lost %v, err %v; want both renewed", lost, err)
+		}
+	})
+
+	// A take of b (a reload by the same node raises the epoch) waits for
+	// b's transaction, which commits at the epoch it carries.
+	took := make(chan int64, 1)
+	go func() {
+		e, err := s.AcquireShow(ctx, "b")
+		if err != nil {
+			t.Errorf("take of b: %v", err)
+		}
+		took <- e
+	}()
+	waitFor(t, 30*time.Second, "the take to wait for b's transaction", waiting("show_owners"))
+	select {
+	case e := <-took:
+		t.Fatalf("the take of b returned epoch %d while a write of b at epoch %d was in flight", e, b.Epoch)
+	default:
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := hold.Wait(); err != nil {
+		t.Fatalf("b's hold: %v, want it committed before the take", err)
+	}
+	if e := <-took; e != b.Epoch+1 {
+		t.Fatalf("take of b: epoch %d, want %d", e, b.Epoch+1)
 	}
 }

@@ -563,18 +563,19 @@ func (w *writer) commitTx(ctx context.Context, db *pgxpool.Pool, batch []*Pendin
 	return writeError(f, err)
 }
 
-// fenceSQL locks the ownership rows of a transaction's shows (FOR SHARE,
-// in show order, as lease renewals and releases lock them, so that neither
-// can deadlock with a batch), so that a takeover, which updates them, waits
-// for the transaction, and reads their epochs.
-const fenceSQL = `SELECT show_id, epoch FROM show_owners WHERE show_id = ANY($1) ORDER BY show_id FOR SHARE`
+// fenceSQL locks the ownership rows of a transaction's shows (FOR KEY
+// SHARE, in show order), so that a takeover, which locks them FOR UPDATE,
+// waits for the transaction, and reads their epochs. Lease renewals and
+// releases, which lock them FOR NO KEY UPDATE, neither wait for it nor
+// make it wait (see ownership.go).
+const fenceSQL = `SELECT show_id, epoch FROM show_owners WHERE show_id = ANY($1) ORDER BY show_id FOR KEY SHARE`
 
 // fenceOneSQL is fenceSQL for a transaction of one show, the most common:
 // an equality on the primary key, whose plan PostgreSQL keeps as a
 // prepared statement (pgx's default), where fenceSQL's array makes it plan
 // the query again on every execution (~47 µs of the server's time, a tenth
 // of a transaction of 6 holds).
-const fenceOneSQL = `SELECT show_id, epoch FROM show_owners WHERE show_id = $1 FOR SHARE`
+const fenceOneSQL = `SELECT show_id, epoch FROM show_owners WHERE show_id = $1 FOR KEY SHARE`
 
 // queueFence queues the fencing query of shows in b.
 func queueFence(b *pgx.Batch, shows []string) {
