@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
 	"github.com/boxoffice/boxoffice/persistence"
@@ -24,20 +25,11 @@ type ConfirmRequest struct {
 // durable; if the write's outcome is unknown, the hold stays held in memory
 // and the show is reloaded before its next change.
 func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation, error) {
-	if err := validateUser(req.User); err != nil {
-		return ar.Reservation{}, err
-	}
-	if err := validateKey(req.IdempotencyKey); err != nil {
-		return ar.Reservation{}, err
-	}
-	if req.PaymentRef == "" || len(req.PaymentRef) > 200 || unstorable(req.PaymentRef) {
-		return ar.Reservation{}, fmt.Errorf("%w: payment_ref must have 1-200 characters, UTF-8 without NUL", ErrInvalid)
-	}
-	showID, err := showOfHold(req.Hold)
+	showID, err := checkConfirm(req)
 	if err != nil {
 		return ar.Reservation{}, err
 	}
-	fp := fingerprint("confirm", string(req.User), string(req.Hold), req.PaymentRef)
+	fp := confirmFingerprint(req)
 	sh, err := n.lockForChange(ctx, showID)
 	if err != nil {
 		if errors.Is(err, ErrShowNotFound) {
@@ -53,30 +45,74 @@ func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation,
 			}
 			continue
 		}
-		if req.IdempotencyKey != "" {
-			if e, ok := sh.idem.Get(req.IdempotencyKey); ok && e.fingerprint != fp {
-				sh.mu.Unlock()
-				return ar.Reservation{}, ErrIdempotencyMismatch
+		st := n.tryConfirmLocked(sh, req, fp)
+		if st.wait != nil {
+			if err := waitUnlocked(ctx, &sh.mu, st.wait); err != nil {
+				return ar.Reservation{}, err
 			}
+			continue
 		}
-		ch, busy := sh.busy[req.Hold]
-		if !busy {
-			break
+		sh.mu.Unlock()
+		switch {
+		case st.queued != nil:
+			c := n.applyConfirm(st.queued)
+			return n.settleConfirm(c)
+		case st.ended:
+			return n.endedHold(ctx, sh, req.Hold, req.User)
 		}
-		if err := waitUnlocked(ctx, &sh.mu, ch); err != nil {
-			return ar.Reservation{}, err
+		return st.r, st.err
+	}
+}
+
+// checkConfirm checks what Confirm checks before it looks at the show, and
+// returns the hold's show.
+func checkConfirm(req ConfirmRequest) (ar.ShowID, error) {
+	if err := validateUser(req.User); err != nil {
+		return "", err
+	}
+	if err := validateKey(req.IdempotencyKey); err != nil {
+		return "", err
+	}
+	if req.PaymentRef == "" || len(req.PaymentRef) > 200 || unstorable(req.PaymentRef) {
+		return "", fmt.Errorf("%w: payment_ref must have 1-200 characters, UTF-8 without NUL", ErrInvalid)
+	}
+	return showOfHold(req.Hold)
+}
+
+// confirmFingerprint identifies a confirm request for idempotency checks.
+func confirmFingerprint(req ConfirmRequest) string {
+	return fingerprint("confirm", string(req.User), string(req.Hold), req.PaymentRef)
+}
+
+// queuedConfirm is a confirm whose write is queued.
+type queuedConfirm struct {
+	sh   *show
+	req  ConfirmRequest
+	now  time.Time
+	p    *persistence.Pending
+	done chan struct{} // closed once the write's outcome is known
+}
+
+// tryConfirmLocked decides req (checked by checkConfirm; fp its
+// fingerprint) on sh, which is locked, neither stale nor dropped, and stays
+// locked.
+func (n *Node) tryConfirmLocked(sh *show, req ConfirmRequest, fp string) changeStep[queuedConfirm] {
+	if req.IdempotencyKey != "" {
+		if e, ok := sh.idem.Get(req.IdempotencyKey); ok && e.fingerprint != fp {
+			return changeStep[queuedConfirm]{err: ErrIdempotencyMismatch}
 		}
+	}
+	if ch, busy := sh.busy[req.Hold]; busy {
+		return changeStep[queuedConfirm]{wait: ch}
 	}
 	now := n.now()
 	r, already, err := sh.rules.CheckConfirm(req.Hold, req.User, req.PaymentRef, now)
 	if errors.Is(err, ar.ErrHoldNotFound) {
-		sh.mu.Unlock()
-		return n.endedHold(ctx, sh, req.Hold, req.User)
+		return changeStep[queuedConfirm]{ended: true}
 	}
 	if err != nil || already {
-		sh.mu.Unlock()
 		n.metrics.confirms(err)
-		return r, err
+		return changeStep[queuedConfirm]{r: r, err: err}
 	}
 	m := persistence.Mutation{
 		Kind:          persistence.Confirm,
@@ -93,57 +129,82 @@ func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation,
 	}
 	p, err := n.store.Enqueue(m)
 	if err != nil {
-		sh.mu.Unlock()
 		n.metrics.confirms(err)
-		return ar.Reservation{}, err
+		return changeStep[queuedConfirm]{err: err}
 	}
-	done := make(chan struct{})
-	sh.busy[req.Hold] = done
+	q := &queuedConfirm{sh: sh, req: req, now: now, p: p, done: make(chan struct{})}
+	sh.busy[req.Hold] = q.done
 	if req.IdempotencyKey != "" {
 		n.rememberLocked(sh, req.IdempotencyKey, idemEntry{fingerprint: fp, hold: req.Hold, at: now})
 	}
-	sh.mu.Unlock()
+	return changeStep[queuedConfirm]{queued: q}
+}
 
-	werr := p.Wait()
+// appliedConfirm is a confirm whose write's outcome is known and applied to
+// memory (applyConfirm), with the writes it queued in turn: the sweep of
+// the waitlist a booking may leave unservable, the end of the user's turn
+// in the waiting room.
+type appliedConfirm struct {
+	sh         *show
+	r          ar.Reservation
+	werr, err  error // the write's outcome; memory's refusal of what committed
+	wait, room *persistence.Pending
+}
+
+// applyConfirm waits for a queued confirm's write and applies its outcome
+// to memory: the booking, and the waitlist's and the room's writes it
+// queues in turn, once it committed; the idempotency record dropped if it
+// did not; the show reloaded (unloaded) if the outcome is unknown or memory
+// may be wrong.
+func (n *Node) applyConfirm(q *queuedConfirm) appliedConfirm {
+	werr := q.p.Wait()
+	sh, req := q.sh, q.req
+	c := appliedConfirm{sh: sh, werr: werr}
 
 	sh.mu.Lock()
 	unload := false
-	var wp, rp *persistence.Pending
 	switch {
 	case werr == nil:
-		if r, err = sh.rules.Confirm(req.Hold, req.User, req.PaymentRef, now); err == nil && sh.wait.rules.Waiting() > 0 {
-			wp, _ = n.waitSoldOutLocked(sh, n.now())
+		if c.r, c.err = sh.rules.Confirm(req.Hold, req.User, req.PaymentRef, q.now); c.err == nil && sh.wait.rules.Waiting() > 0 {
+			c.wait, _ = n.waitSoldOutLocked(sh, n.now())
 		}
-		if err == nil {
-			rp = n.finishShopperLocked(sh, req.User, n.now())
+		if c.err == nil {
+			c.room = n.finishShopperLocked(sh, req.User, n.now())
 		}
 	case !unknownOutcome(werr) && req.IdempotencyKey != "":
 		sh.idem.Delete(req.IdempotencyKey)
 	}
 	if werr != nil {
-		werr, unload = failedLocked(sh, werr)
+		c.werr, unload = failedLocked(sh, werr)
 	}
 	delete(sh.busy, req.Hold)
-	close(done)
+	close(q.done)
 	sh.mu.Unlock()
 	if unload {
-		n.unload(sh, werr.Error())
+		n.unload(sh, c.werr.Error())
 	}
-	if wp != nil {
-		n.settleWait(sh, wp) //nolint:errcheck // the booking stands; a failed sweep reloads the show
+	return c
+}
+
+// settleConfirm waits for the writes an applied confirm queued and answers
+// the confirm. The booking stands whatever they do: a failed one reloads
+// the show.
+func (n *Node) settleConfirm(c appliedConfirm) (ar.Reservation, error) {
+	if c.wait != nil {
+		n.settleWait(c.sh, c.wait) //nolint:errcheck // the booking stands; a failed sweep reloads the show
 	}
-	if rp != nil {
-		n.settleRoom(sh, rp) //nolint:errcheck // the booking stands; a failed write reloads the show
+	if c.room != nil {
+		n.settleRoom(c.sh, c.room) //nolint:errcheck // the booking stands; a failed write reloads the show
 	}
-	n.metrics.confirms(werr)
-	if werr != nil {
-		return ar.Reservation{}, werr
+	n.metrics.confirms(c.werr)
+	if c.werr != nil {
+		return ar.Reservation{}, c.werr
 	}
-	if err != nil {
+	if c.err != nil {
 		// The database has the booking; memory could not follow. Reload.
-		n.drop(sh, "confirm committed but not applicable in memory: "+err.Error())
+		n.drop(c.sh, "confirm committed but not applicable in memory: "+c.err.Error())
 	}
-	return r, nil
+	return c.r, nil
 }
 
 // endedHold answers a confirm or release of a hold that is not live in

@@ -29,14 +29,15 @@ const pipelineMaxResults = 1024
 // already over (DeadlineExceeded) is refused at once: it waits for no call
 // in flight, only, as every answer does, for room among the answers the
 // sender has not taken yet (when the client reads slower than it sends).
-// The other hold calls of one message for one show are decided together,
-// under one acquisition of the show's lock, by the code behind the unary
-// HoldSeats (holdBatch: refusals are answered at once, holds as they
-// commit). Every other call, and a hold that has to wait, runs on a
-// goroutine of its own under the stream's context bounded by its timeout,
-// through holdSeats, confirmHold or releaseHold: the unary RPCs' code, whose
-// error becomes the CallError the unary RPC's status would carry. So every
-// rule, error and idempotency behaviour is theirs. (A hold's
+// The other hold, confirm and release calls of one message for one show
+// are decided together, in order, under one acquisition of the show's
+// lock, by the code behind the unary RPCs (showBatch: refusals are
+// answered at once, changes as they commit). A join, and a call that has
+// to wait, runs on a goroutine of its own under the stream's context
+// bounded by its timeout, through holdSeats, confirmHold, releaseHold or
+// joinQueue: the unary RPCs' code, whose error becomes the CallError the
+// unary RPC's status would carry. So every rule, error and idempotency
+// behaviour is theirs. (A hold's
 // SEATS_TAKEN refusal is sent compact, its taken seats as a bitmask of the
 // call's; CallError.Expanded gives the unary answer.) A call is in
 // flight from when it is taken until the sender takes its answer.
@@ -195,28 +196,29 @@ func (p *pipeline) take(calls []*pb.PipelineCall) {
 		run = append(run, tc)
 	}
 	p.mu.Unlock()
-	// The holds by show, in order: a message has calls for a few shows
-	// (most often one), so a linear search beats a map.
-	type showHolds struct {
-		show string
+	// The holds, confirms and releases by show, in order: a message has
+	// calls for a few shows (most often one), so a linear search beats a
+	// map.
+	type showCalls struct {
+		show ar.ShowID
 		tcs  []takenCall
 	}
-	var holds []showHolds
+	var byShow []showCalls
 	for _, tc := range run {
-		h := tc.call.GetHold()
-		if h == nil {
+		show, ok := callShow(tc.call)
+		if !ok {
 			go p.run(tc)
 			continue
 		}
-		i := slices.IndexFunc(holds, func(g showHolds) bool { return g.show == h.GetShowId() })
+		i := slices.IndexFunc(byShow, func(g showCalls) bool { return g.show == show })
 		if i < 0 {
-			i = len(holds)
-			holds = append(holds, showHolds{show: h.GetShowId()})
+			i = len(byShow)
+			byShow = append(byShow, showCalls{show: show})
 		}
-		holds[i].tcs = append(holds[i].tcs, tc)
+		byShow[i].tcs = append(byShow[i].tcs, tc)
 	}
-	for _, g := range holds {
-		p.holdBatch(ar.ShowID(g.show), g.tcs)
+	for _, g := range byShow {
+		p.showBatch(g.show, g.tcs)
 	}
 	for _, r := range refused {
 		p.n.metrics.rpc(pipelineMethod(r.call), status.Code(r.err).String(), 0)
@@ -304,21 +306,38 @@ func (p *pipeline) run(tc takenCall) {
 	p.answer(answer{res: res, taken: true})
 }
 
-// holdBatch decides the hold calls of one message for one show under one
-// acquisition of the show's lock, through tryHoldLocked as Node.Hold does:
-// refusals (and replays) are answered at once, and the holds taken are
-// answered as their writes commit, in order, by one goroutine. A call that
-// must wait (for a seat whose hold is committing, a turn, a replay in
-// flight, the store), and every call of a show that is not loaded here,
-// stale or dropped, or of a node that drains, runs on its own goroutine
-// through holdSeats instead, as run does.
-func (p *pipeline) holdBatch(show ar.ShowID, tcs []takenCall) {
-	if validateShowID(show) != nil {
-		for _, tc := range tcs {
-			go p.run(tc)
-		}
-		return
+// callShow returns the show of a hold, confirm or release call, which
+// showBatch decides with the other calls of its message for that show; ok
+// is false for a join, or a call whose hold ID names no show (run answers
+// it).
+func callShow(c *pb.PipelineCall) (show ar.ShowID, ok bool) {
+	var err error
+	switch c := c.GetCall().(type) {
+	case *pb.PipelineCall_Hold:
+		show = ar.ShowID(c.Hold.GetShowId())
+		err = validateShowID(show)
+	case *pb.PipelineCall_Confirm:
+		show, err = showOfHold(ar.HoldID(c.Confirm.GetHoldId()))
+	case *pb.PipelineCall_Release:
+		show, err = showOfHold(ar.HoldID(c.Release.GetHoldId()))
+	default:
+		return "", false
 	}
+	return show, err == nil
+}
+
+// showBatch decides the hold, confirm and release calls of one message for
+// one show, in order, under one acquisition of the show's lock, through
+// the steps Node.Hold, Node.Confirm and Node.Release take (tryHoldLocked,
+// tryConfirmLocked, tryReleaseLocked): refusals (and replays) are answered
+// at once, and the changes queued are answered as their writes commit, in
+// order, by one goroutine, so a commit of many of them wakes one goroutine,
+// not one per call. A call that must wait (for a write in flight on its
+// seats or its hold, a turn, a replay or a read of the store), and every
+// call of a show that is not loaded here, stale or dropped, or of a node
+// that drains, runs on its own goroutine through the unary RPC's code
+// instead, as run does.
+func (p *pipeline) showBatch(show ar.ShowID, tcs []takenCall) {
 	sh, ok := p.n.lockLoaded(show)
 	if !ok {
 		for _, tc := range tcs {
@@ -327,21 +346,81 @@ func (p *pipeline) holdBatch(show ar.ShowID, tcs []takenCall) {
 		return
 	}
 	start := time.Now()
-	type queued struct {
-		tc takenCall
-		q  *queuedHold
-	}
 	var (
-		answers []*pb.PipelineResult
+		answers []callResult
 		slow    []takenCall
-		commits []queued
+		commits []queuedCall
 	)
 	for i, tc := range tcs {
 		if sh.dropped || sh.stale { // a failed write in this batch made it so
 			slow = append(slow, tcs[i:]...)
 			break
 		}
-		req := holdRequest(tc.call.GetHold())
+		q, res, wait := p.decideLocked(sh, tc)
+		switch {
+		case wait:
+			slow = append(slow, tc)
+		case res != nil:
+			answers = append(answers, callResult{tc.call, res})
+		default:
+			commits = append(commits, q)
+		}
+	}
+	sh.mu.Unlock()
+	for _, tc := range slow {
+		go p.run(tc)
+	}
+	for _, a := range answers {
+		p.done(a.call, a.res, start)
+	}
+	if len(commits) == 0 {
+		p.n.gate.leave()
+		return
+	}
+	go func() {
+		defer p.n.gate.leave()
+		var settling []queuedCall
+		for _, c := range commits {
+			switch {
+			case c.hold != nil:
+				r, err := p.n.finishHold(c.hold)
+				p.done(c.tc.call, holdResult(c.tc.call, r, err), start)
+			case c.release != nil:
+				r, err := p.n.finishRelease(c.release)
+				p.done(c.tc.call, changeResult(c.tc.call, r, err), start)
+			default:
+				// A booking's waitlist and room writes are queued as it is
+				// applied and waited for after every change of the batch is,
+				// so that the bookings' writes commit together.
+				c.applied = p.n.applyConfirm(c.confirm)
+				settling = append(settling, c)
+			}
+		}
+		for _, c := range settling {
+			r, err := p.n.settleConfirm(c.applied)
+			p.done(c.tc.call, changeResult(c.tc.call, r, err), start)
+		}
+	}()
+}
+
+// queuedCall is a pipeline call whose change showBatch queued: one of hold,
+// confirm and release is set; applied is the confirm's outcome, once known.
+type queuedCall struct {
+	tc      takenCall
+	hold    *queuedHold
+	confirm *queuedConfirm
+	release *queuedRelease
+	applied appliedConfirm
+}
+
+// decideLocked decides tc, a hold, confirm or release of sh (locked,
+// neither stale nor dropped, and left locked): its answer (res), or the
+// change queued (q), or that it must wait and run through the unary code.
+func (p *pipeline) decideLocked(sh *show, tc takenCall) (q queuedCall, res *pb.PipelineResult, wait bool) {
+	q.tc = tc
+	switch c := tc.call.GetCall().(type) {
+	case *pb.PipelineCall_Hold:
+		req := holdRequest(c.Hold)
 		var st holdStep
 		if err := checkHold(req); err != nil {
 			st.err = err
@@ -351,36 +430,56 @@ func (p *pipeline) holdBatch(show ar.ShowID, tcs []takenCall) {
 		}
 		switch {
 		case st.wait != nil || st.stored != "":
-			slow = append(slow, tc)
+			return q, nil, true
 		case st.queued != nil:
-			commits = append(commits, queued{tc, st.queued})
-		default:
-			answers = append(answers, holdResult(tc.call, st.r, st.err))
+			q.hold = st.queued
+			return q, nil, false
 		}
-	}
-	sh.mu.Unlock()
-	for _, tc := range slow {
-		go p.run(tc)
-	}
-	for _, res := range answers {
-		p.n.metrics.rpc("Pipeline.HoldSeats", resultCode(res), time.Since(start))
-		p.answer(answer{res: res, taken: true})
-		p.calls.Done()
-	}
-	if len(commits) == 0 {
-		p.n.gate.leave()
-		return
-	}
-	go func() {
-		defer p.n.gate.leave()
-		for _, c := range commits {
-			r, err := p.n.finishHold(c.q)
-			res := holdResult(c.tc.call, r, err)
-			p.n.metrics.rpc("Pipeline.HoldSeats", resultCode(res), time.Since(start))
-			p.answer(answer{res: res, taken: true})
-			p.calls.Done()
+		return q, holdResult(tc.call, st.r, st.err), false
+	case *pb.PipelineCall_Confirm:
+		req := confirmRequest(c.Confirm)
+		if _, err := checkConfirm(req); err != nil {
+			return q, changeResult(tc.call, ar.Reservation{}, err), false
 		}
-	}()
+		st := p.n.tryConfirmLocked(sh, req, confirmFingerprint(req))
+		switch {
+		case st.wait != nil || st.ended:
+			return q, nil, true
+		case st.queued != nil:
+			q.confirm = st.queued
+			return q, nil, false
+		}
+		return q, changeResult(tc.call, st.r, st.err), false
+	case *pb.PipelineCall_Release:
+		id, user := ar.HoldID(c.Release.GetHoldId()), ar.UserID(c.Release.GetUserId())
+		if _, err := checkRelease(id, user); err != nil {
+			return q, changeResult(tc.call, ar.Reservation{}, err), false
+		}
+		st := p.n.tryReleaseLocked(sh, id, user)
+		switch {
+		case st.wait != nil || st.ended:
+			return q, nil, true
+		case st.queued != nil:
+			q.release = st.queued
+			return q, nil, false
+		}
+		return q, changeResult(tc.call, st.r, st.err), false
+	}
+	return q, nil, true // callShow lets no other call through
+}
+
+// callResult is a call's answer.
+type callResult struct {
+	call *pb.PipelineCall
+	res  *pb.PipelineResult
+}
+
+// done hands res, the answer of call c that showBatch took at start, to
+// the sender.
+func (p *pipeline) done(c *pb.PipelineCall, res *pb.PipelineResult, start time.Time) {
+	p.n.metrics.rpc(pipelineMethod(c), resultCode(res), time.Since(start))
+	p.answer(answer{res: res, taken: true})
+	p.calls.Done()
 }
 
 // holdResult is the answer to hold call c: r, or err's.
@@ -390,6 +489,18 @@ func holdResult(c *pb.PipelineCall, r ar.Reservation, err error) *pb.PipelineRes
 		return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Error{Error: pipelineError(c, err)}}
 	}
 	return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Hold{Hold: holdResponse(r)}}
+}
+
+// changeResult is the answer to confirm or release call c: r, or err's.
+func changeResult(c *pb.PipelineCall, r ar.Reservation, err error) *pb.PipelineResult {
+	id := c.GetCallId()
+	switch {
+	case err != nil:
+		return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Error{Error: pipelineError(c, err)}}
+	case c.GetConfirm() != nil:
+		return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Confirm{Confirm: &pb.ConfirmHoldResponse{Reservation: reservationToPB(r)}}}
+	}
+	return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Release{Release: &pb.ReleaseHoldResponse{Reservation: reservationToPB(r)}}}
 }
 
 // resultCode names the gRPC code of a result, for the RPC metrics.

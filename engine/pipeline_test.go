@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
@@ -748,6 +749,66 @@ func TestPipelineBatchesAnswers(t *testing.T) {
 	if m := slices.Max(msgs); m > 1024 {
 		t.Errorf("a message with %d answers, more than 1024", m)
 	}
+}
+
+// TestPipelineChangesShareAGoroutine: the confirms and releases of one
+// message for one show are decided together and answered, as their writes
+// commit, by one goroutine, as its holds are: a goroutine per call, waiting
+// for the commit, would put hundreds of them on the scheduler's queues at
+// once when a batch commits, ahead of every other show's calls.
+func TestPipelineChangesShareAGoroutine(t *testing.T) {
+	const show, calls = "pipe-changes", 300
+	n, url := newNode(t, tc.Options{})
+	db := openDB(t, url)
+	n.CreateShow(t, show, 10, 40, 0)
+	getSeatMap(t, n, show)
+	p := openPipe(t, n.Reservations)
+	user := func(i int) string { return fmt.Sprintf("cu%d", i) }
+	var holds []*pb.PipelineCall
+	for i := range calls {
+		holds = append(holds, pipeHold(uint64(i+1), show, user(i), "", tc.SeatID(i/40, 1+i%40)))
+	}
+	p.send(holds...)
+	p.waitFor(calls)
+	var changes []*pb.PipelineCall
+	for i := range calls {
+		r := p.one(uint64(i + 1)).GetHold()
+		if r == nil {
+			t.Fatalf("hold %d: %v", i+1, p.one(uint64(i+1)))
+		}
+		id := uint64(calls + i + 1)
+		if i%3 == 0 {
+			changes = append(changes, pipeRelease(id, r.GetHoldId(), user(i)))
+		} else {
+			changes = append(changes, pipeConfirm(id, r.GetHoldId(), user(i), "pay-"+user(i)))
+		}
+	}
+	created := func() uint64 {
+		s := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+		metrics.Read(s)
+		return s[0].Value.Uint64()
+	}
+	before := created()
+	p.send(changes...)
+	p.waitFor(2 * calls)
+	spawned := created() - before
+	for i, c := range changes {
+		r := p.one(c.GetCallId())
+		if (i%3 == 0 && r.GetRelease() == nil) || (i%3 != 0 && r.GetConfirm() == nil) {
+			t.Fatalf("change %d: %v", c.GetCallId(), r)
+		}
+	}
+	t.Logf("%d confirms and releases in one message: %d goroutines started meanwhile (in the whole process)", calls, spawned)
+	if spawned >= calls/4 {
+		t.Errorf("%d goroutines started for %d confirms and releases: about one per call", spawned, calls)
+	}
+	if err := p.end(); err != nil {
+		t.Fatal(err)
+	}
+	if sm := getSeatMap(t, n, show); sm.GetBooked() != calls*2/3 || sm.GetHeld() != 0 {
+		t.Errorf("seat map: %d booked, %d held; want %d booked, none held", sm.GetBooked(), sm.GetHeld(), calls*2/3)
+	}
+	checkDBInvariants(t, db, show)
 }
 
 // TestPipelineEndsAtShutdown: a graceful stop does not wait for an open

@@ -115,16 +115,21 @@ func holdResponse(r ar.Reservation) *pb.HoldSeatsResponse {
 }
 
 func confirmHold(ctx context.Context, n *Node, req *pb.ConfirmHoldRequest) (*pb.ConfirmHoldResponse, error) {
-	r, err := n.Confirm(ctx, ConfirmRequest{
-		Hold:           ar.HoldID(req.GetHoldId()),
-		User:           ar.UserID(req.GetUserId()),
-		PaymentRef:     req.GetPaymentRef(),
-		IdempotencyKey: req.GetIdempotencyKey(),
-	})
+	r, err := n.Confirm(ctx, confirmRequest(req))
 	if err != nil {
 		return nil, err
 	}
 	return &pb.ConfirmHoldResponse{Reservation: reservationToPB(r)}, nil
+}
+
+// confirmRequest is req as Node.Confirm takes it.
+func confirmRequest(req *pb.ConfirmHoldRequest) ConfirmRequest {
+	return ConfirmRequest{
+		Hold:           ar.HoldID(req.GetHoldId()),
+		User:           ar.UserID(req.GetUserId()),
+		PaymentRef:     req.GetPaymentRef(),
+		IdempotencyKey: req.GetIdempotencyKey(),
+	}
 }
 
 func releaseHold(ctx context.Context, n *Node, req *pb.ReleaseHoldRequest) (*pb.ReleaseHoldResponse, error) {
