@@ -396,7 +396,7 @@ func (s *Store) LoadShow(ctx context.Context, showID string) (Snapshot, error) {
 			return err
 		}
 		rows, _ := tx.Query(ctx, `SELECT `+reservationColumns+` FROM reservations
-			WHERE show_id = $1 AND status IN ('HELD', 'BOOKED')
+			WHERE show_id = $1 AND ended_at IS NULL
 			ORDER BY status = 'BOOKED', expires_at, created_at, reservation_id`, showID)
 		snap.Live, err = pgx.CollectRows(rows, scanReservation)
 		if err != nil {

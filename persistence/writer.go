@@ -925,8 +925,9 @@ func (st *statements) queue(b *pgx.Batch) []rowCheck {
 	// its unique index: "r.show_id || '' = u.show_id" still checks the show
 	// but cannot drive an index. Matched on show_id too, a plan made while
 	// the table's statistics are stale (a new or fast-growing table) scans
-	// the partial index reservations_live by show_id — every live
-	// reservation of the show, per row updated.
+	// the partial index reservations_open by show_id — every live
+	// reservation of the show, per row updated. (Their status = 'HELD'
+	// implies no index's predicate: see migration 009.)
 	if len(st.eID) > 0 {
 		b.Queue(`UPDATE reservations r SET status = u.status, ended_at = u.at
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(show_id, id, status, at)

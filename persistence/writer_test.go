@@ -5,11 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"reflect"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/boxoffice/boxoffice/persistence"
 )
@@ -612,5 +616,72 @@ func TestWriterStaleWriteTouchesNothing(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the stale hold waits for the new owner's transaction: its claim was inserted")
+	}
+}
+
+// TestBookingIsHeapOnly: a booking changes no indexed column of its
+// reservation (migration 009), so PostgreSQL updates the row in place of
+// the heap, writing no index entry: the writer's statements for one
+// booking and for a batch of them.
+func TestBookingIsHeapOnly(t *testing.T) {
+	const holds = 12
+	url := newDB(t)
+	ctx := context.Background()
+	s, err := persistence.Open(ctx, persistence.Config{URL: url, NodeID: "node-1", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := ownShow(t, s, "s")
+	var ps []*persistence.Pending
+	for i := range holds {
+		p, err := s.Enqueue(holdM(e, "s", fmt.Sprintf("s:r%d", i), fmt.Sprintf("u%d", i), t0, fmt.Sprintf("B-%d", i+1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	for i, err := range waitAll(ps) {
+		if err != nil {
+			t.Fatalf("hold %d: %v", i, err)
+		}
+	}
+	book := func(i int) persistence.Mutation {
+		m := endM(persistence.Confirm, e, "s", fmt.Sprintf("s:r%d", i), fmt.Sprintf("u%d", i), t0.Add(time.Second), fmt.Sprintf("B-%d", i+1))
+		m.PaymentRef = fmt.Sprintf("pay-%d", i)
+		return m
+	}
+	write(t, s, book(0)) // one booking alone: its own statement
+	ps = ps[:0]
+	for i := 1; i < holds; i++ { // the others in a batch, or a few
+		p, err := s.Enqueue(book(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	for i, err := range waitAll(ps) {
+		if err != nil {
+			t.Fatalf("booking %d: %v", i+1, err)
+		}
+	}
+	// The writer's backends report their counts as they exit (or within
+	// seconds of going idle).
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	db, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	var upd, hot int
+	waitFor(t, 30*time.Second, "the bookings in the table's statistics", func() bool {
+		if err := db.QueryRow(ctx, `SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'reservations'`).Scan(&upd, &hot); err != nil {
+			t.Fatal(err)
+		}
+		return upd >= holds
+	})
+	if upd != holds || hot != holds {
+		t.Fatalf("%d updates of reservations, %d of them heap-only; want %d, all heap-only", upd, hot, holds)
 	}
 }
