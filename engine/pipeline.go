@@ -213,7 +213,11 @@ func (p *pipeline) take(calls []*pb.PipelineCall) {
 		i := slices.IndexFunc(byShow, func(g showCalls) bool { return g.show == show })
 		if i < 0 {
 			i = len(byShow)
-			byShow = append(byShow, showCalls{show: show})
+			g := showCalls{show: show}
+			if i == 0 {
+				g.tcs = make([]takenCall, 0, len(run)) // most messages have one show
+			}
+			byShow = append(byShow, g)
 		}
 		byShow[i].tcs = append(byShow[i].tcs, tc)
 	}
@@ -346,8 +350,10 @@ func (p *pipeline) showBatch(show ar.ShowID, tcs []takenCall) {
 		return
 	}
 	start := time.Now()
+	// Sized for the common case, so they do not grow call by call: most
+	// calls of a sale are refused at once.
+	answers := make([]callResult, 0, len(tcs))
 	var (
-		answers []callResult
 		slow    []takenCall
 		commits []queuedCall
 	)
