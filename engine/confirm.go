@@ -38,30 +38,20 @@ func (n *Node) Confirm(ctx context.Context, req ConfirmRequest) (ar.Reservation,
 		return ar.Reservation{}, err
 	}
 	defer n.gate.leave()
-	for {
-		if sh.dropped || sh.stale {
-			if sh, err = n.relockForChange(ctx, sh); err != nil {
-				return ar.Reservation{}, err
-			}
-			continue
-		}
-		st := n.tryConfirmLocked(sh, req, fp)
-		if st.wait != nil {
-			if err := waitUnlocked(ctx, &sh.mu, st.wait); err != nil {
-				return ar.Reservation{}, err
-			}
-			continue
-		}
-		sh.mu.Unlock()
-		switch {
-		case st.queued != nil:
-			c := n.applyConfirm(st.queued)
-			return n.settleConfirm(c)
-		case st.ended:
-			return n.endedHold(ctx, sh, req.Hold, req.User)
-		}
-		return st.r, st.err
+	var st changeStep[queuedConfirm]
+	sh, err = n.untilDecided(ctx, sh, func(sh *show) <-chan struct{} {
+		st = n.tryConfirmLocked(sh, req, fp)
+		return st.wait
+	})
+	switch {
+	case err != nil:
+		return ar.Reservation{}, err
+	case st.queued != nil:
+		return n.settleConfirm(n.applyConfirm(st.queued))
+	case st.ended:
+		return n.endedHold(ctx, sh, req.Hold, req.User)
 	}
+	return st.r, st.err
 }
 
 // checkConfirm checks what Confirm checks before it looks at the show, and

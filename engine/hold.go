@@ -58,33 +58,50 @@ func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error
 	}
 	defer n.gate.leave()
 	var fp string
+	var st holdStep
 	waited := false
+	sh, err = n.untilDecided(ctx, sh, func(sh *show) <-chan struct{} {
+		st = n.tryHoldLocked(sh, req, &fp)
+		if st.wait != nil && !waited {
+			waited = true
+			n.metrics.holdWaits.Inc()
+		}
+		return st.wait
+	})
+	switch {
+	case err != nil:
+		return ar.Reservation{}, err
+	case st.queued != nil:
+		return n.finishHold(st.queued)
+	case st.stored != "":
+		return n.storedReservation(ctx, sh.id, st.stored)
+	}
+	return st.r, st.err
+}
+
+// untilDecided decides a change on sh, locked by lockForChange, with try,
+// which runs with the show locked and returns a channel to wait for before
+// it tries again (nil once it decided). A stale or dropped show is
+// reloaded first, and try waits with the show unlocked. It returns the
+// show try last ran on, unlocked, or the error that ended the wait or the
+// reload (the show unlocked too).
+func (n *Node) untilDecided(ctx context.Context, sh *show, try func(*show) <-chan struct{}) (*show, error) {
 	for {
 		if sh.dropped || sh.stale {
+			var err error
 			if sh, err = n.relockForChange(ctx, sh); err != nil {
-				return ar.Reservation{}, err
+				return nil, err
 			}
 			continue
 		}
-		st := n.tryHoldLocked(sh, req, &fp)
-		if st.wait != nil {
-			if !waited {
-				waited = true
-				n.metrics.holdWaits.Inc()
-			}
-			if err := waitUnlocked(ctx, &sh.mu, st.wait); err != nil {
-				return ar.Reservation{}, err
-			}
-			continue
+		wait := try(sh)
+		if wait == nil {
+			sh.mu.Unlock()
+			return sh, nil
 		}
-		sh.mu.Unlock()
-		switch {
-		case st.queued != nil:
-			return n.finishHold(st.queued)
-		case st.stored != "":
-			return n.storedReservation(ctx, sh.id, st.stored)
+		if err := waitUnlocked(ctx, &sh.mu, wait); err != nil {
+			return nil, err
 		}
-		return st.r, st.err
 	}
 }
 

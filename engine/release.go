@@ -29,29 +29,20 @@ func (n *Node) Release(ctx context.Context, id ar.HoldID, user ar.UserID) (ar.Re
 		return ar.Reservation{}, err
 	}
 	defer n.gate.leave()
-	for {
-		if sh.dropped || sh.stale {
-			if sh, err = n.relockForChange(ctx, sh); err != nil {
-				return ar.Reservation{}, err
-			}
-			continue
-		}
-		st := n.tryReleaseLocked(sh, id, user)
-		if st.wait != nil {
-			if err := waitUnlocked(ctx, &sh.mu, st.wait); err != nil {
-				return ar.Reservation{}, err
-			}
-			continue
-		}
-		sh.mu.Unlock()
-		switch {
-		case st.queued != nil:
-			return n.finishRelease(st.queued)
-		case st.ended:
-			return n.releasedHold(ctx, sh, id, user)
-		}
-		return ar.Reservation{}, st.err
+	var st changeStep[queuedRelease]
+	sh, err = n.untilDecided(ctx, sh, func(sh *show) <-chan struct{} {
+		st = n.tryReleaseLocked(sh, id, user)
+		return st.wait
+	})
+	switch {
+	case err != nil:
+		return ar.Reservation{}, err
+	case st.queued != nil:
+		return n.finishRelease(st.queued)
+	case st.ended:
+		return n.releasedHold(ctx, sh, id, user)
 	}
+	return ar.Reservation{}, st.err
 }
 
 // checkRelease checks what Release checks before it looks at the show, and
