@@ -272,15 +272,21 @@ func (s *Show) checkHold(id HoldID, user UserID, seats []SeatID) ([]int32, error
 		return nil, fmt.Errorf("%w: %s", ErrUnknownSeat, seats[unknown])
 	}
 	var taken []SeatID
+	take := func(k int) {
+		if taken == nil { // one allocation, however many are taken
+			taken = make([]SeatID, 0, len(idx)-k)
+		}
+		taken = append(taken, seats[k])
+	}
 	for k, i := range idx {
 		switch SeatStatus(s.status[i]) {
 		case SeatAvailable:
 		case SeatOffered:
 			if to := s.offeredTo[i]; to == "" || to != user {
-				taken = append(taken, seats[k])
+				take(k)
 			}
 		default:
-			taken = append(taken, seats[k])
+			take(k)
 		}
 	}
 	if taken != nil {

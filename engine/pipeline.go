@@ -492,9 +492,22 @@ func (p *pipeline) done(c *pb.PipelineCall, res *pb.PipelineResult, start time.T
 func holdResult(c *pb.PipelineCall, r ar.Reservation, err error) *pb.PipelineResult {
 	id := c.GetCallId()
 	if err != nil {
-		return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Error{Error: pipelineError(c, err)}}
+		return errorAnswer(id, pipelineError(c, err))
 	}
 	return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Hold{Hold: holdResponse(r)}}
+}
+
+// errorAnswer is the answer e to call id. The result and its oneof case
+// are allocated together, as one object: a refusal is the answer to most
+// holds of a sale.
+func errorAnswer(id uint64, e *pb.CallError) *pb.PipelineResult {
+	a := &struct {
+		res   pb.PipelineResult
+		oneof pb.PipelineResult_Error
+	}{}
+	a.oneof.Error = e
+	a.res.CallId, a.res.Result = id, &a.oneof
+	return &a.res
 }
 
 // changeResult is the answer to confirm or release call c: r, or err's.
@@ -502,7 +515,7 @@ func changeResult(c *pb.PipelineCall, r ar.Reservation, err error) *pb.PipelineR
 	id := c.GetCallId()
 	switch {
 	case err != nil:
-		return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Error{Error: pipelineError(c, err)}}
+		return errorAnswer(id, pipelineError(c, err))
 	case c.GetConfirm() != nil:
 		return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Confirm{Confirm: &pb.ConfirmHoldResponse{Reservation: reservationToPB(r)}}}
 	}
@@ -596,7 +609,7 @@ func pipelineError(c *pb.PipelineCall, err error) *pb.CallError {
 
 // errorResult is the answer to call id that err (a gRPC status) refused.
 func errorResult(id uint64, err error) *pb.PipelineResult {
-	return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Error{Error: toCallError(err)}}
+	return errorAnswer(id, toCallError(err))
 }
 
 // pipelineMethod names a pipeline call in the RPC metrics:
