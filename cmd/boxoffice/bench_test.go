@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -24,7 +25,8 @@ func TestParseBench(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(c.Targets, []string{"boxoffice"}) || c.Scenario != "flash-sale" || c.ClientGOGC != 400 || c.Conns != 4 {
+	if !slices.Equal(c.Targets, []string{"boxoffice"}) || c.Scenario != "flash-sale" || c.ClientGOGC != 400 || c.Conns != 4 ||
+		c.EngineProcs != defaultEngineProcs(runtime.NumCPU()) {
 		t.Errorf("defaults: %+v", c)
 	}
 	c, err = parseBench(nil, true)
@@ -51,6 +53,7 @@ func TestParseBench(t *testing.T) {
 		{[]string{"--target", "boxoffice,pg-status"}, false, "one --target"},
 		{[]string{"--rounds", "0"}, true, "--rounds 0"},
 		{[]string{"--client-gogc", "0"}, false, "--client-gogc 0"},
+		{[]string{"--engine-procs", "0"}, true, "--engine-procs 0: want ≥ 1"},
 		{[]string{"--addr", "127.0.0.1:7070", "--database-url", ""}, false, "needs --database-url"},
 		{[]string{"--max-seats", "11"}, false, "11"},
 		{[]string{"--confirm", "1.5"}, false, "--confirm 1.5: want a probability from 0"},
@@ -237,15 +240,21 @@ func TestServeArgs(t *testing.T) {
 }
 
 // TestEngineEnv checks that the engine's environment lacks the variables
-// that would conflict with its secret files, and keeps the others.
+// that would conflict with its secret files, keeps the others, and sets
+// GOMAXPROCS to the bench's --engine-procs rather than its own.
 func TestEngineEnv(t *testing.T) {
-	got := engineEnv([]string{"PATH=/bin", "BOXOFFICE_TOKEN=t", "BOXOFFICE_ADMIN_TOKEN=a",
-		"BOXOFFICE_DATABASE_URL=postgres://x", "BOXOFFICE_NODE_ID=n", "BOXOFFICE_TOKEN_X=y"})
-	if want := []string{"PATH=/bin", "BOXOFFICE_NODE_ID=n", "BOXOFFICE_TOKEN_X=y"}; !slices.Equal(got, want) {
+	got := engineEnv([]string{"PATH=/bin", "BOXOFFICE_TOKEN=t", "BOXOFFICE_ADMIN_TOKEN=a", "GOMAXPROCS=8",
+		"BOXOFFICE_DATABASE_URL=postgres://x", "BOXOFFICE_NODE_ID=n", "BOXOFFICE_TOKEN_X=y"}, 1)
+	if want := []string{"PATH=/bin", "BOXOFFICE_NODE_ID=n", "BOXOFFICE_TOKEN_X=y", "GOMAXPROCS=1"}; !slices.Equal(got, want) {
 		t.Errorf("engineEnv = %q, want %q", got, want)
 	}
-	if got := engineEnv([]string{"BOXOFFICE_TOKEN=t"}); got == nil || len(got) != 0 {
-		t.Errorf("engineEnv of only a secret = %#v, want empty and not nil", got)
+	if got, want := engineEnv([]string{"BOXOFFICE_TOKEN=t"}, 3), []string{"GOMAXPROCS=3"}; !slices.Equal(got, want) {
+		t.Errorf("engineEnv of only a secret = %q, want %q", got, want)
+	}
+	for cpus, want := range map[int]int{1: 1, 2: 1, 3: 1, 8: 4} {
+		if got := defaultEngineProcs(cpus); got != want {
+			t.Errorf("defaultEngineProcs(%d) = %d, want %d", cpus, got, want)
+		}
 	}
 }
 
@@ -389,6 +398,10 @@ func TestBenchCompareHoldStorm(t *testing.T) {
 		}
 		if res.CPU["client"] <= 0 {
 			t.Errorf("%s: client CPU %v", dir, res.CPU["client"])
+		}
+		procs, has := res.Config["engine_procs"]
+		if want := float64(defaultEngineProcs(runtime.NumCPU())); isEngine(res.Target) && procs != want || !isEngine(res.Target) && has {
+			t.Errorf("%s: config engine_procs %v (present %v), want %v for the engine's runs only", dir, procs, has, want)
 		}
 	}
 

@@ -11,6 +11,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -406,7 +407,7 @@ func startNode(ctx context.Context, cfg serveConfig, log *slog.Logger) (*node, e
 	if srv.PprofAddr() != "" {
 		log.Info("serving profiles", "pprof", srv.PprofAddr())
 	}
-	log.Info("serving", "node", cfg.NodeID, "grpc", srv.GRPCAddr(), "http", srv.HTTPAddr())
+	log.Info("serving", "node", cfg.NodeID, "grpc", srv.GRPCAddr(), "http", srv.HTTPAddr(), "gomaxprocs", runtime.GOMAXPROCS(0))
 	return &node{store: store, ring: rg, engine: eng, server: srv, log: log}, nil
 }
 
