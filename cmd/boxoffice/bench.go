@@ -476,7 +476,7 @@ func writeSecret(path, value string) error {
 // variable and by file, and the bench gives the child its secrets by file.
 // Its GOMAXPROCS is procs, whatever environ's is.
 func engineEnv(environ []string, procs int) []string {
-	env := []string{}
+	var env []string
 	for _, kv := range environ {
 		switch k, _, _ := strings.Cut(kv, "="); k {
 		case "BOXOFFICE_TOKEN", "BOXOFFICE_ADMIN_TOKEN", "BOXOFFICE_DATABASE_URL", "GOMAXPROCS":
