@@ -176,30 +176,40 @@ func (rs *replicas) close() {
 // follow keeps r up to date until ctx ends: it watches the show on its
 // owner and, when the stream ends, watches again from the version it has
 // (the engine then sends only what changed since, or a snapshot), after a
-// backoff. A show the engine refuses for good (not found, invalid) before
-// the first version ends the replica with that error.
+// backoff: 20 ms after a stream that brought a message, doubling up to 1 s
+// while the streams fail before their first (a node down or refusing), so
+// a thousand replicas of a crashed owner's shows do not call every 20 ms.
+// A show the engine refuses for good (not found, invalid) before the first
+// version ends the replica with that error.
 func (rs *replicas) follow(ctx context.Context, r *replica) {
 	c := rs.c
-	wait := 20 * time.Millisecond
-	first := true
+	const minWait = 20 * time.Millisecond
+	wait := minWait
 	for ctx.Err() == nil {
 		var since uint64
 		if m := r.cur.Load(); m != nil && !r.resync {
 			since = m.Version
 		}
 		r.resync = false
-		err := rs.watch(ctx, r, since)
+		got, err := rs.watch(ctx, r, since)
 		if ctx.Err() != nil {
 			break
+		}
+		if Code(err) == codes.Canceled && c.life.Err() == nil {
+			// The connection closed under the watch (its node left the
+			// ring), not the caller giving up: watch again, on the owner.
+			err = status.Errorf(codes.Unavailable, "client: %v", err)
 		}
 		if r.cur.Load() == nil && !retryable(err) {
 			r.err = err
 			break
 		}
-		if first || r.cur.Load() != nil {
-			wait = 20 * time.Millisecond
+		if got {
+			// The stream worked for a while: the next one starts from
+			// the shortest wait. A stream that fails before its first
+			// message (a node down, refusing) backs off further each time.
+			wait = minWait
 		}
-		first = false
 		c.refreshSoon()
 		select {
 		case <-time.After(wait):
@@ -226,23 +236,23 @@ func (rs *replicas) follow(ctx context.Context, r *replica) {
 }
 
 // watch follows one WatchSeatMap stream, publishing each version, until it
-// ends; it returns why.
-func (rs *replicas) watch(ctx context.Context, r *replica, since uint64) error {
+// ends; it returns why, and whether the stream brought any message.
+func (rs *replicas) watch(ctx context.Context, r *replica, since uint64) (got bool, _ error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := rs.c.owner(r.show).reserve().WatchSeatMap(ctx, &pb.WatchSeatMapRequest{ShowId: r.show, SinceVersion: since})
 	if err != nil {
-		return err
+		return false, err
 	}
-	for {
+	for ; ; got = true {
 		msg, err := stream.Recv()
 		if err != nil {
-			return err
+			return got, err
 		}
 		m, err := apply(r.cur.Load(), msg, time.Now())
 		if err != nil {
 			r.resync = true // watch again from nothing: a snapshot comes first
-			return status.Error(codes.Unavailable, err.Error())
+			return got, status.Error(codes.Unavailable, err.Error())
 		}
 		r.cur.Store(m)
 		select {

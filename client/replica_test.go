@@ -1,0 +1,66 @@
+package client_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/boxoffice/boxoffice/client"
+	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
+	tc "github.com/boxoffice/boxoffice/internal/testcluster"
+)
+
+// watchCounter counts the WatchSeatMap streams a client opens, with the
+// time of each.
+type watchCounter struct {
+	mu    sync.Mutex
+	times []time.Time
+}
+
+func (w *watchCounter) intercept(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+	streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if strings.HasSuffix(method, "/WatchSeatMap") {
+		w.mu.Lock()
+		w.times = append(w.times, time.Now())
+		w.mu.Unlock()
+	}
+	return streamer(ctx, desc, cc, method, opts...)
+}
+
+func (w *watchCounter) since(i int) []time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]time.Time(nil), w.times[min(i, len(w.times)):]...)
+}
+
+// TestReplicaBacksOffWhileOwnerDown: once its node is gone, a replica that
+// had a seat map watches again with a backoff that grows while every
+// stream fails before its first message (20 ms, doubling to 1 s), not
+// every 20 ms: a thousand replicas of a crashed owner's shows would
+// otherwise call 50,000 times a second.
+func TestReplicaBacksOffWhileOwnerDown(t *testing.T) {
+	url := pgclustertest.Shared(t)
+	tc.Migrate(t, url)
+	n := tc.StartNode(t, url, tc.Options{NodeID: "solo"})
+	n.CreateShow(t, "cl-backoff", 1, 4, time.Minute)
+	var w watchCounter
+	c := newClient(t, client.Config{Addrs: []string{n.Server.GRPCAddr()},
+		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(w.intercept)}})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := c.SeatMap(ctx, "cl-backoff"); err != nil {
+		t.Fatalf("SeatMap: %v", err)
+	}
+	n.Stop()
+	start := len(w.since(0))
+	const tries = 6 // 20+40+80+160+320 ms between them, at least: 620 ms
+	pollUntil(t, 20*time.Second, "the replica to watch again 6 times", func() bool { return len(w.since(start)) >= tries })
+	times := w.since(start)[:tries]
+	if took := times[tries-1].Sub(times[0]); took < 600*time.Millisecond {
+		t.Fatalf("%d watches of a stopped node within %s, want the waits between them doubling from 20 ms (at least 620 ms)", tries, took)
+	}
+}
