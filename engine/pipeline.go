@@ -334,9 +334,9 @@ func callShow(c *pb.PipelineCall) (show ar.ShowID, ok bool) {
 // one show, in order, under one acquisition of the show's lock, through
 // the steps Node.Hold, Node.Confirm and Node.Release take (tryHoldLocked,
 // tryConfirmLocked, tryReleaseLocked): refusals (and replays) are answered
-// at once, and the changes queued are answered as their writes commit, in
-// order, by one goroutine, so a commit of many of them wakes one goroutine,
-// not one per call. A call that must wait (for a write in flight on its
+// at once, and the changes queued are settled by one goroutine (settle),
+// so a commit of many of them wakes one goroutine, not one per call: it
+// applies their outcomes as their writes commit, then answers them. A call that must wait (for a write in flight on its
 // seats or its hold, a turn, a replay or a read of the store), and every
 // call of a show that is not loaded here, stale or dropped, or of a node
 // that drains, runs on its own goroutine through the unary RPC's code
@@ -376,37 +376,50 @@ func (p *pipeline) showBatch(show ar.ShowID, tcs []takenCall) {
 	for _, tc := range slow {
 		go p.run(tc)
 	}
+	if len(commits) == 0 {
+		p.n.gate.leave()
+	} else {
+		go p.settle(commits, start)
+	}
 	for _, a := range answers {
 		p.done(a.call, a.res, start)
 	}
-	if len(commits) == 0 {
-		p.n.gate.leave()
-		return
+}
+
+// settle waits for the writes of commits, which showBatch queued at start,
+// brings memory up to date with each outcome, in order, and only then
+// answers them: handing an answer to the sender may wait (for a client
+// that reads slower than it sends), and memory must not wait for the
+// client — until a write's outcome is applied, the seats it took keep
+// other users' holds waiting, and the node's drain waits for it.
+func (p *pipeline) settle(commits []queuedCall, start time.Time) {
+	results := make([]callResult, len(commits))
+	var settling []int
+	for i, c := range commits {
+		switch {
+		case c.hold != nil:
+			r, err := p.n.finishHold(c.hold)
+			results[i] = callResult{c.tc.call, holdResult(c.tc.call, r, err)}
+		case c.release != nil:
+			r, err := p.n.finishRelease(c.release)
+			results[i] = callResult{c.tc.call, changeResult(c.tc.call, r, err)}
+		default:
+			// A booking's waitlist and room writes are queued as it is
+			// applied and waited for after every change of the batch is,
+			// so that the bookings' writes commit together.
+			commits[i].applied = p.n.applyConfirm(c.confirm)
+			settling = append(settling, i)
+		}
 	}
-	go func() {
-		defer p.n.gate.leave()
-		var settling []queuedCall
-		for _, c := range commits {
-			switch {
-			case c.hold != nil:
-				r, err := p.n.finishHold(c.hold)
-				p.done(c.tc.call, holdResult(c.tc.call, r, err), start)
-			case c.release != nil:
-				r, err := p.n.finishRelease(c.release)
-				p.done(c.tc.call, changeResult(c.tc.call, r, err), start)
-			default:
-				// A booking's waitlist and room writes are queued as it is
-				// applied and waited for after every change of the batch is,
-				// so that the bookings' writes commit together.
-				c.applied = p.n.applyConfirm(c.confirm)
-				settling = append(settling, c)
-			}
-		}
-		for _, c := range settling {
-			r, err := p.n.settleConfirm(c.applied)
-			p.done(c.tc.call, changeResult(c.tc.call, r, err), start)
-		}
-	}()
+	for _, i := range settling {
+		c := commits[i]
+		r, err := p.n.settleConfirm(c.applied)
+		results[i] = callResult{c.tc.call, changeResult(c.tc.call, r, err)}
+	}
+	p.n.gate.leave()
+	for _, a := range results {
+		p.done(a.call, a.res, start)
+	}
 }
 
 // queuedCall is a pipeline call whose change showBatch queued: one of hold,

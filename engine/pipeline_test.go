@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -23,6 +25,7 @@ import (
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 	"github.com/boxoffice/boxoffice/engine"
 	tc "github.com/boxoffice/boxoffice/internal/testcluster"
+	"github.com/boxoffice/boxoffice/internal/wirecodec"
 )
 
 // pipe is a client's Pipeline stream; a goroutine of its own collects the
@@ -904,4 +907,77 @@ func BenchmarkPipelineHolds(b *testing.B) {
 		b.Fatalf("%d holds acknowledged, %d in the database", b.N, rows)
 	}
 	reportWriter(b, n, before)
+}
+
+// TestPipelineSlowReaderDoesNotStallCommits: a client that sends and stops
+// reading its answers fills the stream's flow-control window and the
+// answers waiting for the sender; the changes of its messages still have
+// their outcomes applied as their writes commit. Before, the goroutine
+// settling a message's changes handed each answer over before settling the
+// next, so it waited for the client with the seats of the next hold still
+// marked as committing: another user's hold of them waited too, until its
+// deadline, and the node's drain with it.
+func TestPipelineSlowReaderDoesNotStallCommits(t *testing.T) {
+	const show, bound, bad = "pipe-slowreader", 8, 5000
+	n, url := newNode(t, tc.Options{})
+	db := openDB(t, url)
+	srv := startServer(t, n, engine.ServerConfig{PipelineMaxInFlight: bound})
+	// Fixed 64 KiB windows (no BDP growth): the engine can send that much
+	// of the answers before it waits for the client to read.
+	conn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(wirecodec.Codec{})),
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	n.CreateShow(t, show, 1, 4, 0)
+	getSeatMap(t, n, show)
+
+	plug := lockOwnerRow(t, db, show) // the holds stay in flight meanwhile
+	ctx, cancel := context.WithCancel(tc.Ctx(context.Background()))
+	defer cancel()
+	stream, err := pb.NewReservationServiceClient(conn).Pipeline(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&pb.PipelineRequest{Calls: []*pb.PipelineCall{
+		pipeHold(1, show, "u1", "", "A-1"), pipeHold(2, show, "u2", "", "A-2"),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	// Calls of no kind, refused at once: their answers fill the window
+	// and the sender's queue, and the stream is never read.
+	calls := make([]*pb.PipelineCall, bad)
+	for i := range calls {
+		calls[i] = &pb.PipelineCall{CallId: uint64(i + 3)}
+	}
+	if err := stream.Send(&pb.PipelineRequest{Calls: calls}); err != nil {
+		t.Fatal(err)
+	}
+	refused := func() float64 {
+		v, _ := sample(scrape(t, n), "boxoffice_rpc_requests_total", `method="Pipeline"`, `code="InvalidArgument"`)
+		return v
+	}
+	// The answers stop going out once the window is full: at most a
+	// message of answers (1,024) beyond it, plus the queue's room (bound).
+	last, since := -1.0, time.Now()
+	pollUntil(t, 20*time.Second, "the refusals' answers to stop for the unread stream", func() bool {
+		if v := refused(); v != last {
+			last, since = v, time.Now()
+		}
+		return last > 0 && last < bad && time.Since(since) >= 200*time.Millisecond
+	})
+	if err := plug.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Both holds committed: another user's hold of their seats is refused
+	// at once, not kept waiting for the hold's outcome.
+	for _, seat := range []string{"A-1", "A-2"} {
+		hctx, hcancel := context.WithTimeout(tc.Ctx(context.Background()), 5*time.Second)
+		_, err := n.Reservations.HoldSeats(hctx, &pb.HoldSeatsRequest{ShowId: show, UserId: "u3", SeatIds: []string{seat}})
+		hcancel()
+		wantAPIError(t, "a hold of "+seat+", held by the unread stream", err, codes.AlreadyExists, "SEATS_TAKEN")
+	}
+	checkDBInvariants(t, db, show)
 }
