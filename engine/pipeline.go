@@ -20,6 +20,14 @@ import (
 // pipelineMaxResults is the most results one PipelineResponse carries.
 const pipelineMaxResults = 1024
 
+// PipelineMaxCalls is the most calls one PipelineRequest may carry (package
+// client sends at most 1,024): a message with more ends the stream
+// InvalidArgument, after the calls taken before it are answered. Each call
+// refused costs a status of its own until it is sent, so without the bound
+// one message of millions of empty calls (a few bytes each) would cost the
+// node a gigabyte.
+const PipelineMaxCalls = 16384
+
 // Pipeline serves batches of hold, confirm and release calls on one stream.
 //
 // The receive loop reads the request messages and takes their calls. A call
@@ -54,6 +62,9 @@ const pipelineMaxResults = 1024
 // The stream ends:
 //   - when the client closes its side: every call taken is answered, then
 //     the stream ends OK;
+//   - when a message carries more than PipelineMaxCalls calls: its calls
+//     are not taken, every call taken before is answered, and the stream
+//     ends InvalidArgument;
 //   - when the client goes away (the stream's context ends): the calls in
 //     flight run to their outcome, as unary calls whose client went away do
 //     (committed or not: a retry with the idempotency key tells), and their
@@ -158,6 +169,9 @@ func (p *pipeline) receive() error {
 			return err
 		}
 		p.n.metrics.pipeRecv.Inc()
+		if k := len(req.GetCalls()); k > PipelineMaxCalls {
+			return toStatus(fmt.Errorf("%w: a pipeline message of %d calls; at most %d", ErrInvalid, k, PipelineMaxCalls))
+		}
 		p.take(req.GetCalls())
 	}
 }

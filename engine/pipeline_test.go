@@ -981,3 +981,34 @@ func TestPipelineSlowReaderDoesNotStallCommits(t *testing.T) {
 	}
 	checkDBInvariants(t, db, show)
 }
+
+// TestPipelineBoundsCallsPerMessage: a message of more than
+// PipelineMaxCalls calls ends the stream InvalidArgument, none of its calls
+// taken, after the call in flight before it is answered.
+func TestPipelineBoundsCallsPerMessage(t *testing.T) {
+	const show = "pipe-maxcalls"
+	n, url := newNode(t, tc.Options{})
+	db := openDB(t, url)
+	n.CreateShow(t, show, 1, 4, 0)
+	getSeatMap(t, n, show)
+	plug := lockOwnerRow(t, db, show) // the first hold stays in flight
+	p := openPipe(t, n.Reservations)
+	p.send(pipeHold(1, show, "u1", "", "A-1"))
+	calls := make([]*pb.PipelineCall, engine.PipelineMaxCalls+1)
+	for i := range calls {
+		calls[i] = pipeHold(uint64(i+2), show, "u2", "", "A-2")
+	}
+	p.send(calls...)
+	if err := plug.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	err := p.wait()
+	wantAPIError(t, "a Pipeline message over the bound", err, codes.InvalidArgument, "INVALID_ARGUMENT")
+	if r := p.one(1); r.GetHold() == nil {
+		t.Errorf("the hold in flight before the message: %v", r)
+	}
+	if got := p.count(); got != 1 {
+		t.Errorf("%d answers, want 1: the big message's calls are not taken", got)
+	}
+	checkDBInvariants(t, db, show)
+}

@@ -64,7 +64,9 @@ type ReservationServiceClient interface {
 	// commits (refusals at once), in any order, several answers per message.
 	// Every rule, error and idempotency behaviour is that of the unary RPCs.
 	// Beyond the stream's bound on calls in flight, a call is answered
-	// OVERLOADED at once.
+	// OVERLOADED at once. A message carries at most 16,384 calls: one with
+	// more ends the stream InvalidArgument, once the calls taken before it
+	// are answered.
 	Pipeline(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PipelineRequest, PipelineResponse], error)
 	// GetRing answers which node owns which show, as the node called sees it,
 	// for clients that send each call to its show's owner (Pipeline calls are
@@ -220,7 +222,9 @@ type ReservationServiceServer interface {
 	// commits (refusals at once), in any order, several answers per message.
 	// Every rule, error and idempotency behaviour is that of the unary RPCs.
 	// Beyond the stream's bound on calls in flight, a call is answered
-	// OVERLOADED at once.
+	// OVERLOADED at once. A message carries at most 16,384 calls: one with
+	// more ends the stream InvalidArgument, once the calls taken before it
+	// are answered.
 	Pipeline(grpc.BidiStreamingServer[PipelineRequest, PipelineResponse]) error
 	// GetRing answers which node owns which show, as the node called sees it,
 	// for clients that send each call to its show's owner (Pipeline calls are
