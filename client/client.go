@@ -504,7 +504,11 @@ func (c *Client) pipelined(ctx context.Context, showID string, call *pb.Pipeline
 	err := c.retry(ctx, showID, func(ctx context.Context, n *node) error {
 		try := call
 		if dl, ok := ctx.Deadline(); ok {
-			try = &pb.PipelineCall{Call: call.Call, Timeout: durationpb.New(time.Until(dl))}
+			left := time.Until(dl)
+			if left <= 0 { // the context's timer has not fired yet
+				return ctxError(context.DeadlineExceeded)
+			}
+			try = &pb.PipelineCall{Call: call.Call, Timeout: durationpb.New(left)}
 		}
 		var err error
 		res, err = n.pipeline(ctx, try)

@@ -19,6 +19,17 @@ import (
 // at most as many answers per message).
 const maxBatch = 1024
 
+// maxCallBytes bounds the encoded size of one call: a bigger one cannot be
+// valid (every ID the engine takes is at most a few hundred bytes) and is
+// refused InvalidArgument here, as the engine would, instead of making a
+// message over the engine's limit that would end the stream for every call
+// on it. maxBatchBytes bounds a message's calls, far below the engine's
+// default limit of 4 MiB.
+const (
+	maxCallBytes  = 64 << 10
+	maxBatchBytes = 1 << 20
+)
+
 // maxStreamCalls bounds the calls queued or in flight on one stream, as the
 // engine bounds them (engine.DefaultPipelineMaxInFlight): beyond it a call
 // is answered OVERLOADED at once. A call whose caller gave up stays in
@@ -74,7 +85,11 @@ func (n *node) pipeline(ctx context.Context, call *pb.PipelineCall) (*pb.Pipelin
 	if n.closed.Load() {
 		return nil, status.Errorf(codes.Unavailable, "client: node %s left the ring", n.addr)
 	}
-	pc := &pcall{call: call, done: make(chan struct{})}
+	size := call.SizeVT()
+	if size > maxCallBytes {
+		return nil, status.Errorf(codes.InvalidArgument, "client: a pipeline call of %d bytes; at most %d", size, maxCallBytes)
+	}
+	pc := &pcall{call: call, size: size, done: make(chan struct{})}
 	if err := n.streams[n.pick(len(n.streams))].submit(pc); err != nil {
 		return nil, err
 	}
@@ -110,6 +125,7 @@ func (n *node) close() error {
 // set.
 type pcall struct {
 	call *pb.PipelineCall
+	size int // call's encoded size
 	done chan struct{}
 	res  *pb.PipelineResult
 	err  error
@@ -185,7 +201,8 @@ func (s *pstream) submit(pc *pcall) error {
 	return nil
 }
 
-// send sends what is queued, as one message per turn, until o ends.
+// send sends what is queued, at most maxBatch calls and about
+// maxBatchBytes per message, one message per turn, until o ends.
 func (s *pstream) send(o *openStream) {
 	ctx := o.cs.Context()
 	for {
@@ -202,9 +219,14 @@ func (s *pstream) send(o *openStream) {
 				return
 			}
 			batch := s.queue
-			if len(batch) > maxBatch {
-				s.queue = append(s.spare[:0], batch[maxBatch:]...)
-				batch = batch[:maxBatch]
+			k, bytes := 0, 0
+			for k < len(batch) && k < maxBatch && (k == 0 || bytes+batch[k].size <= maxBatchBytes) {
+				bytes += batch[k].size
+				k++
+			}
+			if k < len(batch) {
+				s.queue = append(s.spare[:0], batch[k:]...)
+				batch = batch[:k]
 			} else {
 				s.queue = s.spare[:0]
 			}
