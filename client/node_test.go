@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 	"github.com/boxoffice/boxoffice/client"
+	"github.com/boxoffice/boxoffice/engine"
 	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
 	tc "github.com/boxoffice/boxoffice/internal/testcluster"
 )
@@ -74,5 +76,60 @@ func TestClientDeadlinePassed(t *testing.T) {
 	_, err := c.HoldSeats(lateContext{t.Context()}, &pb.HoldSeatsRequest{ShowId: "cl-late", UserId: "u1", SeatIds: []string{"A-1"}})
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("a hold past its deadline: %v, want DeadlineExceeded", err)
+	}
+}
+
+// TestClientCallWaitsNoLongerThanItsContext: a pipeline stream that cannot
+// open (its connection has no free HTTP/2 stream: the node allows one per
+// connection here, and a seat-map replica holds it) leaves each call
+// waiting no longer than its own context, and Close does not wait for it.
+// Before, the call that found the stream closed opened it with the stream's
+// lock held, and it and every later call on the stream waited for the
+// opening, whatever their deadlines.
+func TestClientCallWaitsNoLongerThanItsContext(t *testing.T) {
+	url := pgclustertest.Shared(t)
+	tc.Migrate(t, url)
+	n := tc.StartNode(t, url, tc.Options{NodeID: "solo"})
+	n.CreateShow(t, "cl-nostream", 1, 4, time.Minute)
+	srv, err := engine.NewServer(n.Engine, engine.ServerConfig{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		Token: tc.Token, AdminToken: tc.AdminToken, MaxConcurrentStreams: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx) //nolint:errcheck // the streams the test left open are cut
+	})
+	c, err := client.New(t.Context(), client.Config{Addrs: []string{srv.GRPCAddr()}, Token: tc.Token, ConnsPerNode: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.SeatMap(t.Context(), "cl-nostream"); err != nil { // its WatchSeatMap takes the one stream
+		t.Fatalf("SeatMap: %v", err)
+	}
+	const timeout = 300 * time.Millisecond
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(t.Context(), timeout)
+			defer cancel()
+			start := time.Now()
+			_, err := c.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "cl-nostream", UserId: "u" + strconv.Itoa(i), SeatIds: []string{"A-1"}})
+			if took := time.Since(start); status.Code(err) != codes.DeadlineExceeded || took > timeout+2*time.Second {
+				t.Errorf("hold %d: %v after %s, want DeadlineExceeded after %s", i, err, took, timeout)
+			}
+		})
+	}
+	wg.Wait()
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return with a pipeline stream waiting to open")
 	}
 }
