@@ -24,6 +24,14 @@
 //     Config.CallTimeout. A show behind a waiting room needs the user's
 //     admission token in HoldSeatsRequest.admission_token.
 //
+// A call reads its request until it returns, and must not change while it
+// runs. A pipelined call whose context ends is not sent if it was still
+// queued; one its stream's sender had taken is sent all the same (its
+// request may be read for moments after the call returned, while it is
+// encoded), and the engine decides it. A hold abandoned that way that was
+// granted expires with its time to live; a retry with the same idempotency
+// key answers it.
+//
 // Errors are gRPC statuses, as the unary RPCs answer them: status.FromError
 // gives the code, and the google.rpc.ErrorInfo detail the reason and the
 // metadata (for example the "seats" a SEATS_TAKEN refusal names). Reason

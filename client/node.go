@@ -32,8 +32,9 @@ const (
 
 // maxStreamCalls bounds the calls queued or in flight on one stream, as the
 // engine bounds them (engine.DefaultPipelineMaxInFlight): beyond it a call
-// is answered OVERLOADED at once. A call whose caller gave up stays in
-// flight until its answer comes or the stream ends, so without the bound a
+// is answered OVERLOADED at once. A call whose caller gave up stays queued
+// until the sender takes it (and drops it), or in flight until its answer
+// comes or the stream ends, so without the bound a
 // node that stops answering (a black hole, until keepalive ends the
 // connection) would make them pile up.
 const maxStreamCalls = 4096
@@ -96,6 +97,7 @@ func (n *node) pipeline(ctx context.Context, call *pb.PipelineCall) (*pb.Pipelin
 	select {
 	case <-pc.done:
 	case <-ctx.Done():
+		pc.abandoned.Store(true)
 		return nil, ctxError(ctx.Err())
 	}
 	if pc.err != nil {
@@ -126,9 +128,14 @@ func (n *node) close() error {
 type pcall struct {
 	call *pb.PipelineCall
 	size int // call's encoded size
-	done chan struct{}
-	res  *pb.PipelineResult
-	err  error
+	// abandoned is set when the caller gave up: if the call is still
+	// queued, the sender drops it unsent. Until then it counts among the
+	// stream's calls, so a stream that cannot send still answers the calls
+	// beyond its bound OVERLOADED at once.
+	abandoned atomic.Bool
+	done      chan struct{}
+	res       *pb.PipelineResult
+	err       error
 }
 
 // pstream is one Pipeline stream, opened at the first call and again at
@@ -259,18 +266,25 @@ func (s *pstream) send(o *openStream) {
 			} else {
 				s.queue = s.spare[:0]
 			}
-			calls := make([]*pb.PipelineCall, len(batch))
-			for i, pc := range batch {
+			calls := make([]*pb.PipelineCall, 0, len(batch))
+			for _, pc := range batch {
+				if pc.abandoned.Load() {
+					continue // its caller is gone: not sent, nobody waits for it
+				}
 				s.nextID++
 				pc.call.CallId = s.nextID
 				s.inflight[s.nextID] = pc
-				calls[i] = pc.call
+				calls = append(calls, pc.call)
 			}
+			taken := len(batch)
 			clear(batch)
 			s.spare = batch[:0]
 			s.mu.Unlock()
-			if len(calls) == 0 {
+			if taken == 0 {
 				break
+			}
+			if len(calls) == 0 {
+				continue
 			}
 			if err := o.cs.Send(&pb.PipelineRequest{Calls: calls}); err != nil {
 				s.end(o, fmt.Errorf("sending: %w", err))

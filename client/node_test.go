@@ -85,7 +85,8 @@ func TestClientDeadlinePassed(t *testing.T) {
 // waiting no longer than its own context, and Close does not wait for it.
 // Before, the call that found the stream closed opened it with the stream's
 // lock held, and it and every later call on the stream waited for the
-// opening, whatever their deadlines.
+// opening, whatever their deadlines. The calls that gave up are not sent
+// once the stream opens (the replica, idle, ends and frees the stream).
 func TestClientCallWaitsNoLongerThanItsContext(t *testing.T) {
 	url := pgclustertest.Shared(t)
 	tc.Migrate(t, url)
@@ -104,7 +105,8 @@ func TestClientCallWaitsNoLongerThanItsContext(t *testing.T) {
 		defer cancel()
 		srv.Shutdown(ctx) //nolint:errcheck // the streams the test left open are cut
 	})
-	c, err := client.New(t.Context(), client.Config{Addrs: []string{srv.GRPCAddr()}, Token: tc.Token, ConnsPerNode: 1})
+	c, err := client.New(t.Context(), client.Config{Addrs: []string{srv.GRPCAddr()}, Token: tc.Token, ConnsPerNode: 1,
+		ReplicaIdle: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,6 +127,13 @@ func TestClientCallWaitsNoLongerThanItsContext(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	// Once the replica stops, the stream opens: the seat the holds that
+	// gave up asked for is free.
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if _, err := c.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "cl-nostream", UserId: "late", SeatIds: []string{"A-1"}}); err != nil {
+		t.Fatalf("a hold of the seat the abandoned holds asked for: %v", err)
+	}
 	closed := make(chan error, 1)
 	go func() { closed <- c.Close() }()
 	select {
