@@ -15,7 +15,8 @@
 //     stream...; ResourceExhausted OVERLOADED), with backoff, up to
 //     Config.MaxAttempts, with the same idempotency key: HoldSeats gets a
 //     fresh key when the request has none, a confirm is idempotent for its
-//     payment reference, a release for its user, a join for its user;
+//     payment reference, a release for its user, a join for its user (a
+//     leave is not: see LeaveWaitlist);
 //   - keeps live replicas of the seat maps it is asked for (SeatMap), fed by
 //     WatchSeatMap, so seat-map reads are answered from local memory;
 //   - makes the other calls (the reads, the waitlist's, and the waiting
@@ -569,7 +570,11 @@ func (c *Client) JoinWaitlist(ctx context.Context, req *pb.JoinWaitlistRequest) 
 	})
 }
 
-// LeaveWaitlist takes a user off a show's waitlist.
+// LeaveWaitlist takes a user off a show's waitlist. It is retried like the
+// other calls, and a leave is done once: if the answer to a try that left
+// was lost (OUTCOME_UNKNOWN, a lost connection), the retry is answered
+// NotFound NOT_WAITING, as for a user who was not waiting. Either way the
+// user is not waiting after it.
 func (c *Client) LeaveWaitlist(ctx context.Context, req *pb.LeaveWaitlistRequest) (*pb.LeaveWaitlistResponse, error) {
 	return unary(c, ctx, req.GetShowId(), req, func(n *node) func(context.Context, *pb.LeaveWaitlistRequest, ...grpc.CallOption) (*pb.LeaveWaitlistResponse, error) {
 		return n.waitlist().LeaveWaitlist
@@ -607,7 +612,9 @@ func (c *Client) JoinQueue(ctx context.Context, req *pb.JoinQueueRequest) (*pb.J
 	return res.GetJoin(), nil
 }
 
-// LeaveQueue takes a user out of a show's waiting room.
+// LeaveQueue takes a user out of a show's waiting room. As for
+// LeaveWaitlist, a retry after the answer to a try that left was lost is
+// answered NotFound NOT_WAITING: the user is out of the room either way.
 func (c *Client) LeaveQueue(ctx context.Context, req *pb.LeaveQueueRequest) (*pb.LeaveQueueResponse, error) {
 	return unary(c, ctx, req.GetShowId(), req, func(n *node) func(context.Context, *pb.LeaveQueueRequest, ...grpc.CallOption) (*pb.LeaveQueueResponse, error) {
 		return n.room().LeaveQueue
