@@ -444,10 +444,10 @@ func counter(t *testing.T, n *tc.Node, name string) float64 {
 }
 
 // TestClientBoundsCallsInFlight: when a node stops answering (a black hole
-// between client and node), the calls whose callers gave up stay in flight
-// on the stream until it ends, up to the bound; calls beyond it are
-// answered OVERLOADED at once instead of piling up. Once the black hole is
-// lifted, the client serves again.
+// between client and node), the calls queued or in flight on its stream
+// count against the bound until they are answered or dropped; calls beyond
+// it are answered OVERLOADED at once instead of piling up. Once the black
+// hole is lifted, the client serves again.
 func TestClientBoundsCallsInFlight(t *testing.T) {
 	url := pgclustertest.Shared(t)
 	tc.Migrate(t, url)
@@ -464,33 +464,51 @@ func TestClientBoundsCallsInFlight(t *testing.T) {
 	}
 	proxy.BlackHole()
 
-	// Fill the stream: every call times out, and stays in flight.
-	const bound = 4096
+	// Fill the stream: every call waits until it times out.
+	const bound, timeout = 4096, 10 * time.Second
 	var wg sync.WaitGroup
-	var timedOut atomic.Int64
+	var timedOut, refused atomic.Int64
 	for i := range bound {
 		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+			ctx, cancel := context.WithTimeout(t.Context(), timeout)
 			defer cancel()
-			if err := hold(ctx, fmt.Sprintf("u%d", i+1)); status.Code(err) == codes.DeadlineExceeded {
+			switch err := hold(ctx, fmt.Sprintf("u%d", i+1)); {
+			case status.Code(err) == codes.DeadlineExceeded:
 				timedOut.Add(1)
-			} else {
+			case client.Reason(err) == "OVERLOADED": // a probe below took its place
+				refused.Add(1)
+			default:
 				t.Errorf("call %d into the black hole: %v, want DeadlineExceeded", i, err)
 			}
 		})
 	}
-	wg.Wait()
-	if timedOut.Load() != bound {
-		t.Fatalf("%d of %d calls timed out", timedOut.Load(), bound)
+	overloaded := func(ctx context.Context) error {
+		err := hold(ctx, "late")
+		if status.Code(err) == codes.ResourceExhausted && client.Reason(err) == "OVERLOADED" {
+			return nil
+		}
+		return err
 	}
+	probes := 0 // each may take a place until the sender drops it
+	pollUntil(t, timeout/2, "the stream to be full", func() bool {
+		probes++
+		ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+		defer cancel()
+		return overloaded(ctx) == nil
+	})
 	// Beyond the bound: OVERLOADED at once, long before the deadline.
 	for i := range 20 {
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-		err := hold(ctx, "late")
+		start := time.Now()
+		err := overloaded(ctx)
 		cancel()
-		if status.Code(err) != codes.ResourceExhausted || client.Reason(err) != "OVERLOADED" {
-			t.Fatalf("call %d beyond the bound: %v, want ResourceExhausted OVERLOADED", i, err)
+		if err != nil || time.Since(start) > time.Second {
+			t.Fatalf("call %d beyond the bound: %v after %s, want ResourceExhausted OVERLOADED at once", i, err, time.Since(start))
 		}
+	}
+	wg.Wait()
+	if timedOut.Load()+refused.Load() != bound || refused.Load() >= int64(probes) {
+		t.Fatalf("of %d calls, %d timed out and %d were refused OVERLOADED (%d probes)", bound, timedOut.Load(), refused.Load(), probes)
 	}
 
 	proxy.Lift()
