@@ -44,10 +44,14 @@ type HoldRequest struct {
 // committing) waits for that commit.
 //
 // A hold asking for a seat that another hold took but has not committed yet
-// waits for that commit before it is decided: a refusal is never based on a
-// hold that may still fail, or be lost with a crashed owner, so holds,
-// confirms and releases are linearizable. (Seat-map reads are not: they
-// show holds whose commit is in flight.)
+// waits for that commit before it is decided: a refusal for a taken seat is
+// never based on a hold that may still fail, or be lost with a crashed
+// owner, so holds, confirms and releases are linearizable as to seats. The
+// per-user seat limit is not: it counts the user's holds whose commit is in
+// flight, so a hold refused ErrUserLimit beside one of the user's own that
+// then fails was refused on a hold that never happened (the user retries).
+// (Seat-map reads are not linearizable either: they show holds whose commit
+// is in flight.)
 func (n *Node) Hold(ctx context.Context, req HoldRequest) (ar.Reservation, error) {
 	if err := checkHold(req); err != nil {
 		return ar.Reservation{}, err
