@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/boxoffice/boxoffice/persistence"
 )
 
@@ -376,4 +378,63 @@ func TestCreateShowWaitlistTimings(t *testing.T) {
 	if n := count(t, s.Pool(), `SELECT count(*) FROM shows WHERE offer_window_ms = 120000 AND max_wait_ms = 3600000`); n != 1 {
 		t.Errorf("%d shows store the defaults explicitly, want 1", n)
 	}
+}
+
+// TestWaitlistFailureFailsWhatIsQueuedBehind: when a change of a show's
+// waitlist fails, the show's mutations queued behind it fail untried
+// (ErrUnavailable), as they may depend on it: waitlist rows are written
+// whole, so a later change committed after the failure would write a
+// waitlist the engine never had. A mutation queued after the failure is
+// answered is tried as usual.
+func TestWaitlistFailureFailsWhatIsQueuedBehind(t *testing.T) {
+	url := newDB(t)
+	s := openStore(t, url, nil)
+	e := ownShow(t, s, "s")
+	ctx := context.Background()
+	// The show's ownership row locked: the writer's transaction of the
+	// first change waits for it, in flight, while the second is queued.
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	lock, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, lock, `SELECT count(*) FROM (SELECT 1 FROM show_owners WHERE show_id = 's' FOR UPDATE) l`); n != 1 {
+		t.Fatalf("%d ownership rows", n)
+	}
+	bad := waitM(e, "s", persistence.WaitlistChange{Put: []persistence.WaitEntry{waiting("u", 1, 11)}}) // refused: 11 seats
+	first, err := s.Enqueue(bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); count(t, s.Pool(), `SELECT count(*) FROM pg_stat_activity
+		WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%show_owners%'`) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the writer did not wait for the ownership row")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	behind := enqueueAll(t, s,
+		waitM(e, "s", persistence.WaitlistChange{Put: []persistence.WaitEntry{waiting("v", 2, 1)}}),
+		holdM(e, "s", "s:r1", "h", t0, "A-1"))
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Wait(); !errors.Is(err, persistence.ErrConflict) {
+		t.Fatalf("the bad change: %v, want ErrConflict", err)
+	}
+	for i, err := range waitAll(behind) {
+		if !errors.Is(err, persistence.ErrUnavailable) {
+			t.Errorf("mutation %d queued behind it: %v, want ErrUnavailable", i, err)
+		}
+	}
+	checkWaitlist(t, s, "s", nil, nil)
+	if _, err := s.GetReservation(ctx, "s", "s:r1"); !errors.Is(err, persistence.ErrNotFound) {
+		t.Fatalf("the hold queued behind: %v, want ErrNotFound", err)
+	}
+	write(t, s, waitM(e, "s", persistence.WaitlistChange{Put: []persistence.WaitEntry{waiting("v", 2, 1)}}))
+	checkWaitlist(t, s, "s", []persistence.WaitEntry{waiting("v", 2, 1)}, nil)
 }

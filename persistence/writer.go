@@ -104,8 +104,9 @@ type Pending struct {
 
 // Wait blocks until the mutation's outcome is known and returns it: nil once
 // committed; ErrNotOwner, ErrConflict or ErrUnavailable when it was not
-// committed (also when Close ran out of time before it was tried, or its
-// CommitTimeout passed while it was queued); ErrOutcomeUnknown when it may
+// committed (also when Close ran out of time before it was tried, its
+// CommitTimeout passed while it was queued, or a change of its show's
+// waitlist queued before it failed); ErrOutcomeUnknown when it may
 // or may not be committed — the connection failed or timed out while its
 // COMMIT was in flight, or the database answered with an error the
 // sqlstates table does not list.
@@ -144,7 +145,9 @@ func (p *Pending) finish(err error) {
 // memory until its release or expiry commits). Waitlist rows are the
 // exception: mutations in flight together may change the same row, so a
 // transaction writes each row's last change in queue order (waitlistRows);
-// a row belongs to one show, whose order the transaction keeps.
+// a row belongs to one show, whose order the transaction keeps. And when a
+// mutation that changes a waitlist fails, the mutations of its show queued
+// behind it fail untried (failBehind): they may depend on it.
 //
 // Turns. Mutations wait in a FIFO per show, and the shows with mutations
 // waiting and none in flight take turns, round robin: a show's turn is its
@@ -488,8 +491,43 @@ func (w *writer) commit(db *pgxpool.Pool, batch []*Pending, deadline time.Time) 
 		obs(BatchStats{Mutations: len(batch), Duration: time.Since(start), Err: batchErr, Failed: failed, Fenced: fenced, Transactions: txs})
 		w.obsMu.Unlock()
 	}
+	w.failBehind(batch, errs)
 	for i, p := range batch {
 		p.finish(errs[i])
+	}
+}
+
+// failBehind answers ErrUnavailable, untried, every mutation queued behind
+// a mutation of batch that changed its show's waitlist and failed (errs),
+// in that show's queue. The engine decided them on memory in which that
+// change was made, and waitlist rows are written whole, last change winning
+// (see waitlistRows), so one committed after the failure would write a
+// waitlist the engine never had (a user's turn passed on by a leave whose
+// expiry, which gave the turn, was not committed). It runs before the
+// batch is answered: nothing queued by then was decided on the failure.
+func (w *writer) failBehind(batch []*Pending, errs []error) {
+	var failed []string
+	for i, p := range batch {
+		if errs[i] != nil && p.m.Waitlist != nil && !slices.Contains(failed, queueKey(p.m)) {
+			failed = append(failed, queueKey(p.m))
+		}
+	}
+	if len(failed) == 0 {
+		return
+	}
+	var behind []*Pending
+	w.mu.Lock()
+	for _, key := range failed {
+		if q := w.shows[key]; q != nil {
+			behind = append(behind, q.pending...)
+			w.queued -= len(q.pending)
+			q.pending = nil
+		}
+	}
+	w.mu.Unlock()
+	err := fmt.Errorf("%w: not tried: a change of the show's waitlist queued before it failed", ErrUnavailable)
+	for _, p := range behind {
+		p.finish(err)
 	}
 }
 
