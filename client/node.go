@@ -34,9 +34,9 @@ const (
 // engine bounds them (engine.DefaultPipelineMaxInFlight): beyond it a call
 // is answered OVERLOADED at once. A call whose caller gave up stays queued
 // until the sender takes it (and drops it), or in flight until its answer
-// comes or the stream ends, so without the bound a
-// node that stops answering (a black hole, until keepalive ends the
-// connection) would make them pile up.
+// comes or the stream ends, so without the bound a node that stops
+// answering (a black hole, until keepalive ends the connection) would make
+// them pile up.
 const maxStreamCalls = 4096
 
 // node is one engine node: a few connections, each with its Pipeline

@@ -350,11 +350,11 @@ func callShow(c *pb.PipelineCall) (show ar.ShowID, ok bool) {
 // tryConfirmLocked, tryReleaseLocked): refusals (and replays) are answered
 // at once, and the changes queued are settled by one goroutine (settle),
 // so a commit of many of them wakes one goroutine, not one per call: it
-// applies their outcomes as their writes commit, then answers them. A call that must wait (for a write in flight on its
-// seats or its hold, a turn, a replay or a read of the store), and every
-// call of a show that is not loaded here, stale or dropped, or of a node
-// that drains, runs on its own goroutine through the unary RPC's code
-// instead, as run does.
+// applies their outcomes as their writes commit, then answers them. A call
+// that must wait (for a write in flight on its seats or its hold, a turn, a
+// replay or a read of the store), and every call of a show that is not
+// loaded here, stale or dropped, or of a node that drains, runs on its own
+// goroutine through the unary RPC's code instead, as run does.
 func (p *pipeline) showBatch(show ar.ShowID, tcs []takenCall) {
 	sh, ok := p.n.lockLoaded(show)
 	if !ok {
