@@ -266,21 +266,28 @@ func TestWaitlistEvents(t *testing.T) {
 }
 
 // TestWaitlistRefused queues refused waitlist changes among good mutations
-// in one batch: only they fail, with ErrConflict. Changes of one row on
-// both sides of a culprit still end as the last committed one left them.
+// in one batch: each fails with ErrConflict (each on a show of its own),
+// and the good ones of other shows commit. Changes of one row on both
+// sides of other shows' culprits end as the last one left them. A good
+// change of a show after a refused change of its waitlist is not tried
+// (ErrUnavailable): it may depend on the refused one.
 func TestWaitlistRefused(t *testing.T) {
 	url := newDB(t)
 	var obs batches
 	s := openStore(t, url, func(c *persistence.Config) { c.Observer = obs.observe })
 	e := ownShow(t, s, "s")
+	epochs := map[string]int64{"s": e}
+	for _, show := range []string{"b1", "b2", "b3", "b4", "b5", "b6", "c"} {
+		epochs[show] = ownShow(t, s, show)
+	}
 	release, blocker := blockCommitter(t, s, url, "gate", ownShow(t, s, "gate"))
 
-	put := func(es ...persistence.WaitEntry) persistence.Mutation {
-		return waitM(e, "s", persistence.WaitlistChange{Put: es})
+	put := func(show string, es ...persistence.WaitEntry) persistence.Mutation {
+		return waitM(epochs[show], show, persistence.WaitlistChange{Put: es})
 	}
 	noDeadline := withTurn(waiting("bad", 5, 1), t0, "A-5")
 	noDeadline.OfferDeadline = time.Time{}
-	hold := holdM(e, "s", "s:r1", "h", t0, "A-1")
+	hold := holdM(epochs["b5"], "b5", "b5:r1", "h", t0, "A-1")
 	hold.Waitlist = &persistence.WaitlistChange{Put: []persistence.WaitEntry{waiting("bad", 6, 11)}}
 	u2 := withTurn(waiting("u", 2, 3), t0, "A-7", "A-8")
 	cases := []struct {
@@ -288,16 +295,19 @@ func TestWaitlistRefused(t *testing.T) {
 		m    persistence.Mutation
 		want error
 	}{
-		{"good put", put(waiting("u", 1, 1)), nil},
-		{"11 seats wanted", put(waiting("bad", 2, 11)), persistence.ErrConflict},
+		{"good put", put("s", waiting("u", 1, 1)), nil},
+		{"11 seats wanted", put("b1", waiting("bad", 2, 11)), persistence.ErrConflict},
 		{"good aside", waitM(e, "s", persistence.WaitlistChange{SetAside: true, Aside: []string{"A-9"}}), nil},
-		{"0 seats wanted", put(waiting("bad", 3, 0)), persistence.ErrConflict},
-		{"seats wanted past int4", put(waiting("bad", 4, 1<<40)), persistence.ErrConflict},
-		{"an offer without a deadline", put(noDeadline), persistence.ErrConflict},
+		{"0 seats wanted", put("b2", waiting("bad", 3, 0)), persistence.ErrConflict},
+		{"seats wanted past int4", put("b3", waiting("bad", 4, 1<<40)), persistence.ErrConflict},
+		{"an offer without a deadline", put("b4", noDeadline), persistence.ErrConflict},
 		{"a hold with a bad entry", hold, persistence.ErrConflict},
-		{"good put again", put(u2, waiting("v", 7, 1)), nil},
-		{"11 seats offered", put(withTurn(waiting("bad", 8, 10), t0, "B-1", "B-2", "B-3", "B-4", "B-5", "B-6", "B-7", "B-8", "B-9", "B-10", "B-11")),
+		{"good put again", put("s", u2, waiting("v", 7, 1)), nil},
+		{"11 seats offered", put("b6", withTurn(waiting("bad", 8, 10), t0, "B-1", "B-2", "B-3", "B-4", "B-5", "B-6", "B-7", "B-8", "B-9", "B-10", "B-11")),
 			persistence.ErrConflict},
+		{"good put before a culprit", put("c", waiting("w", 9, 1)), nil},
+		{"the culprit", put("c", waiting("bad", 10, 0)), persistence.ErrConflict},
+		{"good put after the culprit", put("c", waiting("x", 11, 1)), persistence.ErrUnavailable},
 	}
 	var ms []persistence.Mutation
 	for _, c := range cases {
@@ -317,7 +327,8 @@ func TestWaitlistRefused(t *testing.T) {
 		t.Fatalf("the batch's stats %+v, want %d mutations, split", b, len(cases))
 	}
 	checkWaitlist(t, s, "s", []persistence.WaitEntry{u2, waiting("v", 7, 1)}, []string{"A-9"})
-	if _, err := s.GetReservation(context.Background(), "s", "s:r1"); !errors.Is(err, persistence.ErrNotFound) {
+	checkWaitlist(t, s, "c", []persistence.WaitEntry{waiting("w", 9, 1)}, nil)
+	if _, err := s.GetReservation(context.Background(), "b5", "b5:r1"); !errors.Is(err, persistence.ErrNotFound) {
 		t.Fatalf("the refused hold: %v, want ErrNotFound", err)
 	}
 }

@@ -457,10 +457,12 @@ func (w *writer) pickLocked(other int, batch []*Pending, taken []*showQueue) ([]
 // database refuses the batch (a mutation contradicts the data), it is split
 // in halves, each committed in a transaction of its own and split again
 // while refused, so only the culprits fail and k culprits among n mutations
-// cost O(k log n) transactions. The splitting stops at the first failure
-// that is not a refusal, and the mutations not yet tried are answered
-// ErrUnavailable at once. A batch of one gets the same answers as a batch
-// of many would for the same error.
+// cost O(k log n) transactions; but a refused change of a show's waitlist
+// fails the show's mutations after it in the batch, untried
+// (failAfterWaitlist), and the show's queued ones (failBehind). The
+// splitting stops at the first failure that is not a refusal, and the
+// mutations not yet tried are answered ErrUnavailable at once. A batch of
+// one gets the same answers as a batch of many would for the same error.
 func (w *writer) commit(db *pgxpool.Pool, batch []*Pending, deadline time.Time) {
 	start := time.Now()
 	ctx, cancel := context.WithDeadline(w.ctx, deadline)
@@ -558,8 +560,28 @@ func (w *writer) split(ctx context.Context, db *pgxpool.Pool, part []*Pending, e
 			fill(herrs, err)
 			*stop = fmt.Errorf("%w: not tried after an earlier failure: %v", ErrUnavailable, err)
 		}
+		failAfterWaitlist(half, herrs, part[h[1]:], errs[h[1]:])
 	}
 	return txs
+}
+
+// failAfterWaitlist answers ErrUnavailable, so that they are not tried,
+// the mutations of later (errs, the answers of later, unset if not
+// answered yet) that come after a mutation of done (with answers derrs)
+// that changed the same show's waitlist and failed. As failBehind does for
+// the queue, for the same reason: they may depend on it.
+func failAfterWaitlist(done []*Pending, derrs []error, later []*Pending, errs []error) {
+	for i, p := range done {
+		if derrs[i] == nil || p.m.Waitlist == nil {
+			continue
+		}
+		key := queueKey(p.m)
+		for j, l := range later {
+			if errs[j] == nil && queueKey(l.m) == key {
+				errs[j] = fmt.Errorf("%w: not tried: a change of the show's waitlist before it was refused", ErrUnavailable)
+			}
+		}
+	}
 }
 
 // fill sets every answer of errs not set yet to err.
