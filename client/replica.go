@@ -218,7 +218,10 @@ func (rs *replicas) follow(ctx context.Context, r *replica) {
 		wait = min(2*wait, time.Second)
 	}
 	if r.cur.Load() == nil && r.err == nil {
-		r.err = ctxError(ctx.Err())
+		// Stopped before its first version: the client closed, or the
+		// replica was (more than MaxReplicas wanted, or idle), which is
+		// not its readers' doing: they may read again.
+		r.err = status.Errorf(codes.Unavailable, "client: the replica of %s was stopped before its first seat map (more than MaxReplicas wanted, or idle); read again", r.show)
 		if c.life.Err() != nil {
 			r.err = errClosed
 		}

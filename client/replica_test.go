@@ -8,8 +8,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 	"github.com/boxoffice/boxoffice/client"
+	"github.com/boxoffice/boxoffice/engine"
 	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
 	tc "github.com/boxoffice/boxoffice/internal/testcluster"
 )
@@ -62,5 +66,47 @@ func TestReplicaBacksOffWhileOwnerDown(t *testing.T) {
 	times := w.since(start)[:tries]
 	if took := times[tries-1].Sub(times[0]); took < 600*time.Millisecond {
 		t.Fatalf("%d watches of a stopped node within %s, want the waits between them doubling from 20 ms (at least 620 ms)", tries, took)
+	}
+}
+
+// TestReplicaStoppedBeforeItsMap: a reader waiting for a replica's first
+// seat map when the replica is stopped (idle: nobody read it since for
+// ReplicaIdle) is answered Unavailable, which it may retry, not Canceled,
+// which would say that the reader gave up. The node allows one stream per
+// connection here, which the client's pipeline takes, so the replica waits
+// for its stream.
+func TestReplicaStoppedBeforeItsMap(t *testing.T) {
+	url := pgclustertest.Shared(t)
+	tc.Migrate(t, url)
+	n := tc.StartNode(t, url, tc.Options{NodeID: "solo"})
+	n.CreateShow(t, "cl-stopped", 1, 4, time.Minute)
+	srv, err := engine.NewServer(n.Engine, engine.ServerConfig{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		Token: tc.Token, AdminToken: tc.AdminToken, MaxConcurrentStreams: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx) //nolint:errcheck // the streams the test left waiting are cut
+	})
+	c, err := client.New(t.Context(), client.Config{Addrs: []string{srv.GRPCAddr()}, Token: tc.Token, ConnsPerNode: 1,
+		ReplicaIdle: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.HoldSeats(t.Context(), &pb.HoldSeatsRequest{ShowId: "cl-stopped", UserId: "u1", SeatIds: []string{"A-1"}}); err != nil {
+		t.Fatalf("hold: %v", err) // its pipeline stream takes the connection's one stream
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = c.SeatMap(ctx, "cl-stopped")
+	if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+		t.Fatalf("the reader of the stopped replica: %v after %s, want Unavailable", err, time.Since(start))
 	}
 }
