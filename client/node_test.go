@@ -92,19 +92,7 @@ func TestClientCallWaitsNoLongerThanItsContext(t *testing.T) {
 	tc.Migrate(t, url)
 	n := tc.StartNode(t, url, tc.Options{NodeID: "solo"})
 	n.CreateShow(t, "cl-nostream", 1, 4, time.Minute)
-	srv, err := engine.NewServer(n.Engine, engine.ServerConfig{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		Token: tc.Token, AdminToken: tc.AdminToken, MaxConcurrentStreams: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx) //nolint:errcheck // the streams the test left open are cut
-	})
+	srv := oneStreamServer(t, n)
 	c, err := client.New(t.Context(), client.Config{Addrs: []string{srv.GRPCAddr()}, Token: tc.Token, ConnsPerNode: 1,
 		ReplicaIdle: 3 * time.Second})
 	if err != nil {
@@ -141,4 +129,24 @@ func TestClientCallWaitsNoLongerThanItsContext(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close did not return with a pipeline stream waiting to open")
 	}
+}
+
+// oneStreamServer serves n's engine on a server of its own that allows one
+// stream per connection.
+func oneStreamServer(t *testing.T, n *tc.Node) *engine.Server {
+	t.Helper()
+	srv, err := engine.NewServer(n.Engine, engine.ServerConfig{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		Token: tc.Token, AdminToken: tc.AdminToken, MaxConcurrentStreams: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx) //nolint:errcheck // the streams a test left open are cut
+	})
+	return srv
 }

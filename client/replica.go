@@ -44,7 +44,8 @@ func (m *SeatMap) Lag() time.Duration { return m.ReceivedAt.Sub(m.PublishedAt) }
 // answer from memory at once, with the last version received, even while
 // the replica reconnects (its ReceivedAt then stops moving). A replica not
 // read for Config.ReplicaIdle is stopped, and so is the one read longest
-// ago when more than Config.MaxReplicas are wanted.
+// ago when more than Config.MaxReplicas are wanted; a reader waiting for
+// the first snapshot of a replica stopped so is answered Unavailable.
 //
 // The seat map is as live as the engine's: it shows holds whose commit is
 // in flight (GetSeatMap does too).

@@ -13,7 +13,6 @@ import (
 
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 	"github.com/boxoffice/boxoffice/client"
-	"github.com/boxoffice/boxoffice/engine"
 	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
 	tc "github.com/boxoffice/boxoffice/internal/testcluster"
 )
@@ -80,19 +79,7 @@ func TestReplicaStoppedBeforeItsMap(t *testing.T) {
 	tc.Migrate(t, url)
 	n := tc.StartNode(t, url, tc.Options{NodeID: "solo"})
 	n.CreateShow(t, "cl-stopped", 1, 4, time.Minute)
-	srv, err := engine.NewServer(n.Engine, engine.ServerConfig{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		Token: tc.Token, AdminToken: tc.AdminToken, MaxConcurrentStreams: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx) //nolint:errcheck // the streams the test left waiting are cut
-	})
+	srv := oneStreamServer(t, n)
 	c, err := client.New(t.Context(), client.Config{Addrs: []string{srv.GRPCAddr()}, Token: tc.Token, ConnsPerNode: 1,
 		ReplicaIdle: 300 * time.Millisecond})
 	if err != nil {
