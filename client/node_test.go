@@ -88,16 +88,7 @@ func TestClientDeadlinePassed(t *testing.T) {
 // opening, whatever their deadlines. The calls that gave up are not sent
 // once the stream opens (the replica, idle, ends and frees the stream).
 func TestClientCallWaitsNoLongerThanItsContext(t *testing.T) {
-	url := pgclustertest.Shared(t)
-	tc.Migrate(t, url)
-	n := tc.StartNode(t, url, tc.Options{NodeID: "solo"})
-	n.CreateShow(t, "cl-nostream", 1, 4, time.Minute)
-	srv := oneStreamServer(t, n)
-	c, err := client.New(t.Context(), client.Config{Addrs: []string{srv.GRPCAddr()}, Token: tc.Token, ConnsPerNode: 1,
-		ReplicaIdle: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := oneStreamClient(t, "cl-nostream", 3*time.Second)
 	if _, err := c.SeatMap(t.Context(), "cl-nostream"); err != nil { // its WatchSeatMap takes the one stream
 		t.Fatalf("SeatMap: %v", err)
 	}
@@ -131,10 +122,16 @@ func TestClientCallWaitsNoLongerThanItsContext(t *testing.T) {
 	}
 }
 
-// oneStreamServer serves n's engine on a server of its own that allows one
-// stream per connection.
-func oneStreamServer(t *testing.T, n *tc.Node) *engine.Server {
+// oneStreamClient starts a node with show (one row of 4 seats), serves
+// it on a server that allows one stream per connection, and returns a
+// client of it on one connection, whose replicas stop after idle. The
+// client is closed at cleanup.
+func oneStreamClient(t *testing.T, show string, idle time.Duration) *client.Client {
 	t.Helper()
+	url := pgclustertest.Shared(t)
+	tc.Migrate(t, url)
+	n := tc.StartNode(t, url, tc.Options{NodeID: "solo"})
+	n.CreateShow(t, show, 1, 4, time.Minute)
 	srv, err := engine.NewServer(n.Engine, engine.ServerConfig{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
 		Token: tc.Token, AdminToken: tc.AdminToken, MaxConcurrentStreams: 1})
 	if err != nil {
@@ -148,5 +145,10 @@ func oneStreamServer(t *testing.T, n *tc.Node) *engine.Server {
 		defer cancel()
 		srv.Shutdown(ctx) //nolint:errcheck // the streams a test left open are cut
 	})
-	return srv
+	c, err := client.New(t.Context(), client.Config{Addrs: []string{srv.GRPCAddr()}, Token: tc.Token, ConnsPerNode: 1, ReplicaIdle: idle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

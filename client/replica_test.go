@@ -75,24 +75,14 @@ func TestReplicaBacksOffWhileOwnerDown(t *testing.T) {
 // connection here, which the client's pipeline takes, so the replica waits
 // for its stream.
 func TestReplicaStoppedBeforeItsMap(t *testing.T) {
-	url := pgclustertest.Shared(t)
-	tc.Migrate(t, url)
-	n := tc.StartNode(t, url, tc.Options{NodeID: "solo"})
-	n.CreateShow(t, "cl-stopped", 1, 4, time.Minute)
-	srv := oneStreamServer(t, n)
-	c, err := client.New(t.Context(), client.Config{Addrs: []string{srv.GRPCAddr()}, Token: tc.Token, ConnsPerNode: 1,
-		ReplicaIdle: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := oneStreamClient(t, "cl-stopped", 300*time.Millisecond)
 	if _, err := c.HoldSeats(t.Context(), &pb.HoldSeatsRequest{ShowId: "cl-stopped", UserId: "u1", SeatIds: []string{"A-1"}}); err != nil {
 		t.Fatalf("hold: %v", err) // its pipeline stream takes the connection's one stream
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	start := time.Now()
-	_, err = c.SeatMap(ctx, "cl-stopped")
+	_, err := c.SeatMap(ctx, "cl-stopped")
 	if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
 		t.Fatalf("the reader of the stopped replica: %v after %s, want Unavailable", err, time.Since(start))
 	}
