@@ -40,7 +40,8 @@ const PipelineMaxCalls = 16384
 // The other hold, confirm and release calls of one message for one show
 // are decided together, in order, under one acquisition of the show's
 // lock, by the code behind the unary RPCs (showBatch: refusals are
-// answered at once, changes as they commit). A join, and a call that has
+// answered at once, changes once they and the others of their message for
+// that show have committed). A join, and a call that has
 // to wait, runs on a goroutine of its own under the stream's context
 // bounded by its timeout, through holdSeats, confirmHold, releaseHold or
 // joinQueue: the unary RPCs' code, whose error becomes the CallError the
