@@ -128,6 +128,57 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
+// TestPipelineMetrics drives Pipeline calls of each kind to an answer
+// (granted, refused by the rules, refused before they reach the show) and
+// finds each counted by method and code, its latency observed, its hold or
+// release counted by result, and the stream's messages counted.
+func TestPipelineMetrics(t *testing.T) {
+	const show = "pm"
+	n, _ := newNode(t, tc.Options{})
+	n.CreateShow(t, show, 2, 10, 0)
+	p := openPipe(t, n.Reservations)
+	p.send(pipeHold(1, show, "u1", "", "A-1"))
+	p.waitFor(1)
+	h := p.one(1).GetHold()
+	if h == nil {
+		t.Fatalf("hold: %v", p.one(1))
+	}
+	p.send(
+		pipeHold(2, show, "u2", "", "A-1"),
+		pipeRelease(3, h.GetHoldId(), "u2"),
+		&pb.PipelineCall{CallId: 4},
+	)
+	p.waitFor(4)
+	p.send(pipeRelease(5, h.GetHoldId(), "u1"))
+	p.waitFor(5)
+	if err := p.end(); err != nil {
+		t.Fatal(err)
+	}
+
+	m := scrape(t, n)
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"boxoffice_rpc_requests_total", []string{`method="Pipeline.HoldSeats"`, `code="OK"`}, 1},
+		{"boxoffice_rpc_requests_total", []string{`method="Pipeline.HoldSeats"`, `code="AlreadyExists"`}, 1},
+		{"boxoffice_rpc_requests_total", []string{`method="Pipeline.ReleaseHold"`, `code="PermissionDenied"`}, 1},
+		{"boxoffice_rpc_requests_total", []string{`method="Pipeline.ReleaseHold"`, `code="OK"`}, 1},
+		{"boxoffice_rpc_requests_total", []string{`method="Pipeline"`, `code="InvalidArgument"`}, 1},
+		{"boxoffice_rpc_duration_seconds_count", []string{`method="Pipeline.HoldSeats"`}, 2},
+		{"boxoffice_rpc_duration_seconds_count", []string{`method="Pipeline.ReleaseHold"`}, 2},
+		{"boxoffice_reservation_ops_total", []string{`op="hold"`, `result="ok"`}, 1},
+		{"boxoffice_reservation_ops_total", []string{`op="hold"`, `result="seat_taken"`}, 1},
+		{"boxoffice_reservation_ops_total", []string{`op="release"`, `result="ok"`}, 1},
+		{"boxoffice_pipeline_messages_total", []string{`direction="received"`}, 3},
+	} {
+		if v, ok := sample(m, c.name, c.labels...); !ok || v != c.want {
+			t.Errorf("%s%v = %v (present %v), want %v", c.name, c.labels, v, ok, c.want)
+		}
+	}
+}
+
 // TestWaitlistMetrics checks the waitlist's collectors: joins by result,
 // turns, ends by reason, the users waiting and the longest list (gauges
 // the expiry loop updates), and the wait from join to turn.

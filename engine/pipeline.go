@@ -240,7 +240,7 @@ func (p *pipeline) take(calls []*pb.PipelineCall) {
 		p.showBatch(g.show, g.tcs)
 	}
 	for _, r := range refused {
-		p.n.metrics.rpc(pipelineMethod(r.call), status.Code(r.err).String(), 0)
+		p.n.metrics.pipeCall(pipelineKind(r.call), status.Code(r.err), 0)
 		p.answer(answer{res: errorResult(r.call.GetCallId(), r.err)})
 	}
 }
@@ -321,7 +321,7 @@ func (p *pipeline) run(tc takenCall) {
 	if err != nil {
 		res.Result = &pb.PipelineResult_Error{Error: pipelineError(tc.call, err)}
 	}
-	p.n.metrics.rpc(pipelineMethod(tc.call), resultCode(res), time.Since(start))
+	p.n.metrics.pipeCall(pipelineKind(tc.call), resultCode(res), time.Since(start))
 	p.answer(answer{res: res, taken: true})
 }
 
@@ -511,7 +511,7 @@ type callResult struct {
 // done hands res, the answer of call c that showBatch took at start, to
 // the sender.
 func (p *pipeline) done(c *pb.PipelineCall, res *pb.PipelineResult, start time.Time) {
-	p.n.metrics.rpc(pipelineMethod(c), resultCode(res), time.Since(start))
+	p.n.metrics.pipeCall(pipelineKind(c), resultCode(res), time.Since(start))
 	p.answer(answer{res: res, taken: true})
 	p.calls.Done()
 }
@@ -550,12 +550,12 @@ func changeResult(c *pb.PipelineCall, r ar.Reservation, err error) *pb.PipelineR
 	return &pb.PipelineResult{CallId: id, Result: &pb.PipelineResult_Release{Release: &pb.ReleaseHoldResponse{Reservation: reservationToPB(r)}}}
 }
 
-// resultCode names the gRPC code of a result, for the RPC metrics.
-func resultCode(res *pb.PipelineResult) string {
+// resultCode is the gRPC code of a result, for the RPC metrics.
+func resultCode(res *pb.PipelineResult) codes.Code {
 	if e := res.GetError(); e != nil {
-		return codes.Code(e.GetCode()).String()
+		return codes.Code(e.GetCode())
 	}
-	return codes.OK.String()
+	return codes.OK
 }
 
 // answer hands a to the sender, or drops it once the stream's context
@@ -640,18 +640,19 @@ func errorResult(id uint64, err error) *pb.PipelineResult {
 	return errorAnswer(id, toCallError(err))
 }
 
-// pipelineMethod names a pipeline call in the RPC metrics:
-// "Pipeline.HoldSeats" and so on; "Pipeline" for a call with none.
-func pipelineMethod(c *pb.PipelineCall) string {
+// pipelineKind is the kind of a pipeline call in the RPC metrics, whose
+// method label is "Pipeline.HoldSeats" and so on; "Pipeline" for a call
+// with none.
+func pipelineKind(c *pb.PipelineCall) pipeKind {
 	switch c.GetCall().(type) {
 	case *pb.PipelineCall_Hold:
-		return "Pipeline.HoldSeats"
+		return pipeHold
 	case *pb.PipelineCall_Confirm:
-		return "Pipeline.ConfirmHold"
+		return pipeConfirm
 	case *pb.PipelineCall_Release:
-		return "Pipeline.ReleaseHold"
+		return pipeRelease
 	case *pb.PipelineCall_Join:
-		return "Pipeline.JoinQueue"
+		return pipeJoin
 	}
-	return "Pipeline"
+	return pipeOther
 }
