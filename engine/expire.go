@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
@@ -36,8 +37,9 @@ type expiring struct {
 // only after the commit, to the waitlist first (the hand-over commits with
 // the expiry). A hold with a change in
 // flight is left for a later round. Then it ends the waitlist turns and
-// waits that are due, and lapses and grants the waiting rooms' admissions
-// (admitRooms). It returns the number of holds expired. The expiry
+// waits that are due, lapses and grants the waiting rooms' admissions
+// (admitRooms), and reloads the stale shows (reloadStale). It returns the
+// number of holds expired. The expiry
 // loop calls it every ExpiryInterval; tests call it directly.
 func (n *Node) ExpireDue() int {
 	now := n.now()
@@ -119,17 +121,32 @@ func (n *Node) ExpireDue() int {
 	}
 	n.lapseWaitlists(shows, n.now())
 	n.admitRooms(shows, n.now())
-	// A stale show takes no changes until reloaded; reload it here, so its
-	// holds expire even if no request comes. While the database is down
-	// this fails fast and is tried again next round.
-	for _, id := range stale {
-		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ExpiryInterval*10)
-		if err := n.load(ctx, id); err != nil {
-			n.cfg.Logger.Debug("reload of stale show failed", "show", id, "err", err)
-		}
-		cancel()
-	}
+	n.reloadStale(stale)
 	return expired
+}
+
+// reloadStale reloads stale shows, which take no changes until reloaded,
+// so that their holds expire even if no request comes. The reloads start
+// together (each a load in flight, bounded by MaxPendingLoads), and the
+// round waits for them at most ExpiryInterval*10 in all: a database that
+// does not answer delays the next round of every show's expiries by that
+// once, not once per stale show. A reload that failed or is still running
+// is tried again next round.
+func (n *Node) reloadStale(ids []ar.ShowID) {
+	if len(ids) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ExpiryInterval*10)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Go(func() {
+			if err := n.load(ctx, id); err != nil {
+				n.cfg.Logger.Debug("reload of stale show failed", "show", id, "err", err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // EvictIdle evicts the loaded shows that have no live holds, nobody on their

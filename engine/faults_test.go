@@ -208,6 +208,111 @@ func TestCommitCutKeepsMemoryConservative(t *testing.T) {
 	checkSeatMapEqualsDB(t, n, db, show)
 }
 
+// TestStaleShowsReloadTogether makes several shows stale — the COMMIT of
+// the transaction that held a seat of each was cut, its outcome unknown —
+// and keeps the database black-holed. A round of ExpireDue starts their
+// reloads together and waits for them once, about ExpiryInterval*10, not
+// that long once per stale show, which kept the expiries and waitlists of
+// every other show waiting. Once the database is back the shows are
+// reloaded by the expiry loop, and each equals the database.
+func TestStaleShowsReloadTogether(t *testing.T) {
+	const app, stale = "stale-node", 8
+	const interval = 100 * time.Millisecond // a round waits 1 s for reloads
+	dbURL := pgclustertest.Shared(t)
+	tc.Migrate(t, dbURL)
+	db := openDB(t, dbURL)
+	ctx := context.Background()
+	// The commit gate of TestCommitCutKeepsMemoryConservative, for the
+	// stale shows' reservations only.
+	for _, q := range []string{
+		`CREATE FUNCTION commit_gate() RETURNS trigger LANGUAGE plpgsql AS
+			$$ BEGIN PERFORM pg_advisory_xact_lock_shared(4243); RETURN NULL; END $$`,
+		`CREATE CONSTRAINT TRIGGER commit_gate AFTER INSERT ON reservations
+			DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.show_id LIKE 'stale-%') EXECUTE FUNCTION commit_gate()`,
+	} {
+		if _, err := db.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gate, err := db.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gate.Release()
+	if _, err := gate.Exec(ctx, `SELECT pg_advisory_lock(4243)`); err != nil {
+		t.Fatal(err)
+	}
+	px := tc.NewDBProxy(t, dbURL)
+	n := tc.StartNode(t, px.URL()+"&application_name="+app, tc.Options{
+		ExpiryInterval: interval,
+		Store:          persistence.Config{CommitTimeout: time.Second, QueryTimeout: time.Second},
+	})
+	shows := []string{"plug"}
+	for i := range stale {
+		shows = append(shows, fmt.Sprintf("stale-%d", i))
+	}
+	for _, id := range shows {
+		n.CreateShow(t, id, 1, 10, 0)
+		getSeatMap(t, n, id) // loaded
+	}
+
+	// The plug's hold waits for its show's ownership row, so the stale
+	// shows' holds queue meanwhile and are then committed together, in
+	// one transaction that the gate stops at COMMIT.
+	plug := lockOwnerRow(t, db, "plug")
+	errs := make(chan error, len(shows))
+	for i, id := range shows {
+		go func() {
+			ctx, cancel := context.WithTimeout(tc.Ctx(ctx), 10*time.Second)
+			defer cancel()
+			_, err := n.Reservations.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: id, UserId: "u", SeatIds: []string{"A-1"}})
+			errs <- err
+		}()
+		if i == 0 {
+			waitForBackend(t, db, app, `wait_event_type = 'Lock'`, 10*time.Second)
+		}
+	}
+	pollUntil(t, 10*time.Second, "the stale shows' holds to be queued", func() bool { return n.Store.QueueLen() >= stale })
+	if err := plug.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitForBackend(t, db, app, `query ILIKE 'commit' AND wait_event_type = 'Lock' AND wait_event = 'advisory'`, 10*time.Second)
+	px.BlackHole()
+	unknown := 0
+	for range shows {
+		if err := <-errs; err != nil {
+			if e := apiErrorOf(err); e.Reason != "OUTCOME_UNKNOWN" {
+				t.Fatalf("a hold whose COMMIT was cut: %s, want OUTCOME_UNKNOWN", e)
+			}
+			unknown++
+		}
+	}
+	if unknown != stale {
+		t.Fatalf("%d holds answered OUTCOME_UNKNOWN, want %d", unknown, stale)
+	}
+
+	start := time.Now()
+	n.Engine.ExpireDue()
+	if took, bound := time.Since(start), 4*10*interval; took > bound {
+		t.Errorf("ExpireDue took %s with %d stale shows and the database black-holed, want under %s", took, stale, bound)
+	}
+
+	loads := func() float64 {
+		v, _ := sample(scrape(t, n), "boxoffice_show_replay_seconds_count")
+		return v
+	}
+	before := loads()
+	px.Lift()
+	if _, err := gate.Exec(ctx, `SELECT pg_advisory_unlock(4243)`); err != nil {
+		t.Fatal(err)
+	}
+	pollUntil(t, 30*time.Second, "the stale shows to be reloaded", func() bool { return loads() >= before+stale })
+	for _, id := range shows {
+		checkDBInvariants(t, db, id)
+		checkSeatMapEqualsDB(t, n, db, id)
+	}
+}
+
 // TestBlackHoleAnswersPromptly black-holes PostgreSQL under 256 concurrent
 // holds, at the worst moment: a batch of them has just been refused by the
 // database (one seat claimed behind the node's back), so the writer commits
