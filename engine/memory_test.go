@@ -350,7 +350,7 @@ func TestUnknownShowNotFoundFromMemory(t *testing.T) {
 // unknown show IDs from 64 callers while 4 others hold and release seats of
 // a real show: every unknown ID is answered NotFound and leaves no trace in
 // show_owners, the flood takes no more database connections than the load
-// bound allows, the holds stay fast (p99 under 50 ms), and the node's
+// bound allows, the holds are not starved (p99 under 200 ms), and the node's
 // goroutines come back down afterwards.
 func TestUnknownShowFlood(t *testing.T) {
 	const (
@@ -358,7 +358,11 @@ func TestUnknownShowFlood(t *testing.T) {
 		unknown  = 20_000
 		flooders = 64
 		holders  = 4
-		p99Bound = 50 * time.Millisecond
+		// The bound tells holds starved by the flood from holds served
+		// beside it, not fast holds from slow ones (the benchmarks measure
+		// speed): on busy days of the project's shared 2-core machines the
+		// p99 was 34-68 ms, and a bound of 50 ms failed a CI run.
+		p99Bound = 200 * time.Millisecond
 	)
 	// The loads may hold MaxConcurrentLoads connections at once; the writer,
 	// the pruner and the health check one each.
