@@ -143,7 +143,8 @@ func (n *Node) RenewLeases() int {
 }
 
 // ringLoop hands off the loaded shows that the ring gives to another node
-// whenever the ring changes.
+// whenever the ring changes, and whenever a load installed a show the ring
+// had given away while it loaded.
 func (n *Node) ringLoop() {
 	defer n.wg.Done()
 	n.countMembers()
@@ -154,6 +155,8 @@ func (n *Node) ringLoop() {
 		case <-n.cfg.Ring.Changes():
 			n.metrics.ringChanges.Inc()
 			n.countMembers()
+			n.HandOffMoved()
+		case <-n.moved:
 			n.HandOffMoved()
 		}
 	}

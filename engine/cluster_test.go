@@ -1,14 +1,18 @@
 package engine_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
+	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+	"github.com/boxoffice/boxoffice/engine"
 	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
 	tc "github.com/boxoffice/boxoffice/internal/testcluster"
+	"github.com/boxoffice/boxoffice/persistence"
 )
 
 // startCluster starts n nodes "c0", "c1", ... on one fresh database, each
@@ -154,4 +158,107 @@ func TestClusterMetrics(t *testing.T) {
 		owned, _ := sample(m0, "boxoffice_shows_owned")
 		return members0 == 2 && members1 == 2 && fwd == 1 && takes == 1 && owned == 1
 	})
+}
+
+// TestLoadDuringRingChangeHandsOff: shows whose loads are in flight on
+// their owner when a joining node takes them over are handed off once the
+// loads end: the old owner unloads them and releases their leases, and the
+// new owner serves them at once. Before, a load installed its show after
+// the ring change's hand-off had looked at the loaded shows, and the old
+// owner kept it, renewing its lease, so the new owner's loads waited for
+// AcquireWait and then failed SHOW_MOVED until the next ring change.
+func TestLoadDuringRingChangeHandsOff(t *testing.T) {
+	const candidates = 24
+	url := pgclustertest.Shared(t)
+	tc.Migrate(t, url)
+	db := openDB(t, url)
+	opts := func(id string, join ...string) tc.Options {
+		return tc.Options{
+			NodeID:  id,
+			Cluster: &tc.ClusterOptions{Join: join},
+			// Every candidate's load waits at once, within its query timeout.
+			Store:  persistence.Config{MaxConns: 2 * candidates, QueryTimeout: 30 * time.Second},
+			Engine: func(c *engine.Config) { c.MaxConcurrentLoads = 2 * candidates },
+		}
+	}
+	c0 := tc.StartNode(t, url, opts("c0"))
+	c1 := tc.StartNode(t, url, opts("c1", c0.Ring.GossipAddr()))
+	waitMembers(t, []*tc.Node{c0, c1}, 2)
+	var ids []string
+	for i := 0; len(ids) < candidates; i++ {
+		if id := fmt.Sprintf("r%03d", i); c0.Ring.Owner(id).Name == "c0" {
+			c0.CreateShow(t, id, 1, 10, 0)
+			ids = append(ids, id)
+		}
+	}
+
+	// The loads read reservations, which a transaction of the test locks.
+	ctx := context.Background()
+	lock, err := db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(ctx) //nolint:errcheck // a no-op once rolled back
+	if _, err := lock.Exec(ctx, `LOCK TABLE reservations IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	loads := make(chan error, candidates)
+	for _, id := range ids {
+		go func() {
+			ctx, cancel := context.WithTimeout(tc.Ctx(ctx), 30*time.Second)
+			defer cancel()
+			_, err := c0.Reservations.GetSeatMap(ctx, &pb.GetSeatMapRequest{ShowId: id})
+			loads <- err
+		}()
+	}
+	pollUntil(t, 10*time.Second, "every load to wait for the lock", func() bool {
+		var waiting int
+		err := db.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND query ILIKE '%FROM reservations%'`).Scan(&waiting)
+		return err == nil && waiting >= candidates
+	})
+	c2 := tc.StartNode(t, url, opts("c2", c0.Ring.GossipAddr()))
+	nodes := []*tc.Node{c0, c1, c2}
+	waitMembers(t, nodes, 3)
+	moved := map[string]string{} // show -> its new owner
+	for _, id := range ids {
+		if o := c0.Ring.Owner(id).Name; o != "c0" {
+			moved[id] = o
+		}
+	}
+	if len(moved) == 0 {
+		t.Fatalf("none of %d shows moved when c2 joined", candidates)
+	}
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range ids {
+		if err := <-loads; err != nil && apiErrorOf(err).Reason != "SHOW_MOVED" {
+			t.Errorf("a seat-map read whose load was in flight across the ring change: %v", err)
+		}
+	}
+
+	pollUntil(t, 10*time.Second, "the moved shows to leave c0", func() bool {
+		loaded := c0.Engine.LoadedShows()
+		for id := range moved {
+			if slices.Contains(loaded, ar.ShowID(id)) {
+				return false
+			}
+		}
+		return true
+	})
+	for id, owner := range moved {
+		// Within less than AcquireWait: the old owner released the lease.
+		ctx, cancel := context.WithTimeout(tc.Ctx(ctx), 2*time.Second)
+		_, err := nodeByName(t, nodes, owner).Reservations.GetSeatMap(ctx, &pb.GetSeatMapRequest{ShowId: id})
+		cancel()
+		if err != nil {
+			t.Errorf("show %s on its new owner %s: %v", id, owner, err)
+			continue
+		}
+		if got, _ := dbOwner(t, db, id); got != owner {
+			t.Errorf("show %s: PostgreSQL names %s its owner, want %s", id, got, owner)
+		}
+	}
+	t.Logf("%d of %d shows moved to c2 with their loads in flight", len(moved), candidates)
 }

@@ -50,6 +50,10 @@ type Node struct {
 
 	gate changeGate
 
+	// moved wakes the ring loop when a load installed a show that the ring
+	// gave to another node while it loaded (one wake-up pending at most).
+	moved chan struct{}
+
 	ctx      context.Context // ends at Shutdown: cancels loads
 	cancel   context.CancelFunc
 	quit     chan struct{}
@@ -76,6 +80,7 @@ func New(cfg Config, store Store) (*Node, error) {
 		notFound: ordmap.New[ar.ShowID, time.Time](0),
 		loadSem:  make(chan struct{}, cfg.MaxConcurrentLoads),
 		quit:     make(chan struct{}),
+		moved:    make(chan struct{}, 1),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	return n, nil
@@ -455,6 +460,16 @@ func (n *Node) loadNow(ctx context.Context, id ar.ShowID) error {
 	n.metrics.showsLoaded.Set(float64(loaded))
 	n.metrics.loadTime.Observe(time.Since(start).Seconds())
 	n.cfg.Logger.Info("show loaded", "show", id, "epoch", sh.epoch, "live", live, "took", time.Since(start))
+	// The ring may have given the show to another node while it loaded,
+	// after the ring loop's hand-off looked at the loaded shows: then the
+	// ring loop looks again. (A ring that changes after this look wakes
+	// the ring loop itself, which then finds the show loaded.)
+	if _, mine := n.ownerOf(id); !mine {
+		select {
+		case n.moved <- struct{}{}:
+		default:
+		}
+	}
 	return nil
 }
 
