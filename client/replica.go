@@ -23,11 +23,14 @@ type SeatMap struct {
 	// Statuses has one pb.SeatStatus value per seat, in the show's layout
 	// order (GetSeatMap with include_layout tells the seats' IDs).
 	Statuses []byte
-	// The counts at Version, as GetSeatMap answers them.
+	// The counts at Version, as GetSeatMap answers them, but for Waiting:
+	// the waitlist's length when the engine sent Version, as a change of
+	// the waitlist that moves no seat sends nothing.
 	Available, Held, Booked, Offered, Waiting int
-	// PublishedAt is when the engine published Version (its clock),
-	// ReceivedAt when it reached the replica (this machine's clock).
-	// ReceivedAt − PublishedAt is the replica's lag for this version.
+	// PublishedAt is when the engine published Version (its clock; for a
+	// snapshot, when it last found Version current), ReceivedAt when it
+	// reached the replica (this machine's clock). ReceivedAt − PublishedAt
+	// is the replica's lag for this version.
 	PublishedAt, ReceivedAt time.Time
 }
 

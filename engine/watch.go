@@ -67,8 +67,10 @@ const (
 // snapshot, or at once when there is none), so a client that waits for
 // them misses no change made after; a node that relays the stream to the
 // show's owner sends them with the first message instead. The counts are
-// those at the message's version, except waiting, which is read when the
-// message is made: a waitlist change that moves no seat sends nothing.
+// those at the message's version, except waiting, which is the waitlist's
+// length when that version was published: a waitlist change that moves no
+// seat sends nothing. A snapshot's published_at is when the show was last
+// found at its version, a batch's when the batch was published.
 //
 // At Shutdown a stream ends at once unless it is blocked in a send because
 // its client stopped reading (the flow-control windows are full): that one
@@ -268,10 +270,13 @@ type seatMapPublisher struct {
 	// first poll), with the waitlist's length then.
 	state   ar.SeatMap
 	waiting int
-	// published is when state was published (the node's clock).
-	published time.Time
-	// snap is the encoded snapshot of state; zero until a watcher needs it.
-	snap watchMsg
+	// published is when state was published (the node's clock); checked
+	// when a poll last found it current, which a snapshot says it is as of.
+	published, checked time.Time
+	// snap is the encoded snapshot of state as of snapAt; zero until a
+	// watcher needs it.
+	snap   watchMsg
+	snapAt time.Time
 	// changed is closed at the next batch, or when ended is set.
 	changed chan struct{}
 }
@@ -350,10 +355,11 @@ func (p *seatMapPublisher) pollLocked() {
 		close(p.changed)
 		return
 	}
+	now := p.hub.n.now()
 	if !moved {
+		p.checked = now
 		return
 	}
-	now := p.hub.n.now()
 	if p.state.Statuses != nil {
 		m := watchMessage(sh.id, sm, waiting, now)
 		m.SeatIndexes, m.Statuses = diffStatuses(p.state.Statuses, sm.Statuses)
@@ -362,16 +368,20 @@ func (p *seatMapPublisher) pollLocked() {
 		close(p.changed)
 		p.changed = make(chan struct{})
 	}
-	p.state, p.waiting, p.published, p.snap = sm, waiting, now, watchMsg{}
+	p.state, p.waiting, p.published, p.checked, p.snap = sm, waiting, now, now, watchMsg{}
 }
 
 // snapshotLocked returns the encoded snapshot of the last published state,
-// encoding it on first use. p.mu must be held.
+// encoding it on first use after each poll. Its published_at is when a
+// poll last found the state current, not when it was published: a show
+// that has not changed for an hour has a current snapshot, which a
+// replica starting from it must not count an hour behind. p.mu must be
+// held.
 func (p *seatMapPublisher) snapshotLocked() watchMsg {
-	if p.snap.wire == nil {
-		m := watchMessage(p.sh.id, p.state, p.waiting, p.published)
+	if p.snap.wire == nil || !p.snapAt.Equal(p.checked) {
+		m := watchMessage(p.sh.id, p.state, p.waiting, p.checked)
 		m.Snapshot = p.state.Statuses
-		p.snap = watchMsg{version: p.state.Version, wire: preEncoded(m)}
+		p.snap, p.snapAt = watchMsg{version: p.state.Version, wire: preEncoded(m)}, p.checked
 	}
 	return p.snap
 }

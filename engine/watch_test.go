@@ -432,6 +432,54 @@ func TestWatchSeatMapSinceVersion(t *testing.T) {
 	}
 }
 
+// TestWatchSeatMapSnapshotIsFresh: a watcher that joins a show whose map
+// has not changed for ten minutes (by the node's clock) gets a snapshot
+// published as of its joining, so a replica starting from it reports no
+// lag; before, the snapshot carried the time its version was published,
+// and a replica of a quiet show started ten minutes behind.
+func TestWatchSeatMapSnapshotIsFresh(t *testing.T) {
+	const show = "w-fresh"
+	clock := tc.NewClock(time.Now())
+	n, _ := newNode(t, tc.Options{Clock: clock})
+	n.CreateShow(t, show, 2, 10, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	first := func(what string) *pb.WatchSeatMapResponse {
+		t.Helper()
+		stream, err := n.Reservations.WatchSeatMap(tc.Ctx(ctx), &pb.WatchSeatMapRequest{ShowId: show})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if m.GetSnapshot() == nil {
+			t.Fatalf("%s: first message is not a snapshot", what)
+		}
+		return m
+	}
+	// The first watcher keeps the show's publisher running.
+	first("the first watcher")
+	if _, err := hold(t, n, show, "u1", "A-1"); err != nil {
+		t.Fatal(err)
+	}
+	held := getSeatMap(t, n, show).GetVersion()
+	pollUntil(t, 10*time.Second, "the hold to be published", func() bool {
+		return first("a watcher").GetVersion() == held
+	})
+
+	clock.Advance(10 * time.Minute)
+	joined := clock.Now().Truncate(time.Microsecond) // the node's precision
+	m := first("a watcher after ten quiet minutes")
+	if m.GetVersion() != held {
+		t.Fatalf("snapshot at version %d, want %d", m.GetVersion(), held)
+	}
+	if at := m.GetPublishedAt().AsTime(); at.Before(joined) {
+		t.Errorf("snapshot of a current map published at %s, %s before the watcher joined", at, joined.Sub(at))
+	}
+}
+
 // TestWatchSeatMapManyWatchersOnePublisher: 200 watchers of one show share
 // one publisher and all converge; cancelled, they unsubscribe and the
 // publisher stops.

@@ -259,9 +259,12 @@ type WatchSeatMapResponse struct {
 	Offered   int32 `protobuf:"varint,9,opt,name=offered,proto3" json:"offered,omitempty"`
 	Waiting   int32 `protobuf:"varint,10,opt,name=waiting,proto3" json:"waiting,omitempty"`
 	// When the engine published this version to its watchers (the node's
-	// clock). A change waits at most 5 ms to be published (up to 50 ms on a
-	// show with more than 100 watchers), so the time from published_at to a
-	// message's arrival is a replica's lag but for those milliseconds.
+	// clock); for a snapshot, when the engine last found this version
+	// current, so a snapshot of a show that has not changed for a while is
+	// not counted as old. A change waits at most 5 ms to be published (up to
+	// 50 ms on a show with more than 100 watchers), so the time from
+	// published_at to a message's arrival is a replica's lag but for those
+	// milliseconds.
 	PublishedAt   *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=published_at,json=publishedAt,proto3" json:"published_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
