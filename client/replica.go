@@ -45,7 +45,9 @@ func (m *SeatMap) Lag() time.Duration { return m.ReceivedAt.Sub(m.PublishedAt) }
 // it. The first call for a show starts the replica (a WatchSeatMap stream
 // to its owner) and waits, within ctx, for its first snapshot; later calls
 // answer from memory at once, with the last version received, even while
-// the replica reconnects (its ReceivedAt then stops moving). A replica not
+// the replica reconnects (its ReceivedAt then stops moving), until the
+// engine refuses it for good (then the next call starts a new replica,
+// and its first watch tells the refusal). A replica not
 // read for Config.ReplicaIdle is stopped, and so is the one read longest
 // ago when more than Config.MaxReplicas are wanted; a reader waiting for
 // the first snapshot of a replica stopped so is answered Unavailable.
@@ -183,8 +185,11 @@ func (rs *replicas) close() {
 // backoff: 20 ms after a stream that brought a message, doubling up to 1 s
 // while the streams fail before their first (a node down or refusing), so
 // a thousand replicas of a crashed owner's shows do not call every 20 ms.
-// A show the engine refuses for good (not found, invalid) before the first
-// version ends the replica with that error.
+// A refusal for good (not found, invalid, unauthenticated: any answer that
+// is not retryable) ends the replica: before its first version, with that
+// error for its readers; after, its readers' next read starts a new
+// replica, which meets the refusal in turn, rather than a replica that
+// serves its last version, never newer, with no error.
 func (rs *replicas) follow(ctx context.Context, r *replica) {
 	c := rs.c
 	const minWait = 20 * time.Millisecond
@@ -204,8 +209,10 @@ func (rs *replicas) follow(ctx context.Context, r *replica) {
 			// ring), not the caller giving up: watch again, on the owner.
 			err = status.Errorf(codes.Unavailable, "client: %v", err)
 		}
-		if r.cur.Load() == nil && !retryable(err) {
-			r.err = err
+		if !retryable(err) {
+			if r.cur.Load() == nil {
+				r.err = err
+			}
 			break
 		}
 		if got {

@@ -13,6 +13,7 @@ import (
 
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 	"github.com/boxoffice/boxoffice/client"
+	"github.com/boxoffice/boxoffice/engine"
 	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
 	tc "github.com/boxoffice/boxoffice/internal/testcluster"
 )
@@ -86,4 +87,49 @@ func TestReplicaStoppedBeforeItsMap(t *testing.T) {
 	if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
 		t.Fatalf("the reader of the stopped replica: %v after %s, want Unavailable", err, time.Since(start))
 	}
+}
+
+// TestReplicaEndsOnRefusalForGood: a replica whose node refuses it for good
+// after its first map (the node's token was rotated: every watch is
+// Unauthenticated) ends, and the next read tells the reader so. Before, it
+// watched again every second, and its readers got the frozen map and no
+// error for as long as the client ran.
+func TestReplicaEndsOnRefusalForGood(t *testing.T) {
+	const show = "cl-refused"
+	url := pgclustertest.Shared(t)
+	tc.Migrate(t, url)
+	n := tc.StartNode(t, url, tc.Options{NodeID: "solo"})
+	n.CreateShow(t, show, 1, 4, time.Minute)
+	serve := func(addr, token string) *engine.Server {
+		t.Helper()
+		srv, err := engine.NewServer(n.Engine, engine.ServerConfig{GRPCAddr: addr, HTTPAddr: "127.0.0.1:0",
+			Token: token, AdminToken: tc.AdminToken})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			srv.Shutdown(ctx) //nolint:errcheck // the streams a test left open are cut
+		})
+		return srv
+	}
+	srv := serve("127.0.0.1:0", tc.Token)
+	c := newClient(t, client.Config{Addrs: []string{srv.GRPCAddr()}})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if _, err := c.SeatMap(ctx, show); err != nil {
+		t.Fatalf("SeatMap: %v", err)
+	}
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	serve(srv.GRPCAddr(), "a rotated token")
+	pollUntil(t, 20*time.Second, "a read of the replica to be refused Unauthenticated", func() bool {
+		_, err := c.SeatMap(ctx, show)
+		return status.Code(err) == codes.Unauthenticated
+	})
 }

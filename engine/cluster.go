@@ -171,7 +171,10 @@ func (n *Node) countMembers() {
 // HandOffMoved hands off every loaded show whose owner by the ring is now
 // another node: it stops taking changes for it, waits (within the commit
 // timeout) for its writes in flight, and releases its lease so that the
-// new owner takes it at once. It returns the number handed off.
+// new owner takes it at once. The lease is not renewed meanwhile: if the
+// writes take longer than the rest of the lease, the new owner may take
+// the show first, and those not yet committing are fenced and answered
+// SHOW_MOVED (retryable there). It returns the number handed off.
 func (n *Node) HandOffMoved() int {
 	n.mu.RLock()
 	var moved []*show
