@@ -84,12 +84,23 @@ func (s *reservationServer) WatchSeatMap(req *pb.WatchSeatMapRequest, stream pb.
 		return toStatus(err)
 	}
 	defer s.watch.leave()
-	ctx := stream.Context()
+	// Shutdown ends the stream also while it waits for its show to be
+	// loaded again (after a loss of its lease, a reload), which can take
+	// AcquireWait or LoadTimeout.
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	defer context.AfterFunc(s.watch.life, cancel)()
+	shuttingDown := func(err error) error {
+		if s.watch.life.Err() != nil {
+			return toStatus(fmt.Errorf("watch: %w", ErrShuttingDown))
+		}
+		return err
+	}
 	since := req.GetSinceVersion()
 	for {
 		sh, err := s.watch.find(ctx, id)
 		if err != nil {
-			return toStatus(err)
+			return shuttingDown(toStatus(err))
 		}
 		p := s.watch.subscribe(sh)
 		var ended bool
@@ -99,7 +110,7 @@ func (s *reservationServer) WatchSeatMap(req *pb.WatchSeatMapRequest, stream pb.
 		}
 		s.watch.unsubscribe(p)
 		if err != nil {
-			return err
+			return shuttingDown(err)
 		}
 	}
 }

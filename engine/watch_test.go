@@ -17,6 +17,7 @@ import (
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+	"github.com/boxoffice/boxoffice/engine"
 	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
 	tc "github.com/boxoffice/boxoffice/internal/testcluster"
 )
@@ -477,6 +478,61 @@ func TestWatchSeatMapSnapshotIsFresh(t *testing.T) {
 	}
 	if at := m.GetPublishedAt().AsTime(); at.Before(joined) {
 		t.Errorf("snapshot of a current map published at %s, %s before the watcher joined", at, joined.Sub(at))
+	}
+}
+
+// TestWatchSeatMapShutdownWhileReloading: a watcher whose show was lost
+// (another node took its lease) waits for the show to be loaded again; a
+// Shutdown meanwhile ends its stream at once, SHUTTING_DOWN. Before, the
+// wait for the other node's lease (AcquireWait, 20 s here) went on, and
+// Shutdown waited for it.
+func TestWatchSeatMapShutdownWhileReloading(t *testing.T) {
+	const show = "w-reload-stop"
+	n, url := newNode(t, tc.Options{Engine: func(c *engine.Config) { c.AcquireWait = 20 * time.Second }})
+	n.CreateShow(t, show, 1, 4, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := n.Reservations.WatchSeatMap(tc.Ctx(ctx), &pb.WatchSeatMapRequest{ShowId: show})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	// Another node takes the show, with a lease that outlasts the test.
+	if _, err := openDB(t, url).Exec(ctx, `UPDATE show_owners SET owner_node = 'other', epoch = epoch + 1,
+		lease_until = now() + interval '1 hour' WHERE show_id = $1`, show); err != nil {
+		t.Fatal(err)
+	}
+	if lost := n.Engine.RenewLeases(); lost != 1 {
+		t.Fatalf("RenewLeases lost %d shows, want 1", lost)
+	}
+	pollUntil(t, 10*time.Second, "the lost show's publisher to stop", func() bool {
+		p, _ := sample(scrape(t, n), "boxoffice_seatmap_publishers")
+		return p == 0
+	})
+
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := stream.Recv(); err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	defer scancel()
+	if err := n.Server.Shutdown(sctx); err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	err = <-ended
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("Shutdown and the watch's end took %s", took)
+	}
+	if e := apiErrorOf(err); e.Code != codes.Unavailable || e.Reason != "SHUTTING_DOWN" {
+		t.Errorf("the watch ended with %s, want Unavailable SHUTTING_DOWN", e)
 	}
 }
 
