@@ -79,6 +79,9 @@ type room struct {
 	ended *ordmap.Map[wu.UserID, endedRoomView]
 	// writes counts room writes in flight; a show with any is not evicted.
 	writes int
+	// joining has a channel for each user whose join is being written,
+	// closed once its outcome is known.
+	joining map[wu.UserID]chan struct{}
 }
 
 // roomWaiter is the channel the waiters of one user's entry share, and
@@ -264,48 +267,90 @@ func (n *Node) JoinQueue(ctx context.Context, id ar.ShowID, user ar.UserID) (Roo
 		return RoomView{}, false, err
 	}
 	defer n.gate.leave()
-	now := n.now()
 	u := wu.UserID(user)
+	var (
+		v       RoomView
+		existed bool
+		e       wu.Entry
+		p       *persistence.Pending
+		joined  chan struct{}
+		jerr    error // the join's refusal
+	)
+	// A user whose join is still being written is not answered from memory
+	// (existed) before that write is durable: the join waits for it, and
+	// decides again on what memory then holds (reloaded if it failed).
+	sh, err = n.untilDecided(ctx, sh, func(sh *show) <-chan struct{} {
+		if sh.room == nil {
+			jerr = roomMissing(n, id)
+			return nil
+		}
+		if ch := sh.room.joining[u]; ch != nil {
+			return ch
+		}
+		v, existed, e, p, jerr = n.joinQueueLocked(sh, u)
+		if p != nil {
+			joined = make(chan struct{})
+			if sh.room.joining == nil {
+				sh.room.joining = make(map[wu.UserID]chan struct{})
+			}
+			sh.room.joining[u] = joined
+		}
+		return nil
+	})
+	if err == nil {
+		err = jerr
+	}
+	if err != nil || p == nil {
+		return v, existed, err
+	}
+
+	err = n.settleRoom(sh, p)
+	sh.mu.Lock()
+	if err != nil && !unknownOutcome(err) {
+		if p := sh.room.rules.Get(u); p.State == wu.Queued && p.Entry.Seq == e.Seq {
+			sh.room.rules.Leave(u, n.now()) //nolint:errcheck // it is queued
+			sh.room.wakeLocked(u)
+		}
+	}
+	delete(sh.room.joining, u)
+	close(joined)
+	if err == nil {
+		v, _ = n.roomViewLocked(sh, u, n.now())
+	}
+	sh.mu.Unlock()
+	if err != nil {
+		return RoomView{}, false, err
+	}
+	n.metrics.room("joined", 1)
+	return v, false, nil
+}
+
+// joinQueueLocked decides user's join of sh's room, sh locked: the user's
+// view unless a write was queued, whether the user was queued or admitted
+// already (existed), and the entry and the write queued for a new join.
+func (n *Node) joinQueueLocked(sh *show, u wu.UserID) (v RoomView, existed bool, e wu.Entry, p *persistence.Pending, err error) {
+	now := n.now()
 	place, existed, err := sh.room.rules.Join(u, now)
 	if err == nil && !existed && sh.room.rules.Queued() > maxRoomQueue {
 		sh.room.rules.Leave(u, now) //nolint:errcheck // just joined, at the tail
 		err = fmt.Errorf("%w: %d users in the waiting room", ErrWaitlistFull, maxRoomQueue)
 	}
 	if err != nil || existed {
-		v, _ := n.roomViewLocked(sh, u, now)
-		sh.mu.Unlock()
-		return v, existed, err
+		v, _ = n.roomViewLocked(sh, u, now)
+		return v, existed, wu.Entry{}, nil, err
 	}
-	e := place.Entry
+	e = place.Entry
 	change := &persistence.RoomChange{
 		Put:    []persistence.RoomEntry{{UserID: string(u), Seq: e.Seq, JoinedAt: e.JoinedAt}},
 		Events: []persistence.WaitEvent{{UserID: string(u), Kind: "ROOM_JOINED", At: now}},
 	}
-	p, err := n.enqueueRoomLocked(sh, change, now)
+	p, err = n.enqueueRoomLocked(sh, change, now)
 	if err != nil {
 		sh.room.rules.Leave(u, now) //nolint:errcheck // just joined, at the tail
-		sh.mu.Unlock()
-		return RoomView{}, false, err
+		return RoomView{}, false, wu.Entry{}, nil, err
 	}
 	sh.room.ended.Delete(u)
-	sh.mu.Unlock()
-
-	if err := n.settleRoom(sh, p); err != nil {
-		if !unknownOutcome(err) {
-			sh.mu.Lock()
-			if p := sh.room.rules.Get(u); p.State == wu.Queued && p.Entry.Seq == e.Seq {
-				sh.room.rules.Leave(u, now) //nolint:errcheck // it is queued
-				sh.room.wakeLocked(u)
-			}
-			sh.mu.Unlock()
-		}
-		return RoomView{}, false, err
-	}
-	n.metrics.room("joined", 1)
-	sh.mu.Lock()
-	v, _ := n.roomViewLocked(sh, u, n.now())
-	sh.mu.Unlock()
-	return v, false, nil
+	return RoomView{}, false, e, p, nil
 }
 
 // LeaveQueue takes user out of the show's waiting room, durably: out of the

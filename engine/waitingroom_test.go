@@ -17,6 +17,7 @@ import (
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
 	"github.com/boxoffice/boxoffice/engine"
 	tc "github.com/boxoffice/boxoffice/internal/testcluster"
+	"github.com/boxoffice/boxoffice/persistence"
 	wu "github.com/boxoffice/boxoffice/waitinguser"
 )
 
@@ -610,5 +611,55 @@ func TestWaitingRoomPipelineJoins(t *testing.T) {
 	r, err := n.Room.PollQueue(ctx, &pb.PollQueueRequest{ShowId: "room-pipe", UserId: "ben"})
 	if err != nil || r.GetEntry().GetSequence() != b.GetEntry().GetSequence() || r.GetEntry().GetState() != pb.QueueState_QUEUE_STATE_QUEUED {
 		t.Fatalf("ben after a restart: %v, %v; want queued at place %d", r, err, b.GetEntry().GetSequence())
+	}
+}
+
+// TestWaitingRoomRepeatedJoinWaitsForTheFirst is
+// TestWaitlistRepeatedJoinWaitsForTheFirst for the waiting room: a second
+// JoinQueue of a user whose first join's write is in flight waits for it,
+// and after that write failed joins anew, durably.
+func TestWaitingRoomRepeatedJoinWaitsForTheFirst(t *testing.T) {
+	const show, user = "room-twice", "u-twice"
+	n, url := newNode(t, tc.Options{Store: persistence.Config{CommitTimeout: time.Second}})
+	db := openDB(t, url)
+	roomShow(t, n, show, &pb.WaitingRoom{OpensAt: timestamppb.New(time.Now().Add(time.Hour)), AdmitPerSecond: 1})
+	getSeatMap(t, n, show)
+	ctx := tc.Ctx(context.Background())
+	join := func() (*pb.JoinQueueResponse, error) {
+		ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		return n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: show, UserId: user})
+	}
+	type answer struct {
+		r   *pb.JoinQueueResponse
+		err error
+	}
+	first, second := make(chan answer, 1), make(chan answer, 1)
+
+	plug := lockOwnerRow(t, db, show)
+	go func() { r, err := join(); first <- answer{r, err} }()
+	pollUntil(t, 10*time.Second, "the first join's transaction to wait for the lock", func() bool {
+		var k int
+		err := db.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'`).Scan(&k)
+		return err == nil && k > 0
+	})
+	go func() { r, err := join(); second <- answer{r, err} }()
+	a := <-first
+	if a.err == nil {
+		t.Fatalf("the first join committed through the lock: %v", a.r)
+	}
+	if err := plug.Rollback(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	b := <-second
+	if b.err != nil {
+		t.Fatalf("the second join: %v", b.err)
+	}
+	var k int
+	if err := db.QueryRow(context.Background(), `SELECT count(*) FROM room_entries WHERE show_id = $1 AND user_id = $2`, show, user).Scan(&k); err != nil {
+		t.Fatal(err)
+	}
+	if k != 1 {
+		t.Fatalf("the second join was answered %v (first: %v), but the database has %d room entries for the user", b.r, a.err, k)
 	}
 }

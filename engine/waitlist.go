@@ -72,6 +72,9 @@ type waitlist struct {
 	// writes counts waitlist writes in flight; a show with any is not
 	// evicted.
 	writes int
+	// joining has a channel for each user whose join is being written,
+	// closed once its outcome is known.
+	joining map[wu.UserID]chan struct{}
 }
 
 // endedView is an ended entry's view and when it ended.
@@ -182,54 +185,89 @@ func (n *Node) JoinWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID, w
 		return WaitView{}, false, err
 	}
 	defer n.gate.leave()
+	u := wu.UserID(user)
+	var (
+		e      wu.Entry
+		p      *persistence.Pending
+		joined chan struct{}
+		jerr   error // the join's refusal
+	)
+	// A user whose join is still being written is not answered from memory
+	// (existed) before that write is durable: the join waits for it, and
+	// decides again on what memory then holds (reloaded if it failed).
+	sh, err = n.untilDecided(ctx, sh, func(sh *show) <-chan struct{} {
+		if ch := sh.wait.joining[u]; ch != nil {
+			return ch
+		}
+		e, p, existed, v, jerr = n.joinLocked(sh, u, wanted, token)
+		if p != nil {
+			joined = make(chan struct{})
+			if sh.wait.joining == nil {
+				sh.wait.joining = make(map[wu.UserID]chan struct{})
+			}
+			sh.wait.joining[u] = joined
+		}
+		return nil
+	})
+	if err == nil {
+		err = jerr
+	}
+	if err != nil || p == nil {
+		n.metrics.waitJoins(err)
+		return v, existed, err
+	}
+
+	err = n.settleWait(sh, p)
+	n.metrics.waitJoins(err)
+	if err != nil && !unknownOutcome(err) {
+		n.undoJoin(sh, u, e.Seq)
+	}
+	sh.mu.Lock()
+	delete(sh.wait.joining, u)
+	close(joined)
+	if err == nil {
+		v, _ = sh.viewLocked(u)
+	}
+	sh.mu.Unlock()
+	if err != nil {
+		return WaitView{}, false, err
+	}
+	return v, false, nil
+}
+
+// joinLocked decides user's join on sh, locked: the entry and the write it
+// queued (nil when the user was on the waitlist already, existed, or the
+// join was refused, err), and the user's view when no write was queued.
+func (n *Node) joinLocked(sh *show, user wu.UserID, wanted int, token string) (e wu.Entry, p *persistence.Pending, existed bool, v WaitView, err error) {
 	now := n.now()
-	if _, waiting := sh.wait.rules.Get(wu.UserID(user)); !waiting {
-		if err := n.admitted(sh, user, token); err != nil {
-			sh.mu.Unlock()
-			n.metrics.waitJoins(err)
-			return WaitView{}, false, err
+	if _, waiting := sh.wait.rules.Get(user); !waiting {
+		if err := n.admitted(sh, ar.UserID(user), token); err != nil {
+			return wu.Entry{}, nil, false, WaitView{}, err
 		}
 	}
 	available, held, _, offered := sh.rules.Counts()
-	seats := wu.Seats{Available: available, Held: held, Offered: offered, User: sh.rules.UserSeats(user)}
-	e, existed, err := sh.wait.rules.Join(wu.UserID(user), wanted, now, seats)
+	seats := wu.Seats{Available: available, Held: held, Offered: offered, User: sh.rules.UserSeats(ar.UserID(user))}
+	e, existed, err = sh.wait.rules.Join(user, wanted, now, seats)
 	if err == nil && !existed && sh.wait.rules.Len() > n.cfg.MaxWaitlist {
-		sh.wait.rules.Leave(wu.UserID(user), now) //nolint:errcheck // just joined, at the tail: nothing else moves
+		sh.wait.rules.Leave(user, now) //nolint:errcheck // just joined, at the tail: nothing else moves
 		err = fmt.Errorf("%w: %d users", ErrWaitlistFull, n.cfg.MaxWaitlist)
 	}
 	if err != nil || existed {
-		v, _ = sh.viewLocked(wu.UserID(user))
-		sh.mu.Unlock()
-		n.metrics.waitJoins(err)
-		return v, existed, err
+		v, _ = sh.viewLocked(user)
+		return e, nil, existed, v, err
 	}
 	change := &persistence.WaitlistChange{
 		Put:    []persistence.WaitEntry{entryRow(e, nil)},
 		Events: []persistence.WaitEvent{{UserID: string(user), Kind: "WAIT_JOINED", At: now}},
 	}
-	p, err := n.enqueueWaitLocked(sh, change, now)
+	p, err = n.enqueueWaitLocked(sh, change, now)
 	if err != nil {
-		sh.wait.rules.Leave(wu.UserID(user), now) //nolint:errcheck // just joined, at the tail: nothing else moves
-		sh.mu.Unlock()
-		n.metrics.waitJoins(err)
-		return WaitView{}, false, err
+		sh.wait.rules.Leave(user, now) //nolint:errcheck // just joined, at the tail: nothing else moves
+		return wu.Entry{}, nil, false, WaitView{}, err
 	}
-	sh.wait.ended.Delete(wu.UserID(user))
+	sh.wait.ended.Delete(user)
 	sh.wait.notifyLocked()
-	sh.mu.Unlock()
-
-	err = n.settleWait(sh, p)
-	n.metrics.waitJoins(err)
-	if err != nil {
-		if !unknownOutcome(err) {
-			n.undoJoin(sh, wu.UserID(user), e.Seq)
-		}
-		return WaitView{}, false, err
-	}
-	sh.mu.Lock()
-	v, _ = sh.viewLocked(wu.UserID(user))
-	sh.mu.Unlock()
-	return v, false, nil
+	return e, p, false, WaitView{}, nil
 }
 
 // undoJoin takes back, in memory, a join whose write was not committed, so

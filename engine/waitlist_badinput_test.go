@@ -20,6 +20,7 @@ import (
 	"github.com/boxoffice/boxoffice/engine"
 	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
 	tc "github.com/boxoffice/boxoffice/internal/testcluster"
+	"github.com/boxoffice/boxoffice/persistence"
 )
 
 // waitBadInput is a badInput whose state also covers the waitlists: their
@@ -526,4 +527,55 @@ func TestWaitlistNotEvicted(t *testing.T) {
 		t.Errorf("%s not loaded after use", show)
 	}
 	checkSeatMapEqualsDB(t, n, db, show)
+}
+
+// TestWaitlistRepeatedJoinWaitsForTheFirst: a user's second join, sent
+// while the first one's write is still in flight, is not answered from
+// memory (existed) before that write is durable. The first write fails
+// here (its transaction waits for a lock past the commit timeout): the
+// second join then joins anew, durably. Before, it was answered at once,
+// and the join it confirmed was in neither memory nor the database once
+// the first write had failed.
+func TestWaitlistRepeatedJoinWaitsForTheFirst(t *testing.T) {
+	const show, user = "wl-twice", "u-twice"
+	n, url := newNode(t, tc.Options{Store: persistence.Config{CommitTimeout: time.Second}})
+	db := openDB(t, url)
+	n.CreateShow(t, show, 1, 2, 0)
+	if _, err := hold(t, n, show, "h", "A-1", "A-2"); err != nil { // sold out: joins are allowed
+		t.Fatal(err)
+	}
+	ctx := tc.Ctx(context.Background())
+	join := func() (*pb.JoinWaitlistResponse, error) {
+		ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		return n.Waitlist.JoinWaitlist(ctx, &pb.JoinWaitlistRequest{ShowId: show, UserId: user, SeatsWanted: 1})
+	}
+	type answer struct {
+		r   *pb.JoinWaitlistResponse
+		err error
+	}
+	first, second := make(chan answer, 1), make(chan answer, 1)
+
+	plug := lockOwnerRow(t, db, show)
+	go func() { r, err := join(); first <- answer{r, err} }()
+	pollUntil(t, 10*time.Second, "the first join's transaction to wait for the lock", func() bool {
+		var k int
+		err := db.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'`).Scan(&k)
+		return err == nil && k > 0
+	})
+	go func() { r, err := join(); second <- answer{r, err} }()
+	a := <-first
+	if a.err == nil {
+		t.Fatalf("the first join committed through the lock: %v", a.r)
+	}
+	if err := plug.Rollback(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	b := <-second
+	if b.err != nil {
+		t.Fatalf("the second join: %v", b.err)
+	}
+	if !dbWaiting(t, db, show, user) {
+		t.Fatalf("the second join was answered %v (first: %v), but the user is not on the waitlist in the database", b.r, a.err)
+	}
 }
