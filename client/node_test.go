@@ -132,8 +132,21 @@ func oneStreamClient(t *testing.T, show string, idle time.Duration) *client.Clie
 	tc.Migrate(t, url)
 	n := tc.StartNode(t, url, tc.Options{NodeID: "solo"})
 	n.CreateShow(t, show, 1, 4, time.Minute)
-	srv, err := engine.NewServer(n.Engine, engine.ServerConfig{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		Token: tc.Token, AdminToken: tc.AdminToken, MaxConcurrentStreams: 1})
+	srv := startServer(t, n, engine.ServerConfig{GRPCAddr: "127.0.0.1:0", Token: tc.Token, MaxConcurrentStreams: 1})
+	c, err := client.New(t.Context(), client.Config{Addrs: []string{srv.GRPCAddr()}, Token: tc.Token, ConnsPerNode: 1, ReplicaIdle: idle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// startServer starts another server of node n's engine with cfg (its HTTP
+// address and admin token filled in), shut down at the test's end.
+func startServer(t *testing.T, n *tc.Node, cfg engine.ServerConfig) *engine.Server {
+	t.Helper()
+	cfg.HTTPAddr, cfg.AdminToken = "127.0.0.1:0", tc.AdminToken
+	srv, err := engine.NewServer(n.Engine, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,10 +158,5 @@ func oneStreamClient(t *testing.T, show string, idle time.Duration) *client.Clie
 		defer cancel()
 		srv.Shutdown(ctx) //nolint:errcheck // the streams a test left open are cut
 	})
-	c, err := client.New(t.Context(), client.Config{Addrs: []string{srv.GRPCAddr()}, Token: tc.Token, ConnsPerNode: 1, ReplicaIdle: idle})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return srv
 }

@@ -100,24 +100,7 @@ func TestReplicaEndsOnRefusalForGood(t *testing.T) {
 	tc.Migrate(t, url)
 	n := tc.StartNode(t, url, tc.Options{NodeID: "solo"})
 	n.CreateShow(t, show, 1, 4, time.Minute)
-	serve := func(addr, token string) *engine.Server {
-		t.Helper()
-		srv, err := engine.NewServer(n.Engine, engine.ServerConfig{GRPCAddr: addr, HTTPAddr: "127.0.0.1:0",
-			Token: token, AdminToken: tc.AdminToken})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := srv.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			srv.Shutdown(ctx) //nolint:errcheck // the streams a test left open are cut
-		})
-		return srv
-	}
-	srv := serve("127.0.0.1:0", tc.Token)
+	srv := startServer(t, n, engine.ServerConfig{GRPCAddr: "127.0.0.1:0", Token: tc.Token})
 	c := newClient(t, client.Config{Addrs: []string{srv.GRPCAddr()}})
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -127,7 +110,7 @@ func TestReplicaEndsOnRefusalForGood(t *testing.T) {
 	if err := srv.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	serve(srv.GRPCAddr(), "a rotated token")
+	startServer(t, n, engine.ServerConfig{GRPCAddr: srv.GRPCAddr(), Token: "a rotated token"})
 	pollUntil(t, 20*time.Second, "a read of the replica to be refused Unauthenticated", func() bool {
 		_, err := c.SeatMap(ctx, show)
 		return status.Code(err) == codes.Unauthenticated

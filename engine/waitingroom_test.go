@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -624,42 +625,14 @@ func TestWaitingRoomRepeatedJoinWaitsForTheFirst(t *testing.T) {
 	db := openDB(t, url)
 	roomShow(t, n, show, &pb.WaitingRoom{OpensAt: timestamppb.New(time.Now().Add(time.Hour)), AdmitPerSecond: 1})
 	getSeatMap(t, n, show)
-	ctx := tc.Ctx(context.Background())
-	join := func() (*pb.JoinQueueResponse, error) {
-		ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		defer cancel()
+	second := joinTwiceAcrossAFailedWrite(t, db, show, func(ctx context.Context) (proto.Message, error) {
 		return n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: show, UserId: user})
-	}
-	type answer struct {
-		r   *pb.JoinQueueResponse
-		err error
-	}
-	first, second := make(chan answer, 1), make(chan answer, 1)
-
-	plug := lockOwnerRow(t, db, show)
-	go func() { r, err := join(); first <- answer{r, err} }()
-	pollUntil(t, 10*time.Second, "the first join's transaction to wait for the lock", func() bool {
-		var k int
-		err := db.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'`).Scan(&k)
-		return err == nil && k > 0
 	})
-	go func() { r, err := join(); second <- answer{r, err} }()
-	a := <-first
-	if a.err == nil {
-		t.Fatalf("the first join committed through the lock: %v", a.r)
-	}
-	if err := plug.Rollback(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	b := <-second
-	if b.err != nil {
-		t.Fatalf("the second join: %v", b.err)
-	}
 	var k int
 	if err := db.QueryRow(context.Background(), `SELECT count(*) FROM room_entries WHERE show_id = $1 AND user_id = $2`, show, user).Scan(&k); err != nil {
 		t.Fatal(err)
 	}
 	if k != 1 {
-		t.Fatalf("the second join was answered %v (first: %v), but the database has %d room entries for the user", b.r, a.err, k)
+		t.Fatalf("the second join was answered %v, but the database has %d room entries for the user", second, k)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
@@ -544,26 +545,40 @@ func TestWaitlistRepeatedJoinWaitsForTheFirst(t *testing.T) {
 	if _, err := hold(t, n, show, "h", "A-1", "A-2"); err != nil { // sold out: joins are allowed
 		t.Fatal(err)
 	}
-	ctx := tc.Ctx(context.Background())
-	join := func() (*pb.JoinWaitlistResponse, error) {
-		ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		defer cancel()
+	second := joinTwiceAcrossAFailedWrite(t, db, show, func(ctx context.Context) (proto.Message, error) {
 		return n.Waitlist.JoinWaitlist(ctx, &pb.JoinWaitlistRequest{ShowId: show, UserId: user, SeatsWanted: 1})
+	})
+	if !dbWaiting(t, db, show, user) {
+		t.Fatalf("the second join was answered %v, but the user is not on the waitlist in the database", second)
 	}
+}
+
+// joinTwiceAcrossAFailedWrite calls join twice for one user of show: the
+// first call's transaction waits for a lock on the show's ownership row
+// past the commit timeout and fails, and the second is sent meanwhile. It
+// returns the second call's answer, failing the test if the first
+// succeeded or the second failed.
+func joinTwiceAcrossAFailedWrite(t *testing.T, db *pgxpool.Pool, show string, join func(context.Context) (proto.Message, error)) proto.Message {
+	t.Helper()
 	type answer struct {
-		r   *pb.JoinWaitlistResponse
+		r   proto.Message
 		err error
 	}
+	call := func(out chan<- answer) {
+		ctx, cancel := context.WithTimeout(tc.Ctx(context.Background()), 20*time.Second)
+		defer cancel()
+		r, err := join(ctx)
+		out <- answer{r, err}
+	}
 	first, second := make(chan answer, 1), make(chan answer, 1)
-
 	plug := lockOwnerRow(t, db, show)
-	go func() { r, err := join(); first <- answer{r, err} }()
+	go call(first)
 	pollUntil(t, 10*time.Second, "the first join's transaction to wait for the lock", func() bool {
 		var k int
 		err := db.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'`).Scan(&k)
 		return err == nil && k > 0
 	})
-	go func() { r, err := join(); second <- answer{r, err} }()
+	go call(second)
 	a := <-first
 	if a.err == nil {
 		t.Fatalf("the first join committed through the lock: %v", a.r)
@@ -573,9 +588,7 @@ func TestWaitlistRepeatedJoinWaitsForTheFirst(t *testing.T) {
 	}
 	b := <-second
 	if b.err != nil {
-		t.Fatalf("the second join: %v", b.err)
+		t.Fatalf("the second join (the first failed: %v): %v", a.err, b.err)
 	}
-	if !dbWaiting(t, db, show, user) {
-		t.Fatalf("the second join was answered %v (first: %v), but the user is not on the waitlist in the database", b.r, a.err)
-	}
+	return b.r
 }
