@@ -69,6 +69,43 @@ func userSeats(t *testing.T, db *pgxpool.Pool, show, user string) int {
 	return n
 }
 
+// commitGate closes a gate at COMMIT: a deferred trigger on new
+// reservations (those matching when, an SQL condition on NEW, or all when
+// it is empty) waits for an advisory lock that the gate holds until open
+// is called. PostgreSQL has then received a gated transaction's COMMIT and
+// completes it once the gate opens, whatever became of the node's
+// connection.
+func commitGate(t *testing.T, db *pgxpool.Pool, when string) (open func()) {
+	t.Helper()
+	ctx := context.Background()
+	if when != "" {
+		when = "WHEN (" + when + ")"
+	}
+	for _, q := range []string{
+		`CREATE FUNCTION commit_gate() RETURNS trigger LANGUAGE plpgsql AS
+			$$ BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$`,
+		`CREATE CONSTRAINT TRIGGER commit_gate AFTER INSERT ON reservations
+			DEFERRABLE INITIALLY DEFERRED FOR EACH ROW ` + when + ` EXECUTE FUNCTION commit_gate()`,
+	} {
+		if _, err := db.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gate, err := db.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gate.Release)
+	if _, err := gate.Exec(ctx, `SELECT pg_advisory_lock(4242)`); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if _, err := gate.Exec(ctx, `SELECT pg_advisory_unlock(4242)`); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestCommitCutKeepsMemoryConservative cuts the node's connection to
 // PostgreSQL while the COMMIT of a user's 10-seat hold is in flight, after
 // PostgreSQL applied it. The hold is answered Unavailable OUTCOME_UNKNOWN,
@@ -82,26 +119,8 @@ func TestCommitCutKeepsMemoryConservative(t *testing.T) {
 	dbURL := pgclustertest.Shared(t)
 	tc.Migrate(t, dbURL)
 	db := openDB(t, dbURL)
-	// A gate at COMMIT: a deferred trigger on new reservations waits for an
-	// advisory lock, which the test holds while hold A commits. The server
-	// has then received COMMIT and will complete it once the gate opens,
-	// whatever became of the node's connection.
-	ctx := context.Background()
-	for _, q := range []string{
-		`CREATE FUNCTION commit_gate() RETURNS trigger LANGUAGE plpgsql AS
-			$$ BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$`,
-		`CREATE CONSTRAINT TRIGGER commit_gate AFTER INSERT ON reservations
-			DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION commit_gate()`,
-	} {
-		if _, err := db.Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	gate, err := db.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gate.Release()
+	// A gate at COMMIT, closed while hold A commits.
+	openGate := commitGate(t, db, "")
 	n, px := proxiedNode(t, dbURL, app, 2*time.Second, 2*time.Second)
 	n.CreateShow(t, show, 3, 10, 0)
 	bg := tc.Ctx(context.Background())
@@ -112,9 +131,6 @@ func TestCommitCutKeepsMemoryConservative(t *testing.T) {
 	rowB := []string{"B-1", "B-2", "B-3", "B-4", "B-5", "B-6", "B-7", "B-8", "B-9", "B-10"}
 	holdA := &pb.HoldSeatsRequest{ShowId: show, UserId: user, SeatIds: rowA, IdempotencyKey: "hold-a"}
 
-	if _, err := gate.Exec(ctx, `SELECT pg_advisory_lock(4242)`); err != nil {
-		t.Fatal(err)
-	}
 	type answer struct {
 		r   *pb.HoldSeatsResponse
 		err error
@@ -156,9 +172,7 @@ func TestCommitCutKeepsMemoryConservative(t *testing.T) {
 	}
 
 	px.Cut()
-	if _, err := gate.Exec(ctx, `SELECT pg_advisory_unlock(4242)`); err != nil {
-		t.Fatal(err)
-	}
+	openGate()
 	a := <-answerA
 	wantAPIError(t, "hold whose COMMIT was cut", a.err, codes.Unavailable, "OUTCOME_UNKNOWN")
 
@@ -222,26 +236,7 @@ func TestStaleShowsReloadTogether(t *testing.T) {
 	tc.Migrate(t, dbURL)
 	db := openDB(t, dbURL)
 	ctx := context.Background()
-	// The commit gate of TestCommitCutKeepsMemoryConservative, for the
-	// stale shows' reservations only.
-	for _, q := range []string{
-		`CREATE FUNCTION commit_gate() RETURNS trigger LANGUAGE plpgsql AS
-			$$ BEGIN PERFORM pg_advisory_xact_lock_shared(4243); RETURN NULL; END $$`,
-		`CREATE CONSTRAINT TRIGGER commit_gate AFTER INSERT ON reservations
-			DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.show_id LIKE 'stale-%') EXECUTE FUNCTION commit_gate()`,
-	} {
-		if _, err := db.Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	gate, err := db.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gate.Release()
-	if _, err := gate.Exec(ctx, `SELECT pg_advisory_lock(4243)`); err != nil {
-		t.Fatal(err)
-	}
+	openGate := commitGate(t, db, "NEW.show_id LIKE 'stale-%'") // the stale shows' reservations only
 	px := tc.NewDBProxy(t, dbURL)
 	n := tc.StartNode(t, px.URL()+"&application_name="+app, tc.Options{
 		ExpiryInterval: interval,
@@ -303,9 +298,7 @@ func TestStaleShowsReloadTogether(t *testing.T) {
 	}
 	before := loads()
 	px.Lift()
-	if _, err := gate.Exec(ctx, `SELECT pg_advisory_unlock(4243)`); err != nil {
-		t.Fatal(err)
-	}
+	openGate()
 	pollUntil(t, 30*time.Second, "the stale shows to be reloaded", func() bool { return loads() >= before+stale })
 	for _, id := range shows {
 		checkDBInvariants(t, db, id)
