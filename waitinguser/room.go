@@ -15,8 +15,10 @@ const (
 	DefaultShoppingWindow = 10 * time.Minute
 	// MaxAdmitPerSecond is the fastest admission rate a room takes.
 	MaxAdmitPerSecond = 100_000
-	// roomMaxWait is how long a user may stay queued in a room: the room's
-	// queue has no time-out of its own (a sale ends it), only this bound.
+	// roomMaxWait is the MaxWait of a room's queue, which sets its entries'
+	// deadlines. Nothing times a queued user out of a room by it: the
+	// queue ends with the sale (sold out, closed), and the engine bounds
+	// its length.
 	roomMaxWait = 7 * 24 * time.Hour
 )
 
