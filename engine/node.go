@@ -451,10 +451,13 @@ func (n *Node) loadNow(ctx context.Context, id ar.ShowID) error {
 	n.mu.Unlock()
 	if old != nil {
 		// Its in-flight writes carry the old epoch and fail; its watchers
-		// move to the new one.
+		// and pollers, the waitlist's and the room's, move to the new one.
 		old.mu.Lock()
 		old.dropped = true
 		old.wait.notifyLocked()
+		if old.room != nil {
+			old.room.wakeAllLocked()
+		}
 		old.mu.Unlock()
 	}
 	n.metrics.showsLoaded.Set(float64(loaded))

@@ -636,3 +636,50 @@ func TestWaitingRoomRepeatedJoinWaitsForTheFirst(t *testing.T) {
 		t.Fatalf("the second join was answered %v, but the database has %d room entries for the user", second, k)
 	}
 }
+
+// TestWaitingRoomPollFollowsReload: a PollQueue parked when the show is
+// reloaded (found stale: a room write failed) follows the reloaded show,
+// so the user's leave, made on it, answers the poll at once. Before, the
+// reload woke the waitlist's waiters but not the room's, and the poll
+// stayed on the replaced show until its wait (30 s) ran out.
+func TestWaitingRoomPollFollowsReload(t *testing.T) {
+	const show = "room-reload"
+	n, url := newNode(t, tc.Options{Store: persistence.Config{CommitTimeout: time.Second}})
+	db := openDB(t, url)
+	roomShow(t, n, show, &pb.WaitingRoom{OpensAt: timestamppb.New(time.Now().Add(time.Hour)), AdmitPerSecond: 1})
+	ctx := tc.Ctx(context.Background())
+	j, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: show, UserId: "y"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	polled := make(chan *pb.PollQueueResponse, 1)
+	go func() {
+		r, err := n.Room.PollQueue(ctx, &pb.PollQueueRequest{ShowId: show, UserId: "y",
+			SinceVersion: j.GetEntry().GetVersion(), Wait: durationpb.New(30 * time.Second)})
+		if err != nil {
+			t.Errorf("PollQueue: %v", err)
+		}
+		polled <- r
+	}()
+
+	// A join whose write fails leaves the show stale; the next change
+	// reloads it.
+	plug := lockOwnerRow(t, db, show)
+	if _, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: show, UserId: "x"}); err == nil {
+		t.Fatal("a join committed through the lock")
+	}
+	if err := plug.Rollback(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Room.LeaveQueue(ctx, &pb.LeaveQueueRequest{ShowId: show, UserId: "y"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-polled:
+		if st := r.GetEntry().GetState(); st != pb.QueueState_QUEUE_STATE_LEFT {
+			t.Errorf("the poll answered %v, want LEFT", r.GetEntry())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the poll was not answered within 10 s of the leave on the reloaded show")
+	}
+}
