@@ -79,9 +79,8 @@ type room struct {
 	ended *ordmap.Map[wu.UserID, endedRoomView]
 	// writes counts room writes in flight; a show with any is not evicted.
 	writes int
-	// joining has a channel for each user whose join is being written,
-	// closed once its outcome is known.
-	joining map[wu.UserID]chan struct{}
+	// joining marks the users whose join is being written.
+	joining joinsInFlight
 }
 
 // roomWaiter is the channel the waiters of one user's entry share, and
@@ -273,8 +272,8 @@ func (n *Node) JoinQueue(ctx context.Context, id ar.ShowID, user ar.UserID) (Roo
 		existed bool
 		e       wu.Entry
 		p       *persistence.Pending
-		joined  chan struct{}
-		jerr    error // the join's refusal
+		joined  func() // ends the join's mark in flight
+		jerr    error  // the join's refusal
 	)
 	// A user whose join is still being written is not answered from memory
 	// (existed) before that write is durable: the join waits for it, and
@@ -289,11 +288,7 @@ func (n *Node) JoinQueue(ctx context.Context, id ar.ShowID, user ar.UserID) (Roo
 		}
 		v, existed, e, p, jerr = n.joinQueueLocked(sh, u)
 		if p != nil {
-			joined = make(chan struct{})
-			if sh.room.joining == nil {
-				sh.room.joining = make(map[wu.UserID]chan struct{})
-			}
-			sh.room.joining[u] = joined
+			joined = sh.room.joining.begin(u)
 		}
 		return nil
 	})
@@ -312,8 +307,7 @@ func (n *Node) JoinQueue(ctx context.Context, id ar.ShowID, user ar.UserID) (Roo
 			sh.room.wakeLocked(u)
 		}
 	}
-	delete(sh.room.joining, u)
-	close(joined)
+	joined()
 	if err == nil {
 		v, _ = n.roomViewLocked(sh, u, n.now())
 	}

@@ -72,9 +72,28 @@ type waitlist struct {
 	// writes counts waitlist writes in flight; a show with any is not
 	// evicted.
 	writes int
-	// joining has a channel for each user whose join is being written,
-	// closed once its outcome is known.
-	joining map[wu.UserID]chan struct{}
+	// joining marks the users whose join is being written.
+	joining joinsInFlight
+}
+
+// joinsInFlight has a channel for each user whose join of a waitlist or a
+// waiting room is being written, closed once the write's outcome is known:
+// another join of that user waits for it rather than answer from memory a
+// join that may not be durable. The show's mutex guards it.
+type joinsInFlight map[wu.UserID]chan struct{}
+
+// begin marks user's join in flight and returns the function, to be called
+// under the show's mutex, that ends the mark.
+func (j *joinsInFlight) begin(user wu.UserID) (end func()) {
+	if *j == nil {
+		*j = make(joinsInFlight)
+	}
+	ch := make(chan struct{})
+	(*j)[user] = ch
+	return func() {
+		delete(*j, user)
+		close(ch)
+	}
 }
 
 // endedView is an ended entry's view and when it ended.
@@ -189,8 +208,8 @@ func (n *Node) JoinWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID, w
 	var (
 		e      wu.Entry
 		p      *persistence.Pending
-		joined chan struct{}
-		jerr   error // the join's refusal
+		joined func() // ends the join's mark in flight
+		jerr   error  // the join's refusal
 	)
 	// A user whose join is still being written is not answered from memory
 	// (existed) before that write is durable: the join waits for it, and
@@ -201,11 +220,7 @@ func (n *Node) JoinWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID, w
 		}
 		e, p, existed, v, jerr = n.joinLocked(sh, u, wanted, token)
 		if p != nil {
-			joined = make(chan struct{})
-			if sh.wait.joining == nil {
-				sh.wait.joining = make(map[wu.UserID]chan struct{})
-			}
-			sh.wait.joining[u] = joined
+			joined = sh.wait.joining.begin(u)
 		}
 		return nil
 	})
@@ -223,8 +238,7 @@ func (n *Node) JoinWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID, w
 		n.undoJoin(sh, u, e.Seq)
 	}
 	sh.mu.Lock()
-	delete(sh.wait.joining, u)
-	close(joined)
+	joined()
 	if err == nil {
 		v, _ = sh.viewLocked(u)
 	}
