@@ -174,9 +174,9 @@ func (n *Node) EvictIdle() int {
 			(sh.room == nil || sh.room.rules.Queued() == 0 && sh.room.rules.Active() == 0 && sh.room.writes == 0)
 		if ok {
 			sh.dropped = true
-			sh.wait.notifyLocked()
+			sh.wait.waiters.wakeAllLocked()
 			if sh.room != nil {
-				sh.room.wakeAllLocked()
+				sh.room.waiters.wakeAllLocked()
 			}
 		}
 		sh.mu.Unlock()

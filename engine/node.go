@@ -454,9 +454,9 @@ func (n *Node) loadNow(ctx context.Context, id ar.ShowID) error {
 		// and pollers, the waitlist's and the room's, move to the new one.
 		old.mu.Lock()
 		old.dropped = true
-		old.wait.notifyLocked()
+		old.wait.waiters.wakeAllLocked()
 		if old.room != nil {
-			old.room.wakeAllLocked()
+			old.room.waiters.wakeAllLocked()
 		}
 		old.mu.Unlock()
 	}
@@ -524,7 +524,7 @@ func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {
 		info:  snap.Show,
 		epoch: epoch,
 		rules: rules,
-		wait:  newWaitlist(wu.WaitlistConfig{MaxWait: snap.Show.MaxWait, OfferWindow: snap.Show.OfferWindow}, uint64(epoch)<<32),
+		wait:  newWaitlist(wu.WaitlistConfig{MaxWait: snap.Show.MaxWait, OfferWindow: snap.Show.OfferWindow}),
 		busy:  make(map[ar.HoldID]chan struct{}),
 
 		pending: make(map[ar.SeatID]chan struct{}),
@@ -549,9 +549,9 @@ func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {
 // next change loads it again.
 func (n *Node) unload(sh *show, why string) {
 	sh.mu.Lock()
-	sh.wait.notifyLocked() // its watchers look for the show anew
+	sh.wait.waiters.wakeAllLocked() // its watchers look for the show anew
 	if sh.room != nil {
-		sh.room.wakeAllLocked()
+		sh.room.waiters.wakeAllLocked()
 	}
 	sh.mu.Unlock()
 	n.mu.Lock()

@@ -58,18 +58,17 @@ type RoomView struct {
 // entryVersion is the version of an entry with join sequence seq in state
 // st: it changes exactly when the state changes or a new join starts a new
 // entry, and it is the same on every node that replays the entry.
-func entryVersion(seq int64, st RoomState) uint64 { return uint64(seq)<<3 | uint64(st) }
+// (The waitlist's entries use it too, with their WaitState.)
+func entryVersion[S RoomState | WaitState](seq int64, st S) uint64 {
+	return uint64(seq)<<3 | uint64(st)
+}
 
 // room is a show's waiting room beside its rules, guarded by show.mu.
 type room struct {
 	rules *wu.Room
-	// waiters holds, for each user whose entry someone is waiting on (a
-	// long poll, a watch), the channel closed at the entry's next change
-	// of state. A change wakes that user's waiters alone, so 200,000
-	// pollers cost the engine one answer each per state change, not one
-	// per change of the room; the entry is dropped when its last waiter
-	// leaves.
-	waiters map[wu.UserID]*roomWaiter
+	// waiters are the long polls and watches waiting on an entry's next
+	// change of state.
+	waiters entryWaiters
 	// admitting holds the admissions whose write is in flight: they show
 	// as queued, at the head, until it commits, so no token is handed out
 	// for an admission that may not be durable.
@@ -81,13 +80,6 @@ type room struct {
 	writes int
 	// joining marks the users whose join is being written.
 	joining joinsInFlight
-}
-
-// roomWaiter is the channel the waiters of one user's entry share, and
-// how many they are.
-type roomWaiter struct {
-	ch chan struct{}
-	n  int
 }
 
 type endedRoomView struct {
@@ -126,45 +118,9 @@ func newRoom(snap persistence.Snapshot, now time.Time) (*room, error) {
 	rules.Resume(now)
 	return &room{
 		rules:     rules,
-		waiters:   make(map[wu.UserID]*roomWaiter),
 		admitting: make(map[wu.UserID]bool),
 		ended:     ordmap.New[wu.UserID, endedRoomView](0),
 	}, nil
-}
-
-// waitLocked returns a channel closed at the next change of user's entry,
-// and the function the waiter calls when it stops waiting.
-func (r *room) waitLocked(sh *show, user wu.UserID) (<-chan struct{}, func()) {
-	w := r.waiters[user]
-	if w == nil {
-		w = &roomWaiter{ch: make(chan struct{})}
-		r.waiters[user] = w
-	}
-	w.n++
-	return w.ch, func() {
-		sh.mu.Lock()
-		defer sh.mu.Unlock()
-		if w.n--; w.n == 0 && r.waiters[user] == w {
-			delete(r.waiters, user)
-		}
-	}
-}
-
-// wakeLocked wakes the waiters of user's entry.
-func (r *room) wakeLocked(user wu.UserID) {
-	if w := r.waiters[user]; w != nil {
-		close(w.ch)
-		delete(r.waiters, user)
-	}
-}
-
-// wakeAllLocked wakes every waiter: the room ended for everyone queued,
-// or the show is unloaded (its waiters look for it anew).
-func (r *room) wakeAllLocked() {
-	for u, w := range r.waiters {
-		close(w.ch)
-		delete(r.waiters, u)
-	}
 }
 
 // roomViewLocked returns user's view of sh's room; false if user is
@@ -304,7 +260,7 @@ func (n *Node) JoinQueue(ctx context.Context, id ar.ShowID, user ar.UserID) (Roo
 	if err != nil && !unknownOutcome(err) {
 		if p := sh.room.rules.Get(u); p.State == wu.Queued && p.Entry.Seq == e.Seq {
 			sh.room.rules.Leave(u, n.now()) //nolint:errcheck // it is queued
-			sh.room.wakeLocked(u)
+			sh.room.waiters.wakeLocked(u)
 		}
 	}
 	joined()
@@ -375,7 +331,7 @@ func (n *Node) LeaveQueue(ctx context.Context, id ar.ShowID, user ar.UserID) (Ro
 		sh.mu.Unlock()
 		return RoomView{}, err
 	}
-	sh.room.wakeLocked(u)
+	sh.room.waiters.wakeLocked(u)
 	sh.mu.Unlock()
 	if err := n.settleRoom(sh, p); err != nil {
 		return RoomView{}, err
@@ -426,7 +382,7 @@ func (n *Node) roomEntry(ctx context.Context, id ar.ShowID, user ar.UserID, wait
 	if !wait {
 		return v, nil, nil, nil
 	}
-	changed, stop := sh.room.waitLocked(sh, u)
+	changed, stop := sh.room.waiters.waitLocked(sh, u)
 	return v, changed, stop, nil
 }
 
@@ -482,7 +438,7 @@ func (n *Node) admitRooms(shows []*show, now time.Time) int {
 				v.State, v.Position, v.EstimatedWait = RoomSoldOut, 0, 0
 				rememberRoomEndLocked(sh.room, v, now)
 			}
-			sh.room.wakeAllLocked()
+			sh.room.waiters.wakeAllLocked()
 			change.End = persistence.RoomSoldOut
 			n.metrics.room("sold_out", len(ended))
 		}
@@ -496,7 +452,7 @@ func (n *Node) admitRooms(shows []*show, now time.Time) int {
 			change.Delete = append(change.Delete, string(l.User))
 			change.Events = append(change.Events, persistence.WaitEvent{UserID: string(l.User), Kind: "ROOM_LAPSED", At: now})
 			delete(sh.room.admitting, l.User)
-			sh.room.wakeLocked(l.User)
+			sh.room.waiters.wakeLocked(l.User)
 		}
 		for _, v := range ending {
 			v.State, v.Token = RoomLapsed, ""
@@ -529,7 +485,7 @@ func (n *Node) admitRooms(shows []*show, now time.Time) int {
 		w.sh.mu.Lock()
 		for _, u := range w.users {
 			delete(w.sh.room.admitting, u)
-			w.sh.room.wakeLocked(u)
+			w.sh.room.waiters.wakeLocked(u)
 		}
 		w.sh.mu.Unlock()
 		n.metrics.room("admitted", len(w.users))
@@ -562,7 +518,7 @@ func (n *Node) finishShopperLocked(sh *show, user ar.UserID, now time.Time) *per
 		sh.stale = true
 		return nil
 	}
-	sh.room.wakeLocked(u)
+	sh.room.waiters.wakeLocked(u)
 	n.metrics.room("done", 1)
 	return p
 }
@@ -624,7 +580,7 @@ func (n *Node) SetWaitingRoom(ctx context.Context, id ar.ShowID, rate *float64, 
 			v.State, v.Position, v.EstimatedWait = RoomClosed, 0, 0
 			rememberRoomEndLocked(sh.room, v, now)
 		}
-		sh.room.wakeAllLocked()
+		sh.room.waiters.wakeAllLocked()
 		change.End = persistence.RoomClosed
 	}
 	p, err := n.enqueueRoomLocked(sh, change, now)

@@ -40,44 +40,63 @@ func (s waitlistServer) LeaveWaitlist(ctx context.Context, req *pb.LeaveWaitlist
 	return &pb.LeaveWaitlistResponse{Entry: waitViewToPB(v)}, nil
 }
 
-// WatchWaitlist sends the entry as it is, then the entry whenever the
-// user's standing changes (position, turn, end), and ends after the end.
+// WatchWaitlist sends the entry as it is, then at once whenever its state
+// changes (a turn, an end), and its position when it moved, at most every
+// positionEvery; it ends after an end state.
 func (s waitlistServer) WatchWaitlist(req *pb.WatchWaitlistRequest, stream pb.WaitlistService_WatchWaitlistServer) error {
 	ctx := stream.Context()
 	show, user := ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId())
 	var last *pb.WaitlistEntry
 	for {
-		v, changed, err := s.n.WaitlistEntry(ctx, show, user)
+		v, changed, stop, err := s.n.WaitWaitlistEntry(ctx, show, user)
 		if err != nil {
 			return toStatus(err)
 		}
 		if e := waitViewToPB(v); last == nil || standingChanged(last, e) {
 			if err := stream.Send(&pb.WatchWaitlistResponse{Entry: e}); err != nil {
+				stop()
 				return err
 			}
 			last = e
 		}
 		if v.State.Ended() {
+			stop()
 			return nil
 		}
+		due := s.wheel.after(positionEvery(v.EstimatedWait))
 		select {
 		case <-changed:
+		case <-due:
 		case <-ctx.Done():
-			return toStatus(ctx.Err())
+			err = toStatus(ctx.Err())
 		case <-s.life.Done():
-			return toStatus(fmt.Errorf("watch: %w", ErrShuttingDown))
+			err = toStatus(fmt.Errorf("watch: %w", ErrShuttingDown))
+		}
+		stop()
+		if err != nil {
+			return err
 		}
 	}
 }
 
-// PollWaitlist answers at once when the waitlist changed since the
-// caller's version (or the entry ended), otherwise when it next changes or
-// the caller's wait (at most MaxPollWait) ends, whichever comes first.
+// PollWaitlist answers at once when the entry's version differs from the
+// caller's (its state changed) or the entry ended, otherwise when its state
+// next changes or the caller's wait (at most MaxPollWait) ends, whichever
+// comes first, with the position as it is then. Other users' joins, turns
+// and ends do not wake it.
 func (s waitlistServer) PollWaitlist(ctx context.Context, req *pb.PollWaitlistRequest) (*pb.PollWaitlistResponse, error) {
 	show, user := ar.ShowID(req.GetShowId()), ar.UserID(req.GetUserId())
 	v, err := longPoll(ctx, s.life, s.wheel, req.GetWait(), func() (WaitView, bool, <-chan struct{}, func(), error) {
-		v, changed, err := s.n.WaitlistEntry(ctx, show, user)
-		return v, v.Version != req.GetSinceVersion() || v.State.Ended(), changed, nil, err
+		if req.GetWait().AsDuration() == 0 || req.GetSinceVersion() == 0 {
+			v, err := s.n.WaitlistEntry(ctx, show, user)
+			return v, true, nil, nil, err
+		}
+		v, changed, stop, err := s.n.WaitWaitlistEntry(ctx, show, user)
+		if err == nil && (v.Version != req.GetSinceVersion() || v.State.Ended()) {
+			stop()
+			return v, true, nil, nil, nil
+		}
+		return v, false, changed, stop, err
 	})
 	if err != nil {
 		return nil, err

@@ -46,8 +46,10 @@ type WaitView struct {
 	// Turn is the offer, in WaitTurn (and, as it was, in the end states
 	// that follow a turn).
 	Turn *wu.Turn
-	// Version is the show's waitlist version when the view was taken: it
-	// changes whenever the waitlist changes.
+	// Version is the entry's version (see entryVersion): it changes
+	// exactly when the entry's state changes (a turn shows as TURN once its
+	// seats can be held) or the user joins anew, and is the same on every
+	// node that replays the entry. A position moving does not change it.
 	Version uint64
 }
 
@@ -61,10 +63,9 @@ const (
 // waitlist is a show's waitlist state beside its rules, guarded by show.mu.
 type waitlist struct {
 	rules *wu.Waitlist
-	// version changes with every change of the waitlist; changed is closed
-	// and replaced when it does, waking the watchers and pollers.
-	version uint64
-	changed chan struct{}
+	// waiters are the long polls and watches waiting on an entry's next
+	// change of state.
+	waiters entryWaiters
 	// ended keeps the entries that ended recently, oldest first, so that a
 	// user polling after the end learns how it ended. It is memory only: a
 	// reload forgets it (the audit log has every end).
@@ -96,33 +97,78 @@ func (j *joinsInFlight) begin(user wu.UserID) (end func()) {
 	}
 }
 
+// entryWaiters holds, for each user whose entry of a waitlist or a waiting
+// room someone waits on (a long poll, a watch), the channel closed at the
+// entry's next change of state. A change wakes that user's waiters alone,
+// so 200,000 pollers cost the engine one answer each per change of their
+// own state, not one each per change of the show's queue; a user's channel
+// is dropped when its last waiter leaves. The show's mutex guards it.
+type entryWaiters map[wu.UserID]*entryWaiter
+
+// entryWaiter is the channel the waiters of one user's entry share, and
+// how many they are.
+type entryWaiter struct {
+	ch chan struct{}
+	n  int
+}
+
+// waitLocked returns a channel closed at the next change of user's entry,
+// and the function the waiter calls (without sh's mutex) when it stops
+// waiting.
+func (ws *entryWaiters) waitLocked(sh *show, user wu.UserID) (<-chan struct{}, func()) {
+	if *ws == nil {
+		*ws = make(entryWaiters)
+	}
+	w := (*ws)[user]
+	if w == nil {
+		w = &entryWaiter{ch: make(chan struct{})}
+		(*ws)[user] = w
+	}
+	w.n++
+	return w.ch, func() {
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
+		if w.n--; w.n == 0 && (*ws)[user] == w {
+			delete(*ws, user)
+		}
+	}
+}
+
+// wakeLocked wakes the waiters of user's entry.
+func (ws entryWaiters) wakeLocked(user wu.UserID) {
+	if w := ws[user]; w != nil {
+		close(w.ch)
+		delete(ws, user)
+	}
+}
+
+// wakeAllLocked wakes every waiter: the queue ended for everyone in it, or
+// the show is unloaded (its waiters look for it anew).
+func (ws entryWaiters) wakeAllLocked() {
+	for u, w := range ws {
+		close(w.ch)
+		delete(ws, u)
+	}
+}
+
 // endedView is an ended entry's view and when it ended.
 type endedView struct {
 	WaitView
 	at time.Time
 }
 
-func newWaitlist(cfg wu.WaitlistConfig, versionBase uint64) waitlist {
+func newWaitlist(cfg wu.WaitlistConfig) waitlist {
 	return waitlist{
-		rules:   wu.NewWaitlist(cfg),
-		version: versionBase,
-		changed: make(chan struct{}),
-		ended:   ordmap.New[wu.UserID, endedView](0),
+		rules: wu.NewWaitlist(cfg),
+		ended: ordmap.New[wu.UserID, endedView](0),
 	}
-}
-
-// notifyLocked bumps the version and wakes everyone waiting for a change.
-func (w *waitlist) notifyLocked() {
-	w.version++
-	close(w.changed)
-	w.changed = make(chan struct{})
 }
 
 // viewLocked returns user's view; false if user is neither on the
 // waitlist nor ended recently.
 func (sh *show) viewLocked(user wu.UserID) (WaitView, bool) {
 	w := &sh.wait
-	v := WaitView{Show: sh.id, Version: w.version}
+	v := WaitView{Show: sh.id}
 	if t, ok := w.rules.Turn(user); ok {
 		v.Entry, v.State, v.Turn = t.Entry, WaitTurn, &t
 		if !sh.offeredLocked(t) {
@@ -130,19 +176,17 @@ func (sh *show) viewLocked(user wu.UserID) (WaitView, bool) {
 			// the turn shows once they can be held.
 			v.State, v.Turn = WaitWaiting, nil
 		}
-		return v, true
-	}
-	if e, ok := w.rules.Get(user); ok {
+	} else if e, ok := w.rules.Get(user); ok {
 		v.Entry, v.State = e, WaitWaiting
 		v.Position, _ = w.rules.Position(user)
 		v.EstimatedWait, v.HasEstimate = w.rules.EstimatedWait(v.Position)
-		return v, true
+	} else if ended, ok := w.ended.Get(user); ok {
+		v = ended.WaitView
+	} else {
+		return WaitView{}, false
 	}
-	if ended, ok := w.ended.Get(user); ok {
-		ended.Version = w.version
-		return ended.WaitView, true
-	}
-	return WaitView{}, false
+	v.Version = entryVersion(v.Entry.Seq, v.State)
+	return v, true
 }
 
 // offeredLocked reports whether every seat of turn t is offered to its user.
@@ -280,7 +324,7 @@ func (n *Node) joinLocked(sh *show, user wu.UserID, wanted int, token string) (e
 		return wu.Entry{}, nil, false, WaitView{}, err
 	}
 	sh.wait.ended.Delete(user)
-	sh.wait.notifyLocked()
+	sh.wait.waiters.wakeLocked(user)
 	return e, p, false, WaitView{}, nil
 }
 
@@ -298,7 +342,7 @@ func (n *Node) undoJoin(sh *show, user wu.UserID, seq int64) {
 		return
 	}
 	sh.wait.rules.Leave(user, n.now()) //nolint:errcheck // it waits
-	sh.wait.notifyLocked()
+	sh.wait.waiters.wakeLocked(user)
 }
 
 // LeaveWaitlist takes user off the show's waitlist, durably; a turn's seats
@@ -333,28 +377,45 @@ func (n *Node) LeaveWaitlist(ctx context.Context, id ar.ShowID, user ar.UserID) 
 	return v, nil
 }
 
-// WaitlistEntry returns user's view of the show's waitlist, and a channel
-// closed at the next change of the waitlist (or when the show leaves this
-// node's memory). wu.ErrNotWaiting if user is neither on the waitlist nor
-// ended within the last few minutes.
-func (n *Node) WaitlistEntry(ctx context.Context, id ar.ShowID, user ar.UserID) (WaitView, <-chan struct{}, error) {
+// WaitlistEntry returns user's view of the show's waitlist.
+// wu.ErrNotWaiting if user is neither on the waitlist nor ended within the
+// last few minutes.
+func (n *Node) WaitlistEntry(ctx context.Context, id ar.ShowID, user ar.UserID) (WaitView, error) {
+	v, _, _, err := n.waitlistEntry(ctx, id, user, false)
+	return v, err
+}
+
+// WaitWaitlistEntry is WaitlistEntry with a channel closed at the entry's
+// next change of version (or when the show leaves this node's memory), and
+// the function to call once done waiting on it. Other users' joins, turns
+// and ends do not close it, even when they move the user's position.
+func (n *Node) WaitWaitlistEntry(ctx context.Context, id ar.ShowID, user ar.UserID) (v WaitView, changed <-chan struct{}, stop func(), err error) {
+	return n.waitlistEntry(ctx, id, user, true)
+}
+
+func (n *Node) waitlistEntry(ctx context.Context, id ar.ShowID, user ar.UserID, wait bool) (WaitView, <-chan struct{}, func(), error) {
 	if err := validateUser(user); err != nil {
-		return WaitView{}, nil, err
+		return WaitView{}, nil, nil, err
 	}
 	if err := validateShowID(id); err != nil {
-		return WaitView{}, nil, err
+		return WaitView{}, nil, nil, err
 	}
 	sh, err := n.show(ctx, id, false)
 	if err != nil {
-		return WaitView{}, nil, err
+		return WaitView{}, nil, nil, err
 	}
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	v, ok := sh.viewLocked(wu.UserID(user))
+	u := wu.UserID(user)
+	v, ok := sh.viewLocked(u)
 	if !ok {
-		return WaitView{}, nil, fmt.Errorf("%w: %s on show %s", wu.ErrNotWaiting, user, id)
+		return WaitView{}, nil, nil, fmt.Errorf("%w: %s on show %s", wu.ErrNotWaiting, user, id)
 	}
-	return v, sh.wait.changed, nil
+	if !wait {
+		return v, nil, nil, nil
+	}
+	changed, stop := sh.wait.waiters.waitLocked(sh, u)
+	return v, changed, stop, nil
 }
 
 // applyWaitLocked applies a waitlist outcome to the show's seats, records
@@ -377,8 +438,9 @@ func (n *Node) applyWaitLocked(sh *show, out wu.Outcome, now time.Time, took ar.
 
 // waitChangeLocked applies out to sh's seats (see syncSeatsLocked) and
 // views, and returns the rows and events that make it durable. It wakes the
-// watchers unless quiet: a hand-over of seats whose release or expiry is
-// still committing wakes them once that applies.
+// waiters of the entries that ended, and of those given a turn unless
+// quiet: a hand-over of seats whose release or expiry is still committing
+// shows its turns, and wakes their users, once that applies.
 func (n *Node) waitChangeLocked(sh *show, out wu.Outcome, now time.Time, took ar.HoldID, quiet bool) *persistence.WaitlistChange {
 	change := &persistence.WaitlistChange{}
 	for _, e := range out.Ended {
@@ -393,6 +455,7 @@ func (n *Node) waitChangeLocked(sh *show, out wu.Outcome, now time.Time, took ar
 			v.Turn = &wu.Turn{Entry: e.Entry, Seats: e.Seats}
 		}
 		n.rememberEndedLocked(sh, v, now)
+		sh.wait.waiters.wakeLocked(e.User)
 		n.metrics.waitEnded(e.Reason)
 	}
 	var touched []string
@@ -401,6 +464,9 @@ func (n *Node) waitChangeLocked(sh *show, out wu.Outcome, now time.Time, took ar
 		change.Events = append(change.Events, persistence.WaitEvent{UserID: string(t.User), Kind: "WAIT_TURN", SeatIDs: t.Seats, At: now})
 		n.metrics.waitTurn(t.OfferedAt.Sub(t.JoinedAt))
 		touched = append(touched, t.Seats...)
+		if !quiet {
+			sh.wait.waiters.wakeLocked(t.User)
+		}
 	}
 	if out.AsideChanged {
 		aside := sh.wait.rules.Aside()
@@ -409,9 +475,6 @@ func (n *Node) waitChangeLocked(sh *show, out wu.Outcome, now time.Time, took ar
 	}
 	touched = append(touched, out.Returned...)
 	sh.syncSeatsLocked(touched)
-	if !quiet {
-		sh.wait.notifyLocked()
-	}
 	return change
 }
 
@@ -516,10 +579,14 @@ func (n *Node) handOverLocked(sh *show, seats []ar.SeatID, now time.Time) *persi
 
 // handedOverLocked applies, once a release or expiry that carried a
 // hand-over committed and freed seats in memory, the waitlist's claim on
-// them, and wakes the watchers.
+// them, and wakes the users whose turns they now show.
 func (sh *show) handedOverLocked(seats []ar.SeatID) {
 	sh.syncSeatsLocked(seatStrings(seats))
-	sh.wait.notifyLocked()
+	for _, s := range seats {
+		if to, ok := sh.rules.OfferedTo(s); ok {
+			sh.wait.waiters.wakeLocked(wu.UserID(to))
+		}
+	}
 }
 
 // waitSoldOutLocked ends the waiting entries the show can no longer serve,

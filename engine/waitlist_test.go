@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -205,5 +206,74 @@ func TestWaitlistFull(t *testing.T) {
 	}
 	if e := join(t, n, "wlf", "w3", 1); e.GetPosition() != 1 {
 		t.Fatalf("w3 after a place freed up: %v", e)
+	}
+}
+
+// TestWaitlistPollWakesItsUserOnly: a long poll on a waiting user's entry
+// is not answered when others join, when a user ahead leaves (the
+// position moves, the state does not), or when another user's turn ends;
+// it is answered at once when the user's own turn comes, at a new
+// version. A watch of the same user is sent the turn too.
+func TestWaitlistPollWakesItsUserOnly(t *testing.T) {
+	n, _ := newNode(t, tc.Options{})
+	n.CreateShow(t, "wl-wake", 1, 2, 0)
+	ctx := tc.Ctx(context.Background())
+	a, err := hold(t, n, "wl-wake", "a", "A-1", "A-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	join(t, n, "wl-wake", "ahead", 2)
+	b := join(t, n, "wl-wake", "b", 2)
+	watch, err := n.Waitlist.WatchWaitlist(ctx, &pb.WatchWaitlistRequest{ShowId: "wl-wake", UserId: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first, err := watch.Recv(); err != nil || first.GetEntry().GetPosition() != 1 {
+		t.Fatalf("b's watch opens with %v, %v; want waiting at 1", first, err)
+	}
+	answered := make(chan *pb.WaitlistEntry, 1)
+	go func() {
+		r, err := n.Waitlist.PollWaitlist(ctx, &pb.PollWaitlistRequest{ShowId: "wl-wake", UserId: "b", SinceVersion: b.GetVersion(), Wait: durationpb.New(engine.MaxPollWait)})
+		if err != nil {
+			t.Errorf("poll b: %v", err)
+		}
+		answered <- r.GetEntry()
+	}()
+	for i := range 50 {
+		join(t, n, "wl-wake", fmt.Sprint("w", i), 1)
+	}
+	if _, err := n.Waitlist.LeaveWaitlist(ctx, &pb.LeaveWaitlistRequest{ShowId: "wl-wake", UserId: "ahead"}); err != nil {
+		t.Fatal(err)
+	}
+	if e := pollEntry(t, n, "wl-wake", "b"); e.GetPosition() != 0 || e.GetVersion() != b.GetVersion() {
+		t.Fatalf("b after the leave ahead: %v; want waiting at the head, at version %d", e, b.GetVersion())
+	}
+	if _, err := n.Reservations.ReleaseHold(ctx, &pb.ReleaseHoldRequest{HoldId: a.GetHoldId(), UserId: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-answered:
+		if e.GetState() != pb.WaitlistState_WAITLIST_STATE_TURN || len(e.GetTurn().GetSeatIds()) != 2 || e.GetVersion() == b.GetVersion() || e.GetSequence() != b.GetSequence() {
+			t.Fatalf("b's poll answered %v; want its turn, at a new version", e)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("b's poll was not answered at its turn")
+	}
+	for {
+		m, err := watch.Recv()
+		if err != nil {
+			t.Fatalf("b's watch: %v", err)
+		}
+		if m.GetEntry().GetState() == pb.WaitlistState_WAITLIST_STATE_TURN {
+			break
+		}
+		if m.GetEntry().GetState() != pb.WaitlistState_WAITLIST_STATE_WAITING {
+			t.Fatalf("b's watch sent %v before the turn", m.GetEntry())
+		}
+	}
+	// A poll at the version it has waits; one at an old version answers.
+	r, err := n.Waitlist.PollWaitlist(ctx, &pb.PollWaitlistRequest{ShowId: "wl-wake", UserId: "w0", SinceVersion: 1, Wait: durationpb.New(engine.MaxPollWait)})
+	if err != nil || r.GetEntry().GetState() != pb.WaitlistState_WAITLIST_STATE_WAITING || r.GetEntry().GetPosition() != 0 {
+		t.Fatalf("w0 polled at another version: %v, %v; want waiting at the head at once", r, err)
 	}
 }

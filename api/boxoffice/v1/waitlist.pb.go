@@ -571,8 +571,9 @@ type WaitlistEntry struct {
 	Deadline *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=deadline,proto3" json:"deadline,omitempty"`
 	// The offer. Set in WAITLIST_STATE_TURN.
 	Turn *WaitlistTurn `protobuf:"bytes,9,opt,name=turn,proto3" json:"turn,omitempty"`
-	// Changes whenever the waitlist changes in a way that can change this
-	// entry; pass it to PollWaitlist as since_version.
+	// Changes when the entry's state changes (a turn shows once its seats can
+	// be held) or the user joins again; a position that moves does not change
+	// it. The same on every node. Pass it to PollWaitlist as since_version.
 	Version uint64 `protobuf:"varint,10,opt,name=version,proto3" json:"version,omitempty"`
 	// The entry's place in join order, increasing within a show.
 	Sequence      int64 `protobuf:"varint,11,opt,name=sequence,proto3" json:"sequence,omitempty"`

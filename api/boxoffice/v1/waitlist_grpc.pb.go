@@ -54,13 +54,18 @@ type WaitlistServiceClient interface {
 	// LeaveWaitlist takes a user off a show's waitlist. NotFound (reason
 	// NOT_WAITING) if the user is not on it.
 	LeaveWaitlist(ctx context.Context, in *LeaveWaitlistRequest, opts ...grpc.CallOption) (*LeaveWaitlistResponse, error)
-	// WatchWaitlist streams a user's entry: first as it is, then each change,
-	// the last one in an end state; then the stream ends. NotFound (reason
-	// NOT_WAITING) if the user is not on the waitlist and has not recently ended.
+	// WatchWaitlist streams a user's entry: first as it is, then at once
+	// whenever its state changes (a turn, an end), and its position when it
+	// moved, every tenth of the estimated wait (1 s to 10 s); the last one in
+	// an end state, then the stream ends. NotFound (reason NOT_WAITING) if the
+	// user is not on the waitlist and has not recently ended.
 	WatchWaitlist(ctx context.Context, in *WatchWaitlistRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchWaitlistResponse], error)
 	// PollWaitlist answers a user's entry once its version differs from
-	// since_version, or when wait has passed. NotFound (reason NOT_WAITING) if
-	// the user is not on the waitlist and has not recently ended.
+	// since_version (its state changed) or it ended, or when wait has passed,
+	// with the position as it is then. Other users' joins, turns and ends do
+	// not wake it, so a crowd of pollers costs one answer each per wait.
+	// NotFound (reason NOT_WAITING) if the user is not on the waitlist and has
+	// not recently ended.
 	PollWaitlist(ctx context.Context, in *PollWaitlistRequest, opts ...grpc.CallOption) (*PollWaitlistResponse, error)
 }
 
@@ -150,13 +155,18 @@ type WaitlistServiceServer interface {
 	// LeaveWaitlist takes a user off a show's waitlist. NotFound (reason
 	// NOT_WAITING) if the user is not on it.
 	LeaveWaitlist(context.Context, *LeaveWaitlistRequest) (*LeaveWaitlistResponse, error)
-	// WatchWaitlist streams a user's entry: first as it is, then each change,
-	// the last one in an end state; then the stream ends. NotFound (reason
-	// NOT_WAITING) if the user is not on the waitlist and has not recently ended.
+	// WatchWaitlist streams a user's entry: first as it is, then at once
+	// whenever its state changes (a turn, an end), and its position when it
+	// moved, every tenth of the estimated wait (1 s to 10 s); the last one in
+	// an end state, then the stream ends. NotFound (reason NOT_WAITING) if the
+	// user is not on the waitlist and has not recently ended.
 	WatchWaitlist(*WatchWaitlistRequest, grpc.ServerStreamingServer[WatchWaitlistResponse]) error
 	// PollWaitlist answers a user's entry once its version differs from
-	// since_version, or when wait has passed. NotFound (reason NOT_WAITING) if
-	// the user is not on the waitlist and has not recently ended.
+	// since_version (its state changed) or it ended, or when wait has passed,
+	// with the position as it is then. Other users' joins, turns and ends do
+	// not wake it, so a crowd of pollers costs one answer each per wait.
+	// NotFound (reason NOT_WAITING) if the user is not on the waitlist and has
+	// not recently ended.
 	PollWaitlist(context.Context, *PollWaitlistRequest) (*PollWaitlistResponse, error)
 	mustEmbedUnimplementedWaitlistServiceServer()
 }

@@ -1,24 +1,19 @@
 package engine
 
-import (
-	"testing"
+import "testing"
 
-	wu "github.com/boxoffice/boxoffice/waitinguser"
-)
-
-// TestRoomWaiters: waiters of one user share a channel that their user's
+// TestEntryWaiters: waiters of one user share a channel that their user's
 // change closes and nobody else's; the map forgets a user when the last of
 // its waiters stops, or at the wake, so it holds only users being waited
 // on.
-func TestRoomWaiters(t *testing.T) {
+func TestEntryWaiters(t *testing.T) {
 	sh := &show{}
-	r := &room{waiters: map[wu.UserID]*roomWaiter{}}
-	sh.room = r
+	r := &sh.wait
 	sh.mu.Lock()
-	a1, stopA1 := r.waitLocked(sh, "a")
-	a2, stopA2 := r.waitLocked(sh, "a")
-	b, stopB := r.waitLocked(sh, "b")
-	r.wakeLocked("b")
+	a1, stopA1 := r.waiters.waitLocked(sh, "a")
+	a2, stopA2 := r.waiters.waitLocked(sh, "a")
+	b, stopB := r.waiters.waitLocked(sh, "b")
+	r.waiters.wakeLocked("b")
 	sh.mu.Unlock()
 	if !isClosed(b) || isClosed(a1) || isClosed(a2) {
 		t.Fatalf("b's wake: b %t, a %t %t; want b's alone", isClosed(b), isClosed(a1), isClosed(a2))
@@ -35,9 +30,9 @@ func TestRoomWaiters(t *testing.T) {
 		t.Fatalf("after every waiter stopped: %d users waited on, a's channel closed %t", len(r.waiters), isClosed(a1))
 	}
 	sh.mu.Lock()
-	c, stopC := r.waitLocked(sh, "c")
-	r.wakeAllLocked()
-	again, stopAgain := r.waitLocked(sh, "c") // a new wait after the wake
+	c, stopC := r.waiters.waitLocked(sh, "c")
+	r.waiters.wakeAllLocked()
+	again, stopAgain := r.waiters.waitLocked(sh, "c") // a new wait after the wake
 	sh.mu.Unlock()
 	stopC()
 	if !isClosed(c) || isClosed(again) || len(r.waiters) != 1 {
