@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -23,6 +24,7 @@ import (
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
 	"github.com/boxoffice/boxoffice/internal/wirecodec"
+	"github.com/boxoffice/boxoffice/persistence"
 	"github.com/boxoffice/boxoffice/ring"
 )
 
@@ -188,21 +190,40 @@ func (f *forwarder) message(method string, input bool) (proto.Message, error) {
 
 // unreachable turns a failure to reach the owner into SHOW_MOVED naming it:
 // an answer without the engine's ErrorInfo came from the transport, not
-// from the owner. The owner's own answers pass through as they are.
-func unreachable(err error, show ar.ShowID, owner ring.Member) error {
+// from the owner. The owner's own answers pass through as they are. A call
+// that changes something (see changes) whose request reached a connection
+// to the owner (sent) may have been done there before the connection
+// failed: it is answered OUTCOME_UNKNOWN instead, so the caller retries
+// with its idempotency key rather than take the call for not done.
+func unreachable(err error, show ar.ShowID, owner ring.Member, sent bool) error {
 	st, ok := status.FromError(err)
-	if !ok {
-		return toStatus(&MovedError{Show: show, Owner: owner, Why: err.Error()})
-	}
-	if st.Code() != codes.Unavailable {
-		return err
-	}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+	if ok {
+		if st.Code() != codes.Unavailable {
 			return err
 		}
+		for _, d := range st.Details() {
+			if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+				return err
+			}
+		}
+	}
+	if sent {
+		return toStatus(fmt.Errorf("%w: forwarded to the owner %s at %s, whose connection failed: %s",
+			persistence.ErrOutcomeUnknown, owner.Name, owner.GRPCAddr, st.Message()))
 	}
 	return toStatus(&MovedError{Show: show, Owner: owner, Why: "owner unreachable: " + st.Message()})
+}
+
+// changes reports whether a routed method may change something: all but
+// the reads, whose names start with Get, List, Poll or Watch.
+func changes(method string) bool {
+	name := method[strings.LastIndexByte(method, '/')+1:]
+	for _, read := range []string{"Get", "List", "Poll", "Watch"} {
+		if strings.HasPrefix(name, read) {
+			return false
+		}
+	}
+	return true
 }
 
 // routeUnary serves a call for a show owned elsewhere by forwarding it to
@@ -231,8 +252,9 @@ func (s *Server) routeUnary(ctx context.Context, req any, info *grpc.UnaryServer
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	s.node.metrics.forwarded.Inc()
-	if err := conn.Invoke(s.fwd.outgoing(ctx), info.FullMethod, req, out); err != nil {
-		return nil, unreachable(err, show, owner)
+	var to peer.Peer // set once the call has a stream on a connection to the owner
+	if err := conn.Invoke(s.fwd.outgoing(ctx), info.FullMethod, req, out, grpc.Peer(&to)); err != nil {
+		return nil, unreachable(err, show, owner, to.Addr != nil && changes(info.FullMethod))
 	}
 	return out, nil
 }
@@ -277,13 +299,13 @@ func (s *Server) routeStream(srv any, ss grpc.ServerStream, info *grpc.StreamSer
 	defer context.AfterFunc(s.life, cancel)()
 	cs, err := conn.NewStream(s.fwd.outgoing(ctx), &grpc.StreamDesc{ServerStreams: true}, info.FullMethod)
 	if err != nil {
-		return unreachable(err, show, owner)
+		return unreachable(err, show, owner, false)
 	}
 	if err := cs.SendMsg(req); err != nil {
-		return unreachable(err, show, owner)
+		return unreachable(err, show, owner, false)
 	}
 	if err := cs.CloseSend(); err != nil {
-		return unreachable(err, show, owner)
+		return unreachable(err, show, owner, false)
 	}
 	for {
 		msg, err := s.fwd.reply(info.FullMethod)
@@ -296,7 +318,7 @@ func (s *Server) routeStream(srv any, ss grpc.ServerStream, info *grpc.StreamSer
 			if s.life.Err() != nil {
 				return toStatus(fmt.Errorf("relay: %w", ErrShuttingDown))
 			}
-			return unreachable(err, show, owner)
+			return unreachable(err, show, owner, false)
 		}
 		if err := ss.SendMsg(msg); err != nil {
 			return err

@@ -786,6 +786,11 @@ func (s recReservations) HoldSeats(ctx context.Context, req *pb.HoldSeatsRequest
 		UserId: req.GetUserId(), ExpiresAt: timestamppb.New(time.Date(2030, 1, 2, 3, 4, 5, 6, time.UTC))}, nil
 }
 
+// GetSeatMap answers as the transport would: a bare Unavailable.
+func (s recReservations) GetSeatMap(ctx context.Context, req *pb.GetSeatMapRequest) (*pb.GetSeatMapResponse, error) {
+	return nil, recErrors["bare"]()
+}
+
 type recWaitlist struct {
 	pb.UnimplementedWaitlistServiceServer
 	o *recOwner
@@ -855,8 +860,9 @@ func startRecOwner(t *testing.T, nodes []*tc.Node, name string) *recOwner {
 // the forwarding node's name under x-boxoffice-forwarded-by; the owner's
 // answers (a reply, a refusal with several details, an engine Unavailable,
 // an Internal; a stream that ends, or fails) come back unchanged, except an
-// Unavailable without the engine's ErrorInfo, which is the transport's and
-// becomes SHOW_MOVED naming the owner. A relayed stream that the caller
+// Unavailable without the engine's ErrorInfo, which is the transport's: it
+// becomes OUTCOME_UNKNOWN for a hold (the owner may have done it) and
+// SHOW_MOVED naming the owner for a read. A relayed stream that the caller
 // cancels ends at the owner too.
 func TestForwardToRecordingOwner(t *testing.T) {
 	nodes, _ := startCluster(t, 2)
@@ -901,7 +907,11 @@ func TestForwardToRecordingOwner(t *testing.T) {
 			t.Run(user, func(t *testing.T) {
 				_, err := via.Reservations.HoldSeats(fwdCtx(t, 5*time.Second), &pb.HoldSeatsRequest{ShowId: show, UserId: user, SeatIds: []string{"A-1"}})
 				if user == "bare" {
-					e := wantAPIError(t, "bare Unavailable", err, codes.Unavailable, "SHOW_MOVED")
+					// The owner may have done the hold: its outcome is
+					// unknown. A read is not done twice by a retry.
+					wantAPIError(t, "bare Unavailable to a hold", err, codes.Unavailable, "OUTCOME_UNKNOWN")
+					_, err := via.Reservations.GetSeatMap(fwdCtx(t, 5*time.Second), &pb.GetSeatMapRequest{ShowId: show})
+					e := wantAPIError(t, "bare Unavailable to a read", err, codes.Unavailable, "SHOW_MOVED")
 					if e.Meta["owner"] != "rec" || e.Meta["owner_addr"] != rec.addr {
 						t.Errorf("metadata %v, want owner rec at %s", e.Meta, rec.addr)
 					}
@@ -1053,4 +1063,57 @@ func TestForwardRelayEndsAtShutdown(t *testing.T) {
 	if e := pollEntry(t, owner, show, "w"); e.GetState() != pb.WaitlistState_WAITLIST_STATE_WAITING {
 		t.Errorf("w at the owner after the relay ended: %v", e)
 	}
+}
+
+// TestForwardCutAfterSendIsOutcomeUnknown cuts the connection from the
+// forwarding node to the owner while a forwarded hold, sent without an
+// idempotency key, waits at the owner for its COMMIT. The owner commits
+// it all the same, so the forwarder must not answer SHOW_MOVED (not done:
+// go to the owner), which would have the caller take it again: it answers
+// Unavailable OUTCOME_UNKNOWN. A hold or a read forwarded once the owner
+// cannot be reached at all was never sent: SHOW_MOVED.
+func TestForwardCutAfterSendIsOutcomeUnknown(t *testing.T) {
+	const app = "fwd-cut-owner"
+	url := pgclustertest.Shared(t)
+	tc.Migrate(t, url)
+	db := openDB(t, url)
+	nodes := []*tc.Node{tc.StartNode(t, url, tc.Options{NodeID: "c0", Cluster: &tc.ClusterOptions{}})}
+	var px *tc.Proxy // in front of c1's gRPC address, as c1 advertises it
+	nodes = append(nodes, tc.StartNode(t, url+"&application_name="+app, tc.Options{
+		NodeID: "c1",
+		Cluster: &tc.ClusterOptions{Join: []string{nodes[0].Ring.GossipAddr()}, Ring: func(c *ring.Config) {
+			px = tc.NewProxy(t, c.GRPCAddr)
+			c.GRPCAddr = px.Addr()
+		}},
+	}))
+	waitMembers(t, nodes, 2)
+	show := fwdShowOwnedBy(t, nodes, "c1", "fcut")
+	nodes[0].CreateShow(t, show, 1, 4, 0)
+	if _, err := hold(t, nodes[0], show, "early", "A-1"); err != nil { // loads the show on c1
+		t.Fatal(err)
+	}
+	openGate := commitGate(t, db, "NEW.user_id = 'cut'")
+
+	answered := make(chan error, 1)
+	go func() {
+		_, err := nodes[0].Reservations.HoldSeats(fwdCtx(t, 20*time.Second), &pb.HoldSeatsRequest{ShowId: show, UserId: "cut", SeatIds: []string{"A-2"}})
+		answered <- err
+	}()
+	waitForBackend(t, db, app, `query ILIKE 'commit' AND wait_event_type = 'Lock' AND wait_event = 'advisory'`, 10*time.Second)
+	px.Cut()
+	err := <-answered
+	openGate()
+	wantAPIError(t, "the hold whose connection to the owner was cut", err, codes.Unavailable, "OUTCOME_UNKNOWN")
+	var rows int
+	pollUntil(t, 10*time.Second, "the cut hold committed at the owner", func() bool {
+		if err := db.QueryRow(context.Background(), `SELECT count(*) FROM reservations WHERE show_id = $1 AND user_id = 'cut'`, show).Scan(&rows); err != nil {
+			t.Fatal(err)
+		}
+		return rows == 1
+	})
+
+	_, err = nodes[0].Reservations.HoldSeats(fwdCtx(t, 5*time.Second), &pb.HoldSeatsRequest{ShowId: show, UserId: "later", SeatIds: []string{"A-3"}})
+	wantAPIError(t, "a hold forwarded to the unreachable owner", err, codes.Unavailable, "SHOW_MOVED")
+	_, err = nodes[0].Reservations.GetSeatMap(fwdCtx(t, 5*time.Second), &pb.GetSeatMapRequest{ShowId: show})
+	wantAPIError(t, "a seat map forwarded to the unreachable owner", err, codes.Unavailable, "SHOW_MOVED")
 }
