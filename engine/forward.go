@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -59,15 +60,21 @@ var routed = []string{"/boxoffice.v1.ReservationService/", "/boxoffice.v1.Waitli
 type forwarder struct {
 	ring Ring
 	mu   sync.Mutex
-	// conns are the connections to other nodes by gRPC address; a node's
-	// connection stays open while the process runs (a cluster has few).
+	// conns are the connections to other nodes by gRPC address. A
+	// connection to an address no member of the ring has any more (its
+	// node left or was declared dead) is closed at the next forwarded call
+	// after the ring changed, so nodes that come and go (new addresses on
+	// every restart) leave nothing behind.
 	conns map[string]*grpc.ClientConn
+	// pruned is the ring version at which conns were last pruned.
+	pruned uint64
+	open   prometheus.Gauge // len(conns)
 	// types caches the message types of methods.
 	types sync.Map // [method, input] → protoreflect.MessageType
 }
 
-func newForwarder(r Ring) *forwarder {
-	return &forwarder{ring: r, conns: make(map[string]*grpc.ClientConn)}
+func newForwarder(r Ring, open prometheus.Gauge) *forwarder {
+	return &forwarder{ring: r, conns: make(map[string]*grpc.ClientConn), open: open}
 }
 
 func (f *forwarder) close() {
@@ -77,11 +84,21 @@ func (f *forwarder) close() {
 		c.Close()
 		delete(f.conns, addr)
 	}
+	f.open.Set(0)
 }
 
+// memberRing is the part of *ring.Ring that tells which connections are to
+// departed nodes.
+type memberRing interface {
+	Version() uint64
+	Members() []ring.Member
+}
+
+// conn returns the connection to the node at addr, opening it if needed.
 func (f *forwarder) conn(addr string) (*grpc.ClientConn, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.pruneLocked()
 	if c, ok := f.conns[addr]; ok {
 		return c, nil
 	}
@@ -99,7 +116,34 @@ func (f *forwarder) conn(addr string) (*grpc.ClientConn, error) {
 		return nil, err
 	}
 	f.conns[addr] = c
+	f.open.Set(float64(len(f.conns)))
 	return c, nil
+}
+
+// pruneLocked closes the connections to addresses that no member of the
+// ring has, once per ring version. A call in flight on one fails Canceled;
+// routeUnary and routeStream answer that as the owner being unreachable.
+func (f *forwarder) pruneLocked() {
+	r, ok := f.ring.(memberRing)
+	if !ok || len(f.conns) == 0 {
+		return
+	}
+	v := r.Version()
+	if v == f.pruned {
+		return
+	}
+	f.pruned = v
+	live := make(map[string]bool)
+	for _, m := range r.Members() {
+		live[m.GRPCAddr] = true
+	}
+	for addr, c := range f.conns {
+		if !live[addr] {
+			c.Close()
+			delete(f.conns, addr)
+		}
+	}
+	f.open.Set(float64(len(f.conns)))
 }
 
 // showOf returns the show a routed request names: its show_id, or the show
@@ -214,6 +258,15 @@ func unreachable(err error, show ar.ShowID, owner ring.Member, sent bool) error 
 	return toStatus(&MovedError{Show: show, Owner: owner, Why: "owner unreachable: " + st.Message()})
 }
 
+// closedByPrune turns the Canceled of a call whose connection pruneLocked closed
+// (the caller's ctx is still live) into the transport's Unavailable.
+func closedByPrune(ctx context.Context, err error) error {
+	if status.Code(err) == codes.Canceled && ctx.Err() == nil {
+		return status.Error(codes.Unavailable, "the connection to a node that left the ring was closed: "+err.Error())
+	}
+	return err
+}
+
 // changes reports whether a routed method may change something: all but
 // the reads, whose names start with Get, List, Poll or Watch.
 func changes(method string) bool {
@@ -254,7 +307,7 @@ func (s *Server) routeUnary(ctx context.Context, req any, info *grpc.UnaryServer
 	s.node.metrics.forwarded.Inc()
 	var to peer.Peer // set once the call has a stream on a connection to the owner
 	if err := conn.Invoke(s.fwd.outgoing(ctx), info.FullMethod, req, out, grpc.Peer(&to)); err != nil {
-		return nil, unreachable(err, show, owner, to.Addr != nil && changes(info.FullMethod))
+		return nil, unreachable(closedByPrune(ctx, err), show, owner, to.Addr != nil && changes(info.FullMethod))
 	}
 	return out, nil
 }
@@ -299,13 +352,13 @@ func (s *Server) routeStream(srv any, ss grpc.ServerStream, info *grpc.StreamSer
 	defer context.AfterFunc(s.life, cancel)()
 	cs, err := conn.NewStream(s.fwd.outgoing(ctx), &grpc.StreamDesc{ServerStreams: true}, info.FullMethod)
 	if err != nil {
-		return unreachable(err, show, owner, false)
+		return unreachable(closedByPrune(ctx, err), show, owner, false)
 	}
 	if err := cs.SendMsg(req); err != nil {
-		return unreachable(err, show, owner, false)
+		return unreachable(closedByPrune(ctx, err), show, owner, false)
 	}
 	if err := cs.CloseSend(); err != nil {
-		return unreachable(err, show, owner, false)
+		return unreachable(closedByPrune(ctx, err), show, owner, false)
 	}
 	for {
 		msg, err := s.fwd.reply(info.FullMethod)
@@ -318,7 +371,7 @@ func (s *Server) routeStream(srv any, ss grpc.ServerStream, info *grpc.StreamSer
 			if s.life.Err() != nil {
 				return toStatus(fmt.Errorf("relay: %w", ErrShuttingDown))
 			}
-			return unreachable(err, show, owner, false)
+			return unreachable(closedByPrune(ctx, err), show, owner, false)
 		}
 		if err := ss.SendMsg(msg); err != nil {
 			return err

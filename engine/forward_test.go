@@ -1117,3 +1117,33 @@ func TestForwardCutAfterSendIsOutcomeUnknown(t *testing.T) {
 	_, err = nodes[0].Reservations.GetSeatMap(fwdCtx(t, 5*time.Second), &pb.GetSeatMapRequest{ShowId: show})
 	wantAPIError(t, "a seat map forwarded to the unreachable owner", err, codes.Unavailable, "SHOW_MOVED")
 }
+
+// TestForwardClosesConnectionsToDepartedNodes: a node keeps one connection
+// for forwarded calls per other node it forwarded to, and closes the one to
+// a node that left the ring at its next forwarded call, so nodes that come
+// and go leave no connections behind.
+func TestForwardClosesConnectionsToDepartedNodes(t *testing.T) {
+	nodes, _ := startCluster(t, 3)
+	via := nodes[0]
+	const gauge = "boxoffice_forward_connections"
+	shows := map[string]string{}
+	for _, owner := range []string{"c1", "c2"} {
+		shows[owner] = fwdShowOwnedBy(t, nodes, owner, "fconn-"+owner)
+		via.CreateShow(t, shows[owner], 1, 4, 0)
+		for range 2 {
+			getSeatMap(t, via, shows[owner])
+		}
+	}
+	if got := fwdMetric(t, via, gauge); got != 2 {
+		t.Fatalf("%s on c0 after forwarding to c1 and c2: %v, want 2", gauge, got)
+	}
+	nodes[2].Stop()
+	waitMembers(t, nodes[:2], 2)
+	getSeatMap(t, via, shows["c1"])
+	if got := fwdMetric(t, via, gauge); got != 1 {
+		t.Fatalf("%s on c0 after c2 left and a call forwarded to c1: %v, want 1", gauge, got)
+	}
+	if fwdForwarded(t, via) < 5 {
+		t.Fatalf("c0 forwarded %v calls, want 5", fwdForwarded(t, via))
+	}
+}

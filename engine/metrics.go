@@ -34,6 +34,9 @@ type metrics struct {
 	evictions   prometheus.Counter
 
 	forwarded prometheus.Counter
+	// forwardConns counts the open connections to other nodes for
+	// forwarded calls.
+	forwardConns prometheus.Gauge
 	// holdWaits counts holds that waited for a write in flight before
 	// they were decided.
 	holdWaits prometheus.Counter
@@ -225,6 +228,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "boxoffice_forwarded_calls_total", Help: "Calls for shows owned by another node, forwarded to it.",
 		}),
+		forwardConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "boxoffice_forward_connections", Help: "Open connections to other nodes for forwarded calls; those to nodes that left the ring are closed.",
+		}),
 		holdWaits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "boxoffice_hold_waits_total",
 			Help: "Hold attempts that waited for a write in flight (another hold of their seats, the release that gave a turn, their own key's first attempt) to commit before they were decided.",
@@ -287,7 +293,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.pipeRecv, m.pipeSent = pipeMsgs.WithLabelValues("received"), pipeMsgs.WithLabelValues("sent")
 	for _, c := range []prometheus.Collector{pipeMsgs, m.rpcRequests, m.rpcLatency, m.ops, m.batchSize, m.commitTime, m.batchErrors, m.failedMuts, m.showsLoaded, m.evictions,
 		m.waiting, m.longestWaitlist, m.waitOps, m.waitToTurn, m.roomQueued, m.roomShoppers, m.roomEvents, m.roomWait,
-		m.forwarded, m.holdWaits, m.ownerships, m.ringChanges, m.fenced, m.loadTime, m.members, m.showsOwned} {
+		m.forwarded, m.forwardConns, m.holdWaits, m.ownerships, m.ringChanges, m.fenced, m.loadTime, m.members, m.showsOwned} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

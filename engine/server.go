@@ -175,7 +175,7 @@ func NewServer(n *Node, cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, node: n, health: health.NewServer(), fwd: newForwarder(n.cfg.Ring)}
+	s := &Server{cfg: cfg, node: n, health: health.NewServer(), fwd: newForwarder(n.cfg.Ring, n.metrics.forwardConns)}
 	s.life, s.endLife = context.WithCancel(context.Background())
 	s.grpc = grpc.NewServer(
 		grpc.ChainUnaryInterceptor(s.observe, s.authUnary, s.routeUnary), grpc.ChainStreamInterceptor(s.authStream, s.routeStream),
