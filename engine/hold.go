@@ -22,7 +22,9 @@ type HoldRequest struct {
 	Seats          []ar.SeatID
 	IdempotencyKey string
 	// AdmissionToken is the user's admission token, needed while the show
-	// has a waiting room; it is not part of what the idempotency key names.
+	// has a waiting room, except for a hold of seats all offered to the
+	// user in a waitlist turn; it is not part of what the idempotency key
+	// names.
 	AdmissionToken string
 }
 
@@ -179,9 +181,14 @@ func (n *Node) tryHoldLocked(sh *show, req HoldRequest, fp *string) holdStep {
 	}
 
 	// A replay above needs no admission: its token may have run out since.
-	if err := n.admitted(sh, req.User, req.AdmissionToken); err != nil {
-		n.metrics.holds(err)
-		return holdStep{err: err}
+	// Nor does a hold of seats the waitlist offers the user in a turn: the
+	// user was admitted to join it, and the turn may come after that
+	// admission ran out.
+	if !sh.offeredToLocked(req.User, req.Seats) {
+		if err := n.admitted(sh, req.User, req.AdmissionToken); err != nil {
+			n.metrics.holds(err)
+			return holdStep{err: err}
+		}
 	}
 
 	// Most holds of a sale are refused: decide first, and take the hold
@@ -361,6 +368,20 @@ func fingerprint(kind, user string, parts ...string) string {
 		h.Write([]byte{0})
 	}
 	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// offeredToLocked reports whether every one of seats (at least one) is
+// offered to user in a waitlist turn.
+func (sh *show) offeredToLocked(user ar.UserID, seats []ar.SeatID) bool {
+	if sh.wait.rules.Len() == 0 || len(seats) == 0 {
+		return false
+	}
+	for _, s := range seats {
+		if to, ok := sh.rules.OfferedTo(s); !ok || to != user {
+			return false
+		}
+	}
+	return true
 }
 
 // admitted checks that token admits user to shop show sh, which needs one

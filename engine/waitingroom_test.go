@@ -683,3 +683,49 @@ func TestWaitingRoomPollFollowsReload(t *testing.T) {
 		t.Fatal("the poll was not answered within 10 s of the leave on the reloaded show")
 	}
 }
+
+// TestWaitingRoomTurnAfterAdmissionRanOut: a user admitted to a room show
+// who joined its waitlist gets a turn after the admission token ran out;
+// a hold of the turn's seats needs no token (the turn is the admission),
+// while a hold that also asks for a seat outside the turn still does.
+func TestWaitingRoomTurnAfterAdmissionRanOut(t *testing.T) {
+	clk := tc.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
+	n, _ := newNode(t, tc.Options{Clock: clk, ExpiryInterval: time.Hour}) // the test runs the rounds
+	ctx := tc.Ctx(context.Background())
+	const show = "room-turn"
+	roomShow(t, n, show, &pb.WaitingRoom{AdmitPerSecond: 10})
+	key := tc.AdmissionKey()
+	token := func(user string) string { return key.Sign(show, wu.UserID(user), clk.Now().Add(time.Minute)) }
+	for user, row := range map[string]string{"h1": "A", "h2": "B"} {
+		var seats []string
+		for i := 1; i <= 10; i++ {
+			seats = append(seats, fmt.Sprintf("%s-%d", row, i))
+		}
+		if _, err := n.Reservations.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: show, UserId: user, SeatIds: seats, AdmissionToken: token(user)}); err != nil {
+			t.Fatalf("hold of row %s: %v", row, err)
+		}
+	}
+	stale := token("w")
+	if _, err := n.Waitlist.JoinWaitlist(ctx, &pb.JoinWaitlistRequest{ShowId: show, UserId: "w", SeatsWanted: 1, AdmissionToken: stale}); err != nil {
+		t.Fatalf("w joins the waitlist: %v", err)
+	}
+	clk.Advance(2 * time.Minute) // w's token ran out; the holds expire
+	n.Engine.ExpireDue()
+	e := pollEntry(t, n, show, "w")
+	if e.GetState() != pb.WaitlistState_WAITLIST_STATE_TURN || len(e.GetTurn().GetSeatIds()) != 1 {
+		t.Fatalf("w after the expiries: %v; want a turn of 1 seat", e)
+	}
+	seat := e.GetTurn().GetSeatIds()[0]
+	other := "A-1"
+	if seat == other {
+		other = "A-2"
+	}
+	_, err := n.Reservations.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: show, UserId: "w", SeatIds: []string{seat, other}, AdmissionToken: stale})
+	wantAPIError(t, "w holds its turn's seat and another with a token that ran out", err, codes.FailedPrecondition, "NOT_ADMITTED")
+	if _, err := n.Reservations.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: show, UserId: "w", SeatIds: []string{seat}, AdmissionToken: stale}); err != nil {
+		t.Fatalf("w holds its turn's seat with a token that ran out: %v", err)
+	}
+	if e := pollEntry(t, n, show, "w"); e.GetState() != pb.WaitlistState_WAITLIST_STATE_DONE {
+		t.Fatalf("w after taking the turn: %v", e)
+	}
+}

@@ -1008,7 +1008,9 @@ type HoldSeatsRequest struct {
 	// for the show. Without a valid one (missing, forged, expired, another
 	// user's or show's) the hold is refused with FailedPrecondition, reason
 	// NOT_ADMITTED. It is not part of the request an idempotency key names:
-	// a retry with a fresh token replays the first answer.
+	// a retry with a fresh token replays the first answer. A hold of seats
+	// offered to the user in a waitlist turn (all of its seats) needs none:
+	// the user was admitted to join the waitlist.
 	AdmissionToken string `protobuf:"bytes,5,opt,name=admission_token,json=admissionToken,proto3" json:"admission_token,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
