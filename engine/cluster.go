@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
@@ -54,15 +55,19 @@ const leasePoll = 50 * time.Millisecond
 // AcquireWait: a lease renewed all that time means that node still serves
 // the show (the nodes disagree about the ring), and the caller is told
 // SHOW_MOVED naming it.
-func (n *Node) acquire(ctx context.Context, id ar.ShowID) (int64, error) {
+//
+// It returns the epoch, and when the take that got it was asked for (the
+// lease runs at least LeaseDuration from then).
+func (n *Node) acquire(ctx context.Context, id ar.ShowID) (int64, time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.AcquireWait)
 	defer cancel()
 	var held *persistence.LeasedError // the last refusal
 	for {
 		owner, mine := n.ownerOf(id)
 		if !mine {
-			return 0, &MovedError{Show: id, Owner: owner, Why: "the ring names another node"}
+			return 0, time.Time{}, &MovedError{Show: id, Owner: owner, Why: "the ring names another node"}
 		}
+		asked := time.Now()
 		epoch, err := n.store.AcquireShow(ctx, string(id))
 		var leased *persistence.LeasedError
 		if !errors.As(err, &leased) {
@@ -72,9 +77,9 @@ func (n *Node) acquire(ctx context.Context, id ar.ShowID) (int64, error) {
 			if err != nil && held != nil && ctx.Err() != nil {
 				// The wait ran out while asking again: the database is
 				// not at fault; the lease was still running.
-				return 0, &MovedError{Show: id, Owner: n.member(held.Owner), Why: fmt.Sprintf("still leased by %s", held.Owner)}
+				return 0, time.Time{}, &MovedError{Show: id, Owner: n.member(held.Owner), Why: fmt.Sprintf("still leased by %s", held.Owner)}
 			}
-			return epoch, err
+			return epoch, asked, err
 		}
 		held = leased
 		// Ask again at least every leasePoll: a node handing the show off
@@ -87,13 +92,19 @@ func (n *Node) acquire(ctx context.Context, id ar.ShowID) (int64, error) {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return 0, &MovedError{Show: id, Owner: n.member(leased.Owner), Why: fmt.Sprintf("still leased by %s", leased.Owner)}
+			return 0, time.Time{}, &MovedError{Show: id, Owner: n.member(leased.Owner), Why: fmt.Sprintf("still leased by %s", leased.Owner)}
 		}
 	}
 }
 
+// leaseEnd is show.leaseUntil for a lease asked for at asked.
+func (n *Node) leaseEnd(asked time.Time) int64 {
+	return int64(asked.Add(n.store.LeaseDuration()).Sub(n.born))
+}
+
 // renewLoop renews the leases of every loaded show several times a lease,
-// and drops at once a show whose renewal finds it taken by another node.
+// and drops at once a show whose renewal finds it taken by another node,
+// or, in a cluster, whose lease may run out before the next renewal.
 func (n *Node) renewLoop() {
 	defer n.wg.Done()
 	t := time.NewTicker(n.cfg.LeaseRenewInterval)
@@ -111,6 +122,15 @@ func (n *Node) renewLoop() {
 // RenewLeases renews the leases of the loaded shows in one statement and
 // drops the shows it finds lost. It returns how many were lost. The renewal
 // loop calls it; tests call it directly.
+//
+// When the renewal fails, a node in a cluster drops the shows whose lease
+// may run out before the next one (within LeaseRenewInterval): from then
+// on another node may take them, and this node's answers from memory (seat
+// maps, refusals) could be stale. Writes never needed the lease (they are
+// fenced by epoch); so the staleness of what a node cut off from the
+// database answers is bounded by the lease. The next call for such a show
+// loads it, which succeeds once the database answers again. A node alone
+// keeps serving its shows from memory: no other node is meant to take them.
 func (n *Node) RenewLeases() int {
 	n.mu.RLock()
 	owned := make([]persistence.Ownership, 0, len(n.shows))
@@ -124,13 +144,31 @@ func (n *Node) RenewLeases() int {
 		n.metrics.showsOwned.Set(0)
 		return 0
 	}
-	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LeaseRenewInterval*2)
+	timeout := n.cfg.LeaseRenewInterval * 2
+	if n.cfg.Ring != nil {
+		// Answer by the first lease's end, so that its show is dropped
+		// in time when the database does not answer.
+		first := int64(math.MaxInt64)
+		for _, sh := range byID {
+			first = min(first, sh.leaseUntil.Load())
+		}
+		timeout = max(min(timeout, time.Duration(first)-time.Since(n.born)-n.cfg.LeaseRenewInterval), time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, timeout)
 	defer cancel()
+	asked := time.Now()
 	lost, err := n.store.RenewLeases(ctx, owned)
 	if err != nil {
 		n.metrics.ownership("renew_failed")
 		n.cfg.Logger.Warn("lease renewal failed", "shows", len(owned), "err", err)
+		if n.cfg.Ring != nil {
+			n.dropLapsing(byID)
+		}
 		return 0
+	}
+	until := n.leaseEnd(asked)
+	for _, sh := range byID {
+		sh.leaseUntil.Store(until) // the lost ones are dropped below
 	}
 	n.metrics.showsOwned.Set(float64(len(owned) - len(lost)))
 	for _, o := range lost {
@@ -140,6 +178,18 @@ func (n *Node) RenewLeases() int {
 		}
 	}
 	return len(lost)
+}
+
+// dropLapsing drops the shows whose lease may run out before the next
+// renewal, after a renewal failed.
+func (n *Node) dropLapsing(shows map[string]*show) {
+	soon := int64(time.Since(n.born) + n.cfg.LeaseRenewInterval)
+	for _, sh := range shows {
+		if sh.leaseUntil.Load() <= soon {
+			n.metrics.ownership("lapsed")
+			n.drop(sh, "lease may run out: renewals failed")
+		}
+	}
 }
 
 // ringLoop hands off the loaded shows that the ring gives to another node

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
@@ -403,4 +404,51 @@ func TestBlackHoleAnswersPromptly(t *testing.T) {
 	})
 	checkDBInvariants(t, db, show)
 	checkSeatMapEqualsDB(t, n, db, show)
+}
+
+// TestClusterNodeCutFromDatabaseStopsAnsweringFromMemory black-holes the
+// database of a node in a cluster: once its lease on a show may have run
+// out (renewals fail), another node may take the show, so the node stops
+// answering it from memory: its seat map, fresh until then, is refused
+// Unavailable rather than served stale. Once the database answers again
+// the node loads the show and serves it, the hold taken before intact.
+func TestClusterNodeCutFromDatabaseStopsAnsweringFromMemory(t *testing.T) {
+	const show = "cutlease"
+	dbURL := pgclustertest.Shared(t)
+	tc.Migrate(t, dbURL)
+	px := tc.NewDBProxy(t, dbURL)
+	n := tc.StartNode(t, px.URL(), tc.Options{
+		NodeID:  "cut-c0",
+		Cluster: &tc.ClusterOptions{},
+		Store:   persistence.Config{CommitTimeout: time.Second, QueryTimeout: time.Second},
+	})
+	n.CreateShow(t, show, 1, 4, 0)
+	if _, err := hold(t, n, show, "u", "A-1"); err != nil {
+		t.Fatal(err)
+	}
+	lease := n.Store.LeaseDuration()
+	px.BlackHole()
+	cut := time.Now()
+	var err error
+	pollUntil(t, lease+10*time.Second, "the seat map refused", func() bool {
+		ctx, cancel := context.WithTimeout(tc.Ctx(context.Background()), 3*time.Second)
+		defer cancel()
+		_, err = n.Reservations.GetSeatMap(ctx, &pb.GetSeatMapRequest{ShowId: show})
+		return err != nil
+	})
+	took := time.Since(cut)
+	t.Logf("seat map refused %v after the cut (lease %v): %v", took.Round(time.Millisecond), lease, err)
+	if c := status.Code(err); c != codes.Unavailable && c != codes.DeadlineExceeded {
+		t.Fatalf("seat map after the lease may have run out: %v, want Unavailable", err)
+	}
+	if took > lease+5*time.Second {
+		t.Errorf("the seat map was served from memory for %v after the cut, with a lease of %v", took, lease)
+	}
+	px.Lift()
+	pollUntil(t, 20*time.Second, "the show served again", func() bool {
+		ctx, cancel := context.WithTimeout(tc.Ctx(context.Background()), 3*time.Second)
+		defer cancel()
+		r, err := n.Reservations.GetSeatMap(ctx, &pb.GetSeatMapRequest{ShowId: show})
+		return err == nil && r.GetHeld() == 1
+	})
 }

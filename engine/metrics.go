@@ -237,7 +237,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		ownerships: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "boxoffice_ownership_events_total",
-			Help: "Show ownership: takes, releases (hand-offs), losses (found taken by another node), failed renewals.",
+			Help: "Show ownership: takes, releases (hand-offs), losses (found taken by another node), failed renewals, lapses (dropped when the lease may run out after failed renewals).",
 		}, []string{"event"}),
 		members: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "boxoffice_ring_members", Help: "Members in this node's ring (1 for a node alone).",

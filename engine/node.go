@@ -54,6 +54,10 @@ type Node struct {
 	// gave to another node while it loaded (one wake-up pending at most).
 	moved chan struct{}
 
+	// born is when the node was made: leases are timed from it, on the
+	// monotonic clock (see show.leaseUntil).
+	born time.Time
+
 	ctx      context.Context // ends at Shutdown: cancels loads
 	cancel   context.CancelFunc
 	quit     chan struct{}
@@ -81,6 +85,7 @@ func New(cfg Config, store Store) (*Node, error) {
 		loadSem:  make(chan struct{}, cfg.MaxConcurrentLoads),
 		quit:     make(chan struct{}),
 		moved:    make(chan struct{}, 1),
+		born:     time.Now(),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	return n, nil
@@ -150,6 +155,12 @@ type show struct {
 	epoch int64
 	// used is n.now() of the show's last use, in Unix nanoseconds.
 	used atomic.Int64
+	// leaseUntil is when this node's lease on the show runs out at the
+	// earliest, if no renewal succeeds meanwhile: the time of the last
+	// successful take or renewal was asked for plus the lease's duration,
+	// in nanoseconds since Node.born on the monotonic clock (real time,
+	// whatever Config.Now says: the database times the lease).
+	leaseUntil atomic.Int64
 
 	mu    sync.Mutex // guards everything below
 	rules *ar.Show
@@ -490,7 +501,7 @@ func (n *Node) usable(id ar.ShowID) bool {
 }
 
 func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {
-	epoch, err := n.acquire(ctx, id)
+	epoch, asked, err := n.acquire(ctx, id)
 	if errors.Is(err, persistence.ErrNotFound) {
 		return nil, fmt.Errorf("show %s: %w", id, ErrShowNotFound)
 	}
@@ -530,6 +541,7 @@ func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {
 		pending: make(map[ar.SeatID]chan struct{}),
 		idem:    ordmap.New[string, idemEntry](len(snap.Idempotency)),
 	}
+	sh.leaseUntil.Store(n.leaseEnd(asked))
 	if err := n.restoreWaitlist(sh, snap); err != nil {
 		return nil, fmt.Errorf("replay show %s waitlist: %w", id, err)
 	}

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"time"
 
 	"github.com/boxoffice/boxoffice/persistence"
 )
@@ -20,6 +21,9 @@ type Store interface {
 	// RenewLeases renews the leases of shows this node owns, and returns
 	// those it no longer owns.
 	RenewLeases(ctx context.Context, shows []persistence.Ownership) (lost []persistence.Ownership, err error)
+	// LeaseDuration is how long a take or a renewal keeps a lease, at
+	// least, from when it was asked for.
+	LeaseDuration() time.Duration
 	// Enqueue queues a mutation without blocking; Pending.Wait gives its
 	// outcome — committed, not committed, or unknown — within the store's
 	// CommitTimeout.
