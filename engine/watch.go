@@ -53,7 +53,8 @@ const (
 )
 
 // WatchSeatMap sends the show's seat map (unless since_version is its
-// current version), then each batch of changes, in order, until the client
+// current version, or the version of one of the last batches published:
+// then the batches since), then each batch of changes, in order, until the client
 // cancels (CANCELED), the server shuts down (Unavailable SHUTTING_DOWN) or
 // the show cannot be served here any more (its error, as GetSeatMap would
 // answer it: SHOW_MOVED to another owner, ...). Versions strictly
@@ -397,6 +398,29 @@ func (p *seatMapPublisher) snapshotLocked() watchMsg {
 	return p.snap
 }
 
+// batchesSinceLocked appends to out the batches that bring a map at version
+// since to the last published state, and reports whether the ring still
+// holds them all (a watcher that reconnects after a moment then gets the
+// seats that changed, not the whole map). p.mu must be held.
+func (p *seatMapPublisher) batchesSinceLocked(since uint64, out []watchMsg) ([]watchMsg, bool) {
+	if since == 0 {
+		return out, false
+	}
+	oldest := uint64(1)
+	if p.seq > watchRing {
+		oldest = p.seq - watchRing + 1
+	}
+	for s := p.seq; s >= oldest && s > 0; s-- {
+		if p.ring[s%watchRing].version == since {
+			for k := s + 1; k <= p.seq; k++ {
+				out = append(out, p.ring[k%watchRing])
+			}
+			return out, true
+		}
+	}
+	return out, false
+}
+
 // serve streams p's show to a watcher whose map is at version since (0 or
 // another show's version: none) until the stream or the server ends (the
 // error to return) or the show is dropped (ended; the watcher moves on to
@@ -410,7 +434,10 @@ func (p *seatMapPublisher) serve(ctx context.Context, stream pb.ReservationServi
 		return since, true, nil
 	}
 	if since != p.state.Version {
-		out = append(out, p.snapshotLocked())
+		var ok bool
+		if out, ok = p.batchesSinceLocked(since, out); !ok {
+			out = append(out, p.snapshotLocked())
+		}
 	}
 	next, wake := p.seq+1, p.changed
 	p.mu.Unlock()

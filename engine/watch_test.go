@@ -413,7 +413,17 @@ func TestWatchSeatMapSinceVersion(t *testing.T) {
 		t.Errorf("since the current version: %d snapshots in %d messages, want none", r.snapshots, r.msgs)
 	}
 
+	// A watcher that went away at a version the node still has the
+	// batches since gets those batches, not a snapshot.
+	recent := current.state()
 	hold("A-2")
+	hold("A-3")
+	resumed := watchMap(t, ctx, n.Reservations, show, recent.version, recent.statuses)
+	resumed.converge(t, n, show)
+	if r := resumed.state(); r.snapshots != 0 || r.msgs == 0 || r.msgs > 2 {
+		t.Errorf("since a recent version: %d snapshots in %d messages, want the batches since (1 or 2)", r.snapshots, r.msgs)
+	}
+
 	for _, c := range []struct {
 		name  string
 		since uint64

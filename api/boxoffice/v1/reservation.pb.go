@@ -188,7 +188,8 @@ type WatchSeatMapRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	ShowId string                 `protobuf:"bytes,1,opt,name=show_id,json=showId,proto3" json:"show_id,omitempty"`
 	// The version of a seat map the caller already has (0: none). If it is
-	// still current, the stream starts with changes instead of a snapshot.
+	// still current, or a recent version whose changes since the engine still
+	// has, the stream starts with changes instead of a snapshot.
 	SinceVersion  uint64 `protobuf:"varint,2,opt,name=since_version,json=sinceVersion,proto3" json:"since_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

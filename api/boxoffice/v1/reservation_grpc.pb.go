@@ -54,7 +54,7 @@ type ReservationServiceClient interface {
 	// ListUserReservations returns a user's reservations, newest first, paged.
 	ListUserReservations(ctx context.Context, in *ListUserReservationsRequest, opts ...grpc.CallOption) (*ListUserReservationsResponse, error)
 	// WatchSeatMap streams a show's seat map: a snapshot (unless since_version
-	// is the current version), then the seat changes as they happen, several
+	// is the current version or a recent one), then the seat changes as they happen, several
 	// coalesced into one message. A watcher that falls behind gets a fresh
 	// snapshot instead of an ever longer backlog.
 	WatchSeatMap(ctx context.Context, in *WatchSeatMapRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchSeatMapResponse], error)
@@ -212,7 +212,7 @@ type ReservationServiceServer interface {
 	// ListUserReservations returns a user's reservations, newest first, paged.
 	ListUserReservations(context.Context, *ListUserReservationsRequest) (*ListUserReservationsResponse, error)
 	// WatchSeatMap streams a show's seat map: a snapshot (unless since_version
-	// is the current version), then the seat changes as they happen, several
+	// is the current version or a recent one), then the seat changes as they happen, several
 	// coalesced into one message. A watcher that falls behind gets a fresh
 	// snapshot instead of an ever longer backlog.
 	WatchSeatMap(*WatchSeatMapRequest, grpc.ServerStreamingServer[WatchSeatMapResponse]) error
