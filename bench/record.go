@@ -183,14 +183,17 @@ func (r *Recorder) Result() *Result {
 			o.mu.Unlock()
 			continue
 		}
+		// A percentile is the upper end of its bucket (3 significant
+		// digits), which can lie above the exact maximum.
+		q := func(p float64) float64 { return usToMS(min(o.hist.ValueAtQuantile(p), o.maxUS)) }
 		or := OpResult{
 			Op:        op.String(),
 			Count:     n,
 			ByOutcome: map[string]int64{},
-			P50:       usToMS(o.hist.ValueAtQuantile(50)),
-			P90:       usToMS(o.hist.ValueAtQuantile(90)),
-			P99:       usToMS(o.hist.ValueAtQuantile(99)),
-			P999:      usToMS(o.hist.ValueAtQuantile(99.9)),
+			P50:       q(50),
+			P90:       q(90),
+			P99:       q(99),
+			P999:      q(99.9),
 			Max:       usToMS(o.maxUS),
 			Mean:      float64(o.sumUS) / float64(n) / 1e3,
 			Clamped:   o.clamped,

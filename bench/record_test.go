@@ -227,3 +227,27 @@ func BenchmarkRecorderObserve(b *testing.B) {
 		}
 	})
 }
+
+// TestRecordPercentilesAtMostMax: a percentile is the upper end of its
+// histogram bucket, which can lie above the largest latency recorded; the
+// result reports no percentile above the exact maximum.
+func TestRecordPercentilesAtMostMax(t *testing.T) {
+	rec := NewRecorder(recStart)
+	intended := recStart.Add(time.Second)
+	for _, us := range []int{1000, 2000, 136_421} {
+		rec.Observe(OpHold, OK, intended, intended.Add(time.Duration(us)*time.Microsecond))
+	}
+	res := rec.Result()
+	h, ok := res.Op("hold")
+	if !ok {
+		t.Fatal("no hold latencies")
+	}
+	if h.Max != 136.421 {
+		t.Fatalf("max %v ms, want 136.421", h.Max)
+	}
+	for name, p := range map[string]float64{"p50": h.P50, "p90": h.P90, "p99": h.P99, "p99.9": h.P999} {
+		if p > h.Max {
+			t.Errorf("%s %v ms above the max %v ms", name, p, h.Max)
+		}
+	}
+}
