@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"time"
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
@@ -104,17 +103,29 @@ func (n *Node) leaseEnd(asked time.Time) int64 {
 
 // renewLoop renews the leases of every loaded show several times a lease,
 // and drops at once a show whose renewal finds it taken by another node,
-// or, in a cluster, whose lease may run out before the next renewal.
+// or, in a cluster, whose lease may have run out (see RenewLeases). In a
+// cluster, after a failed renewal with shows still loaded, it tries again
+// after a fifth of LeaseRenewInterval, not a whole one, so that one failure
+// does not cost their leases.
 func (n *Node) renewLoop() {
 	defer n.wg.Done()
-	t := time.NewTicker(n.cfg.LeaseRenewInterval)
+	t := time.NewTimer(n.cfg.LeaseRenewInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-n.quit:
 			return
 		case <-t.C:
-			n.RenewLeases()
+			start := time.Now()
+			_, err := n.renewLeases()
+			next := n.cfg.LeaseRenewInterval - time.Since(start)
+			n.mu.RLock()
+			atStake := len(n.shows) > 0 // the ones that lapsed were dropped
+			n.mu.RUnlock()
+			if err != nil && n.cfg.Ring != nil && atStake {
+				next = n.cfg.LeaseRenewInterval / 5
+			}
+			t.Reset(max(next, 0))
 		}
 	}
 }
@@ -124,14 +135,21 @@ func (n *Node) renewLoop() {
 // loop calls it; tests call it directly.
 //
 // When the renewal fails, a node in a cluster drops the shows whose lease
-// may run out before the next one (within LeaseRenewInterval): from then
-// on another node may take them, and this node's answers from memory (seat
-// maps, refusals) could be stale. Writes never needed the lease (they are
-// fenced by epoch); so the staleness of what a node cut off from the
-// database answers is bounded by the lease. The next call for such a show
-// loads it, which succeeds once the database answers again. A node alone
-// keeps serving its shows from memory: no other node is meant to take them.
+// may have run out (see lapsed): from then on another node may take them,
+// and this node's answers from memory (seat maps, refusals) could be
+// stale. A call for a lapsed show between two renewals drops it too
+// (Node.show). Writes never needed the lease (they are fenced by epoch);
+// so the staleness of what a node cut off from the database answers is
+// bounded by the lease. The next call for such a show loads it, which
+// succeeds once the database answers again. A node alone keeps serving
+// its shows from memory: no other node is meant to take them.
 func (n *Node) RenewLeases() int {
+	lost, _ := n.renewLeases()
+	return lost
+}
+
+// renewLeases is RenewLeases, with the renewal's error.
+func (n *Node) renewLeases() (int, error) {
 	n.mu.RLock()
 	owned := make([]persistence.Ownership, 0, len(n.shows))
 	byID := make(map[string]*show, len(n.shows))
@@ -142,29 +160,19 @@ func (n *Node) RenewLeases() int {
 	n.mu.RUnlock()
 	if len(owned) == 0 {
 		n.metrics.showsOwned.Set(0)
-		return 0
+		return 0, nil
 	}
-	timeout := n.cfg.LeaseRenewInterval * 2
-	if n.cfg.Ring != nil {
-		// Answer by the first lease's end, so that its show is dropped
-		// in time when the database does not answer.
-		first := int64(math.MaxInt64)
-		for _, sh := range byID {
-			first = min(first, sh.leaseUntil.Load())
-		}
-		timeout = max(min(timeout, time.Duration(first)-time.Since(n.born)-n.cfg.LeaseRenewInterval), time.Millisecond)
-	}
-	ctx, cancel := context.WithTimeout(n.ctx, timeout)
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LeaseRenewInterval*2)
 	defer cancel()
 	asked := time.Now()
 	lost, err := n.store.RenewLeases(ctx, owned)
 	if err != nil {
 		n.metrics.ownership("renew_failed")
 		n.cfg.Logger.Warn("lease renewal failed", "shows", len(owned), "err", err)
-		if n.cfg.Ring != nil {
-			n.dropLapsing(byID)
+		for _, sh := range byID {
+			n.dropIfLapsed(sh)
 		}
-		return 0
+		return 0, err
 	}
 	until := n.leaseEnd(asked)
 	for _, sh := range byID {
@@ -177,19 +185,25 @@ func (n *Node) RenewLeases() int {
 			n.drop(sh, "lease lost: another node took the show")
 		}
 	}
-	return len(lost)
+	return len(lost), nil
 }
 
-// dropLapsing drops the shows whose lease may run out before the next
-// renewal, after a renewal failed.
-func (n *Node) dropLapsing(shows map[string]*show) {
-	soon := int64(time.Since(n.born) + n.cfg.LeaseRenewInterval)
-	for _, sh := range shows {
-		if sh.leaseUntil.Load() <= soon {
-			n.metrics.ownership("lapsed")
-			n.drop(sh, "lease may run out: renewals failed")
-		}
+// lapsed reports whether, in a cluster, sh's lease may have run out (see
+// show.leaseUntil): another node may have taken it, so this node must not
+// answer it from memory. A node alone never lapses.
+func (n *Node) lapsed(sh *show) bool {
+	return n.cfg.Ring != nil && sh.leaseUntil.Load() <= int64(time.Since(n.born))
+}
+
+// dropIfLapsed drops sh if its lease may have run out, and reports whether
+// it did.
+func (n *Node) dropIfLapsed(sh *show) bool {
+	if !n.lapsed(sh) {
+		return false
 	}
+	n.metrics.ownership("lapsed")
+	n.drop(sh, "lease may have run out: renewals failed")
+	return true
 }
 
 // ringLoop hands off the loaded shows that the ring gives to another node

@@ -71,6 +71,9 @@ func New(cfg Config, store Store) (*Node, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
+	if cfg.Ring != nil && 2*cfg.LeaseRenewInterval >= store.LeaseDuration() {
+		return nil, fmt.Errorf("engine: LeaseRenewInterval %v must be under half the store's LeaseDuration %v: a node in a cluster drops its shows when their lease may have run out", cfg.LeaseRenewInterval, store.LeaseDuration())
+	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
@@ -230,6 +233,9 @@ func (n *Node) show(ctx context.Context, id ar.ShowID, forChange bool) (*show, e
 		n.mu.RUnlock()
 		if unknown {
 			return nil, fmt.Errorf("show %s: %w", id, ErrShowNotFound)
+		}
+		if sh != nil && n.dropIfLapsed(sh) {
+			sh = nil // load it anew, from the database
 		}
 		if sh != nil {
 			n.touch(sh)
@@ -542,6 +548,20 @@ func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {
 		idem:    ordmap.New[string, idemEntry](len(snap.Idempotency)),
 	}
 	sh.leaseUntil.Store(n.leaseEnd(asked))
+	if n.cfg.Ring != nil && time.Duration(sh.leaseUntil.Load())-time.Since(n.born) < n.cfg.LeaseRenewInterval {
+		// The load took most of the lease the take began: renew it now,
+		// before the show is served, rather than install a show that
+		// lapses at once.
+		asked := time.Now()
+		lost, err := n.store.RenewLeases(ctx, []persistence.Ownership{{ShowID: string(id), Epoch: epoch}})
+		if err != nil {
+			return nil, err
+		}
+		if len(lost) > 0 {
+			return nil, fmt.Errorf("show %s: taken by another node while it loaded: %w", id, ErrMoved)
+		}
+		sh.leaseUntil.Store(n.leaseEnd(asked))
+	}
 	if err := n.restoreWaitlist(sh, snap); err != nil {
 		return nil, fmt.Errorf("replay show %s waitlist: %w", id, err)
 	}
