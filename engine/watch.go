@@ -53,8 +53,9 @@ const (
 )
 
 // WatchSeatMap sends the show's seat map (unless since_version is its
-// current version, or the version of one of the last batches published:
-// then the batches since), then each batch of changes, in order, until the client
+// current version, or, while the show has other watchers, the version of
+// one of its last 64 batches: then the batches since), then each batch of
+// changes, in order, until the client
 // cancels (CANCELED), the server shuts down (Unavailable SHUTTING_DOWN) or
 // the show cannot be served here any more (its error, as GetSeatMap would
 // answer it: SHOW_MOVED to another owner, ...). Versions strictly
@@ -71,7 +72,8 @@ const (
 // those at the message's version, except waiting, which is the waitlist's
 // length when that version was published: a waitlist change that moves no
 // seat sends nothing. A snapshot's published_at is when the show was last
-// found at its version, a batch's when the batch was published.
+// found at its version, a batch's when the batch was published (the last
+// batch of a resume's: as a snapshot's).
 //
 // At Shutdown a stream ends at once unless it is blocked in a send because
 // its client stopped reading (the flow-control windows are full): that one
@@ -278,6 +280,9 @@ type seatMapPublisher struct {
 	// seq counts the batches published; batch s is at ring[s%watchRing].
 	seq  uint64
 	ring [watchRing]watchMsg
+	// last is batch seq's message before its encoding, for a resume that
+	// sends it as of checked (see batchesSinceLocked).
+	last *pb.WatchSeatMapResponse
 	// state is the seat map as last published (Statuses nil until the
 	// first poll), with the waitlist's length then.
 	state   ar.SeatMap
@@ -377,6 +382,7 @@ func (p *seatMapPublisher) pollLocked() {
 		m.SeatIndexes, m.Statuses = diffStatuses(p.state.Statuses, sm.Statuses)
 		p.seq++
 		p.ring[p.seq%watchRing] = watchMsg{version: sm.Version, wire: preEncoded(m)}
+		p.last = m
 		close(p.changed)
 		p.changed = make(chan struct{})
 	}
@@ -400,8 +406,12 @@ func (p *seatMapPublisher) snapshotLocked() watchMsg {
 
 // batchesSinceLocked appends to out the batches that bring a map at version
 // since to the last published state, and reports whether the ring still
-// holds them all (a watcher that reconnects after a moment then gets the
-// seats that changed, not the whole map). p.mu must be held.
+// holds them all. The last of them goes with published_at as of the last
+// poll that found its version current, as a snapshot would, so a replica
+// resuming on a quiet show does not count itself behind by the quiet. A
+// watcher that reconnects after a moment to a show that other watchers keep
+// published gets the seats that changed, not the whole map. p.mu must be
+// held.
 func (p *seatMapPublisher) batchesSinceLocked(since uint64, out []watchMsg) ([]watchMsg, bool) {
 	if since == 0 {
 		return out, false
@@ -412,8 +422,17 @@ func (p *seatMapPublisher) batchesSinceLocked(since uint64, out []watchMsg) ([]w
 	}
 	for s := p.seq; s >= oldest && s > 0; s-- {
 		if p.ring[s%watchRing].version == since {
-			for k := s + 1; k <= p.seq; k++ {
+			for k := s + 1; k < p.seq; k++ {
 				out = append(out, p.ring[k%watchRing])
+			}
+			if s < p.seq {
+				last := p.ring[p.seq%watchRing]
+				if !p.published.Equal(p.checked) {
+					m := proto.Clone(p.last).(*pb.WatchSeatMapResponse)
+					m.PublishedAt = timestamppb.New(p.checked)
+					last.wire = preEncoded(m)
+				}
+				out = append(out, last)
 			}
 			return out, true
 		}
@@ -421,8 +440,9 @@ func (p *seatMapPublisher) batchesSinceLocked(since uint64, out []watchMsg) ([]w
 	return out, false
 }
 
-// serve streams p's show to a watcher whose map is at version since (0 or
-// another show's version: none) until the stream or the server ends (the
+// serve streams p's show to a watcher whose map is at version since (0:
+// none; versions are not unique across shows, so a version of another show
+// may be taken as one of this show's) until the stream or the server ends (the
 // error to return) or the show is dropped (ended; the watcher moves on to
 // its successor). It returns the version the watcher's map is at.
 func (p *seatMapPublisher) serve(ctx context.Context, stream pb.ReservationService_WatchSeatMapServer, since uint64) (uint64, bool, error) {

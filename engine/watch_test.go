@@ -447,7 +447,8 @@ func TestWatchSeatMapSinceVersion(t *testing.T) {
 // has not changed for ten minutes (by the node's clock) gets a snapshot
 // published as of its joining, so a replica starting from it reports no
 // lag; before, the snapshot carried the time its version was published,
-// and a replica of a quiet show started ten minutes behind.
+// and a replica of a quiet show started ten minutes behind. The last batch
+// a resuming watcher is sent is as of its joining too.
 func TestWatchSeatMapSnapshotIsFresh(t *testing.T) {
 	const show = "w-fresh"
 	clock := tc.NewClock(time.Now())
@@ -475,8 +476,15 @@ func TestWatchSeatMapSnapshotIsFresh(t *testing.T) {
 	if _, err := hold(t, n, show, "u1", "A-1"); err != nil {
 		t.Fatal(err)
 	}
-	held := getSeatMap(t, n, show).GetVersion()
+	before := getSeatMap(t, n, show).GetVersion()
 	pollUntil(t, 10*time.Second, "the hold to be published", func() bool {
+		return first("a watcher").GetVersion() == before
+	})
+	if _, err := hold(t, n, show, "u2", "A-2"); err != nil {
+		t.Fatal(err)
+	}
+	held := getSeatMap(t, n, show).GetVersion()
+	pollUntil(t, 10*time.Second, "the second hold to be published", func() bool {
 		return first("a watcher").GetVersion() == held
 	})
 
@@ -488,6 +496,23 @@ func TestWatchSeatMapSnapshotIsFresh(t *testing.T) {
 	}
 	if at := m.GetPublishedAt().AsTime(); at.Before(joined) {
 		t.Errorf("snapshot of a current map published at %s, %s before the watcher joined", at, joined.Sub(at))
+	}
+
+	// A watcher that resumes from the version before the last batch gets
+	// that batch, not a snapshot, as of now too.
+	stream, err := n.Reservations.WatchSeatMap(tc.Ctx(ctx), &pb.WatchSeatMapRequest{ShowId: show, SinceVersion: before})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.GetSnapshot() != nil || b.GetVersion() != held || len(b.GetSeatIndexes()) != 1 {
+		t.Fatalf("a resume from version %d: %v; want the last batch, to version %d", before, b, held)
+	}
+	if at := b.GetPublishedAt().AsTime(); at.Before(joined) {
+		t.Errorf("the last batch sent to a resumed watcher published at %s, %s before the watcher joined", at, joined.Sub(at))
 	}
 }
 

@@ -187,9 +187,10 @@ func (x *RingMember) GetGrpcAddr() string {
 type WatchSeatMapRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	ShowId string                 `protobuf:"bytes,1,opt,name=show_id,json=showId,proto3" json:"show_id,omitempty"`
-	// The version of a seat map the caller already has (0: none). If it is
-	// still current, or a recent version whose changes since the engine still
-	// has, the stream starts with changes instead of a snapshot.
+	// The version of a seat map of this show the caller already has (0:
+	// none). If it is still current, or, while the show has other watchers on
+	// the node, one of its last 64 versions, the stream starts with changes
+	// instead of a snapshot.
 	SinceVersion  uint64 `protobuf:"varint,2,opt,name=since_version,json=sinceVersion,proto3" json:"since_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1009,9 +1010,9 @@ type HoldSeatsRequest struct {
 	// for the show. Without a valid one (missing, forged, expired, another
 	// user's or show's) the hold is refused with FailedPrecondition, reason
 	// NOT_ADMITTED. It is not part of the request an idempotency key names:
-	// a retry with a fresh token replays the first answer. A hold of seats
-	// offered to the user in a waitlist turn (all of its seats) needs none:
-	// the user was admitted to join the waitlist.
+	// a retry with a fresh token replays the first answer. A hold whose every
+	// seat is offered to the user in a waitlist turn (some or all of the
+	// turn's seats) needs none: the user was admitted to join the waitlist.
 	AdmissionToken string `protobuf:"bytes,5,opt,name=admission_token,json=admissionToken,proto3" json:"admission_token,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
