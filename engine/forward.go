@@ -66,8 +66,10 @@ type forwarder struct {
 	// after the ring changed, so nodes that come and go (new addresses on
 	// every restart) leave nothing behind.
 	conns map[string]*grpc.ClientConn
-	// pruned is the ring version at which conns were last pruned.
+	// pruned is the ring version at which conns were last pruned, and
+	// live the members' addresses then.
 	pruned uint64
+	live   map[string]bool
 	open   prometheus.Gauge // len(conns)
 	// types caches the message types of methods.
 	types sync.Map // [method, input] → protoreflect.MessageType
@@ -102,6 +104,11 @@ func (f *forwarder) conn(addr string) (*grpc.ClientConn, error) {
 	if c, ok := f.conns[addr]; ok {
 		return c, nil
 	}
+	if f.live != nil && !f.live[addr] {
+		// The caller's ring view is older than the one pruned by: the
+		// node left since. Opening a connection would keep it.
+		return nil, fmt.Errorf("%s is no longer a member's address", addr)
+	}
 	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(wirecodec.Codec{})),
 		// A connection to an owner that went silent (a partition, a
@@ -125,20 +132,20 @@ func (f *forwarder) conn(addr string) (*grpc.ClientConn, error) {
 // routeUnary and routeStream answer that as the owner being unreachable.
 func (f *forwarder) pruneLocked() {
 	r, ok := f.ring.(memberRing)
-	if !ok || len(f.conns) == 0 {
+	if !ok {
 		return
 	}
 	v := r.Version()
-	if v == f.pruned {
+	if f.live != nil && v == f.pruned {
 		return
 	}
 	f.pruned = v
-	live := make(map[string]bool)
+	f.live = make(map[string]bool)
 	for _, m := range r.Members() {
-		live[m.GRPCAddr] = true
+		f.live[m.GRPCAddr] = true
 	}
 	for addr, c := range f.conns {
-		if !live[addr] {
+		if !f.live[addr] {
 			c.Close()
 			delete(f.conns, addr)
 		}
@@ -241,15 +248,8 @@ func (f *forwarder) message(method string, input bool) (proto.Message, error) {
 // with its idempotency key rather than take the call for not done.
 func unreachable(err error, show ar.ShowID, owner ring.Member, sent bool) error {
 	st, ok := status.FromError(err)
-	if ok {
-		if st.Code() != codes.Unavailable {
-			return err
-		}
-		for _, d := range st.Details() {
-			if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
-				return err
-			}
-		}
+	if ok && (st.Code() != codes.Unavailable || fromEngine(st)) {
+		return err
 	}
 	if sent {
 		return toStatus(fmt.Errorf("%w: forwarded to the owner %s at %s, whose connection failed: %s",
@@ -258,13 +258,25 @@ func unreachable(err error, show ar.ShowID, owner ring.Member, sent bool) error 
 	return toStatus(&MovedError{Show: show, Owner: owner, Why: "owner unreachable: " + st.Message()})
 }
 
-// closedByPrune turns the Canceled of a call whose connection pruneLocked closed
-// (the caller's ctx is still live) into the transport's Unavailable.
+// closedByPrune turns the Canceled of a call whose connection pruneLocked
+// closed (the caller's ctx is still live, and the answer is not the
+// engine's) into the transport's Unavailable.
 func closedByPrune(ctx context.Context, err error) error {
-	if status.Code(err) == codes.Canceled && ctx.Err() == nil {
+	if st, _ := status.FromError(err); st.Code() == codes.Canceled && ctx.Err() == nil && !fromEngine(st) {
 		return status.Error(codes.Unavailable, "the connection to a node that left the ring was closed: "+err.Error())
 	}
 	return err
+}
+
+// fromEngine reports whether st carries the engine's ErrorInfo: an answer
+// of the owner, not of the transport.
+func fromEngine(st *status.Status) bool {
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+			return true
+		}
+	}
+	return false
 }
 
 // changes reports whether a routed method may change something: all but

@@ -43,3 +43,18 @@ func TestEntryWaiters(t *testing.T) {
 		t.Fatalf("%d users waited on at the end, want 0", len(r.waiters))
 	}
 }
+
+// TestEntryWaitersOnDroppedShow: a wait on a dropped show, whose waiters
+// were woken already, ends at once instead of waiting for a wake that
+// never comes.
+func TestEntryWaitersOnDroppedShow(t *testing.T) {
+	sh := &show{}
+	sh.mu.Lock()
+	sh.dropped = true
+	ch, stop := sh.wait.waiters.waitLocked(sh, "a")
+	sh.mu.Unlock()
+	stop()
+	if !isClosed(ch) || len(sh.wait.waiters) != 0 {
+		t.Fatalf("a wait on a dropped show: closed %t, %d users waited on; want closed, none", isClosed(ch), len(sh.wait.waiters))
+	}
+}

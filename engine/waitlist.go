@@ -114,8 +114,14 @@ type entryWaiter struct {
 
 // waitLocked returns a channel closed at the next change of user's entry,
 // and the function the waiter calls (without sh's mutex) when it stops
-// waiting.
+// waiting. On a dropped show (its waiters were woken, or are about to be)
+// the channel is closed already: the waiter looks for the show anew.
 func (ws *entryWaiters) waitLocked(sh *show, user wu.UserID) (<-chan struct{}, func()) {
+	if sh.dropped {
+		ch := make(chan struct{})
+		close(ch)
+		return ch, func() {}
+	}
 	if *ws == nil {
 		*ws = make(entryWaiters)
 	}
