@@ -105,8 +105,9 @@ func (n *Node) leaseEnd(asked time.Time) int64 {
 // and drops at once a show whose renewal finds it taken by another node,
 // or, in a cluster, whose lease may have run out (see RenewLeases). In a
 // cluster, after a failed renewal with shows still loaded, it tries again
-// after a fifth of LeaseRenewInterval, not a whole one, so that one failure
-// does not cost their leases.
+// after a fifth of LeaseRenewInterval, not a whole one, and a renewal that
+// does not answer gives up in time for that retry (renewTimeout), so that
+// one failure does not cost their leases.
 func (n *Node) renewLoop() {
 	defer n.wg.Done()
 	t := time.NewTimer(n.cfg.LeaseRenewInterval)
@@ -162,7 +163,7 @@ func (n *Node) renewLeases() (int, error) {
 		n.metrics.showsOwned.Set(0)
 		return 0, nil
 	}
-	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.LeaseRenewInterval*2)
+	ctx, cancel := context.WithTimeout(n.ctx, n.renewTimeout())
 	defer cancel()
 	asked := time.Now()
 	lost, err := n.store.RenewLeases(ctx, owned)
@@ -188,6 +189,19 @@ func (n *Node) renewLeases() (int, error) {
 	return len(lost), nil
 }
 
+// renewTimeout bounds a renewal: two intervals, and, in a cluster, short
+// enough that after a renewal asked on time that did not answer, the retry
+// (a fifth of an interval later) is asked before the lease it was to renew
+// runs out.
+func (n *Node) renewTimeout() time.Duration {
+	d := 2 * n.cfg.LeaseRenewInterval
+	if n.cfg.Ring != nil {
+		i := n.cfg.LeaseRenewInterval
+		d = min(d, max(n.store.LeaseDuration()-i-i/5-n.cfg.LeaseSlack, i/5))
+	}
+	return d
+}
+
 // lapsed reports whether, in a cluster, sh's lease may have run out (see
 // show.leaseUntil): another node may have taken it, so this node must not
 // answer it from memory. A node alone never lapses.
@@ -201,8 +215,9 @@ func (n *Node) dropIfLapsed(sh *show) bool {
 	if !n.lapsed(sh) {
 		return false
 	}
-	n.metrics.ownership("lapsed")
-	n.drop(sh, "lease may have run out: renewals failed")
+	if n.drop(sh, "lease may have run out: renewals failed") {
+		n.metrics.ownership("lapsed")
+	}
 	return true
 }
 

@@ -221,9 +221,10 @@ func (n *Node) rememberLocked(sh *show, key string, e idemEntry) {
 func (n *Node) touch(sh *show) { sh.used.Store(n.now().UnixNano()) }
 
 // show returns the loaded show, loading it (and taking its ownership) on
-// first use, or when forChange and it is stale or dropped. A failed reload
-// leaves a stale show in place, so reads go on from memory while the
-// database is away. An ID found unknown within NotFoundTTL is answered
+// first use, when forChange and it is stale or dropped, or, in a cluster,
+// once its lease may have run out (see lapsed). A failed reload leaves a
+// stale show in place, so reads go on from memory while the database is
+// away, until, in a cluster, the show's lease may have run out. An ID found unknown within NotFoundTTL is answered
 // ErrShowNotFound without asking the database.
 func (n *Node) show(ctx context.Context, id ar.ShowID, forChange bool) (*show, error) {
 	for attempt := 0; attempt < 3; attempt++ {
@@ -293,7 +294,7 @@ func (n *Node) lockLoaded(id ar.ShowID) (*show, bool) {
 	n.mu.RLock()
 	sh := n.shows[id]
 	n.mu.RUnlock()
-	if sh != nil {
+	if sh != nil && !n.dropIfLapsed(sh) {
 		n.touch(sh)
 		sh.mu.Lock()
 		if !sh.stale && !sh.dropped {
@@ -548,6 +549,18 @@ func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {
 		idem:    ordmap.New[string, idemEntry](len(snap.Idempotency)),
 	}
 	sh.leaseUntil.Store(n.leaseEnd(asked))
+	if err := n.restoreWaitlist(sh, snap); err != nil {
+		return nil, fmt.Errorf("replay show %s waitlist: %w", id, err)
+	}
+	if sh.room, err = newRoom(snap, n.now()); err != nil {
+		return nil, fmt.Errorf("replay show %s waiting room: %w", id, err)
+	}
+	recs := slices.SortedFunc(slices.Values(snap.Idempotency), func(a, b persistence.IdempotencyRecord) int {
+		return a.CreatedAt.Compare(b.CreatedAt)
+	})
+	for _, rec := range recs {
+		sh.idem.Put(rec.Key, idemEntry{fingerprint: rec.Fingerprint, hold: ar.HoldID(rec.ReservationID), at: rec.CreatedAt})
+	}
 	if n.cfg.Ring != nil && time.Duration(sh.leaseUntil.Load())-time.Since(n.born) < n.cfg.LeaseRenewInterval {
 		// The load took most of the lease the take began: renew it now,
 		// before the show is served, rather than install a show that
@@ -561,18 +574,6 @@ func (n *Node) loadShow(ctx context.Context, id ar.ShowID) (*show, error) {
 			return nil, fmt.Errorf("show %s: taken by another node while it loaded: %w", id, ErrMoved)
 		}
 		sh.leaseUntil.Store(n.leaseEnd(asked))
-	}
-	if err := n.restoreWaitlist(sh, snap); err != nil {
-		return nil, fmt.Errorf("replay show %s waitlist: %w", id, err)
-	}
-	if sh.room, err = newRoom(snap, n.now()); err != nil {
-		return nil, fmt.Errorf("replay show %s waiting room: %w", id, err)
-	}
-	recs := slices.SortedFunc(slices.Values(snap.Idempotency), func(a, b persistence.IdempotencyRecord) int {
-		return a.CreatedAt.Compare(b.CreatedAt)
-	})
-	for _, rec := range recs {
-		sh.idem.Put(rec.Key, idemEntry{fingerprint: rec.Fingerprint, hold: ar.HoldID(rec.ReservationID), at: rec.CreatedAt})
 	}
 	return sh, nil
 }
@@ -596,8 +597,9 @@ func (n *Node) unload(sh *show, why string) {
 	n.cfg.Logger.Warn("show dropped", "show", sh.id, "epoch", sh.epoch, "why", why)
 }
 
-// drop marks a show dropped and unloads it.
-func (n *Node) drop(sh *show, why string) {
+// drop marks a show dropped and unloads it; false if it was dropped
+// already.
+func (n *Node) drop(sh *show, why string) bool {
 	sh.mu.Lock()
 	already := sh.dropped
 	sh.dropped = true
@@ -605,6 +607,7 @@ func (n *Node) drop(sh *show, why string) {
 	if !already {
 		n.unload(sh, why)
 	}
+	return !already
 }
 
 // failedLocked reacts, under sh.mu and so before any other decision for sh,

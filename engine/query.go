@@ -46,7 +46,7 @@ func (n *Node) Reservation(ctx context.Context, id ar.HoldID) (ar.Reservation, e
 	n.mu.RLock()
 	sh := n.shows[showID]
 	n.mu.RUnlock()
-	if sh != nil {
+	if sh != nil && !n.dropIfLapsed(sh) {
 		sh.mu.Lock()
 		r, ok := sh.rules.Reservation(id)
 		stale := sh.stale // memory may be a guess: the database knows

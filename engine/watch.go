@@ -331,6 +331,7 @@ func (p *seatMapPublisher) run() {
 		case <-p.hub.life.Done():
 			return
 		}
+		p.hub.n.dropIfLapsed(p.sh) // its watchers then look for it anew
 		p.mu.Lock()
 		p.pollLocked()
 		ended := p.ended

@@ -189,8 +189,8 @@ type WatchSeatMapRequest struct {
 	ShowId string                 `protobuf:"bytes,1,opt,name=show_id,json=showId,proto3" json:"show_id,omitempty"`
 	// The version of a seat map of this show the caller already has (0:
 	// none). If it is still current, or, while the show has other watchers on
-	// the node, one of its last 64 versions, the stream starts with changes
-	// instead of a snapshot.
+	// the node, the version of one of its last 64 batches of changes, the
+	// stream starts with changes instead of a snapshot.
 	SinceVersion  uint64 `protobuf:"varint,2,opt,name=since_version,json=sinceVersion,proto3" json:"since_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
