@@ -249,6 +249,25 @@ func TestCrashWaitlist(t *testing.T) {
 		h := holds[wlCrashReleased+i]
 		ops = slices.Insert(ops, at, wlOp{Kind: "release", User: h.User, Hold: h})
 	}
+	// A gate at COMMIT of the waitlist's writes, open until just before the
+	// kill: closed then, the writes that reach it are in flight for sure
+	// when the node dies (without it, the kill could land after every
+	// operation in flight had been answered).
+	for _, q := range []string{
+		`CREATE FUNCTION wl_crash_gate() RETURNS trigger LANGUAGE plpgsql AS
+			$$ BEGIN PERFORM pg_advisory_xact_lock_shared(4243); RETURN NULL; END $$`,
+		`CREATE CONSTRAINT TRIGGER wl_crash_gate AFTER INSERT OR UPDATE OR DELETE ON waitlist_entries
+			DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION wl_crash_gate()`,
+	} {
+		if _, err := db.Exec(t.Context(), q); err != nil {
+			t.Fatalf("commit gate: %v", err)
+		}
+	}
+	gate, err := db.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gate.Release()
 	late := startWLOps(ws, rs, ops)
 	t.Cleanup(late.wait)
 	pollFor(t, wlCrashPhaseTimeout, func() error {
@@ -260,9 +279,30 @@ func TestCrashWaitlist(t *testing.T) {
 		}
 		return nil
 	})
+	if _, err := gate.Exec(t.Context(), `SELECT pg_advisory_lock(4243)`); err != nil {
+		t.Fatal(err)
+	}
+	pollFor(t, wlCrashPhaseTimeout, func() error {
+		var n int
+		if err := db.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+			AND query ILIKE 'commit' AND wait_event_type = 'Lock' AND wait_event = 'advisory'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return fmt.Errorf("no waitlist write waiting at the gate (%d operations answered)", late.acked.Load())
+		}
+		return nil
+	})
 	late.killed.Store(true)
 	inFlight := late.inFlight.Load()
 	first.Kill(t)
+	// Open the gate and take it away: the writes held at it commit or
+	// not, as a COMMIT in flight at a crash does.
+	for _, q := range []string{`SELECT pg_advisory_unlock(4243)`, `DROP TRIGGER wl_crash_gate ON waitlist_entries`, `DROP FUNCTION wl_crash_gate()`} {
+		if _, err := gate.Exec(t.Context(), q); err != nil {
+			t.Fatalf("commit gate: %v", err)
+		}
+	}
 	late.wait()
 	if err := late.firstError(); err != nil {
 		t.Fatalf("before the kill: %v", err)
