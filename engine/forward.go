@@ -244,8 +244,9 @@ func (f *forwarder) message(method string, input bool) (proto.Message, error) {
 // from the owner. The owner's own answers pass through as they are. A call
 // that changes something (see changes) whose request reached a connection
 // to the owner (sent) may have been done there before the connection
-// failed: it is answered OUTCOME_UNKNOWN instead, so the caller retries
-// with its idempotency key rather than take the call for not done.
+// failed: it is answered OUTCOME_UNKNOWN instead, so the caller does not
+// take it for not done (a retry tells: with the idempotency key for a hold
+// or a confirm, as things then stand for the others).
 func unreachable(err error, show ar.ShowID, owner ring.Member, sent bool) error {
 	st, ok := status.FromError(err)
 	if ok && (st.Code() != codes.Unavailable || fromEngine(st)) {

@@ -159,8 +159,8 @@ type show struct {
 	// used is n.now() of the show's last use, in Unix nanoseconds.
 	used atomic.Int64
 	// leaseUntil is when this node's lease on the show runs out at the
-	// earliest, if no renewal succeeds meanwhile: the time of the last
-	// successful take or renewal was asked for plus the lease's duration,
+	// earliest, if no renewal succeeds meanwhile: the time the last
+	// successful take or renewal was asked for, plus the lease's duration,
 	// in nanoseconds since Node.born on the monotonic clock (real time,
 	// whatever Config.Now says: the database times the lease).
 	leaseUntil atomic.Int64
@@ -224,8 +224,9 @@ func (n *Node) touch(sh *show) { sh.used.Store(n.now().UnixNano()) }
 // first use, when forChange and it is stale or dropped, or, in a cluster,
 // once its lease may have run out (see lapsed). A failed reload leaves a
 // stale show in place, so reads go on from memory while the database is
-// away, until, in a cluster, the show's lease may have run out. An ID found unknown within NotFoundTTL is answered
-// ErrShowNotFound without asking the database.
+// away, until, in a cluster, the show's lease may have run out. An ID
+// found unknown within NotFoundTTL is answered ErrShowNotFound without
+// asking the database.
 func (n *Node) show(ctx context.Context, id ar.ShowID, forChange bool) (*show, error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		n.mu.RLock()
