@@ -3,16 +3,21 @@ package engine_test
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	ar "github.com/boxoffice/boxoffice/activereservation"
 	pb "github.com/boxoffice/boxoffice/api/boxoffice/v1"
+	"github.com/boxoffice/boxoffice/engine"
 	"github.com/boxoffice/boxoffice/internal/pgcluster/pgclustertest"
 	tc "github.com/boxoffice/boxoffice/internal/testcluster"
 	"github.com/boxoffice/boxoffice/persistence"
@@ -451,4 +456,158 @@ func TestClusterNodeCutFromDatabaseStopsAnsweringFromMemory(t *testing.T) {
 		r, err := n.Reservations.GetSeatMap(ctx, &pb.GetSeatMapRequest{ShowId: show})
 		return err == nil && r.GetHeld() == 1
 	})
+}
+
+// TestClusterCutNodeAnswersNothingFromMemoryAfterItsLease black-holes the
+// database of a node in a cluster and probes every way it reads a loaded
+// show from memory, each on a show of its own: GetSeatMap, GetReservation,
+// a Pipeline hold of a taken seat (refused from memory while the show is
+// loaded) and a new WatchSeatMap. Every lease the node has was asked for
+// before the cut, so it runs out by the cut plus the lease, after which
+// another node may take the show: no probe started after that may be
+// answered, and a watch stream opened before the cut must end. The renewal
+// interval is near half the lease, so a hung renewal gives up late: the
+// node must check the lease on each read, not leave it to the renewals
+// (before it did, GetReservation and Pipeline answered past the lease's
+// end).
+func TestClusterCutNodeAnswersNothingFromMemoryAfterItsLease(t *testing.T) {
+	const lease, interval = 3 * time.Second, 1400 * time.Millisecond
+	dbURL := pgclustertest.Shared(t)
+	tc.Migrate(t, dbURL)
+	px := tc.NewDBProxy(t, dbURL)
+	n := tc.StartNode(t, px.URL(), tc.Options{
+		NodeID:  "cut-probes",
+		Cluster: &tc.ClusterOptions{},
+		Store:   persistence.Config{CommitTimeout: time.Second, QueryTimeout: time.Second, LeaseDuration: lease},
+		Engine:  func(c *engine.Config) { c.LeaseRenewInterval = interval },
+	})
+	// Each probe reads a show of its own: a read that drops a lapsed show
+	// must not hide another read that would answer.
+	kinds := []string{"GetSeatMap", "GetReservation", "WatchSeatMap", "Pipeline"}
+	holds := map[string]string{}
+	for _, k := range kinds {
+		n.CreateShow(t, "cut-"+k, 1, 4, 0)
+		h, err := hold(t, n, "cut-"+k, "u", "A-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		holds[k] = h.GetHoldId()
+	}
+	p := openPipe(t, n.Reservations)
+	var callID atomic.Uint64
+
+	// Each probe reports whether it was answered from memory.
+	probes := map[string]func(ctx context.Context) bool{
+		"GetSeatMap": func(ctx context.Context) bool {
+			_, err := n.Reservations.GetSeatMap(ctx, &pb.GetSeatMapRequest{ShowId: "cut-GetSeatMap"})
+			return err == nil
+		},
+		"GetReservation": func(ctx context.Context) bool {
+			_, err := n.Reservations.GetReservation(ctx, &pb.GetReservationRequest{HoldId: holds["GetReservation"]})
+			return err == nil
+		},
+		"WatchSeatMap": func(ctx context.Context) bool {
+			s, err := n.Reservations.WatchSeatMap(ctx, &pb.WatchSeatMapRequest{ShowId: "cut-WatchSeatMap"})
+			if err != nil {
+				return false
+			}
+			_, err = s.Recv()
+			return err == nil
+		},
+		"Pipeline": func(ctx context.Context) bool {
+			id := callID.Add(1)
+			p.send(&pb.PipelineCall{CallId: id, Timeout: durationpb.New(2 * time.Second),
+				Call: &pb.PipelineCall_Hold{Hold: &pb.HoldSeatsRequest{ShowId: "cut-Pipeline", UserId: "v", SeatIds: []string{"A-1"}}}})
+			for ctx.Err() == nil {
+				if a := p.answers(id); len(a) > 0 {
+					return a[0].GetError().GetReason() == "SEATS_TAKEN"
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			return false
+		},
+	}
+	probe := func() (started time.Time, fromMemory map[string]bool) {
+		started = time.Now()
+		fromMemory = map[string]bool{}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for name, f := range probes {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(tc.Ctx(context.Background()), 3*time.Second)
+				defer cancel()
+				ok := f(ctx)
+				mu.Lock()
+				fromMemory[name] = ok
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		return started, fromMemory
+	}
+	if _, got := probe(); len(got) != len(probes) || slices.Contains(slices.Collect(maps.Values(got)), false) {
+		t.Fatalf("before the cut, answered from memory: %v, want every probe", got)
+	}
+
+	// A watcher of a show of its own, whose stream must end once the lease
+	// may have run out, as soon as the node's try to load the show again
+	// (bounded by the query timeout) fails: the end is the replica's sign
+	// that its map may no longer be current.
+	n.CreateShow(t, "cut-watcher", 1, 4, 0)
+	ws, err := n.Reservations.WatchSeatMap(tc.Ctx(t.Context()), &pb.WatchSeatMapRequest{ShowId: "cut-watcher"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ws.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	watchEnded := make(chan time.Time, 1)
+	go func() {
+		for {
+			if _, err := ws.Recv(); err != nil {
+				watchEnded <- time.Now()
+				return
+			}
+		}
+	}()
+
+	px.BlackHole()
+	end := time.Now().Add(lease) // no lease the node holds runs later than this
+	lastAnswered := map[string]time.Time{}
+	for time.Now().Before(end.Add(3 * time.Second)) {
+		started, got := probe()
+		for name, ok := range got {
+			if !ok {
+				continue
+			}
+			lastAnswered[name] = started
+			if started.After(end) {
+				t.Errorf("%s started %v after the lease's end was answered from memory", name, started.Sub(end).Round(time.Millisecond))
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for name := range probes {
+		t.Logf("%s: the last probe answered from memory started %v from the lease's end", name, lastAnswered[name].Sub(end).Round(time.Millisecond))
+	}
+
+	select {
+	case at := <-watchEnded:
+		t.Logf("the watch stream opened before the cut ended %v from the lease's end", at.Sub(end).Round(time.Millisecond))
+		if late := at.Sub(end); late > 2*time.Second {
+			t.Errorf("the watch stream opened before the cut ended %v after the lease's end, want within the reload's query timeout (1 s) and a margin", late)
+		}
+	default:
+		t.Errorf("the watch stream opened before the cut is still open %v after the lease's end", time.Since(end).Round(time.Millisecond))
+	}
+
+	px.Lift()
+	for _, k := range kinds {
+		pollUntil(t, 20*time.Second, k+" served again", func() bool {
+			ctx, cancel := context.WithTimeout(tc.Ctx(context.Background()), 3*time.Second)
+			defer cancel()
+			r, err := n.Reservations.GetSeatMap(ctx, &pb.GetSeatMapRequest{ShowId: "cut-" + k})
+			return err == nil && r.GetHeld() == 1
+		})
+	}
 }
