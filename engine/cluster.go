@@ -183,7 +183,7 @@ func (n *Node) renewLeases() (int, error) {
 	for _, o := range lost {
 		if sh := byID[o.ShowID]; sh != nil {
 			n.metrics.ownership("lost")
-			n.drop(sh, "lease lost: another node took the show")
+			n.drop(sh, "lease lost: the show is no longer this node's at this epoch (another node took it, or it was released or deleted)")
 		}
 	}
 	return len(lost), nil
