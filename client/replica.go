@@ -18,7 +18,9 @@ import (
 // later changes make a new SeatMap, so readers may keep one as long as they
 // like and must not modify it.
 type SeatMap struct {
-	ShowID  string
+	ShowID string
+	// Version is the engine's version of the map. A replica's versions
+	// never go back: it refuses a message older than its map (see apply).
 	Version uint64
 	// Statuses has one pb.SeatStatus value per seat, in the show's layout
 	// order (GetSeatMap with include_layout tells the seats' IDs).
@@ -281,8 +283,18 @@ func (rs *replicas) watch(ctx context.Context, r *replica, since uint64) (got bo
 }
 
 // apply returns the seat map prev becomes with msg: msg's snapshot, or
-// prev with msg's changes.
+// prev with msg's changes. It refuses a message older than prev (a
+// snapshot at a lower version, a batch at the same or a lower one):
+// versions strictly increase across the show's owners (each take raises
+// the epoch, which the versions start from), so such a message comes from a
+// node that no longer owns the show, and the replica keeps its map.
 func apply(prev *SeatMap, msg *pb.WatchSeatMapResponse, now time.Time) (*SeatMap, error) {
+	if prev != nil {
+		snapshot := len(msg.GetSnapshot()) > 0
+		if v := msg.GetVersion(); v < prev.Version || (!snapshot && v == prev.Version) {
+			return nil, fmt.Errorf("client: seat map of %s: a message at version %d, older than the replica's %d (from a node that no longer owns the show)", msg.GetShowId(), v, prev.Version)
+		}
+	}
 	m := &SeatMap{
 		ShowID:     msg.GetShowId(),
 		Version:    msg.GetVersion(),

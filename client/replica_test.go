@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -114,5 +115,76 @@ func TestReplicaEndsOnRefusalForGood(t *testing.T) {
 	pollUntil(t, 20*time.Second, "a read of the replica to be refused Unauthenticated", func() bool {
 		_, err := c.SeatMap(ctx, show)
 		return status.Code(err) == codes.Unauthenticated
+	})
+}
+
+// olderSender lowers the versions of the WatchSeatMap messages a client
+// receives while on is set, by one epoch's worth (1<<32), as the messages of
+// a node that owned the show before its owner's take would be.
+type olderSender struct{ on atomic.Bool }
+
+func (o *olderSender) intercept(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+	streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	s, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil || !strings.HasSuffix(method, "/WatchSeatMap") {
+		return s, err
+	}
+	return &olderStream{ClientStream: s, o: o}, nil
+}
+
+type olderStream struct {
+	grpc.ClientStream
+	o *olderSender
+}
+
+func (s *olderStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if msg, ok := m.(*pb.WatchSeatMapResponse); ok && err == nil && s.o.on.Load() {
+		msg.Version -= 1 << 32
+	}
+	return err
+}
+
+// TestReplicaNeverGoesBack: a replica offered an older seat map than the
+// one it has — a batch or a snapshot at a lower version, as from a node
+// that no longer owns the show — keeps its own and watches again, so its
+// readers never see the map go back; once the messages are current again
+// it follows the show on.
+func TestReplicaNeverGoesBack(t *testing.T) {
+	const show = "cl-older"
+	url := pgclustertest.Shared(t)
+	tc.Migrate(t, url)
+	n := tc.StartNode(t, url, tc.Options{NodeID: "solo"})
+	n.CreateShow(t, show, 1, 4, time.Minute)
+	var o olderSender
+	c := newClient(t, client.Config{Addrs: []string{n.Server.GRPCAddr()},
+		DialOptions: []grpc.DialOption{grpc.WithChainStreamInterceptor(o.intercept)}})
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	first, err := c.SeatMap(ctx, show)
+	if err != nil {
+		t.Fatalf("SeatMap: %v", err)
+	}
+
+	o.on.Store(true)
+	if _, err := c.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: show, UserId: "u1", SeatIds: []string{"A-1"}}); err != nil {
+		t.Fatalf("hold: %v", err)
+	}
+	// The hold's batch, then the snapshots of the watches again, all come
+	// older than the replica's map.
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		m, err := c.SeatMap(ctx, show)
+		if err != nil {
+			t.Fatalf("SeatMap while the messages are older: %v", err)
+		}
+		if m.Version < first.Version {
+			t.Fatalf("the replica went back from version %d to %d (held %d)", first.Version, m.Version, m.Held)
+		}
+	}
+
+	o.on.Store(false)
+	pollUntil(t, 10*time.Second, "the replica to show the hold", func() bool {
+		m, err := c.SeatMap(ctx, show)
+		return err == nil && m.Held == 1 && m.Version > first.Version
 	})
 }
