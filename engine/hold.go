@@ -386,7 +386,10 @@ func (sh *show) offeredToLocked(user ar.UserID, seats []ar.SeatID) bool {
 
 // admitted checks that token admits user to shop show sh, which needs one
 // while it has a waiting room that is not closed: wu.ErrNotAdmitted if not
-// (and always on a node without an admission key). sh.mu must be held.
+// (and always on a node without an admission key). A token admits only
+// while its user counts under the room's cap of shoppers: not after they
+// left the room or booked, though the token has not run out, or a user
+// who no longer counts would shop beside a full cap. sh.mu must be held.
 func (n *Node) admitted(sh *show, user ar.UserID, token string) error {
 	if sh.info.Room == nil || sh.room != nil && sh.room.rules.IsClosed() {
 		return nil
@@ -394,6 +397,12 @@ func (n *Node) admitted(sh *show, user ar.UserID, token string) error {
 	if n.cfg.AdmissionKey == nil {
 		return fmt.Errorf("%w: this node has no admission key to check the show's admission tokens", wu.ErrNotAdmitted)
 	}
-	_, err := n.cfg.AdmissionKey.Check(token, string(sh.id), wu.UserID(user), n.now())
-	return err
+	u := wu.UserID(user)
+	if _, err := n.cfg.AdmissionKey.Check(token, string(sh.id), u, n.now()); err != nil {
+		return err
+	}
+	if sh.room == nil || sh.room.rules.Get(u).State != wu.Admitted {
+		return fmt.Errorf("%w: the user's admission ended (they left the waiting room or booked); join the queue again", wu.ErrNotAdmitted)
+	}
+	return nil
 }

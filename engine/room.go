@@ -304,9 +304,8 @@ func (n *Node) joinQueueLocked(sh *show, u wu.UserID) (v RoomView, existed bool,
 }
 
 // LeaveQueue takes user out of the show's waiting room, durably: out of the
-// queue, or, admitted, out of the shoppers counted under the cap (the
-// token stays valid until its deadline). wu.ErrNotWaiting if user is
-// neither.
+// queue, or, admitted, out of the shoppers counted under the cap (their
+// token then admits no more holds). wu.ErrNotWaiting if user is neither.
 func (n *Node) LeaveQueue(ctx context.Context, id ar.ShowID, user ar.UserID) (RoomView, error) {
 	sh, err := n.lockRoom(ctx, id, user)
 	if err != nil {
@@ -496,8 +495,8 @@ func (n *Node) admitRooms(shows []*show, now time.Time) int {
 }
 
 // finishShopperLocked ends user's admission in sh's room after a booking:
-// the user no longer counts under the cap (the token stays valid until its
-// deadline). It returns the room write it queued, or nil when user is not
+// the user no longer counts under the cap, and their token admits no more
+// holds (see admitted). It returns the room write it queued, or nil when user is not
 // an admitted shopper (or the write could not be queued: the show is then
 // stale and reloads before its next change).
 func (n *Node) finishShopperLocked(sh *show, user ar.UserID, now time.Time) *persistence.Pending {

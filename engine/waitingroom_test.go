@@ -34,6 +34,30 @@ func roomShow(t *testing.T, n *tc.Node, id string, room *pb.WaitingRoom) *pb.Sho
 	return resp.GetShow()
 }
 
+// admit queues user in show's waiting room and returns the admission token
+// the room hands out, once it admits them; round, if set, runs an
+// admission round (a test clock's), else the node's own rounds do.
+func admit(t *testing.T, n *tc.Node, show, user string, round func()) string {
+	t.Helper()
+	ctx := tc.Ctx(context.Background())
+	if _, err := n.Room.JoinQueue(ctx, &pb.JoinQueueRequest{ShowId: show, UserId: user}); err != nil {
+		t.Fatalf("%s joins the queue of %s: %v", user, show, err)
+	}
+	var token string
+	pollUntil(t, 10*time.Second, user+" admitted to "+show, func() bool {
+		if round != nil {
+			round()
+		}
+		r, err := n.Room.PollQueue(ctx, &pb.PollQueueRequest{ShowId: show, UserId: user})
+		if err != nil {
+			t.Fatalf("poll %s: %v", user, err)
+		}
+		token = r.GetEntry().GetAdmissionToken()
+		return r.GetEntry().GetState() == pb.QueueState_QUEUE_STATE_ADMITTED
+	})
+	return token
+}
+
 // TestWaitingRoomConfig: CreateShow keeps a valid waiting room (defaults
 // filled in) and GetShow answers it; a bad one, or one on a node without
 // an admission key, is refused and creates nothing.
@@ -90,7 +114,8 @@ func TestWaitingRoomConfig(t *testing.T) {
 // TestWaitingRoomTokens: while a show has a waiting room, a hold (unary or
 // in a pipeline) or a waitlist join without the user's valid admission
 // token for that show is refused NOT_ADMITTED and changes nothing; with
-// one it is decided as usual; an idempotent replay needs none.
+// the one the room handed out it is decided as usual; an idempotent replay
+// needs none.
 func TestWaitingRoomTokens(t *testing.T) {
 	n, _ := newNode(t, tc.Options{})
 	ctx := tc.Ctx(context.Background())
@@ -98,7 +123,7 @@ func TestWaitingRoomTokens(t *testing.T) {
 	roomShow(t, n, "room-other", &pb.WaitingRoom{AdmitPerSecond: 10})
 	key := tc.AdmissionKey()
 	valid := time.Now().Add(5 * time.Minute)
-	alice := key.Sign("room-tok", "alice", valid)
+	alice := admit(t, n, "room-tok", "alice", nil)
 	raw := []byte(alice)
 	raw[len(raw)-3] ^= 1 // still base64url, another signature
 	tampered := string(raw)
@@ -268,6 +293,11 @@ func TestWaitingRoomQueue(t *testing.T) {
 	if got := round(time.Second); !slicesEqual(got, "u1", "u2", "u3") {
 		t.Fatalf("after u0 left: %v admitted, want u1 u2 u3", got)
 	}
+	// u0's token has not run out, but u0 no longer counts under the cap:
+	// it admits no more holds, or u0 would shop beside three others.
+	if _, err := n.Reservations.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "room-q", UserId: "u0", SeatIds: []string{"A-3"}, AdmissionToken: e.GetAdmissionToken()}); apiErrorOf(err).Reason != "NOT_ADMITTED" {
+		t.Fatalf("u0 holds with its token after leaving: %v, want NOT_ADMITTED", err)
+	}
 	if _, err := n.Room.LeaveQueue(ctx, &pb.LeaveQueueRequest{ShowId: "room-q", UserId: "u0"}); apiErrorOf(err).Reason != "NOT_WAITING" {
 		t.Fatalf("u0 leaves twice: %v, want NOT_WAITING", err)
 	}
@@ -380,7 +410,8 @@ func TestWaitingRoomFairness(t *testing.T) {
 func slicesEqual(got []string, want ...string) bool { return slices.Equal(got, want) }
 
 // TestWaitingRoomDoneAndSoldOut: a shopper who books stops counting under
-// the cap, so the next user is admitted; once every seat is booked,
+// the cap, so the next user is admitted, and their token admits no more
+// holds; once every seat is booked,
 // everyone still queued ends SOLD_OUT, nobody may join, and whoever asks
 // is told SOLD_OUT.
 func TestWaitingRoomDoneAndSoldOut(t *testing.T) {
@@ -423,9 +454,15 @@ func TestWaitingRoomDoneAndSoldOut(t *testing.T) {
 	if entry("u1").GetState() != pb.QueueState_QUEUE_STATE_ADMITTED || entry("u2").GetState() != pb.QueueState_QUEUE_STATE_QUEUED {
 		t.Fatalf("the cap of 2: u1 %v, u2 %v", entry("u1").GetState(), entry("u2").GetState())
 	}
+	token0 := entry("u0").GetAdmissionToken()
 	book("u0", "A-1")
 	if s := entry("u0").GetState(); s != pb.QueueState_QUEUE_STATE_DONE {
 		t.Fatalf("u0 after booking: %v, want DONE", s)
+	}
+	// u0 no longer counts under the cap, so its token, not run out yet,
+	// admits no more holds: more seats take another place in the queue.
+	if _, err := n.Reservations.HoldSeats(ctx, &pb.HoldSeatsRequest{ShowId: "room-end", UserId: "u0", SeatIds: []string{"A-2"}, AdmissionToken: token0}); apiErrorOf(err).Reason != "NOT_ADMITTED" {
+		t.Fatalf("u0 holds with its token after booking: %v, want NOT_ADMITTED", err)
 	}
 	round()
 	if s := entry("u2").GetState(); s != pb.QueueState_QUEUE_STATE_ADMITTED {
@@ -693,9 +730,12 @@ func TestWaitingRoomTurnAfterAdmissionRanOut(t *testing.T) {
 	n, _ := newNode(t, tc.Options{Clock: clk, ExpiryInterval: time.Hour}) // the test runs the rounds
 	ctx := tc.Ctx(context.Background())
 	const show = "room-turn"
-	roomShow(t, n, show, &pb.WaitingRoom{AdmitPerSecond: 10})
-	key := tc.AdmissionKey()
-	token := func(user string) string { return key.Sign(show, wu.UserID(user), clk.Now().Add(time.Minute)) }
+	roomShow(t, n, show, &pb.WaitingRoom{AdmitPerSecond: 10, ShoppingWindow: durationpb.New(time.Minute)})
+	round := func() {
+		clk.Advance(100 * time.Millisecond)
+		n.Engine.ExpireDue()
+	}
+	token := func(user string) string { return admit(t, n, show, user, round) }
 	for user, row := range map[string]string{"h1": "A", "h2": "B"} {
 		var seats []string
 		for i := 1; i <= 10; i++ {

@@ -191,9 +191,9 @@ func (r *Room) Get(user UserID) Place {
 }
 
 // Leave takes user out of the room at now: out of the queue, or, admitted,
-// out of the shoppers counted (the admission's token stays valid until its
-// deadline; it only no longer holds a place under the cap). ErrNotWaiting
-// if user is neither.
+// out of the shoppers counted (Get then answers Absent: the engine admits
+// no more holds with the admission's token, though it has not run out).
+// ErrNotWaiting if user is neither.
 func (r *Room) Leave(user UserID, now time.Time) (RoomEnd, error) {
 	if a, ok := r.admitted.Get(user); ok {
 		r.admitted.Delete(user)

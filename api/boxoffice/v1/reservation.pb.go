@@ -1008,8 +1008,9 @@ type HoldSeatsRequest struct {
 	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// Required while the show has a waiting room: the user's admission token
 	// for the show. Without a valid one (missing, forged, expired, another
-	// user's or show's) the hold is refused with FailedPrecondition, reason
-	// NOT_ADMITTED. It is not part of the request an idempotency key names:
+	// user's or show's, or the user's after they left the room or booked: a
+	// token admits only while its user counts as a shopper) the hold is
+	// refused with FailedPrecondition, reason NOT_ADMITTED. It is not part of the request an idempotency key names:
 	// a retry with a fresh token replays the first answer. A hold whose every
 	// seat is offered to the user in a waitlist turn (some or all of the
 	// turn's seats) needs none: the user was admitted to join the waitlist.

@@ -33,14 +33,15 @@ const (
 	// Admitted: admission_token lets the user hold seats until
 	// admission_deadline.
 	QueueState_QUEUE_STATE_ADMITTED QueueState = 2
-	// Left the queue or stopped shopping.
+	// Left the queue or stopped shopping (their token admits no more).
 	QueueState_QUEUE_STATE_LEFT QueueState = 3
 	// The admission's shopping window ended.
 	QueueState_QUEUE_STATE_LAPSED QueueState = 4
 	// The show sold out while the user was queued.
 	QueueState_QUEUE_STATE_SOLD_OUT QueueState = 5
 	// The admitted user booked (held and paid): they no longer count as a
-	// shopper; their token stays valid until its deadline.
+	// shopper, and their token admits no more holds or waitlist joins (to
+	// buy more, they join the queue again).
 	QueueState_QUEUE_STATE_DONE QueueState = 6
 	// The operator closed the room while the user was queued: the show needs
 	// no admission any more.
