@@ -228,9 +228,11 @@ func (n *Node) takeHoldLocked(sh *show, req HoldRequest, fingerprint func() stri
 		At:            r.CreatedAt,
 		ExpiresAt:     r.ExpiresAt,
 	}
+	var turns []wu.Turn // the turns the take gives others, with the rest of its seats
 	if sh.wait.rules.Len() > 0 {
 		if out, took := sh.wait.rules.Take(wu.UserID(req.User), m.SeatIDs, r.CreatedAt); took {
-			m.Waitlist = n.waitChangeLocked(sh, out, r.CreatedAt, id, false)
+			m.Waitlist = n.waitChangeLocked(sh, out, r.CreatedAt, id)
+			turns = out.Turns
 		}
 	}
 	if req.IdempotencyKey != "" {
@@ -246,6 +248,7 @@ func (n *Node) takeHoldLocked(sh *show, req HoldRequest, fingerprint func() stri
 		n.metrics.holds(err)
 		return holdStep{err: err}
 	}
+	sh.turningLocked(turns, p)
 	q := &queuedHold{sh: sh, r: r, m: m, p: p, done: make(chan struct{}), key: req.IdempotencyKey}
 	sh.busy[id] = q.done
 	for _, s := range r.Seats {
@@ -272,6 +275,9 @@ func (n *Node) finishHold(q *queuedHold) (ar.Reservation, error) {
 		}
 	}
 	close(q.done)
+	if q.m.Waitlist != nil {
+		sh.shownLocked(q.p, werr)
+	}
 	unload := false
 	if werr != nil {
 		switch {

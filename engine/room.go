@@ -178,7 +178,7 @@ func (n *Node) enqueueRoomLocked(sh *show, change *persistence.RoomChange, now t
 // settleRoom waits for a room write queued by enqueueRoomLocked (see
 // settle).
 func (n *Node) settleRoom(sh *show, p *persistence.Pending) error {
-	return n.settle(sh, p, func() { sh.room.writes-- })
+	return n.settle(sh, p, func(error) { sh.room.writes-- })
 }
 
 // lockRoom loads the show for a change of its room and locks it: ErrNoRoom

@@ -75,6 +75,11 @@ type waitlist struct {
 	writes int
 	// joining marks the users whose join is being written.
 	joining joinsInFlight
+	// turning maps each user given a turn by a write still in flight to
+	// that write: the turn shows (and its user is woken) once it commits.
+	// A write that fails leaves its users here, their turns unshown, until
+	// the show, then stale, is reloaded.
+	turning map[wu.UserID]*persistence.Pending
 }
 
 // joinsInFlight has a channel for each user whose join of a waitlist or a
@@ -177,9 +182,10 @@ func (sh *show) viewLocked(user wu.UserID) (WaitView, bool) {
 	v := WaitView{Show: sh.id}
 	if t, ok := w.rules.Turn(user); ok {
 		v.Entry, v.State, v.Turn = t.Entry, WaitTurn, &t
-		if !sh.offeredLocked(t) {
-			// Its seats come from a release or expiry still committing:
-			// the turn shows once they can be held.
+		if _, committing := w.turning[user]; committing || !sh.offeredLocked(t) {
+			// The write that gives the turn, or the release or expiry that
+			// frees its seats, is still committing: the turn shows once it
+			// is durable and its seats can be held.
 			v.State, v.Turn = WaitWaiting, nil
 		}
 	} else if e, ok := w.rules.Get(user); ok {
@@ -433,21 +439,52 @@ func (n *Node) applyWaitLocked(sh *show, out wu.Outcome, now time.Time, took ar.
 	if out.Empty() {
 		return nil, nil
 	}
-	change := n.waitChangeLocked(sh, out, now, took, false)
+	change := n.waitChangeLocked(sh, out, now, took)
 	p, err := n.enqueueWaitLocked(sh, change, now)
 	if err != nil {
 		sh.stale = true
 		return nil, err
 	}
+	sh.turningLocked(out.Turns, p)
 	return p, nil
+}
+
+// turningLocked marks the turns that p, queued, gives: they show once it
+// commits (see shownLocked).
+func (sh *show) turningLocked(turns []wu.Turn, p *persistence.Pending) {
+	if len(turns) == 0 {
+		return
+	}
+	if sh.wait.turning == nil {
+		sh.wait.turning = make(map[wu.UserID]*persistence.Pending)
+	}
+	for _, t := range turns {
+		sh.wait.turning[t.User] = p
+	}
+}
+
+// shownLocked shows the turns that p gave, now that it committed (err
+// nil), and wakes their users; after a failure they stay unshown.
+func (sh *show) shownLocked(p *persistence.Pending, err error) {
+	if err != nil {
+		return
+	}
+	for u, q := range sh.wait.turning {
+		if q == p {
+			delete(sh.wait.turning, u)
+			sh.wait.waiters.wakeLocked(u)
+		}
+	}
 }
 
 // waitChangeLocked applies out to sh's seats (see syncSeatsLocked) and
 // views, and returns the rows and events that make it durable. It wakes the
-// waiters of the entries that ended, and of those given a turn unless
-// quiet: a hand-over of seats whose release or expiry is still committing
-// shows its turns, and wakes their users, once that applies.
-func (n *Node) waitChangeLocked(sh *show, out wu.Outcome, now time.Time, took ar.HoldID, quiet bool) *persistence.WaitlistChange {
+// waiters of the entries that ended. Those given a turn are woken once the
+// turn shows: after the write that carries the change commits (its caller
+// marks the turns, see turningLocked), or, for a hand-over of seats whose
+// release or expiry is still committing, once that applies
+// (handedOverLocked).
+func (n *Node) waitChangeLocked(sh *show, out wu.Outcome, now time.Time, took ar.HoldID) *persistence.WaitlistChange {
 	change := &persistence.WaitlistChange{}
 	for _, e := range out.Ended {
 		change.Delete = append(change.Delete, string(e.User))
@@ -470,9 +507,6 @@ func (n *Node) waitChangeLocked(sh *show, out wu.Outcome, now time.Time, took ar
 		change.Events = append(change.Events, persistence.WaitEvent{UserID: string(t.User), Kind: "WAIT_TURN", SeatIDs: t.Seats, At: now})
 		n.metrics.waitTurn(t.OfferedAt.Sub(t.JoinedAt))
 		touched = append(touched, t.Seats...)
-		if !quiet {
-			sh.wait.waiters.wakeLocked(t.User)
-		}
 	}
 	if out.AsideChanged {
 		aside := sh.wait.rules.Aside()
@@ -522,17 +556,20 @@ func (n *Node) enqueueWaitLocked(sh *show, change *persistence.WaitlistChange, n
 // settleWait waits for a waitlist write queued by enqueueWaitLocked (see
 // settle).
 func (n *Node) settleWait(sh *show, p *persistence.Pending) error {
-	return n.settle(sh, p, func() { sh.wait.writes-- })
+	return n.settle(sh, p, func(err error) {
+		sh.wait.writes--
+		sh.shownLocked(p, err)
+	})
 }
 
 // settle waits for a write of the show's waitlist or waiting room; done,
-// called under sh.mu, counts it off. A write that failed leaves memory ahead
+// called under sh.mu with the write's outcome, counts it off. A write that failed leaves memory ahead
 // of the database: the show is marked stale (or dropped, if it moved), and
 // reloaded before its next change.
-func (n *Node) settle(sh *show, p *persistence.Pending, done func()) error {
+func (n *Node) settle(sh *show, p *persistence.Pending, done func(error)) error {
 	werr := p.Wait()
 	sh.mu.Lock()
-	done()
+	done(werr)
 	unload := false
 	if werr != nil {
 		werr, unload = failedLocked(sh, werr)
@@ -580,7 +617,7 @@ func (n *Node) handOverLocked(sh *show, seats []ar.SeatID, now time.Time) *persi
 	if out.Empty() {
 		return nil
 	}
-	return n.waitChangeLocked(sh, out, now, "", true)
+	return n.waitChangeLocked(sh, out, now, "")
 }
 
 // handedOverLocked applies, once a release or expiry that carried a

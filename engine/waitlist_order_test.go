@@ -789,3 +789,109 @@ func TestWaitlistSoldOutAndTimedOut(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitlistTurnShowsOnceDurable: a turn given by a write of the waitlist
+// (here the lapse of the turn before, which passes its seats on) shows only
+// once that write committed: while it is held at COMMIT the next user's
+// entry is still WAITING, a long poll of it waits, and the commit answers
+// that poll with the turn. Before, the turn showed, and its user was woken,
+// as the write was queued, though it might never commit.
+func TestWaitlistTurnShowsOnceDurable(t *testing.T) {
+	const (
+		show   = "wl-durable"
+		window = 10 * time.Second
+	)
+	clock := tc.NewClock(time.Now().UTC().Truncate(time.Second))
+	n, url := newNode(t, tc.Options{Clock: clock, ExpiryInterval: time.Hour})
+	db := openDB(t, url)
+	createWaitShow(t, n, show, 1, 2, 0, window, 0)
+	ctx := tc.Ctx(context.Background())
+
+	a, err := hold(t, n, show, "a", "A-1", "A-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	join(t, n, show, "first", 2)
+	join(t, n, show, "second", 2)
+	before := pollEntry(t, n, show, "first")
+	if _, err := n.Reservations.ReleaseHold(ctx, &pb.ReleaseHoldRequest{HoldId: a.GetHoldId(), UserId: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if turn := pollWait(t, n, show, "first", before.GetVersion(), 5*time.Second); turn.GetState() != pb.WaitlistState_WAITLIST_STATE_TURN {
+		t.Fatalf("first after the release: %v, want its turn", turn)
+	}
+
+	// A gate at COMMIT of this show's waitlist writes.
+	for _, q := range []string{
+		`CREATE FUNCTION wl_durable_gate() RETURNS trigger LANGUAGE plpgsql AS
+			$$ BEGIN PERFORM pg_advisory_xact_lock_shared(4244); RETURN NULL; END $$`,
+		`CREATE CONSTRAINT TRIGGER wl_durable_gate AFTER INSERT OR UPDATE ON waitlist_entries
+			DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.show_id = 'wl-durable') EXECUTE FUNCTION wl_durable_gate()`,
+	} {
+		if _, err := db.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gate, err := db.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gate.Release()
+	t.Cleanup(func() {
+		for _, q := range []string{`DROP TRIGGER IF EXISTS wl_durable_gate ON waitlist_entries`, `DROP FUNCTION IF EXISTS wl_durable_gate()`} {
+			if _, err := db.Exec(context.Background(), q); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	if _, err := gate.Exec(ctx, `SELECT pg_advisory_lock(4244)`); err != nil {
+		t.Fatal(err)
+	}
+
+	clock.Advance(window) // first's turn lapses: its seats go to second
+	lapsed := make(chan struct{})
+	go func() {
+		defer close(lapsed)
+		n.Engine.ExpireDue() // returns once the lapse's write has its outcome
+	}()
+	pollUntil(t, 10*time.Second, "the lapse's write held at the gate", func() bool {
+		var waiting int
+		err := db.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'`).Scan(&waiting)
+		return err == nil && waiting > 0
+	})
+	held := pollEntry(t, n, show, "second")
+	if held.GetState() != pb.WaitlistState_WAITLIST_STATE_WAITING || held.GetTurn() != nil {
+		t.Fatalf("second while the write giving its turn is in flight: %v, want WAITING", held)
+	}
+	polled := make(chan *pb.WaitlistEntry, 1)
+	go func() {
+		r, err := n.Waitlist.PollWaitlist(ctx, &pb.PollWaitlistRequest{ShowId: show, UserId: "second", SinceVersion: held.GetVersion(), Wait: durationpb.New(20 * time.Second)})
+		if err != nil {
+			t.Errorf("long poll of second: %v", err)
+		}
+		polled <- r.GetEntry()
+	}()
+	select {
+	case e := <-polled:
+		t.Fatalf("the long poll of second was answered while the turn's write was in flight: %v", e)
+	case <-time.After(300 * time.Millisecond):
+	}
+
+	if _, err := gate.Exec(ctx, `SELECT pg_advisory_unlock(4244)`); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-lapsed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lapse's write did not end once the gate opened")
+	}
+	select {
+	case e := <-polled:
+		if e.GetState() != pb.WaitlistState_WAITLIST_STATE_TURN || !slices.Equal(e.GetTurn().GetSeatIds(), []string{"A-1", "A-2"}) {
+			t.Fatalf("the long poll of second after the commit: %v, want its turn of A-1, A-2", e)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the long poll of second was not answered once the turn's write committed")
+	}
+	checkSeatMapEqualsDB(t, n, db, show)
+}
