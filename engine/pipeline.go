@@ -182,6 +182,7 @@ func (p *pipeline) receive() error {
 type takenCall struct {
 	call     *pb.PipelineCall
 	deadline time.Time
+	waited   bool // the call waited (see await) and was counted as waiting
 }
 
 // take refuses or starts each of calls. A message's calls are decided in
@@ -236,8 +237,9 @@ func (p *pipeline) take(calls []*pb.PipelineCall) {
 		}
 		byShow[i].tcs = append(byShow[i].tcs, tc)
 	}
+	start := time.Now()
 	for _, g := range byShow {
-		p.showBatch(g.show, g.tcs)
+		p.showBatch(g.show, g.tcs, start)
 	}
 	for _, r := range refused {
 		p.n.metrics.pipeCall(pipelineKind(r.call), status.Code(r.err), 0)
@@ -351,12 +353,15 @@ func callShow(c *pb.PipelineCall) (show ar.ShowID, ok bool) {
 // tryConfirmLocked, tryReleaseLocked): refusals (and replays) are answered
 // at once, and the changes queued are settled by one goroutine (settle),
 // so a commit of many of them wakes one goroutine, not one per call: it
-// applies their outcomes as their writes commit, then answers them. A call
-// that must wait (for a write in flight on its seats or its hold, a turn, a
-// replay or a read of the store), and every call of a show that is not
-// loaded here, stale or dropped, or of a node that drains, runs on its own
-// goroutine through the unary RPC's code instead, as run does.
-func (p *pipeline) showBatch(show ar.ShowID, tcs []takenCall) {
+// applies their outcomes as their writes commit, then answers them. The
+// calls that must wait for a write in flight (on their seats, their hold or
+// a turn) wait together on one goroutine too (await), and are decided again
+// together. A call that must wait for a replay or a read of the store, and
+// every call of a show that is not loaded here, stale or dropped, or of a
+// node that drains, runs on its own goroutine through the unary RPC's code
+// instead, as run does. start is when the calls were taken, for the
+// metrics.
+func (p *pipeline) showBatch(show ar.ShowID, tcs []takenCall, start time.Time) {
 	sh, ok := p.n.lockLoaded(show)
 	if !ok {
 		for _, tc := range tcs {
@@ -364,12 +369,12 @@ func (p *pipeline) showBatch(show ar.ShowID, tcs []takenCall) {
 		}
 		return
 	}
-	start := time.Now()
 	// Sized for the common case, so they do not grow call by call: most
 	// calls of a sale are refused at once.
 	answers := make([]callResult, 0, len(tcs))
 	var (
 		slow    []takenCall
+		parked  []parkedCall
 		commits []queuedCall
 	)
 	for i, tc := range tcs {
@@ -377,8 +382,14 @@ func (p *pipeline) showBatch(show ar.ShowID, tcs []takenCall) {
 			slow = append(slow, tcs[i:]...)
 			break
 		}
-		q, res, wait := p.decideLocked(sh, tc)
+		q, res, wait, ch := p.decideLocked(sh, tc)
 		switch {
+		case ch != nil:
+			if !tc.waited && tc.call.GetHold() != nil {
+				p.n.metrics.holdWaits.Inc()
+			}
+			tc.waited = true
+			parked = append(parked, parkedCall{tc, ch})
 		case wait:
 			slow = append(slow, tc)
 		case res != nil:
@@ -391,6 +402,9 @@ func (p *pipeline) showBatch(show ar.ShowID, tcs []takenCall) {
 	for _, tc := range slow {
 		go p.run(tc)
 	}
+	if len(parked) > 0 {
+		go p.await(show, parked, start)
+	}
 	if len(commits) == 0 {
 		p.n.gate.leave()
 	} else {
@@ -399,6 +413,75 @@ func (p *pipeline) showBatch(show ar.ShowID, tcs []takenCall) {
 	for _, a := range answers {
 		p.done(a.call, a.res, start)
 	}
+}
+
+// parkedCall is a call that waits for ch, the outcome of a write in flight
+// (see show.busy), before it is decided again.
+type parkedCall struct {
+	tc takenCall
+	ch <-chan struct{}
+}
+
+// await waits for the writes in flight that the calls parked by showBatch
+// wait for, one after the other (those of one show commit in order), and
+// then decides the calls again together with showBatch. A call whose
+// deadline passes first, or every call once the stream ends, is answered
+// with that error, as the unary code answers a wait that its context ends.
+func (p *pipeline) await(show ar.ShowID, parked []parkedCall, start time.Time) {
+	var timer *time.Timer
+	var expiry <-chan time.Time
+	arm := func() {
+		var first time.Time
+		for _, c := range parked {
+			if d := c.tc.deadline; !d.IsZero() && (first.IsZero() || d.Before(first)) {
+				first = d
+			}
+		}
+		expiry = nil
+		if !first.IsZero() {
+			if timer == nil {
+				timer = time.NewTimer(time.Until(first))
+			} else {
+				timer.Reset(time.Until(first))
+			}
+			expiry = timer.C
+		}
+	}
+	end := func(keep func(takenCall) bool, err error) {
+		kept := parked[:0]
+		for _, c := range parked {
+			if keep(c.tc) {
+				kept = append(kept, c)
+				continue
+			}
+			p.done(c.tc.call, errorAnswer(c.tc.call.GetCallId(), pipelineError(c.tc.call, err)), start)
+		}
+		parked = kept
+	}
+	arm()
+	for i := 0; i < len(parked); {
+		select {
+		case <-parked[i].ch:
+			i++
+		case now := <-expiry:
+			end(func(tc takenCall) bool { return tc.deadline.IsZero() || tc.deadline.After(now) }, context.DeadlineExceeded)
+			i = 0 // the calls kept moved; the channels closed pass at once
+			arm()
+		case <-p.ctx.Done():
+			end(func(takenCall) bool { return false }, p.ctx.Err())
+		}
+	}
+	if timer != nil {
+		timer.Stop()
+	}
+	if len(parked) == 0 {
+		return
+	}
+	tcs := make([]takenCall, len(parked))
+	for i, c := range parked {
+		tcs[i] = c.tc
+	}
+	p.showBatch(show, tcs, start)
 }
 
 // settle waits for the writes of commits, which showBatch queued at start,
@@ -449,8 +532,10 @@ type queuedCall struct {
 
 // decideLocked decides tc, a hold, confirm or release of sh (locked,
 // neither stale nor dropped, and left locked): its answer (res), or the
-// change queued (q), or that it must wait and run through the unary code.
-func (p *pipeline) decideLocked(sh *show, tc takenCall) (q queuedCall, res *pb.PipelineResult, wait bool) {
+// change queued (q), or the write in flight it must wait for before it is
+// decided again (ch), or that it must wait otherwise and run through the
+// unary code (wait).
+func (p *pipeline) decideLocked(sh *show, tc takenCall) (q queuedCall, res *pb.PipelineResult, wait bool, ch <-chan struct{}) {
 	q.tc = tc
 	switch c := tc.call.GetCall().(type) {
 	case *pb.PipelineCall_Hold:
@@ -463,43 +548,49 @@ func (p *pipeline) decideLocked(sh *show, tc takenCall) (q queuedCall, res *pb.P
 			st = p.n.tryHoldLocked(sh, req, &fp)
 		}
 		switch {
-		case st.wait != nil || st.stored != "":
-			return q, nil, true
+		case st.wait != nil:
+			return q, nil, false, st.wait
+		case st.stored != "":
+			return q, nil, true, nil
 		case st.queued != nil:
 			q.hold = st.queued
-			return q, nil, false
+			return q, nil, false, nil
 		}
-		return q, holdResult(tc.call, st.r, st.err), false
+		return q, holdResult(tc.call, st.r, st.err), false, nil
 	case *pb.PipelineCall_Confirm:
 		req := confirmRequest(c.Confirm)
 		if _, err := checkConfirm(req); err != nil {
-			return q, changeResult(tc.call, ar.Reservation{}, err), false
+			return q, changeResult(tc.call, ar.Reservation{}, err), false, nil
 		}
 		st := p.n.tryConfirmLocked(sh, req, confirmFingerprint(req))
 		switch {
-		case st.wait != nil || st.ended:
-			return q, nil, true
+		case st.wait != nil:
+			return q, nil, false, st.wait
+		case st.ended:
+			return q, nil, true, nil
 		case st.queued != nil:
 			q.confirm = st.queued
-			return q, nil, false
+			return q, nil, false, nil
 		}
-		return q, changeResult(tc.call, st.r, st.err), false
+		return q, changeResult(tc.call, st.r, st.err), false, nil
 	case *pb.PipelineCall_Release:
 		id, user := ar.HoldID(c.Release.GetHoldId()), ar.UserID(c.Release.GetUserId())
 		if _, err := checkRelease(id, user); err != nil {
-			return q, changeResult(tc.call, ar.Reservation{}, err), false
+			return q, changeResult(tc.call, ar.Reservation{}, err), false, nil
 		}
 		st := p.n.tryReleaseLocked(sh, id, user)
 		switch {
-		case st.wait != nil || st.ended:
-			return q, nil, true
+		case st.wait != nil:
+			return q, nil, false, st.wait
+		case st.ended:
+			return q, nil, true, nil
 		case st.queued != nil:
 			q.release = st.queued
-			return q, nil, false
+			return q, nil, false, nil
 		}
-		return q, changeResult(tc.call, st.r, st.err), false
+		return q, changeResult(tc.call, st.r, st.err), false, nil
 	}
-	return q, nil, true // callShow lets no other call through
+	return q, nil, true, nil // callShow lets no other call through
 }
 
 // callResult is a call's answer.

@@ -1012,3 +1012,54 @@ func TestPipelineBoundsCallsPerMessage(t *testing.T) {
 	}
 	checkDBInvariants(t, db, show)
 }
+
+// TestPipelineCallsWaitingForACommit: pipeline holds of seats whose hold is
+// committing wait together and are decided once it commits, with the
+// answers the unary code gives (SEATS_TAKEN), while one whose deadline
+// passes first is answered DEADLINE_EXCEEDED at its deadline, not at the
+// commit.
+func TestPipelineCallsWaitingForACommit(t *testing.T) {
+	const show = "pipe-wait"
+	n, url := newNode(t, tc.Options{})
+	db := openDB(t, url)
+	n.CreateShow(t, show, 1, 4, 0)
+	openGate := commitGate(t, db, "NEW.user_id = 'first'")
+
+	p := openPipe(t, n.Reservations)
+	p.send(pipeHold(1, show, "first", "", "A-1", "A-2"))
+	pollUntil(t, 10*time.Second, "first's hold waiting at the gate", func() bool {
+		var waiting int
+		err := db.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'`).Scan(&waiting)
+		return err == nil && waiting > 0
+	})
+	short := pipeHold(3, show, "hurried", "", "A-2")
+	short.Timeout = durationpb.New(300 * time.Millisecond)
+	sent := time.Now()
+	p.send(pipeHold(2, show, "second", "", "A-1"), short, pipeHold(4, show, "third", "", "A-2", "A-3"))
+	pollUntil(t, 10*time.Second, "the hurried hold answered", func() bool { return len(p.answers(3)) > 0 })
+	if took := time.Since(sent); took > 3*time.Second {
+		t.Errorf("the hurried hold was answered %v after it was sent, with a deadline of 300 ms", took)
+	}
+	wantCallError(t, "the hurried hold", p.one(3), codes.DeadlineExceeded, "DEADLINE_EXCEEDED")
+	if p.count() != 1 {
+		t.Fatalf("%d answers while first's hold is committing, want only the hurried one's", p.count())
+	}
+
+	openGate()
+	p.waitFor(4)
+	h := p.one(1).GetHold()
+	if h == nil {
+		t.Fatalf("first's hold: %v", p.one(1))
+	}
+	for id, who := range map[uint64]string{2: "second", 4: "third"} {
+		if e := p.one(id).GetError(); codes.Code(e.GetCode()) != codes.AlreadyExists || e.GetReason() != "SEATS_TAKEN" {
+			t.Errorf("%s's hold of a seat first took: %v, want AlreadyExists SEATS_TAKEN", who, p.one(id))
+		}
+	}
+
+	if err := p.end(); err != nil {
+		t.Fatal(err)
+	}
+	checkDBInvariants(t, db, show)
+	checkSeatMapEqualsDB(t, n, db, show)
+}
